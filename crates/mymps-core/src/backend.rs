@@ -1,0 +1,61 @@
+//! The `Backend` trait: what computes.
+
+use crate::error::Result;
+use crate::ops::{Args, OpEntry, OpRegistry};
+use crate::tensor::Tensor;
+
+/// What a backend reports about itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendInfo {
+    /// Backend name (`tch`).
+    pub name: String,
+    /// Version of the library underneath (libtorch's).
+    pub version: String,
+    /// The device requests run on (`cpu`, `cuda:0`, `mps`).
+    pub device: String,
+}
+
+/// Accelerator memory, where the device reports it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AcceleratorMemory {
+    /// Total device memory, bytes.
+    pub total: u64,
+    /// Free device memory, bytes.
+    pub free: u64,
+}
+
+/// The result of running an op.
+#[derive(Debug)]
+pub struct ExecOutput {
+    /// Results with their wire names (`"output"`, or `"0"`, `"1"`, ...).
+    pub outputs: Vec<(String, Tensor)>,
+    /// The device that ran the op (the CPU when the op fell back to it).
+    pub device: String,
+}
+
+/// A compute backend: runs whitelisted ops (and, later, models) on one
+/// device.
+///
+/// Every method may block (libtorch calls do): the server calls them from
+/// its blocking pool, never from the async reactor. Implementations must not
+/// panic on bad input; errors are returned and become error replies.
+pub trait Backend: Send + Sync + 'static {
+    /// Name, library version and device.
+    fn info(&self) -> BackendInfo;
+
+    /// The ops this backend can run.
+    fn ops(&self) -> &OpRegistry;
+
+    /// Runs `op` on arguments already checked against its signature.
+    fn exec(&self, op: &'static OpEntry, args: Args<Tensor>) -> Result<ExecOutput>;
+
+    /// Accelerator memory, if the device is an accelerator that reports it.
+    fn accelerator_memory(&self) -> Option<AcceleratorMemory> {
+        None
+    }
+
+    /// Number of models loaded.
+    fn models_loaded(&self) -> usize {
+        0
+    }
+}

@@ -1,0 +1,996 @@
+//! The op registry: op signatures, argument binding, and the `inventory`
+//! collection that op crates submit to.
+//!
+//! An op is an [`OpEntry`]: a static [`OpSpec`] (name, category, one-line
+//! doc, parameters with kinds and defaults, outputs) plus a kernel. The kernel
+//! is stored type-erased (`dyn Any`) because mymps-core knows nothing of any
+//! tensor library: each backend looks for the kernel type it runs
+//! (for tch, `mymps_ops::TchKernel`) and ignores the others.
+//!
+//! Third-party op crates register the same way as the built-in ones:
+//!
+//! ```ignore
+//! inventory::submit! { mymps_core::OpEntry::new(MY_SPEC, &MY_KERNEL) }
+//! ```
+//!
+//! Requests are checked against the signature by [`bind`] before any
+//! backend code runs; a mismatch is a [`ErrorCode::BadArgument`] error that
+//! names the op and shows its signature.
+
+use std::any::Any;
+use std::collections::BTreeMap;
+use std::fmt::{self, Write as _};
+
+use serde::{Deserialize, Serialize};
+
+use crate::dtype::DType;
+use crate::error::{Error, ErrorCode, Result};
+use crate::protocol::OpSummary;
+use crate::value::Value;
+
+/// The type of a parameter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ParamKind {
+    /// One tensor, from `inputs`.
+    Tensor,
+    /// Any number of tensors: every remaining positional input (`cat`, `stack`).
+    TensorList,
+    /// A tensor from `inputs`, or a scalar kwarg (`add(input, other=2.0)`).
+    TensorOrScalar,
+    /// An integer.
+    Int,
+    /// A float (an int is accepted).
+    Float,
+    /// A number or bool, as torch's `Scalar`.
+    Scalar,
+    /// A bool.
+    Bool,
+    /// A string.
+    Str,
+    /// A list of ints; a single int is accepted (torch expands it).
+    IntList,
+    /// A list of floats; a single number is accepted.
+    FloatList,
+    /// A dtype name (`"float64"`).
+    DType,
+}
+
+impl ParamKind {
+    /// How the kind is shown in signatures.
+    pub const fn display(self) -> &'static str {
+        match self {
+            ParamKind::Tensor => "Tensor",
+            ParamKind::TensorList => "Tensor[]",
+            ParamKind::TensorOrScalar => "Tensor | Scalar",
+            ParamKind::Int => "int",
+            ParamKind::Float => "float",
+            ParamKind::Scalar => "Scalar",
+            ParamKind::Bool => "bool",
+            ParamKind::Str => "str",
+            ParamKind::IntList => "int[]",
+            ParamKind::FloatList => "float[]",
+            ParamKind::DType => "dtype",
+        }
+    }
+
+    /// Whether the parameter can take tensors from `inputs`.
+    pub const fn takes_tensor(self) -> bool {
+        matches!(
+            self,
+            ParamKind::Tensor | ParamKind::TensorList | ParamKind::TensorOrScalar
+        )
+    }
+}
+
+/// A parameter's default.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ParamDefault {
+    /// The argument must be given.
+    Required,
+    /// Optional; absent means `None`.
+    None,
+    /// An int default.
+    Int(i64),
+    /// A float default.
+    Float(f64),
+    /// A bool default.
+    Bool(bool),
+    /// A string default.
+    Str(&'static str),
+    /// An int-list default.
+    IntList(&'static [i64]),
+}
+
+impl ParamDefault {
+    fn to_value(self) -> Option<Value> {
+        Some(match self {
+            ParamDefault::Required => return None,
+            ParamDefault::None => Value::None,
+            ParamDefault::Int(i) => Value::Int(i),
+            ParamDefault::Float(x) => Value::Float(x),
+            ParamDefault::Bool(b) => Value::Bool(b),
+            ParamDefault::Str(s) => Value::Str(s.to_owned()),
+            ParamDefault::IntList(l) => Value::List(l.iter().map(|&i| Value::Int(i)).collect()),
+        })
+    }
+}
+
+/// One parameter of an op.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Param {
+    /// torch's argument name (`input`, `dim`, `keepdim`, ...).
+    pub name: &'static str,
+    /// Its type.
+    pub kind: ParamKind,
+    /// Its default.
+    pub default: ParamDefault,
+}
+
+impl Param {
+    /// A required parameter.
+    pub const fn new(name: &'static str, kind: ParamKind) -> Param {
+        Param {
+            name,
+            kind,
+            default: ParamDefault::Required,
+        }
+    }
+    /// A required tensor.
+    pub const fn tensor(name: &'static str) -> Param {
+        Param::new(name, ParamKind::Tensor)
+    }
+    /// Makes the parameter optional with default `None`.
+    pub const fn optional(self) -> Param {
+        self.with_default(ParamDefault::None)
+    }
+    /// Sets the default.
+    pub const fn with_default(mut self, default: ParamDefault) -> Param {
+        self.default = default;
+        self
+    }
+    /// Sets an int default.
+    pub const fn or_int(self, v: i64) -> Param {
+        self.with_default(ParamDefault::Int(v))
+    }
+    /// Sets a float default.
+    pub const fn or_float(self, v: f64) -> Param {
+        self.with_default(ParamDefault::Float(v))
+    }
+    /// Sets a bool default.
+    pub const fn or_bool(self, v: bool) -> Param {
+        self.with_default(ParamDefault::Bool(v))
+    }
+    /// Sets a string default.
+    pub const fn or_str(self, v: &'static str) -> Param {
+        self.with_default(ParamDefault::Str(v))
+    }
+    /// Sets an int-list default.
+    pub const fn or_ints(self, v: &'static [i64]) -> Param {
+        self.with_default(ParamDefault::IntList(v))
+    }
+}
+
+/// What an op returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outputs {
+    /// One tensor, returned as `"output"`.
+    One,
+    /// A fixed tuple, returned as `"0"`, `"1"`, ...; the names are for docs
+    /// (`svd`: `U`, `S`, `Vh`).
+    Tuple(&'static [&'static str]),
+    /// A variable number of tensors (`split`, `chunk`), `"0"`, `"1"`, ... .
+    List,
+}
+
+/// The static description of an op.
+#[derive(Debug, Clone, Copy)]
+pub struct OpSpec {
+    /// Name, as clients call it.
+    pub name: &'static str,
+    /// Category, for listing (`elementwise`, `linalg`, `reduction`, ...).
+    pub category: &'static str,
+    /// One-line doc.
+    pub doc: &'static str,
+    /// Parameters, in torch's order.
+    pub params: &'static [Param],
+    /// What it returns.
+    pub outputs: Outputs,
+}
+
+impl OpSpec {
+    /// The signature, e.g.
+    /// `softmax(input: Tensor, dim: int, dtype: dtype? = None) -> Tensor`.
+    pub fn signature(&self) -> String {
+        let mut s = format!("{}(", self.name);
+        for (i, p) in self.params.iter().enumerate() {
+            if i > 0 {
+                s.push_str(", ");
+            }
+            let _ = write!(s, "{}: {}", p.name, p.kind.display());
+            match p.default {
+                ParamDefault::Required => {}
+                ParamDefault::None => s.push_str("? = None"),
+                d => {
+                    let _ = write!(s, " = {}", d.to_value().expect("not required"));
+                }
+            }
+        }
+        s.push_str(") -> ");
+        match self.outputs {
+            Outputs::One => s.push_str("Tensor"),
+            Outputs::Tuple(names) => {
+                let _ = write!(s, "({})", names.join(", "));
+            }
+            Outputs::List => s.push_str("Tensor[]"),
+        }
+        s
+    }
+
+    /// Checks the spec itself: unique parameter names, defaults that match
+    /// their kinds, at most one tensor list. Op crates test every spec with it.
+    pub fn validate(&self) -> Result<()> {
+        let fail = |m: String| Err(Error::internal(format!("op spec '{}': {m}", self.name)));
+        if self.name.is_empty() || !self.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.') {
+            return fail("bad name".into());
+        }
+        if self.doc.is_empty() || self.doc.contains('\n') {
+            return fail("the doc must be one line".into());
+        }
+        for (i, p) in self.params.iter().enumerate() {
+            if self.params[..i].iter().any(|q| q.name == p.name) {
+                return fail(format!("parameter '{}' twice", p.name));
+            }
+            if p.name.parse::<usize>().is_ok() {
+                return fail(format!("parameter name '{}' is numeric", p.name));
+            }
+            let ok = match p.default {
+                ParamDefault::Required | ParamDefault::None => true,
+                ParamDefault::Int(_) => matches!(p.kind, ParamKind::Int | ParamKind::Float | ParamKind::Scalar | ParamKind::TensorOrScalar | ParamKind::IntList),
+                ParamDefault::Float(_) => matches!(p.kind, ParamKind::Float | ParamKind::Scalar | ParamKind::TensorOrScalar | ParamKind::FloatList),
+                ParamDefault::Bool(_) => matches!(p.kind, ParamKind::Bool | ParamKind::Scalar),
+                ParamDefault::Str(_) => matches!(p.kind, ParamKind::Str | ParamKind::DType),
+                ParamDefault::IntList(_) => p.kind == ParamKind::IntList,
+            };
+            if !ok {
+                return fail(format!("default of '{}' does not match {}", p.name, p.kind.display()));
+            }
+        }
+        if self.params.iter().filter(|p| p.kind == ParamKind::TensorList).count() > 1 {
+            return fail("more than one tensor list".into());
+        }
+        Ok(())
+    }
+
+    /// The wire description.
+    pub fn info(&self) -> OpInfo {
+        OpInfo {
+            name: self.name.to_owned(),
+            category: self.category.to_owned(),
+            doc: self.doc.to_owned(),
+            signature: self.signature(),
+            params: self
+                .params
+                .iter()
+                .map(|p| ParamInfo {
+                    name: p.name.to_owned(),
+                    kind: p.kind.display().to_owned(),
+                    required: p.default == ParamDefault::Required,
+                    default: p.default.to_value(),
+                })
+                .collect(),
+            outputs: match self.outputs {
+                Outputs::One => vec!["output".to_owned()],
+                Outputs::Tuple(n) => n.iter().map(|s| s.to_string()).collect(),
+                Outputs::List => vec!["*".to_owned()],
+            },
+        }
+    }
+}
+
+/// An op's description as `describe_op` returns it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OpInfo {
+    /// Name.
+    pub name: String,
+    /// Category.
+    pub category: String,
+    /// One-line doc.
+    pub doc: String,
+    /// Human-readable signature.
+    pub signature: String,
+    /// Parameters in order.
+    pub params: Vec<ParamInfo>,
+    /// Output names: `["output"]` for one tensor, the tuple's names, or
+    /// `["*"]` for a variable-length list.
+    pub outputs: Vec<String>,
+}
+
+/// One parameter in an [`OpInfo`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ParamInfo {
+    /// Name.
+    pub name: String,
+    /// Kind as shown in signatures.
+    pub kind: String,
+    /// Whether it must be given.
+    pub required: bool,
+    /// Its default (`None` value for optional, absent for required).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default: Option<Value>,
+}
+
+/// A registered op: its spec and its kernel, type-erased.
+pub struct OpEntry {
+    /// The signature and docs.
+    pub spec: OpSpec,
+    /// The kernel; each backend downcasts to the kernel type it runs.
+    pub kernel: &'static (dyn Any + Send + Sync),
+}
+
+impl OpEntry {
+    /// A new entry (usable in `inventory::submit!`).
+    pub const fn new(spec: OpSpec, kernel: &'static (dyn Any + Send + Sync)) -> OpEntry {
+        OpEntry { spec, kernel }
+    }
+}
+
+impl fmt::Debug for OpEntry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OpEntry").field("spec", &self.spec.name).finish_non_exhaustive()
+    }
+}
+
+inventory::collect!(OpEntry);
+
+/// A set of ops by name, sorted.
+#[derive(Debug, Default, Clone)]
+pub struct OpRegistry {
+    ops: BTreeMap<&'static str, &'static OpEntry>,
+}
+
+impl OpRegistry {
+    /// An empty registry.
+    pub fn new() -> OpRegistry {
+        OpRegistry::default()
+    }
+
+    /// Every op submitted with `inventory` and linked into this binary whose
+    /// kernel satisfies `keep` (a backend keeps the kernels it can run).
+    pub fn from_inventory(keep: impl Fn(&OpEntry) -> bool) -> Result<OpRegistry> {
+        let mut r = OpRegistry::new();
+        for e in inventory::iter::<OpEntry> {
+            if keep(e) {
+                r.register(e)?;
+            }
+        }
+        Ok(r)
+    }
+
+    /// Adds an op; a second op of the same name is refused (a third-party
+    /// crate cannot silently replace a built-in op).
+    pub fn register(&mut self, entry: &'static OpEntry) -> Result<()> {
+        entry.spec.validate()?;
+        if self.ops.contains_key(entry.spec.name) {
+            return Err(Error::internal(format!(
+                "op '{}' is registered twice",
+                entry.spec.name
+            )));
+        }
+        self.ops.insert(entry.spec.name, entry);
+        Ok(())
+    }
+
+    /// The op called `name`.
+    pub fn get(&self, name: &str) -> Option<&'static OpEntry> {
+        self.ops.get(name).copied()
+    }
+
+    /// The op called `name`, or an [`ErrorCode::UnknownOp`] error that
+    /// suggests close names.
+    pub fn lookup(&self, name: &str) -> Result<&'static OpEntry> {
+        self.get(name).ok_or_else(|| {
+            let close: Vec<&str> = self
+                .ops
+                .keys()
+                .copied()
+                .filter(|k| k.contains(name) || name.contains(k) || edit_distance(k, name) <= 2)
+                .take(5)
+                .collect();
+            let hint = if close.is_empty() {
+                " (`list_ops` gives the whitelist)".to_owned()
+            } else {
+                format!("; did you mean {}?", close.join(", "))
+            };
+            Error::new(ErrorCode::UnknownOp, format!("unknown op '{name}'{hint}"))
+        })
+    }
+
+    /// Number of ops.
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
+
+    /// Whether there are no ops.
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+
+    /// The ops, sorted by name.
+    pub fn iter(&self) -> impl Iterator<Item = &'static OpEntry> + '_ {
+        self.ops.values().copied()
+    }
+
+    /// Name, category and doc of each op, sorted by name.
+    pub fn summaries(&self) -> Vec<OpSummary> {
+        self.iter()
+            .map(|e| OpSummary {
+                name: e.spec.name.to_owned(),
+                category: e.spec.category.to_owned(),
+                doc: e.spec.doc.to_owned(),
+            })
+            .collect()
+    }
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, &cb) in b.iter().enumerate() {
+            cur[j + 1] = (prev[j] + (ca != cb) as usize).min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+/// A bound argument value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Arg<T> {
+    /// `None` (an optional argument not given, or given as None).
+    None,
+    /// A tensor.
+    Tensor(T),
+    /// A list of tensors.
+    Tensors(Vec<T>),
+    /// An int.
+    Int(i64),
+    /// A float.
+    Float(f64),
+    /// A bool.
+    Bool(bool),
+    /// A string.
+    Str(String),
+    /// A list of ints.
+    IntList(Vec<i64>),
+    /// A list of floats.
+    FloatList(Vec<f64>),
+    /// A dtype.
+    DType(DType),
+}
+
+/// A torch `Scalar`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Scalar {
+    /// Integer.
+    Int(i64),
+    /// Float.
+    Float(f64),
+    /// Bool.
+    Bool(bool),
+}
+
+impl Scalar {
+    /// As a float.
+    pub fn as_f64(self) -> f64 {
+        match self {
+            Scalar::Int(i) => i as f64,
+            Scalar::Float(x) => x,
+            Scalar::Bool(b) => b as i64 as f64,
+        }
+    }
+}
+
+/// A tensor or a scalar.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum TensorOrScalar<'a, T> {
+    /// A tensor.
+    Tensor(&'a T),
+    /// A scalar.
+    Scalar(Scalar),
+}
+
+/// Arguments bound to an op's parameters, defaults filled in.
+#[derive(Debug, Clone)]
+pub struct Args<T> {
+    spec: &'static OpSpec,
+    values: Vec<Arg<T>>,
+}
+
+/// Binds a request's tensors and kwargs to `spec`'s parameters.
+///
+/// `inputs` keys `"0"`, `"1"`, ... are positional and fill the tensor
+/// parameters in order (a tensor list takes all remaining ones); other keys
+/// name a tensor parameter. `kwargs` name scalar parameters (or a
+/// tensor-or-scalar one). Every problem is a [`ErrorCode::BadArgument`]
+/// error naming the op and its signature.
+pub fn bind<T>(
+    spec: &'static OpSpec,
+    inputs: Vec<(String, T)>,
+    kwargs: BTreeMap<String, Value>,
+) -> Result<Args<T>> {
+    let bad = |m: String| {
+        Error::bad_argument(format!("{}(): {m}; signature: {}", spec.name, spec.signature()))
+    };
+    let mut values: Vec<Option<Arg<T>>> = spec.params.iter().map(|_| None).collect();
+    let index_of = |name: &str| spec.params.iter().position(|p| p.name == name);
+
+    let mut positional: Vec<(usize, T)> = Vec::new();
+    let mut named: Vec<(String, T)> = Vec::new();
+    for (k, t) in inputs {
+        match k.parse::<usize>() {
+            Ok(i) if k == i.to_string() => positional.push((i, t)),
+            _ => named.push((k, t)),
+        }
+    }
+    positional.sort_by_key(|(i, _)| *i);
+    if positional.iter().enumerate().any(|(n, (i, _))| n != *i) {
+        let got: Vec<String> = positional.iter().map(|(i, _)| i.to_string()).collect();
+        return Err(bad(format!(
+            "positional inputs must be numbered \"0\", \"1\", ... without gaps; got {}",
+            got.join(", ")
+        )));
+    }
+    let n_positional = positional.len();
+    let mut positional = positional.into_iter().map(|(_, t)| t).peekable();
+    for (slot, p) in spec.params.iter().enumerate() {
+        if positional.peek().is_none() {
+            break;
+        }
+        match p.kind {
+            ParamKind::TensorList => values[slot] = Some(Arg::Tensors(positional.by_ref().collect())),
+            ParamKind::Tensor | ParamKind::TensorOrScalar => {
+                values[slot] = Some(Arg::Tensor(positional.next().expect("peeked")))
+            }
+            _ => {}
+        }
+    }
+    if positional.peek().is_some() {
+        let slots = spec.params.iter().filter(|p| p.kind.takes_tensor()).count();
+        return Err(bad(format!(
+            "takes at most {slots} positional tensor(s) but {n_positional} were given"
+        )));
+    }
+    for (k, t) in named {
+        let Some(slot) = index_of(&k) else {
+            return Err(bad(format!("unexpected tensor input '{k}'")));
+        };
+        let p = &spec.params[slot];
+        if !p.kind.takes_tensor() {
+            return Err(bad(format!(
+                "'{k}' is {}, pass it as a keyword argument, not a tensor input",
+                p.kind.display()
+            )));
+        }
+        if values[slot].is_some() {
+            return Err(bad(format!("got multiple values for argument '{k}'")));
+        }
+        values[slot] = Some(match p.kind {
+            ParamKind::TensorList => Arg::Tensors(vec![t]),
+            _ => Arg::Tensor(t),
+        });
+    }
+    for (k, v) in kwargs {
+        let Some(slot) = index_of(&k) else {
+            return Err(bad(format!("unexpected keyword argument '{k}'")));
+        };
+        if values[slot].is_some() {
+            return Err(bad(format!("got multiple values for argument '{k}'")));
+        }
+        let p = &spec.params[slot];
+        values[slot] = Some(convert(p, v).map_err(bad)?);
+    }
+    let mut out = Vec::with_capacity(values.len());
+    for (p, v) in spec.params.iter().zip(values) {
+        out.push(match v {
+            Some(v) => v,
+            None => match p.default.to_value() {
+                None => return Err(bad(format!("missing required argument '{}'", p.name))),
+                Some(d) => convert(p, d).map_err(|m| Error::internal(format!("{}: bad default: {m}", spec.name)))?,
+            },
+        });
+    }
+    Ok(Args { spec, values: out })
+}
+
+fn convert<T>(p: &Param, v: Value) -> std::result::Result<Arg<T>, String> {
+    let wrong = |v: &Value| {
+        format!(
+            "argument '{}' must be {}, not {} ({v})",
+            p.name,
+            p.kind.display(),
+            v.type_name()
+        )
+    };
+    if v == Value::None {
+        return if p.default == ParamDefault::None {
+            Ok(Arg::None)
+        } else {
+            Err(format!("argument '{}' must be {}, not None", p.name, p.kind.display()))
+        };
+    }
+    let int_of = |v: &Value| match v {
+        Value::Int(i) => Some(*i),
+        _ => None,
+    };
+    let float_of = |v: &Value| match v {
+        Value::Int(i) => Some(*i as f64),
+        Value::Float(x) => Some(*x),
+        _ => None,
+    };
+    Ok(match (p.kind, &v) {
+        (ParamKind::Tensor | ParamKind::TensorList, _) => {
+            return Err(format!(
+                "argument '{}' is {}: send it in inputs, not as a keyword argument",
+                p.name,
+                p.kind.display()
+            ));
+        }
+        (ParamKind::Int, Value::Int(i)) => Arg::Int(*i),
+        (ParamKind::Float, _) if float_of(&v).is_some() => Arg::Float(float_of(&v).expect("checked")),
+        (ParamKind::Scalar | ParamKind::TensorOrScalar, Value::Int(i)) => Arg::Int(*i),
+        (ParamKind::Scalar | ParamKind::TensorOrScalar, Value::Float(x)) => Arg::Float(*x),
+        (ParamKind::Scalar | ParamKind::TensorOrScalar, Value::Bool(b)) => Arg::Bool(*b),
+        (ParamKind::Bool, Value::Bool(b)) => Arg::Bool(*b),
+        (ParamKind::Str, Value::Str(s)) => Arg::Str(s.clone()),
+        (ParamKind::DType, Value::Str(s)) => Arg::DType(s.parse().map_err(|e: Error| e.message)?),
+        (ParamKind::IntList, Value::Int(i)) => Arg::IntList(vec![*i]),
+        (ParamKind::IntList, Value::List(l)) => {
+            Arg::IntList(l.iter().map(|x| int_of(x).ok_or_else(|| wrong(&v))).collect::<std::result::Result<_, _>>()?)
+        }
+        (ParamKind::FloatList, Value::Int(_) | Value::Float(_)) => Arg::FloatList(vec![float_of(&v).expect("number")]),
+        (ParamKind::FloatList, Value::List(l)) => {
+            Arg::FloatList(l.iter().map(|x| float_of(x).ok_or_else(|| wrong(&v))).collect::<std::result::Result<_, _>>()?)
+        }
+        _ => return Err(wrong(&v)),
+    })
+}
+
+impl<T> Args<T> {
+    /// The op these arguments are bound to.
+    pub fn spec(&self) -> &'static OpSpec {
+        self.spec
+    }
+
+    /// The bound value of parameter `name`.
+    pub fn get(&self, name: &str) -> Result<&Arg<T>> {
+        self.spec
+            .params
+            .iter()
+            .position(|p| p.name == name)
+            .map(|i| &self.values[i])
+            .ok_or_else(|| Error::internal(format!("op '{}' has no parameter '{name}'", self.spec.name)))
+    }
+
+    fn mismatch(&self, name: &str, want: &str) -> Error {
+        Error::internal(format!(
+            "op '{}': parameter '{name}' is not {want} (kernel and spec disagree)",
+            self.spec.name
+        ))
+    }
+
+    /// A required tensor.
+    pub fn tensor(&self, name: &str) -> Result<&T> {
+        match self.get(name)? {
+            Arg::Tensor(t) => Ok(t),
+            _ => Err(self.mismatch(name, "a tensor")),
+        }
+    }
+
+    /// An optional tensor.
+    pub fn opt_tensor(&self, name: &str) -> Result<Option<&T>> {
+        match self.get(name)? {
+            Arg::None => Ok(None),
+            Arg::Tensor(t) => Ok(Some(t)),
+            _ => Err(self.mismatch(name, "a tensor")),
+        }
+    }
+
+    /// A tensor list.
+    pub fn tensors(&self, name: &str) -> Result<&[T]> {
+        match self.get(name)? {
+            Arg::Tensors(t) => Ok(t),
+            Arg::None => Ok(&[]),
+            _ => Err(self.mismatch(name, "a tensor list")),
+        }
+    }
+
+    /// A tensor or a scalar.
+    pub fn tensor_or_scalar(&self, name: &str) -> Result<TensorOrScalar<'_, T>> {
+        match self.get(name)? {
+            Arg::Tensor(t) => Ok(TensorOrScalar::Tensor(t)),
+            Arg::Int(i) => Ok(TensorOrScalar::Scalar(Scalar::Int(*i))),
+            Arg::Float(x) => Ok(TensorOrScalar::Scalar(Scalar::Float(*x))),
+            Arg::Bool(b) => Ok(TensorOrScalar::Scalar(Scalar::Bool(*b))),
+            _ => Err(self.mismatch(name, "a tensor or scalar")),
+        }
+    }
+
+    /// An optional int.
+    pub fn opt_int(&self, name: &str) -> Result<Option<i64>> {
+        match self.get(name)? {
+            Arg::None => Ok(None),
+            Arg::Int(i) => Ok(Some(*i)),
+            _ => Err(self.mismatch(name, "an int")),
+        }
+    }
+
+    /// A required int.
+    pub fn int(&self, name: &str) -> Result<i64> {
+        self.opt_int(name)?.ok_or_else(|| self.mismatch(name, "a required int"))
+    }
+
+    /// An optional float.
+    pub fn opt_float(&self, name: &str) -> Result<Option<f64>> {
+        match self.get(name)? {
+            Arg::None => Ok(None),
+            Arg::Float(x) => Ok(Some(*x)),
+            Arg::Int(i) => Ok(Some(*i as f64)),
+            _ => Err(self.mismatch(name, "a float")),
+        }
+    }
+
+    /// A required float.
+    pub fn float(&self, name: &str) -> Result<f64> {
+        self.opt_float(name)?.ok_or_else(|| self.mismatch(name, "a required float"))
+    }
+
+    /// An optional scalar.
+    pub fn opt_scalar(&self, name: &str) -> Result<Option<Scalar>> {
+        match self.get(name)? {
+            Arg::None => Ok(None),
+            Arg::Int(i) => Ok(Some(Scalar::Int(*i))),
+            Arg::Float(x) => Ok(Some(Scalar::Float(*x))),
+            Arg::Bool(b) => Ok(Some(Scalar::Bool(*b))),
+            _ => Err(self.mismatch(name, "a scalar")),
+        }
+    }
+
+    /// A required scalar.
+    pub fn scalar(&self, name: &str) -> Result<Scalar> {
+        self.opt_scalar(name)?.ok_or_else(|| self.mismatch(name, "a required scalar"))
+    }
+
+    /// An optional bool.
+    pub fn opt_bool(&self, name: &str) -> Result<Option<bool>> {
+        match self.get(name)? {
+            Arg::None => Ok(None),
+            Arg::Bool(b) => Ok(Some(*b)),
+            _ => Err(self.mismatch(name, "a bool")),
+        }
+    }
+
+    /// A required bool.
+    pub fn bool(&self, name: &str) -> Result<bool> {
+        self.opt_bool(name)?.ok_or_else(|| self.mismatch(name, "a required bool"))
+    }
+
+    /// An optional string.
+    pub fn opt_str(&self, name: &str) -> Result<Option<&str>> {
+        match self.get(name)? {
+            Arg::None => Ok(None),
+            Arg::Str(s) => Ok(Some(s)),
+            _ => Err(self.mismatch(name, "a string")),
+        }
+    }
+
+    /// A required string.
+    pub fn str(&self, name: &str) -> Result<&str> {
+        self.opt_str(name)?.ok_or_else(|| self.mismatch(name, "a required string"))
+    }
+
+    /// An optional int list (a single int comes as a one-element list).
+    pub fn opt_int_list(&self, name: &str) -> Result<Option<&[i64]>> {
+        match self.get(name)? {
+            Arg::None => Ok(None),
+            Arg::IntList(l) => Ok(Some(l)),
+            _ => Err(self.mismatch(name, "an int list")),
+        }
+    }
+
+    /// A required int list.
+    pub fn int_list(&self, name: &str) -> Result<&[i64]> {
+        self.opt_int_list(name)?.ok_or_else(|| self.mismatch(name, "a required int list"))
+    }
+
+    /// An int list of exactly `n` entries: a single value is repeated
+    /// (`stride=2` → `[2, 2]`), any other length is a bad argument.
+    pub fn int_list_n(&self, name: &str, n: usize) -> Result<Vec<i64>> {
+        let l = self.int_list(name)?;
+        match l.len() {
+            1 => Ok(vec![l[0]; n]),
+            k if k == n => Ok(l.to_vec()),
+            k => Err(Error::bad_argument(format!(
+                "{}(): '{name}' needs 1 or {n} values, got {k}; signature: {}",
+                self.spec.name,
+                self.spec.signature()
+            ))),
+        }
+    }
+
+    /// An optional float list.
+    pub fn opt_float_list(&self, name: &str) -> Result<Option<&[f64]>> {
+        match self.get(name)? {
+            Arg::None => Ok(None),
+            Arg::FloatList(l) => Ok(Some(l)),
+            _ => Err(self.mismatch(name, "a float list")),
+        }
+    }
+
+    /// An optional dtype.
+    pub fn opt_dtype(&self, name: &str) -> Result<Option<DType>> {
+        match self.get(name)? {
+            Arg::None => Ok(None),
+            Arg::DType(d) => Ok(Some(*d)),
+            _ => Err(self.mismatch(name, "a dtype")),
+        }
+    }
+
+    /// Every tensor argument, in parameter order.
+    pub fn all_tensors(&self) -> impl Iterator<Item = &T> {
+        self.values.iter().flat_map(|v| match v {
+            Arg::Tensor(t) => std::slice::from_ref(t),
+            Arg::Tensors(ts) => ts.as_slice(),
+            _ => &[],
+        })
+    }
+
+    /// Converts every tensor (host tensors to device tensors, say).
+    pub fn try_map_tensors<U>(self, mut f: impl FnMut(T) -> Result<U>) -> Result<Args<U>> {
+        let values = self
+            .values
+            .into_iter()
+            .map(|v| {
+                Ok(match v {
+                    Arg::Tensor(t) => Arg::Tensor(f(t)?),
+                    Arg::Tensors(ts) => Arg::Tensors(ts.into_iter().map(&mut f).collect::<Result<_>>()?),
+                    Arg::None => Arg::None,
+                    Arg::Int(i) => Arg::Int(i),
+                    Arg::Float(x) => Arg::Float(x),
+                    Arg::Bool(b) => Arg::Bool(b),
+                    Arg::Str(s) => Arg::Str(s),
+                    Arg::IntList(l) => Arg::IntList(l),
+                    Arg::FloatList(l) => Arg::FloatList(l),
+                    Arg::DType(d) => Arg::DType(d),
+                })
+            })
+            .collect::<Result<_>>()?;
+        Ok(Args { spec: self.spec, values })
+    }
+}
+
+/// What a kernel or model returns.
+#[derive(Debug)]
+pub enum OpOutput<T> {
+    /// One tensor: `"output"`.
+    One(T),
+    /// A tuple or list: `"0"`, `"1"`, ... .
+    Tuple(Vec<T>),
+    /// Named tensors (models returning dicts).
+    Named(Vec<(String, T)>),
+}
+
+impl<T> OpOutput<T> {
+    /// The results with their wire names.
+    pub fn into_named(self) -> Vec<(String, T)> {
+        match self {
+            OpOutput::One(t) => vec![("output".to_owned(), t)],
+            OpOutput::Tuple(ts) => ts.into_iter().enumerate().map(|(i, t)| (i.to_string(), t)).collect(),
+            OpOutput::Named(v) => v,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    static ADD: OpSpec = OpSpec {
+        name: "add",
+        category: "elementwise",
+        doc: "input + alpha × other",
+        params: &[
+            Param::tensor("input"),
+            Param::new("other", ParamKind::TensorOrScalar),
+            Param::new("alpha", ParamKind::Scalar).or_int(1),
+        ],
+        outputs: Outputs::One,
+    };
+    static CAT: OpSpec = OpSpec {
+        name: "cat",
+        category: "shape",
+        doc: "concatenate",
+        params: &[Param::new("tensors", ParamKind::TensorList), Param::new("dim", ParamKind::Int).or_int(0)],
+        outputs: Outputs::One,
+    };
+    static CONV: OpSpec = OpSpec {
+        name: "conv2d",
+        category: "nn",
+        doc: "2-D convolution",
+        params: &[
+            Param::tensor("input"),
+            Param::tensor("weight"),
+            Param::tensor("bias").optional(),
+            Param::new("stride", ParamKind::IntList).or_ints(&[1]),
+            Param::new("padding", ParamKind::IntList).or_ints(&[0]),
+        ],
+        outputs: Outputs::One,
+    };
+
+    fn kw(pairs: &[(&str, Value)]) -> BTreeMap<String, Value> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect()
+    }
+
+    #[test]
+    fn signatures_render() {
+        assert_eq!(ADD.signature(), "add(input: Tensor, other: Tensor | Scalar, alpha: Scalar = 1) -> Tensor");
+        assert_eq!(CONV.signature(), "conv2d(input: Tensor, weight: Tensor, bias: Tensor? = None, stride: int[] = [1], padding: int[] = [0]) -> Tensor");
+        for s in [&ADD, &CAT, &CONV] {
+            s.validate().unwrap();
+        }
+    }
+
+    #[test]
+    fn positional_named_and_scalar_binding() {
+        let a = bind(&ADD, vec![("0".into(), 'a'), ("1".into(), 'b')], kw(&[])).unwrap();
+        assert_eq!(a.tensor("input").unwrap(), &'a');
+        assert_eq!(a.tensor_or_scalar("other").unwrap(), TensorOrScalar::Tensor(&'b'));
+        assert_eq!(a.scalar("alpha").unwrap(), Scalar::Int(1));
+
+        let a = bind(&ADD, vec![("input".into(), 'a')], kw(&[("other", Value::Float(2.0))])).unwrap();
+        assert_eq!(a.tensor_or_scalar("other").unwrap(), TensorOrScalar::Scalar(Scalar::Float(2.0)));
+
+        let c = bind(&CAT, vec![("1".into(), 'y'), ("0".into(), 'x'), ("2".into(), 'z')], kw(&[("dim", Value::Int(1))])).unwrap();
+        assert_eq!(c.tensors("tensors").unwrap(), &['x', 'y', 'z']);
+        assert_eq!(c.int("dim").unwrap(), 1);
+
+        let v = bind(&CONV, vec![("0".into(), 'i'), ("weight".into(), 'w')], kw(&[("stride", Value::Int(2))])).unwrap();
+        assert_eq!(v.opt_tensor("bias").unwrap(), None);
+        assert_eq!(v.int_list_n("stride", 2).unwrap(), vec![2, 2]);
+        assert_eq!(v.int_list_n("padding", 2).unwrap(), vec![0, 0]);
+    }
+
+    #[test]
+    fn binding_errors_name_the_signature() {
+        let cases: Vec<(Vec<(String, char)>, BTreeMap<String, Value>, &str)> = vec![
+            (vec![("0".into(), 'a')], kw(&[]), "missing required argument 'other'"),
+            (vec![("0".into(), 'a'), ("2".into(), 'b')], kw(&[]), "without gaps"),
+            (vec![("0".into(), 'a'), ("1".into(), 'b'), ("2".into(), 'c')], kw(&[]), "at most 2 positional"),
+            (vec![("0".into(), 'a'), ("1".into(), 'b')], kw(&[("alpha", Value::Str("x".into()))]), "must be Scalar, not str"),
+            (vec![("0".into(), 'a'), ("1".into(), 'b')], kw(&[("beta", Value::Int(1))]), "unexpected keyword argument 'beta'"),
+            (vec![("0".into(), 'a'), ("input".into(), 'b')], kw(&[]), "multiple values for argument 'input'"),
+            (vec![("0".into(), 'a'), ("alpha".into(), 'b')], kw(&[]), "pass it as a keyword argument"),
+            (vec![("0".into(), 'a')], kw(&[("other", Value::None)]), "not None"),
+        ];
+        for (inputs, kwargs, want) in cases {
+            let e = bind(&ADD, inputs, kwargs).unwrap_err();
+            assert_eq!(e.code, ErrorCode::BadArgument);
+            assert!(e.message.contains(want), "{} does not contain {want}", e.message);
+            assert!(e.message.contains("signature: add(input: Tensor"), "{}", e.message);
+        }
+        let e = bind(&CONV, vec![("0".into(), 'i'), ("1".into(), 'w')], kw(&[("stride", Value::List(vec![Value::Int(1), Value::Float(1.5)]))])).unwrap_err();
+        assert!(e.message.contains("must be int[]"), "{}", e.message);
+    }
+
+    #[test]
+    fn unknown_op_suggests() {
+        static E: OpEntry = OpEntry::new(ADD, &());
+        let mut r = OpRegistry::new();
+        r.register(&E).unwrap();
+        assert!(r.register(&E).is_err());
+        let e = r.lookup("ad").unwrap_err();
+        assert_eq!(e.code, ErrorCode::UnknownOp);
+        assert!(e.message.contains("did you mean add"), "{}", e.message);
+    }
+}

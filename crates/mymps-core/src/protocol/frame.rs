@@ -1,0 +1,375 @@
+//! Frames: the binary envelope of every message, without I/O.
+//!
+//! ```text
+//! offset  size        field
+//! 0       1           kind          (FrameKind)
+//! 1       1           flags         (bit 0: MORE, reserved for streaming; other bits must be 0)
+//! 2       2  u16 LE   n_tensors
+//! 4       4  u32 LE   header_len
+//! 8       8  u64 LE   id            (request id; a response carries its request's id)
+//! 16      8×n u64 LE  byte length of each tensor
+//! ..      header_len  header        (msgpack, see `message`)
+//! ..      Σ lengths   tensor bytes, one after another, never re-encoded
+//! ```
+//!
+//! Every size is known from the first `16 + 8n` bytes, so a reader checks
+//! them against its [`Limits`] before it allocates anything, then reads each
+//! tensor straight into a buffer of its own.
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::error::{Error, ErrorCode};
+
+/// Bytes of the fixed frame prefix.
+pub const PREFIX_LEN: usize = 16;
+
+/// Flag bit: more frames follow for this id (reserved for streaming replies).
+pub const FLAG_MORE: u8 = 0b0000_0001;
+const KNOWN_FLAGS: u8 = FLAG_MORE;
+
+/// What a frame carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum FrameKind {
+    /// Client → server, first frame of a connection: [`super::Hello`].
+    Hello = 1,
+    /// Server → client, answer to `Hello`: [`super::Welcome`].
+    Welcome = 2,
+    /// Client → server: a [`super::Request`].
+    Request = 3,
+    /// Server → client: a [`super::Response`] to the request with the same id.
+    Response = 4,
+    /// Client → server: cancel the request with this id (reserved; servers
+    /// of protocol 1 ignore it).
+    Cancel = 5,
+}
+
+impl FrameKind {
+    /// The kind for a wire byte.
+    pub fn from_u8(b: u8) -> Option<FrameKind> {
+        Some(match b {
+            1 => FrameKind::Hello,
+            2 => FrameKind::Welcome,
+            3 => FrameKind::Request,
+            4 => FrameKind::Response,
+            5 => FrameKind::Cancel,
+            _ => return None,
+        })
+    }
+}
+
+/// Size caps a reader enforces before allocating.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest header, bytes.
+    pub max_header_len: u32,
+    /// Most tensors in one frame.
+    pub max_tensors: u16,
+    /// Largest total of tensor bytes in one frame.
+    pub max_payload: u64,
+}
+
+impl Limits {
+    /// Before the handshake completes: a small header and no tensors.
+    pub const HANDSHAKE: Limits = Limits {
+        max_header_len: 64 * 1024,
+        max_tensors: 0,
+        max_payload: 0,
+    };
+
+    /// A generous default: 16 MiB header, 1024 tensors, 4 GiB of tensor data.
+    pub const DEFAULT: Limits = Limits {
+        max_header_len: 16 * 1024 * 1024,
+        max_tensors: 1024,
+        max_payload: 4 * 1024 * 1024 * 1024,
+    };
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits::DEFAULT
+    }
+}
+
+/// The decoded fixed prefix of a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Prefix {
+    /// Frame kind.
+    pub kind: FrameKind,
+    /// Flag bits.
+    pub flags: u8,
+    /// Number of tensors.
+    pub n_tensors: u16,
+    /// Header length, bytes.
+    pub header_len: u32,
+    /// Request id.
+    pub id: u64,
+}
+
+/// Why a frame could not be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FrameError {
+    /// The bytes are not a frame (unknown kind or flags): the stream cannot
+    /// be resynchronised and must be closed.
+    Malformed(String),
+    /// A well-formed frame exceeds the limits. Its size is known, so the
+    /// reader can skip it and answer `id` with an error.
+    TooLarge {
+        /// The frame's id.
+        id: u64,
+        /// The frame's kind.
+        kind: FrameKind,
+        /// What exceeded which limit.
+        message: String,
+        /// Bytes after the prefix and length table to skip.
+        skip: u64,
+    },
+}
+
+impl FrameError {
+    /// The error to report to the peer.
+    pub fn to_error(&self) -> Error {
+        match self {
+            FrameError::Malformed(m) => Error::new(ErrorCode::Protocol, m.clone()),
+            FrameError::TooLarge { message, .. } => {
+                Error::new(ErrorCode::PayloadTooLarge, message.clone())
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for FrameError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.to_error().fmt(f)
+    }
+}
+
+impl std::error::Error for FrameError {}
+
+impl Prefix {
+    /// Decodes the 16-byte prefix.
+    pub fn decode(b: &[u8; PREFIX_LEN]) -> Result<Prefix, FrameError> {
+        let kind = FrameKind::from_u8(b[0])
+            .ok_or_else(|| FrameError::Malformed(format!("unknown frame kind {:#04x}", b[0])))?;
+        let flags = b[1];
+        if flags & !KNOWN_FLAGS != 0 {
+            return Err(FrameError::Malformed(format!("unknown frame flags {flags:#04x}")));
+        }
+        Ok(Prefix {
+            kind,
+            flags,
+            n_tensors: u16::from_le_bytes([b[2], b[3]]),
+            header_len: u32::from_le_bytes(b[4..8].try_into().expect("4 bytes")),
+            id: u64::from_le_bytes(b[8..16].try_into().expect("8 bytes")),
+        })
+    }
+
+    /// Encodes the 16-byte prefix.
+    pub fn encode(&self) -> [u8; PREFIX_LEN] {
+        let mut b = [0u8; PREFIX_LEN];
+        b[0] = self.kind as u8;
+        b[1] = self.flags;
+        b[2..4].copy_from_slice(&self.n_tensors.to_le_bytes());
+        b[4..8].copy_from_slice(&self.header_len.to_le_bytes());
+        b[8..16].copy_from_slice(&self.id.to_le_bytes());
+        b
+    }
+
+    /// Bytes of the tensor length table that follows the prefix.
+    pub fn table_len(&self) -> usize {
+        8 * self.n_tensors as usize
+    }
+}
+
+/// Parses the tensor length table (at most 8 × 65535 bytes, so always read)
+/// and checks the tensor count, header and payload sizes against `limits`.
+pub fn parse_lengths(prefix: &Prefix, table: &[u8], limits: &Limits) -> Result<Vec<u64>, FrameError> {
+    debug_assert_eq!(table.len(), prefix.table_len());
+    let lens: Vec<u64> = table
+        .chunks_exact(8)
+        .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
+        .collect();
+    let total = lens.iter().try_fold(0u64, |acc, &l| acc.checked_add(l));
+    let skip = total.and_then(|t| t.checked_add(prefix.header_len as u64));
+    let too_large = |message: String| FrameError::TooLarge {
+        id: prefix.id,
+        kind: prefix.kind,
+        message,
+        skip: skip.unwrap_or(u64::MAX),
+    };
+    if prefix.n_tensors > limits.max_tensors {
+        return Err(too_large(format!(
+            "frame carries {} tensors; the limit is {}",
+            prefix.n_tensors, limits.max_tensors
+        )));
+    }
+    if prefix.header_len > limits.max_header_len {
+        return Err(too_large(format!(
+            "header of {} bytes exceeds the limit of {} bytes",
+            prefix.header_len, limits.max_header_len
+        )));
+    }
+    match total {
+        Some(t) if t <= limits.max_payload => Ok(lens),
+        _ => Err(too_large(format!(
+            "tensor payload of {} bytes exceeds the limit of {} bytes",
+            total.map_or_else(|| "more than 2^64".to_owned(), |t| t.to_string()),
+            limits.max_payload
+        ))),
+    }
+}
+
+/// One frame: kind, id, header bytes and tensor buffers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    /// Frame kind.
+    pub kind: FrameKind,
+    /// Flag bits.
+    pub flags: u8,
+    /// Request id.
+    pub id: u64,
+    /// The msgpack header.
+    pub header: Bytes,
+    /// Tensor bytes, in the order the header lists them.
+    pub tensors: Vec<Bytes>,
+}
+
+impl Frame {
+    /// A frame without flags.
+    pub fn new(kind: FrameKind, id: u64, header: Bytes, tensors: Vec<Bytes>) -> Frame {
+        Frame {
+            kind,
+            flags: 0,
+            id,
+            header,
+            tensors,
+        }
+    }
+
+    /// The prefix, length table and header as one buffer; the tensors follow
+    /// it on the wire, each from its own buffer.
+    ///
+    /// Panics if the frame has more than `u16::MAX` tensors or a header over
+    /// 4 GiB; [`super::encode`] never builds such frames.
+    pub fn encode_head(&self) -> Bytes {
+        let prefix = Prefix {
+            kind: self.kind,
+            flags: self.flags,
+            n_tensors: u16::try_from(self.tensors.len()).expect("at most 65535 tensors"),
+            header_len: u32::try_from(self.header.len()).expect("header under 4 GiB"),
+            id: self.id,
+        };
+        let mut b = BytesMut::with_capacity(PREFIX_LEN + prefix.table_len() + self.header.len());
+        b.put_slice(&prefix.encode());
+        for t in &self.tensors {
+            b.put_u64_le(t.len() as u64);
+        }
+        b.put_slice(&self.header);
+        b.freeze()
+    }
+
+    /// Total bytes on the wire.
+    pub fn wire_len(&self) -> u64 {
+        (PREFIX_LEN + 8 * self.tensors.len() + self.header.len()) as u64
+            + self.tensors.iter().map(|t| t.len() as u64).sum::<u64>()
+    }
+
+    /// The whole frame as one contiguous buffer (tests, golden files,
+    /// message-based transports).
+    pub fn to_vec(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(self.wire_len() as usize);
+        v.extend_from_slice(&self.encode_head());
+        for t in &self.tensors {
+            v.extend_from_slice(t);
+        }
+        v
+    }
+
+    /// Decodes one frame from the front of `buf`: `Ok(None)` if more bytes
+    /// are needed, else the frame and the number of bytes it used.
+    pub fn decode(buf: &[u8], limits: &Limits) -> Result<Option<(Frame, usize)>, FrameError> {
+        if buf.len() < PREFIX_LEN {
+            return Ok(None);
+        }
+        let prefix = Prefix::decode(buf[..PREFIX_LEN].try_into().expect("16 bytes"))?;
+        let table_end = PREFIX_LEN + prefix.table_len();
+        if buf.len() < table_end {
+            return Ok(None);
+        }
+        let lens = parse_lengths(&prefix, &buf[PREFIX_LEN..table_end], limits)?;
+        let header_end = table_end + prefix.header_len as usize;
+        let total = header_end as u64 + lens.iter().sum::<u64>();
+        if (buf.len() as u64) < total {
+            return Ok(None);
+        }
+        let header = Bytes::copy_from_slice(&buf[table_end..header_end]);
+        let mut at = header_end;
+        let tensors = lens
+            .iter()
+            .map(|&l| {
+                let t = Bytes::copy_from_slice(&buf[at..at + l as usize]);
+                at += l as usize;
+                t
+            })
+            .collect();
+        Ok(Some((
+            Frame {
+                kind: prefix.kind,
+                flags: prefix.flags,
+                id: prefix.id,
+                header,
+                tensors,
+            },
+            at,
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_partial_input() {
+        let f = Frame::new(
+            FrameKind::Request,
+            42,
+            Bytes::from_static(b"hdr"),
+            vec![Bytes::from_static(b"abcd"), Bytes::new(), Bytes::from_static(b"xy")],
+        );
+        let wire = f.to_vec();
+        assert_eq!(wire.len() as u64, f.wire_len());
+        for cut in 0..wire.len() {
+            assert_eq!(Frame::decode(&wire[..cut], &Limits::DEFAULT).unwrap(), None);
+        }
+        let (g, used) = Frame::decode(&wire, &Limits::DEFAULT).unwrap().unwrap();
+        assert_eq!((g, used), (f, wire.len()));
+    }
+
+    #[test]
+    fn garbage_and_oversize_are_classified() {
+        let mut wire = Frame::new(FrameKind::Request, 7, Bytes::new(), vec![]).to_vec();
+        wire[0] = 0xEE;
+        assert!(matches!(Frame::decode(&wire, &Limits::DEFAULT), Err(FrameError::Malformed(_))));
+        wire[0] = FrameKind::Request as u8;
+        wire[1] = 0x80;
+        assert!(matches!(Frame::decode(&wire, &Limits::DEFAULT), Err(FrameError::Malformed(_))));
+
+        let big = Frame::new(FrameKind::Request, 9, Bytes::new(), vec![Bytes::from(vec![0u8; 100])]);
+        let limits = Limits { max_payload: 99, ..Limits::DEFAULT };
+        match Frame::decode(&big.to_vec(), &limits) {
+            Err(FrameError::TooLarge { id: 9, skip: 100, .. }) => {}
+            other => panic!("{other:?}"),
+        }
+        // Before the handshake, no tensors at all.
+        assert!(matches!(
+            Frame::decode(&big.to_vec(), &Limits::HANDSHAKE),
+            Err(FrameError::TooLarge { id: 9, .. })
+        ));
+        // A length table whose sum overflows.
+        let mut wire = Frame::new(FrameKind::Request, 3, Bytes::new(), vec![Bytes::new(), Bytes::new()]).to_vec();
+        wire[16..24].copy_from_slice(&u64::MAX.to_le_bytes());
+        wire[24..32].copy_from_slice(&2u64.to_le_bytes());
+        assert!(matches!(Frame::decode(&wire, &Limits::DEFAULT), Err(FrameError::TooLarge { id: 3, .. })));
+    }
+}

@@ -1,0 +1,281 @@
+//! Frame reading and writing over any byte stream (`AsyncRead` /
+//! `AsyncWrite`): the shared half of every stream transport.
+//!
+//! Reads go through one buffer for prefixes, headers and small tensors; a
+//! large tensor is read straight into a buffer of its own size, which then
+//! becomes the tensor's storage without another copy. Writes are vectored:
+//! the frame head and each tensor buffer go to the kernel as they are.
+
+use std::io::{self, IoSlice};
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::protocol::{Frame, FrameError, Limits, PREFIX_LEN, Prefix, parse_lengths};
+use crate::transport::{BoxFuture, FrameReader, FrameWriter, Incoming, MemoryBudget, ReadError};
+
+const READ_CHUNK: usize = 64 * 1024;
+/// Tensors up to this size are sliced out of the read buffer; larger ones
+/// get a buffer of their own.
+const SMALL_TENSOR: usize = 16 * 1024;
+
+/// Reads frames from a byte stream.
+#[derive(Debug)]
+pub struct StreamReader<R> {
+    inner: R,
+    buf: BytesMut,
+}
+
+impl<R: AsyncRead + Unpin + Send + 'static> StreamReader<R> {
+    /// Wraps the receiving half of a stream.
+    pub fn new(inner: R) -> StreamReader<R> {
+        StreamReader {
+            inner,
+            buf: BytesMut::with_capacity(READ_CHUNK),
+        }
+    }
+
+    /// Reads until the buffer holds `n` bytes. `Ok(false)` on end of stream
+    /// with the buffer empty (a clean close between frames).
+    async fn fill(&mut self, n: usize) -> io::Result<bool> {
+        while self.buf.len() < n {
+            self.buf.reserve((n - self.buf.len()).max(READ_CHUNK));
+            if self.inner.read_buf(&mut self.buf).await? == 0 {
+                if self.buf.is_empty() {
+                    return Ok(false);
+                }
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "connection closed in the middle of a frame",
+                ));
+            }
+        }
+        Ok(true)
+    }
+
+    async fn skip(&mut self, mut n: u64) -> io::Result<()> {
+        let from_buf = n.min(self.buf.len() as u64) as usize;
+        let _ = self.buf.split_to(from_buf);
+        n -= from_buf as u64;
+        let mut scratch = vec![0u8; READ_CHUNK];
+        while n > 0 {
+            let want = n.min(READ_CHUNK as u64) as usize;
+            let got = self.inner.read(&mut scratch[..want]).await?;
+            if got == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            n -= got as u64;
+        }
+        Ok(())
+    }
+
+    async fn read_tensor(&mut self, len: usize) -> io::Result<Bytes> {
+        if len <= SMALL_TENSOR || self.buf.len() >= len {
+            self.fill(len).await?;
+            return Ok(self.buf.split_to(len).freeze());
+        }
+        let mut t = BytesMut::with_capacity(len);
+        t.extend_from_slice(&self.buf.split_to(self.buf.len()));
+        while t.len() < len {
+            if self.inner.read_buf(&mut t).await? == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "connection closed in the middle of a tensor",
+                ));
+            }
+        }
+        Ok(t.freeze())
+    }
+
+    async fn read(
+        &mut self,
+        limits: &Limits,
+        budget: Option<&MemoryBudget>,
+    ) -> Result<Option<Incoming>, ReadError> {
+        if !self.fill(PREFIX_LEN).await? {
+            return Ok(None);
+        }
+        let prefix = Prefix::decode(self.buf[..PREFIX_LEN].try_into().expect("16 bytes"))
+            .map_err(ReadError::Frame)?;
+        let table_end = PREFIX_LEN + prefix.table_len();
+        self.fill(table_end).await?;
+        let lens = match parse_lengths(&prefix, &self.buf[PREFIX_LEN..table_end], limits) {
+            Ok(lens) => lens,
+            Err(e) => {
+                let _ = self.buf.split_to(table_end);
+                if let FrameError::TooLarge { skip, .. } = &e {
+                    self.skip(*skip).await?;
+                }
+                return Err(ReadError::Frame(e));
+            }
+        };
+        let total: u64 = lens.iter().sum();
+        let permit = match budget {
+            Some(b) if total > 0 => match b.acquire(total).await {
+                Some(p) => Some(p),
+                None => {
+                    let _ = self.buf.split_to(table_end);
+                    self.skip(prefix.header_len as u64 + total).await?;
+                    return Err(ReadError::Frame(FrameError::TooLarge {
+                        id: prefix.id,
+                        kind: prefix.kind,
+                        message: format!(
+                            "tensor payload of {total} bytes exceeds the server's memory budget of {} bytes",
+                            b.capacity()
+                        ),
+                        skip: 0,
+                    }));
+                }
+            },
+            _ => None,
+        };
+        let header_end = table_end + prefix.header_len as usize;
+        self.fill(header_end).await?;
+        let _ = self.buf.split_to(table_end);
+        let header = self.buf.split_to(prefix.header_len as usize).freeze();
+        let mut tensors = Vec::with_capacity(lens.len());
+        for len in lens {
+            tensors.push(self.read_tensor(len as usize).await?);
+        }
+        Ok(Some(Incoming {
+            frame: Frame {
+                kind: prefix.kind,
+                flags: prefix.flags,
+                id: prefix.id,
+                header,
+                tensors,
+            },
+            permit,
+        }))
+    }
+}
+
+impl<R: AsyncRead + Unpin + Send + 'static> FrameReader for StreamReader<R> {
+    fn read_frame<'a>(
+        &'a mut self,
+        limits: &'a Limits,
+        budget: Option<&'a MemoryBudget>,
+    ) -> BoxFuture<'a, Result<Option<Incoming>, ReadError>> {
+        Box::pin(self.read(limits, budget))
+    }
+}
+
+/// Writes frames to a byte stream with vectored writes.
+#[derive(Debug)]
+pub struct StreamWriter<W> {
+    inner: W,
+}
+
+impl<W: AsyncWrite + Unpin + Send + 'static> StreamWriter<W> {
+    /// Wraps the sending half of a stream.
+    pub fn new(inner: W) -> StreamWriter<W> {
+        StreamWriter { inner }
+    }
+
+    async fn write(&mut self, frame: Frame) -> io::Result<()> {
+        let head = frame.encode_head();
+        let mut parts: Vec<&[u8]> = Vec::with_capacity(1 + frame.tensors.len());
+        parts.push(&head);
+        parts.extend(frame.tensors.iter().map(|t| &t[..]).filter(|t| !t.is_empty()));
+        let (mut part, mut offset) = (0usize, 0usize);
+        while part < parts.len() {
+            let slices: Vec<IoSlice<'_>> = std::iter::once(IoSlice::new(&parts[part][offset..]))
+                .chain(parts[part + 1..].iter().take(63).map(|p| IoSlice::new(p)))
+                .collect();
+            let mut n = self.inner.write_vectored(&slices).await?;
+            if n == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            while n > 0 {
+                let left = parts[part].len() - offset;
+                if n >= left {
+                    n -= left;
+                    part += 1;
+                    offset = 0;
+                } else {
+                    offset += n;
+                    n = 0;
+                }
+            }
+        }
+        self.inner.flush().await
+    }
+}
+
+impl<W: AsyncWrite + Unpin + Send + 'static> FrameWriter for StreamWriter<W> {
+    fn write_frame(&mut self, frame: Frame) -> BoxFuture<'_, io::Result<()>> {
+        Box::pin(self.write(frame))
+    }
+
+    fn shutdown(&mut self) -> BoxFuture<'_, io::Result<()>> {
+        Box::pin(self.inner.shutdown())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::FrameKind;
+
+    #[tokio::test]
+    async fn frames_cross_a_duplex_stream_in_small_pieces() {
+        // A 4-byte pipe forces partial reads and writes everywhere.
+        let (a, b) = tokio::io::duplex(4);
+        let mut w = StreamWriter::new(a);
+        let mut r = StreamReader::new(b);
+        let big = Bytes::from((0..100_000u32).map(|i| i as u8).collect::<Vec<_>>());
+        let frames = vec![
+            Frame::new(FrameKind::Request, 1, Bytes::from_static(b"h1"), vec![]),
+            Frame::new(FrameKind::Request, 2, Bytes::from_static(b"h2"), vec![Bytes::from_static(b"abc"), big, Bytes::new()]),
+        ];
+        let sent = frames.clone();
+        let writer = tokio::spawn(async move {
+            for f in sent {
+                w.write_frame(f).await.unwrap();
+            }
+            w.shutdown().await.unwrap();
+        });
+        for f in frames {
+            let got = r.read_frame(&Limits::DEFAULT, None).await.unwrap().unwrap();
+            assert_eq!(got.frame, f);
+        }
+        assert!(r.read_frame(&Limits::DEFAULT, None).await.unwrap().is_none());
+        writer.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn oversized_frames_are_skipped_and_the_stream_survives() {
+        let (mut a, b) = tokio::io::duplex(1 << 16);
+        let mut r = StreamReader::new(b);
+        let big = Frame::new(FrameKind::Request, 5, Bytes::from_static(b"hh"), vec![Bytes::from(vec![7u8; 5000])]);
+        let next = Frame::new(FrameKind::Request, 6, Bytes::from_static(b"ok"), vec![Bytes::from_static(b"x")]);
+        let mut wire = big.to_vec();
+        wire.extend(next.to_vec());
+        tokio::spawn(async move { a.write_all(&wire).await.unwrap() });
+        let limits = Limits { max_payload: 1000, ..Limits::DEFAULT };
+        match r.read_frame(&limits, None).await {
+            Err(ReadError::Frame(FrameError::TooLarge { id: 5, .. })) => {}
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(r.read_frame(&limits, None).await.unwrap().unwrap().frame, next);
+    }
+
+    #[tokio::test]
+    async fn the_memory_budget_refuses_what_can_never_fit() {
+        let (mut a, b) = tokio::io::duplex(1 << 16);
+        let mut r = StreamReader::new(b);
+        let f = Frame::new(FrameKind::Request, 8, Bytes::new(), vec![Bytes::from(vec![1u8; 4096])]);
+        let g = Frame::new(FrameKind::Request, 9, Bytes::new(), vec![Bytes::from(vec![1u8; 1024])]);
+        let mut wire = f.to_vec();
+        wire.extend(g.to_vec());
+        tokio::spawn(async move { a.write_all(&wire).await.unwrap() });
+        let budget = MemoryBudget::new(2048);
+        assert!(matches!(
+            r.read_frame(&Limits::DEFAULT, Some(&budget)).await,
+            Err(ReadError::Frame(FrameError::TooLarge { id: 8, .. }))
+        ));
+        let ok = r.read_frame(&Limits::DEFAULT, Some(&budget)).await.unwrap().unwrap();
+        assert_eq!(ok.frame.id, 9);
+        assert!(ok.permit.is_some());
+    }
+}

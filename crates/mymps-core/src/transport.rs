@@ -1,0 +1,272 @@
+//! The `Transport` traits, endpoints (`scheme://host:port`) and the registry
+//! that finds a transport by URL scheme.
+//!
+//! A transport moves [`Frame`]s; it does not interpret them. Byte-stream
+//! transports (TCP, and QUIC streams later) wrap their halves in
+//! [`crate::stream::StreamReader`] / [`crate::stream::StreamWriter`];
+//! message-based ones (ZeroMQ) implement [`FrameReader`] / [`FrameWriter`]
+//! directly.
+
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::error::{Error, ErrorCode, Result};
+use crate::protocol::{Frame, FrameError, Limits};
+
+/// A boxed, sendable future.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Where to listen or connect: `scheme://host:port`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Endpoint {
+    /// URL scheme, naming the transport (`tcp`).
+    pub scheme: String,
+    /// Host name or IP address (IPv6 without brackets).
+    pub host: String,
+    /// Port (0 to let the system choose when listening).
+    pub port: u16,
+}
+
+impl Endpoint {
+    /// A new endpoint.
+    pub fn new(scheme: &str, host: &str, port: u16) -> Endpoint {
+        Endpoint {
+            scheme: scheme.to_owned(),
+            host: host.to_owned(),
+            port,
+        }
+    }
+
+    /// `host:port`, with brackets around IPv6 addresses.
+    pub fn host_port(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}://{}", self.scheme, self.host_port())
+    }
+}
+
+impl FromStr for Endpoint {
+    type Err = Error;
+    /// Parses `scheme://host:port`; `host:port` alone means `tcp`.
+    fn from_str(s: &str) -> Result<Endpoint> {
+        let bad = |why: &str| {
+            Error::bad_argument(format!(
+                "bad address '{s}': {why} (expected scheme://host:port, e.g. tcp://127.0.0.1:5555)"
+            ))
+        };
+        let (scheme, rest) = s.split_once("://").unwrap_or(("tcp", s));
+        if scheme.is_empty() || !scheme.chars().all(|c| c.is_ascii_alphanumeric() || c == '+' || c == '-') {
+            return Err(bad("bad scheme"));
+        }
+        let rest = rest.trim_end_matches('/');
+        let (host, port) = if let Some(r) = rest.strip_prefix('[') {
+            let (h, p) = r.split_once("]:").ok_or_else(|| bad("IPv6 address needs [addr]:port"))?;
+            (h, p)
+        } else {
+            rest.rsplit_once(':').ok_or_else(|| bad("missing port"))?
+        };
+        if host.is_empty() || host.contains('/') {
+            return Err(bad("missing host"));
+        }
+        let port = port.parse::<u16>().map_err(|_| bad("bad port"))?;
+        Ok(Endpoint::new(&scheme.to_ascii_lowercase(), host, port))
+    }
+}
+
+/// A cap on the tensor bytes held by requests in flight, shared by every
+/// connection of a server, so that no set of requests makes it allocate
+/// without bound. Readers take a permit for a frame's payload before
+/// allocating it; the permit is released when the request is answered.
+#[derive(Debug, Clone)]
+pub struct MemoryBudget {
+    semaphore: Arc<Semaphore>,
+    capacity_kib: u32,
+}
+
+impl MemoryBudget {
+    /// A budget of `bytes` (rounded to KiB; at most 4 TiB).
+    pub fn new(bytes: u64) -> MemoryBudget {
+        let kib = (bytes / 1024).clamp(1, u32::MAX as u64) as u32;
+        MemoryBudget {
+            semaphore: Arc::new(Semaphore::new(kib as usize)),
+            capacity_kib: kib,
+        }
+    }
+
+    /// The budget's size in bytes.
+    pub fn capacity(&self) -> u64 {
+        self.capacity_kib as u64 * 1024
+    }
+
+    /// Waits until `bytes` fit in the budget; `None` if they never can.
+    pub async fn acquire(&self, bytes: u64) -> Option<OwnedSemaphorePermit> {
+        let kib = bytes.div_ceil(1024);
+        if kib > self.capacity_kib as u64 {
+            return None;
+        }
+        self.semaphore.clone().acquire_many_owned(kib as u32).await.ok()
+    }
+}
+
+/// A frame as a reader delivers it, with the memory permit its payload holds.
+#[derive(Debug)]
+pub struct Incoming {
+    /// The frame.
+    pub frame: Frame,
+    /// Held until the request is answered; `None` when reading without a budget.
+    pub permit: Option<OwnedSemaphorePermit>,
+}
+
+/// Why a frame could not be read.
+#[derive(Debug)]
+pub enum ReadError {
+    /// The connection failed.
+    Io(io::Error),
+    /// The frame was refused. [`FrameError::TooLarge`] frames have been
+    /// skipped and the connection is usable; [`FrameError::Malformed`] means
+    /// the stream is lost.
+    Frame(FrameError),
+}
+
+impl From<io::Error> for ReadError {
+    fn from(e: io::Error) -> ReadError {
+        ReadError::Io(e)
+    }
+}
+
+impl fmt::Display for ReadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ReadError::Io(e) => write!(f, "{e}"),
+            ReadError::Frame(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+/// The receiving half of a connection.
+pub trait FrameReader: Send + 'static {
+    /// Reads the next frame, checking every size against `limits` (and
+    /// taking the payload from `budget`) before allocating. `Ok(None)` is a
+    /// clean end of the connection between frames.
+    fn read_frame<'a>(
+        &'a mut self,
+        limits: &'a Limits,
+        budget: Option<&'a MemoryBudget>,
+    ) -> BoxFuture<'a, Result<Option<Incoming>, ReadError>>;
+}
+
+/// The sending half of a connection.
+pub trait FrameWriter: Send + 'static {
+    /// Writes one frame; tensor buffers are sent as they are, not copied
+    /// into a contiguous buffer.
+    fn write_frame(&mut self, frame: Frame) -> BoxFuture<'_, io::Result<()>>;
+
+    /// Flushes and closes the sending direction.
+    fn shutdown(&mut self) -> BoxFuture<'_, io::Result<()>>;
+}
+
+/// An established connection, split into halves that can be used from
+/// different tasks.
+pub struct Connection {
+    /// Receiving half.
+    pub reader: Box<dyn FrameReader>,
+    /// Sending half.
+    pub writer: Box<dyn FrameWriter>,
+    /// The peer's address, for logs.
+    pub peer: String,
+}
+
+impl fmt::Debug for Connection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Connection").field("peer", &self.peer).finish_non_exhaustive()
+    }
+}
+
+/// A bound listener.
+pub trait Listener: Send + 'static {
+    /// The address actually bound (the real port when asked for port 0).
+    fn local_endpoint(&self) -> Endpoint;
+
+    /// Waits for the next connection.
+    fn accept(&mut self) -> BoxFuture<'_, io::Result<Connection>>;
+}
+
+/// A transport: a way to listen and connect for one URL scheme.
+pub trait Transport: Send + Sync + 'static {
+    /// The URL scheme (`tcp`).
+    fn scheme(&self) -> &'static str;
+
+    /// Binds a listener.
+    fn bind<'a>(&'a self, endpoint: &'a Endpoint) -> BoxFuture<'a, io::Result<Box<dyn Listener>>>;
+
+    /// Connects to a server.
+    fn connect<'a>(&'a self, endpoint: &'a Endpoint) -> BoxFuture<'a, io::Result<Connection>>;
+}
+
+/// A transport's entry in the registry; transport crates submit one with
+/// `inventory::submit!`.
+pub struct TransportRegistration {
+    /// The transport.
+    pub transport: &'static dyn Transport,
+}
+
+inventory::collect!(TransportRegistration);
+
+/// The transport for `scheme`, among those linked into this binary.
+pub fn transport_for(scheme: &str) -> Result<&'static dyn Transport> {
+    inventory::iter::<TransportRegistration>
+        .into_iter()
+        .find(|r| r.transport.scheme() == scheme)
+        .map(|r| r.transport)
+        .ok_or_else(|| {
+            Error::new(
+                ErrorCode::Unsupported,
+                format!(
+                    "no transport for '{scheme}://' in this build (compiled in: {}); enable the `{scheme}` cargo feature of the `mymps` crate",
+                    available_schemes().join(", ")
+                ),
+            )
+        })
+}
+
+/// The schemes of every transport linked into this binary, sorted.
+pub fn available_schemes() -> Vec<&'static str> {
+    let mut v: Vec<&'static str> = inventory::iter::<TransportRegistration>
+        .into_iter()
+        .map(|r| r.transport.scheme())
+        .collect();
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_parse() {
+        assert_eq!("tcp://127.0.0.1:5555".parse::<Endpoint>().unwrap(), Endpoint::new("tcp", "127.0.0.1", 5555));
+        assert_eq!("localhost:1".parse::<Endpoint>().unwrap(), Endpoint::new("tcp", "localhost", 1));
+        let v6: Endpoint = "quic://[::1]:5556".parse().unwrap();
+        assert_eq!(v6.host, "::1");
+        assert_eq!(v6.to_string(), "quic://[::1]:5556");
+        for bad in ["tcp://host", "tcp://:80", "tcp://h:99999", "://h:1", "tcp://[::1:5"] {
+            assert!(bad.parse::<Endpoint>().is_err(), "{bad}");
+        }
+    }
+}
