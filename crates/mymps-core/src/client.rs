@@ -30,8 +30,8 @@ use tokio::sync::{mpsc, oneshot};
 use crate::error::{Error, ErrorCode, Result};
 use crate::ops::OpInfo;
 use crate::protocol::{
-    self, ExecRequest, Frame, FrameKind, HealthInfo, Limits, OpSummary, Request, Response, StatsInfo,
-    Welcome,
+    self, ExecRequest, Frame, FrameKind, HealthInfo, Limits, OpSummary, Request, Response,
+    StatsInfo, Welcome,
 };
 use crate::tensor::Tensor;
 use crate::transport::{Endpoint, ReadError, transport_for};
@@ -79,7 +79,12 @@ struct Inner {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        for t in self.tasks.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
+        for t in self
+            .tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+        {
             t.abort();
         }
     }
@@ -122,7 +127,10 @@ impl Outputs {
     pub fn output(&self) -> Result<&Tensor> {
         self.get("output").ok_or_else(|| {
             let names: Vec<&str> = self.tensors.iter().map(|(n, _)| n.as_str()).collect();
-            Error::bad_argument(format!("no result named 'output' (results: {})", names.join(", ")))
+            Error::bad_argument(format!(
+                "no result named 'output' (results: {})",
+                names.join(", ")
+            ))
         })
     }
 
@@ -215,19 +223,32 @@ impl Client {
                 .read_frame(&Limits::HANDSHAKE, None)
                 .await
                 .map_err(|e| Error::connection(format!("handshake with {endpoint} failed: {e}")))?
-                .ok_or_else(|| Error::connection(format!("{endpoint} closed the connection during the handshake")))?;
+                .ok_or_else(|| {
+                    Error::connection(format!(
+                        "{endpoint} closed the connection during the handshake"
+                    ))
+                })?;
             let welcome: Welcome = match reply.frame.kind {
                 FrameKind::Welcome => protocol::decode_header(&reply.frame)?,
                 _ => match protocol::decode_header::<Response>(&reply.frame)? {
                     Response::Error(e) => return Err(e),
-                    other => return Err(Error::protocol(format!("unexpected handshake reply {other:?}"))),
+                    other => {
+                        return Err(Error::protocol(format!(
+                            "unexpected handshake reply {other:?}"
+                        )));
+                    }
                 },
             };
             Ok((reader, writer, welcome))
         };
         let (mut reader, mut writer, welcome) = tokio::time::timeout(timeout, handshake)
             .await
-            .map_err(|_| Error::new(ErrorCode::Timeout, format!("connecting to {endpoint} timed out after {timeout:?}")))??;
+            .map_err(|_| {
+            Error::new(
+                ErrorCode::Timeout,
+                format!("connecting to {endpoint} timed out after {timeout:?}"),
+            )
+        })??;
 
         let pending: Pending = Arc::new(Mutex::new(Some(HashMap::new())));
         let (tx, mut rx) = mpsc::channel::<Frame>(256);
@@ -244,7 +265,9 @@ impl Client {
         let writer_task = tokio::spawn(async move {
             while let Some(frame) = rx.recv().await {
                 if let Err(e) = writer.write_frame(frame).await {
-                    fail_on_write(Error::connection(format!("connection lost while sending: {e}")));
+                    fail_on_write(Error::connection(format!(
+                        "connection lost while sending: {e}"
+                    )));
                     return;
                 }
             }
@@ -274,15 +297,25 @@ impl Client {
                             // after a timeout.
                             None => match protocol::decode_header::<Response>(&inc.frame) {
                                 Ok(Response::Error(e)) if inc.frame.id == 0 => {
-                                    break Error::new(e.code, format!("server closed the connection: {}", e.message));
+                                    break Error::new(
+                                        e.code,
+                                        format!("server closed the connection: {}", e.message),
+                                    );
                                 }
-                                _ => tracing::debug!(id = inc.frame.id, "reply for no pending request"),
+                                _ => tracing::debug!(
+                                    id = inc.frame.id,
+                                    "reply for no pending request"
+                                ),
                             },
                         }
                     }
                     Ok(None) => break Error::connection("server closed the connection"),
-                    Err(ReadError::Io(e)) => break Error::connection(format!("connection lost: {e}")),
-                    Err(ReadError::Frame(e)) => break Error::protocol(format!("bad frame from server: {e}")),
+                    Err(ReadError::Io(e)) => {
+                        break Error::connection(format!("connection lost: {e}"));
+                    }
+                    Err(ReadError::Frame(e)) => {
+                        break Error::protocol(format!("bad frame from server: {e}"));
+                    }
                 }
             };
             fail_all(err);
@@ -316,7 +349,11 @@ impl Client {
     }
 
     /// Sends one request and waits for its reply, within the timeout.
-    async fn request<T: Serialize>(&self, header: &T, tensors: Vec<bytes::Bytes>) -> Result<(Response, Vec<bytes::Bytes>)> {
+    async fn request<T: Serialize>(
+        &self,
+        header: &T,
+        tensors: Vec<bytes::Bytes>,
+    ) -> Result<(Response, Vec<bytes::Bytes>)> {
         let w = &self.inner.welcome;
         let payload: u64 = tensors.iter().map(|t| t.len() as u64).sum();
         if payload > w.max_payload || tensors.len() > w.max_tensors as usize {
@@ -347,15 +384,25 @@ impl Client {
                 .send(frame)
                 .await
                 .map_err(|_| Error::connection("the connection is closed"))?;
-            rx.await.map_err(|_| Error::connection("the connection is closed"))?
+            rx.await
+                .map_err(|_| Error::connection("the connection is closed"))?
         };
         let frame = match tokio::time::timeout(timeout, wait).await {
             Ok(r) => r,
             Err(_) => {
-                if let Some(m) = self.inner.pending.lock().unwrap_or_else(|p| p.into_inner()).as_mut() {
+                if let Some(m) = self
+                    .inner
+                    .pending
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .as_mut()
+                {
                     m.remove(&id);
                 }
-                Err(Error::new(ErrorCode::Timeout, format!("no reply within {timeout:?}")))
+                Err(Error::new(
+                    ErrorCode::Timeout,
+                    format!("no reply within {timeout:?}"),
+                ))
             }
         };
         let frame = frame?;
@@ -377,8 +424,10 @@ impl Client {
         K: Into<String>,
         V: Into<String>,
     {
-        let inputs: Vec<(String, Tensor)> = inputs.into_iter().map(|(k, t)| (k.into(), t)).collect();
-        let kwargs: BTreeMap<String, Value> = kwargs.into_iter().map(|(k, v)| (k.into(), v)).collect();
+        let inputs: Vec<(String, Tensor)> =
+            inputs.into_iter().map(|(k, t)| (k.into(), t)).collect();
+        let kwargs: BTreeMap<String, Value> =
+            kwargs.into_iter().map(|(k, v)| (k.into(), v)).collect();
         let (metas, bufs) = protocol::tensors_to_wire(inputs);
         let req = Request::Exec(ExecRequest {
             op: op.to_owned(),
@@ -402,7 +451,12 @@ impl Client {
 
     /// The whitelist, sorted by name.
     pub async fn list_ops(&self) -> Result<Vec<String>> {
-        Ok(self.list_ops_detailed().await?.into_iter().map(|o| o.name).collect())
+        Ok(self
+            .list_ops_detailed()
+            .await?
+            .into_iter()
+            .map(|o| o.name)
+            .collect())
     }
 
     /// The whitelist with categories and docs, sorted by name.
@@ -415,7 +469,10 @@ impl Client {
 
     /// One op's signature and doc.
     pub async fn describe_op(&self, op: &str) -> Result<OpInfo> {
-        match self.request(&Request::DescribeOp { op: op.to_owned() }, vec![]).await? {
+        match self
+            .request(&Request::DescribeOp { op: op.to_owned() }, vec![])
+            .await?
+        {
             (Response::Op(info), _) => Ok(info),
             (other, _) => Err(unexpected("describe_op", &other)),
         }
@@ -440,11 +497,22 @@ impl Client {
     /// Closes the connection: requests still waiting fail with a connection
     /// error, and every clone of this client is closed too.
     pub fn close(&self) {
-        let waiting = self.inner.pending.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let waiting = self
+            .inner
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
         for (_, w) in waiting.into_iter().flatten() {
             let _ = w.send(Err(Error::connection("the client was closed")));
         }
-        for t in self.inner.tasks.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
+        for t in self
+            .inner
+            .tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+        {
             t.abort();
         }
     }
@@ -452,7 +520,11 @@ impl Client {
     /// Whether the connection is closed (by [`Client::close`], the server
     /// or a failure).
     pub fn is_closed(&self) -> bool {
-        self.inner.pending.lock().unwrap_or_else(|p| p.into_inner()).is_none()
+        self.inner
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_none()
     }
 }
 

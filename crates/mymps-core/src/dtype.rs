@@ -185,8 +185,14 @@ mod tests {
         for d in DType::ALL {
             assert_eq!(DType::from_name(d.name()), Some(d));
         }
-        assert_eq!(std::mem::size_of::<num_complex::Complex64>(), DType::Complex128.itemsize());
-        assert_eq!(std::mem::size_of::<half::bf16>(), DType::BFloat16.itemsize());
+        assert_eq!(
+            std::mem::size_of::<num_complex::Complex64>(),
+            DType::Complex128.itemsize()
+        );
+        assert_eq!(
+            std::mem::size_of::<half::bf16>(),
+            DType::BFloat16.itemsize()
+        );
         assert!("float8".parse::<DType>().is_err());
     }
 }

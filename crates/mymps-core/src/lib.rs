@@ -39,7 +39,9 @@ pub mod value;
 pub use backend::{AcceleratorMemory, Backend, BackendInfo, ExecOutput};
 pub use dtype::{DType, Element};
 pub use error::{Error, ErrorCode, Result};
-pub use ops::{Args, OpEntry, OpOutput, OpRegistry, OpSpec, Outputs as OpOutputs, Param, ParamKind};
+pub use ops::{
+    Args, OpEntry, OpOutput, OpRegistry, OpSpec, Outputs as OpOutputs, Param, ParamKind,
+};
 pub use tensor::Tensor;
 pub use value::Value;
 

@@ -53,6 +53,8 @@ pub enum ParamKind {
     FloatList,
     /// A dtype name (`"float64"`).
     DType,
+    /// A list of ints (or one int), or a string (`padding=1`, `padding="same"`).
+    IntListOrStr,
 }
 
 impl ParamKind {
@@ -70,6 +72,7 @@ impl ParamKind {
             ParamKind::IntList => "int[]",
             ParamKind::FloatList => "float[]",
             ParamKind::DType => "dtype",
+            ParamKind::IntListOrStr => "int[] | str",
         }
     }
 
@@ -138,6 +141,46 @@ impl Param {
     /// A required tensor.
     pub const fn tensor(name: &'static str) -> Param {
         Param::new(name, ParamKind::Tensor)
+    }
+    /// A required tensor list.
+    pub const fn tensors(name: &'static str) -> Param {
+        Param::new(name, ParamKind::TensorList)
+    }
+    /// A required tensor-or-scalar.
+    pub const fn tensor_or_scalar(name: &'static str) -> Param {
+        Param::new(name, ParamKind::TensorOrScalar)
+    }
+    /// A required int.
+    pub const fn int(name: &'static str) -> Param {
+        Param::new(name, ParamKind::Int)
+    }
+    /// A required float.
+    pub const fn float(name: &'static str) -> Param {
+        Param::new(name, ParamKind::Float)
+    }
+    /// A required scalar.
+    pub const fn scalar(name: &'static str) -> Param {
+        Param::new(name, ParamKind::Scalar)
+    }
+    /// A required bool.
+    pub const fn bool(name: &'static str) -> Param {
+        Param::new(name, ParamKind::Bool)
+    }
+    /// A required string.
+    pub const fn str(name: &'static str) -> Param {
+        Param::new(name, ParamKind::Str)
+    }
+    /// A required int list.
+    pub const fn ints(name: &'static str) -> Param {
+        Param::new(name, ParamKind::IntList)
+    }
+    /// A required float list.
+    pub const fn floats(name: &'static str) -> Param {
+        Param::new(name, ParamKind::FloatList)
+    }
+    /// A required dtype.
+    pub const fn dtype(name: &'static str) -> Param {
+        Param::new(name, ParamKind::DType)
     }
     /// Makes the parameter optional with default `None`.
     pub const fn optional(self) -> Param {
@@ -230,7 +273,12 @@ impl OpSpec {
     /// their kinds, at most one tensor list. Op crates test every spec with it.
     pub fn validate(&self) -> Result<()> {
         let fail = |m: String| Err(Error::internal(format!("op spec '{}': {m}", self.name)));
-        if self.name.is_empty() || !self.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.') {
+        if self.name.is_empty()
+            || !self
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.')
+        {
             return fail("bad name".into());
         }
         if self.doc.is_empty() || self.doc.contains('\n') {
@@ -245,17 +293,45 @@ impl OpSpec {
             }
             let ok = match p.default {
                 ParamDefault::Required | ParamDefault::None => true,
-                ParamDefault::Int(_) => matches!(p.kind, ParamKind::Int | ParamKind::Float | ParamKind::Scalar | ParamKind::TensorOrScalar | ParamKind::IntList),
-                ParamDefault::Float(_) => matches!(p.kind, ParamKind::Float | ParamKind::Scalar | ParamKind::TensorOrScalar | ParamKind::FloatList),
+                ParamDefault::Int(_) => matches!(
+                    p.kind,
+                    ParamKind::Int
+                        | ParamKind::Float
+                        | ParamKind::Scalar
+                        | ParamKind::TensorOrScalar
+                        | ParamKind::IntList
+                ),
+                ParamDefault::Float(_) => matches!(
+                    p.kind,
+                    ParamKind::Float
+                        | ParamKind::Scalar
+                        | ParamKind::TensorOrScalar
+                        | ParamKind::FloatList
+                ),
                 ParamDefault::Bool(_) => matches!(p.kind, ParamKind::Bool | ParamKind::Scalar),
-                ParamDefault::Str(_) => matches!(p.kind, ParamKind::Str | ParamKind::DType),
-                ParamDefault::IntList(_) => p.kind == ParamKind::IntList,
+                ParamDefault::Str(_) => matches!(
+                    p.kind,
+                    ParamKind::Str | ParamKind::DType | ParamKind::IntListOrStr
+                ),
+                ParamDefault::IntList(_) => {
+                    matches!(p.kind, ParamKind::IntList | ParamKind::IntListOrStr)
+                }
             };
             if !ok {
-                return fail(format!("default of '{}' does not match {}", p.name, p.kind.display()));
+                return fail(format!(
+                    "default of '{}' does not match {}",
+                    p.name,
+                    p.kind.display()
+                ));
             }
         }
-        if self.params.iter().filter(|p| p.kind == ParamKind::TensorList).count() > 1 {
+        if self
+            .params
+            .iter()
+            .filter(|p| p.kind == ParamKind::TensorList)
+            .count()
+            > 1
+        {
             return fail("more than one tensor list".into());
         }
         Ok(())
@@ -336,7 +412,9 @@ impl OpEntry {
 
 impl fmt::Debug for OpEntry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("OpEntry").field("spec", &self.spec.name).finish_non_exhaustive()
+        f.debug_struct("OpEntry")
+            .field("spec", &self.spec.name)
+            .finish_non_exhaustive()
     }
 }
 
@@ -438,7 +516,9 @@ fn edit_distance(a: &str, b: &str) -> usize {
     for (i, ca) in a.chars().enumerate() {
         let mut cur = vec![i + 1; b.len() + 1];
         for (j, &cb) in b.iter().enumerate() {
-            cur[j + 1] = (prev[j] + (ca != cb) as usize).min(prev[j + 1] + 1).min(cur[j] + 1);
+            cur[j + 1] = (prev[j] + (ca != cb) as usize)
+                .min(prev[j + 1] + 1)
+                .min(cur[j] + 1);
         }
         prev = cur;
     }
@@ -521,7 +601,11 @@ pub fn bind<T>(
     kwargs: BTreeMap<String, Value>,
 ) -> Result<Args<T>> {
     let bad = |m: String| {
-        Error::bad_argument(format!("{}(): {m}; signature: {}", spec.name, spec.signature()))
+        Error::bad_argument(format!(
+            "{}(): {m}; signature: {}",
+            spec.name,
+            spec.signature()
+        ))
     };
     let mut values: Vec<Option<Arg<T>>> = spec.params.iter().map(|_| None).collect();
     let index_of = |name: &str| spec.params.iter().position(|p| p.name == name);
@@ -549,7 +633,9 @@ pub fn bind<T>(
             break;
         }
         match p.kind {
-            ParamKind::TensorList => values[slot] = Some(Arg::Tensors(positional.by_ref().collect())),
+            ParamKind::TensorList => {
+                values[slot] = Some(Arg::Tensors(positional.by_ref().collect()))
+            }
             ParamKind::Tensor | ParamKind::TensorOrScalar => {
                 values[slot] = Some(Arg::Tensor(positional.next().expect("peeked")))
             }
@@ -597,7 +683,8 @@ pub fn bind<T>(
             Some(v) => v,
             None => match p.default.to_value() {
                 None => return Err(bad(format!("missing required argument '{}'", p.name))),
-                Some(d) => convert(p, d).map_err(|m| Error::internal(format!("{}: bad default: {m}", spec.name)))?,
+                Some(d) => convert(p, d)
+                    .map_err(|m| Error::internal(format!("{}: bad default: {m}", spec.name)))?,
             },
         });
     }
@@ -617,7 +704,11 @@ fn convert<T>(p: &Param, v: Value) -> std::result::Result<Arg<T>, String> {
         return if p.default == ParamDefault::None {
             Ok(Arg::None)
         } else {
-            Err(format!("argument '{}' must be {}, not None", p.name, p.kind.display()))
+            Err(format!(
+                "argument '{}' must be {}, not None",
+                p.name,
+                p.kind.display()
+            ))
         };
     }
     let int_of = |v: &Value| match v {
@@ -638,21 +729,30 @@ fn convert<T>(p: &Param, v: Value) -> std::result::Result<Arg<T>, String> {
             ));
         }
         (ParamKind::Int, Value::Int(i)) => Arg::Int(*i),
-        (ParamKind::Float, _) if float_of(&v).is_some() => Arg::Float(float_of(&v).expect("checked")),
+        (ParamKind::Float, _) if float_of(&v).is_some() => {
+            Arg::Float(float_of(&v).expect("checked"))
+        }
         (ParamKind::Scalar | ParamKind::TensorOrScalar, Value::Int(i)) => Arg::Int(*i),
         (ParamKind::Scalar | ParamKind::TensorOrScalar, Value::Float(x)) => Arg::Float(*x),
         (ParamKind::Scalar | ParamKind::TensorOrScalar, Value::Bool(b)) => Arg::Bool(*b),
         (ParamKind::Bool, Value::Bool(b)) => Arg::Bool(*b),
         (ParamKind::Str, Value::Str(s)) => Arg::Str(s.clone()),
         (ParamKind::DType, Value::Str(s)) => Arg::DType(s.parse().map_err(|e: Error| e.message)?),
-        (ParamKind::IntList, Value::Int(i)) => Arg::IntList(vec![*i]),
-        (ParamKind::IntList, Value::List(l)) => {
-            Arg::IntList(l.iter().map(|x| int_of(x).ok_or_else(|| wrong(&v))).collect::<std::result::Result<_, _>>()?)
+        (ParamKind::IntListOrStr, Value::Str(s)) => Arg::Str(s.clone()),
+        (ParamKind::IntList | ParamKind::IntListOrStr, Value::Int(i)) => Arg::IntList(vec![*i]),
+        (ParamKind::IntList | ParamKind::IntListOrStr, Value::List(l)) => Arg::IntList(
+            l.iter()
+                .map(|x| int_of(x).ok_or_else(|| wrong(&v)))
+                .collect::<std::result::Result<_, _>>()?,
+        ),
+        (ParamKind::FloatList, Value::Int(_) | Value::Float(_)) => {
+            Arg::FloatList(vec![float_of(&v).expect("number")])
         }
-        (ParamKind::FloatList, Value::Int(_) | Value::Float(_)) => Arg::FloatList(vec![float_of(&v).expect("number")]),
-        (ParamKind::FloatList, Value::List(l)) => {
-            Arg::FloatList(l.iter().map(|x| float_of(x).ok_or_else(|| wrong(&v))).collect::<std::result::Result<_, _>>()?)
-        }
+        (ParamKind::FloatList, Value::List(l)) => Arg::FloatList(
+            l.iter()
+                .map(|x| float_of(x).ok_or_else(|| wrong(&v)))
+                .collect::<std::result::Result<_, _>>()?,
+        ),
         _ => return Err(wrong(&v)),
     })
 }
@@ -670,7 +770,9 @@ impl<T> Args<T> {
             .iter()
             .position(|p| p.name == name)
             .map(|i| &self.values[i])
-            .ok_or_else(|| Error::internal(format!("op '{}' has no parameter '{name}'", self.spec.name)))
+            .ok_or_else(|| {
+                Error::internal(format!("op '{}' has no parameter '{name}'", self.spec.name))
+            })
     }
 
     fn mismatch(&self, name: &str, want: &str) -> Error {
@@ -728,7 +830,8 @@ impl<T> Args<T> {
 
     /// A required int.
     pub fn int(&self, name: &str) -> Result<i64> {
-        self.opt_int(name)?.ok_or_else(|| self.mismatch(name, "a required int"))
+        self.opt_int(name)?
+            .ok_or_else(|| self.mismatch(name, "a required int"))
     }
 
     /// An optional float.
@@ -743,7 +846,8 @@ impl<T> Args<T> {
 
     /// A required float.
     pub fn float(&self, name: &str) -> Result<f64> {
-        self.opt_float(name)?.ok_or_else(|| self.mismatch(name, "a required float"))
+        self.opt_float(name)?
+            .ok_or_else(|| self.mismatch(name, "a required float"))
     }
 
     /// An optional scalar.
@@ -759,7 +863,8 @@ impl<T> Args<T> {
 
     /// A required scalar.
     pub fn scalar(&self, name: &str) -> Result<Scalar> {
-        self.opt_scalar(name)?.ok_or_else(|| self.mismatch(name, "a required scalar"))
+        self.opt_scalar(name)?
+            .ok_or_else(|| self.mismatch(name, "a required scalar"))
     }
 
     /// An optional bool.
@@ -773,7 +878,8 @@ impl<T> Args<T> {
 
     /// A required bool.
     pub fn bool(&self, name: &str) -> Result<bool> {
-        self.opt_bool(name)?.ok_or_else(|| self.mismatch(name, "a required bool"))
+        self.opt_bool(name)?
+            .ok_or_else(|| self.mismatch(name, "a required bool"))
     }
 
     /// An optional string.
@@ -787,7 +893,8 @@ impl<T> Args<T> {
 
     /// A required string.
     pub fn str(&self, name: &str) -> Result<&str> {
-        self.opt_str(name)?.ok_or_else(|| self.mismatch(name, "a required string"))
+        self.opt_str(name)?
+            .ok_or_else(|| self.mismatch(name, "a required string"))
     }
 
     /// An optional int list (a single int comes as a one-element list).
@@ -801,7 +908,8 @@ impl<T> Args<T> {
 
     /// A required int list.
     pub fn int_list(&self, name: &str) -> Result<&[i64]> {
-        self.opt_int_list(name)?.ok_or_else(|| self.mismatch(name, "a required int list"))
+        self.opt_int_list(name)?
+            .ok_or_else(|| self.mismatch(name, "a required int list"))
     }
 
     /// An int list of exactly `n` entries: a single value is repeated
@@ -816,6 +924,15 @@ impl<T> Args<T> {
                 self.spec.name,
                 self.spec.signature()
             ))),
+        }
+    }
+
+    /// An int list or a string (`padding`): `Ok(Err(s))` for a string.
+    pub fn int_list_or_str(&self, name: &str) -> Result<std::result::Result<&[i64], &str>> {
+        match self.get(name)? {
+            Arg::IntList(l) => Ok(Ok(l)),
+            Arg::Str(s) => Ok(Err(s)),
+            _ => Err(self.mismatch(name, "an int list or a string")),
         }
     }
 
@@ -854,7 +971,9 @@ impl<T> Args<T> {
             .map(|v| {
                 Ok(match v {
                     Arg::Tensor(t) => Arg::Tensor(f(t)?),
-                    Arg::Tensors(ts) => Arg::Tensors(ts.into_iter().map(&mut f).collect::<Result<_>>()?),
+                    Arg::Tensors(ts) => {
+                        Arg::Tensors(ts.into_iter().map(&mut f).collect::<Result<_>>()?)
+                    }
                     Arg::None => Arg::None,
                     Arg::Int(i) => Arg::Int(i),
                     Arg::Float(x) => Arg::Float(x),
@@ -866,7 +985,10 @@ impl<T> Args<T> {
                 })
             })
             .collect::<Result<_>>()?;
-        Ok(Args { spec: self.spec, values })
+        Ok(Args {
+            spec: self.spec,
+            values,
+        })
     }
 }
 
@@ -886,7 +1008,11 @@ impl<T> OpOutput<T> {
     pub fn into_named(self) -> Vec<(String, T)> {
         match self {
             OpOutput::One(t) => vec![("output".to_owned(), t)],
-            OpOutput::Tuple(ts) => ts.into_iter().enumerate().map(|(i, t)| (i.to_string(), t)).collect(),
+            OpOutput::Tuple(ts) => ts
+                .into_iter()
+                .enumerate()
+                .map(|(i, t)| (i.to_string(), t))
+                .collect(),
             OpOutput::Named(v) => v,
         }
     }
@@ -911,7 +1037,10 @@ mod tests {
         name: "cat",
         category: "shape",
         doc: "concatenate",
-        params: &[Param::new("tensors", ParamKind::TensorList), Param::new("dim", ParamKind::Int).or_int(0)],
+        params: &[
+            Param::new("tensors", ParamKind::TensorList),
+            Param::new("dim", ParamKind::Int).or_int(0),
+        ],
         outputs: Outputs::One,
     };
     static CONV: OpSpec = OpSpec {
@@ -929,13 +1058,22 @@ mod tests {
     };
 
     fn kw(pairs: &[(&str, Value)]) -> BTreeMap<String, Value> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.clone())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect()
     }
 
     #[test]
     fn signatures_render() {
-        assert_eq!(ADD.signature(), "add(input: Tensor, other: Tensor | Scalar, alpha: Scalar = 1) -> Tensor");
-        assert_eq!(CONV.signature(), "conv2d(input: Tensor, weight: Tensor, bias: Tensor? = None, stride: int[] = [1], padding: int[] = [0]) -> Tensor");
+        assert_eq!(
+            ADD.signature(),
+            "add(input: Tensor, other: Tensor | Scalar, alpha: Scalar = 1) -> Tensor"
+        );
+        assert_eq!(
+            CONV.signature(),
+            "conv2d(input: Tensor, weight: Tensor, bias: Tensor? = None, stride: int[] = [1], padding: int[] = [0]) -> Tensor"
+        );
         for s in [&ADD, &CAT, &CONV] {
             s.validate().unwrap();
         }
@@ -945,17 +1083,38 @@ mod tests {
     fn positional_named_and_scalar_binding() {
         let a = bind(&ADD, vec![("0".into(), 'a'), ("1".into(), 'b')], kw(&[])).unwrap();
         assert_eq!(a.tensor("input").unwrap(), &'a');
-        assert_eq!(a.tensor_or_scalar("other").unwrap(), TensorOrScalar::Tensor(&'b'));
+        assert_eq!(
+            a.tensor_or_scalar("other").unwrap(),
+            TensorOrScalar::Tensor(&'b')
+        );
         assert_eq!(a.scalar("alpha").unwrap(), Scalar::Int(1));
 
-        let a = bind(&ADD, vec![("input".into(), 'a')], kw(&[("other", Value::Float(2.0))])).unwrap();
-        assert_eq!(a.tensor_or_scalar("other").unwrap(), TensorOrScalar::Scalar(Scalar::Float(2.0)));
+        let a = bind(
+            &ADD,
+            vec![("input".into(), 'a')],
+            kw(&[("other", Value::Float(2.0))]),
+        )
+        .unwrap();
+        assert_eq!(
+            a.tensor_or_scalar("other").unwrap(),
+            TensorOrScalar::Scalar(Scalar::Float(2.0))
+        );
 
-        let c = bind(&CAT, vec![("1".into(), 'y'), ("0".into(), 'x'), ("2".into(), 'z')], kw(&[("dim", Value::Int(1))])).unwrap();
+        let c = bind(
+            &CAT,
+            vec![("1".into(), 'y'), ("0".into(), 'x'), ("2".into(), 'z')],
+            kw(&[("dim", Value::Int(1))]),
+        )
+        .unwrap();
         assert_eq!(c.tensors("tensors").unwrap(), &['x', 'y', 'z']);
         assert_eq!(c.int("dim").unwrap(), 1);
 
-        let v = bind(&CONV, vec![("0".into(), 'i'), ("weight".into(), 'w')], kw(&[("stride", Value::Int(2))])).unwrap();
+        let v = bind(
+            &CONV,
+            vec![("0".into(), 'i'), ("weight".into(), 'w')],
+            kw(&[("stride", Value::Int(2))]),
+        )
+        .unwrap();
         assert_eq!(v.opt_tensor("bias").unwrap(), None);
         assert_eq!(v.int_list_n("stride", 2).unwrap(), vec![2, 2]);
         assert_eq!(v.int_list_n("padding", 2).unwrap(), vec![0, 0]);
@@ -964,22 +1123,70 @@ mod tests {
     #[test]
     fn binding_errors_name_the_signature() {
         let cases: Vec<(Vec<(String, char)>, BTreeMap<String, Value>, &str)> = vec![
-            (vec![("0".into(), 'a')], kw(&[]), "missing required argument 'other'"),
-            (vec![("0".into(), 'a'), ("2".into(), 'b')], kw(&[]), "without gaps"),
-            (vec![("0".into(), 'a'), ("1".into(), 'b'), ("2".into(), 'c')], kw(&[]), "at most 2 positional"),
-            (vec![("0".into(), 'a'), ("1".into(), 'b')], kw(&[("alpha", Value::Str("x".into()))]), "must be Scalar, not str"),
-            (vec![("0".into(), 'a'), ("1".into(), 'b')], kw(&[("beta", Value::Int(1))]), "unexpected keyword argument 'beta'"),
-            (vec![("0".into(), 'a'), ("input".into(), 'b')], kw(&[]), "multiple values for argument 'input'"),
-            (vec![("0".into(), 'a'), ("alpha".into(), 'b')], kw(&[]), "pass it as a keyword argument"),
-            (vec![("0".into(), 'a')], kw(&[("other", Value::None)]), "not None"),
+            (
+                vec![("0".into(), 'a')],
+                kw(&[]),
+                "missing required argument 'other'",
+            ),
+            (
+                vec![("0".into(), 'a'), ("2".into(), 'b')],
+                kw(&[]),
+                "without gaps",
+            ),
+            (
+                vec![("0".into(), 'a'), ("1".into(), 'b'), ("2".into(), 'c')],
+                kw(&[]),
+                "at most 2 positional",
+            ),
+            (
+                vec![("0".into(), 'a'), ("1".into(), 'b')],
+                kw(&[("alpha", Value::Str("x".into()))]),
+                "must be Scalar, not str",
+            ),
+            (
+                vec![("0".into(), 'a'), ("1".into(), 'b')],
+                kw(&[("beta", Value::Int(1))]),
+                "unexpected keyword argument 'beta'",
+            ),
+            (
+                vec![("0".into(), 'a'), ("input".into(), 'b')],
+                kw(&[]),
+                "multiple values for argument 'input'",
+            ),
+            (
+                vec![("0".into(), 'a'), ("alpha".into(), 'b')],
+                kw(&[]),
+                "pass it as a keyword argument",
+            ),
+            (
+                vec![("0".into(), 'a')],
+                kw(&[("other", Value::None)]),
+                "not None",
+            ),
         ];
         for (inputs, kwargs, want) in cases {
             let e = bind(&ADD, inputs, kwargs).unwrap_err();
             assert_eq!(e.code, ErrorCode::BadArgument);
-            assert!(e.message.contains(want), "{} does not contain {want}", e.message);
-            assert!(e.message.contains("signature: add(input: Tensor"), "{}", e.message);
+            assert!(
+                e.message.contains(want),
+                "{} does not contain {want}",
+                e.message
+            );
+            assert!(
+                e.message.contains("signature: add(input: Tensor"),
+                "{}",
+                e.message
+            );
         }
-        let e = bind(&CONV, vec![("0".into(), 'i'), ("1".into(), 'w')], kw(&[("stride", Value::List(vec![Value::Int(1), Value::Float(1.5)]))])).unwrap_err();
+        let e = bind(
+            &CONV,
+            vec![("0".into(), 'i'), ("1".into(), 'w')],
+            kw(&[(
+                "stride",
+                Value::List(vec![Value::Int(1), Value::Float(1.5)]),
+            )]),
+        )
+        .unwrap_err();
         assert!(e.message.contains("must be int[]"), "{}", e.message);
     }
 

@@ -19,8 +19,8 @@ use crate::backend::Backend;
 use crate::error::{Error, ErrorCode, Result};
 use crate::ops;
 use crate::protocol::{
-    self, ExecRequest, ExecResponse, Frame, FrameError, FrameKind, HealthInfo, Hello, Limits, Request,
-    Response, Welcome,
+    self, ExecRequest, ExecResponse, Frame, FrameError, FrameKind, HealthInfo, Hello, Limits,
+    Request, Response, Welcome,
 };
 use crate::stats::HostStats;
 use crate::transport::{Connection, Endpoint, Listener, MemoryBudget, ReadError, transport_for};
@@ -233,12 +233,19 @@ async fn serve_connection(shared: Arc<Shared>, conn: Connection, mut stop: watch
     let hello = match hello {
         Err(_) => {
             debug!(%peer, "handshake timed out");
-            let _ = tx.send(error_frame(0, &Error::protocol("no Hello within the handshake timeout"))).await;
+            let _ = tx
+                .send(error_frame(
+                    0,
+                    &Error::protocol("no Hello within the handshake timeout"),
+                ))
+                .await;
             drop(tx);
             let _ = writer_task.await;
             return;
         }
-        Ok(Ok(Some(inc))) if inc.frame.kind == FrameKind::Hello => protocol::decode_header::<Hello>(&inc.frame),
+        Ok(Ok(Some(inc))) if inc.frame.kind == FrameKind::Hello => {
+            protocol::decode_header::<Hello>(&inc.frame)
+        }
         Ok(Ok(Some(inc))) => Err(Error::protocol(format!(
             "expected a Hello frame first, got {:?}",
             inc.frame.kind
@@ -267,7 +274,8 @@ async fn serve_connection(shared: Arc<Shared>, conn: Connection, mut stop: watch
     let protocol_version = match welcome {
         Ok(w) => {
             let v = w.protocol;
-            let frame = protocol::encode(FrameKind::Welcome, 0, &w, vec![]).expect("welcome encodes");
+            let frame =
+                protocol::encode(FrameKind::Welcome, 0, &w, vec![]).expect("welcome encodes");
             if tx.send(frame).await.is_err() {
                 return;
             }
@@ -312,14 +320,18 @@ async fn serve_connection(shared: Arc<Shared>, conn: Connection, mut stop: watch
                         drop(permit);
                     });
                 }
-                FrameKind::Cancel => debug!(%peer, id = inc.frame.id, "cancel is not supported by protocol 1; ignored"),
+                FrameKind::Cancel => {
+                    debug!(%peer, id = inc.frame.id, "cancel is not supported by protocol 1; ignored")
+                }
                 kind => {
                     let e = Error::protocol(format!("unexpected {kind:?} frame from a client"));
                     let _ = tx.send(error_frame(inc.frame.id, &e)).await;
                 }
             },
             Err(ReadError::Frame(e @ FrameError::TooLarge { .. })) => {
-                let FrameError::TooLarge { id, .. } = e else { unreachable!() };
+                let FrameError::TooLarge { id, .. } = e else {
+                    unreachable!()
+                };
                 warn!(%peer, id, error = %e, "frame refused");
                 let _ = tx.send(error_frame(id, &e.to_error())).await;
             }
@@ -363,7 +375,8 @@ async fn handle(shared: &Arc<Shared>, frame: Frame, protocol_version: u32) -> Re
         Request::Stats => {
             let s = shared.clone();
             let stats = tokio::task::spawn_blocking(move || {
-                s.stats.sample(&s.backend.info().device, s.backend.accelerator_memory())
+                s.stats
+                    .sample(&s.backend.info().device, s.backend.accelerator_memory())
             })
             .await
             .map_err(|e| Error::internal(format!("stats task failed: {e}")))?;

@@ -76,12 +76,17 @@ impl HostStats {
             load_avg: [load.one, load.five, load.fifteen],
             memory_total_gb: total as f64 / GB,
             memory_used_gb: used as f64 / GB,
-            memory_percent: if total > 0 { 100.0 * used as f64 / total as f64 } else { 0.0 },
+            memory_percent: if total > 0 {
+                100.0 * used as f64 / total as f64
+            } else {
+                0.0
+            },
             process_rss_mb: rss as f64 / MIB,
             process_cpu_percent: proc_cpu,
             device: device.to_owned(),
             accelerator_memory_total_mb: accelerator.map(|m| m.total as f64 / MIB),
-            accelerator_memory_used_mb: accelerator.map(|m| m.total.saturating_sub(m.free) as f64 / MIB),
+            accelerator_memory_used_mb: accelerator
+                .map(|m| m.total.saturating_sub(m.free) as f64 / MIB),
             accelerator_memory_free_mb: accelerator.map(|m| m.free as f64 / MIB),
         }
     }

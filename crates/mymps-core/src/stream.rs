@@ -176,7 +176,13 @@ impl<W: AsyncWrite + Unpin + Send + 'static> StreamWriter<W> {
         let head = frame.encode_head();
         let mut parts: Vec<&[u8]> = Vec::with_capacity(1 + frame.tensors.len());
         parts.push(&head);
-        parts.extend(frame.tensors.iter().map(|t| &t[..]).filter(|t| !t.is_empty()));
+        parts.extend(
+            frame
+                .tensors
+                .iter()
+                .map(|t| &t[..])
+                .filter(|t| !t.is_empty()),
+        );
         let (mut part, mut offset) = (0usize, 0usize);
         while part < parts.len() {
             let slices: Vec<IoSlice<'_>> = std::iter::once(IoSlice::new(&parts[part][offset..]))
@@ -226,7 +232,12 @@ mod tests {
         let big = Bytes::from((0..100_000u32).map(|i| i as u8).collect::<Vec<_>>());
         let frames = vec![
             Frame::new(FrameKind::Request, 1, Bytes::from_static(b"h1"), vec![]),
-            Frame::new(FrameKind::Request, 2, Bytes::from_static(b"h2"), vec![Bytes::from_static(b"abc"), big, Bytes::new()]),
+            Frame::new(
+                FrameKind::Request,
+                2,
+                Bytes::from_static(b"h2"),
+                vec![Bytes::from_static(b"abc"), big, Bytes::new()],
+            ),
         ];
         let sent = frames.clone();
         let writer = tokio::spawn(async move {
@@ -239,7 +250,12 @@ mod tests {
             let got = r.read_frame(&Limits::DEFAULT, None).await.unwrap().unwrap();
             assert_eq!(got.frame, f);
         }
-        assert!(r.read_frame(&Limits::DEFAULT, None).await.unwrap().is_none());
+        assert!(
+            r.read_frame(&Limits::DEFAULT, None)
+                .await
+                .unwrap()
+                .is_none()
+        );
         writer.await.unwrap();
     }
 
@@ -247,25 +263,51 @@ mod tests {
     async fn oversized_frames_are_skipped_and_the_stream_survives() {
         let (mut a, b) = tokio::io::duplex(1 << 16);
         let mut r = StreamReader::new(b);
-        let big = Frame::new(FrameKind::Request, 5, Bytes::from_static(b"hh"), vec![Bytes::from(vec![7u8; 5000])]);
-        let next = Frame::new(FrameKind::Request, 6, Bytes::from_static(b"ok"), vec![Bytes::from_static(b"x")]);
+        let big = Frame::new(
+            FrameKind::Request,
+            5,
+            Bytes::from_static(b"hh"),
+            vec![Bytes::from(vec![7u8; 5000])],
+        );
+        let next = Frame::new(
+            FrameKind::Request,
+            6,
+            Bytes::from_static(b"ok"),
+            vec![Bytes::from_static(b"x")],
+        );
         let mut wire = big.to_vec();
         wire.extend(next.to_vec());
         tokio::spawn(async move { a.write_all(&wire).await.unwrap() });
-        let limits = Limits { max_payload: 1000, ..Limits::DEFAULT };
+        let limits = Limits {
+            max_payload: 1000,
+            ..Limits::DEFAULT
+        };
         match r.read_frame(&limits, None).await {
             Err(ReadError::Frame(FrameError::TooLarge { id: 5, .. })) => {}
             other => panic!("{other:?}"),
         }
-        assert_eq!(r.read_frame(&limits, None).await.unwrap().unwrap().frame, next);
+        assert_eq!(
+            r.read_frame(&limits, None).await.unwrap().unwrap().frame,
+            next
+        );
     }
 
     #[tokio::test]
     async fn the_memory_budget_refuses_what_can_never_fit() {
         let (mut a, b) = tokio::io::duplex(1 << 16);
         let mut r = StreamReader::new(b);
-        let f = Frame::new(FrameKind::Request, 8, Bytes::new(), vec![Bytes::from(vec![1u8; 4096])]);
-        let g = Frame::new(FrameKind::Request, 9, Bytes::new(), vec![Bytes::from(vec![1u8; 1024])]);
+        let f = Frame::new(
+            FrameKind::Request,
+            8,
+            Bytes::new(),
+            vec![Bytes::from(vec![1u8; 4096])],
+        );
+        let g = Frame::new(
+            FrameKind::Request,
+            9,
+            Bytes::new(),
+            vec![Bytes::from(vec![1u8; 1024])],
+        );
         let mut wire = f.to_vec();
         wire.extend(g.to_vec());
         tokio::spawn(async move { a.write_all(&wire).await.unwrap() });
@@ -274,7 +316,11 @@ mod tests {
             r.read_frame(&Limits::DEFAULT, Some(&budget)).await,
             Err(ReadError::Frame(FrameError::TooLarge { id: 8, .. }))
         ));
-        let ok = r.read_frame(&Limits::DEFAULT, Some(&budget)).await.unwrap().unwrap();
+        let ok = r
+            .read_frame(&Limits::DEFAULT, Some(&budget))
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(ok.frame.id, 9);
         assert!(ok.permit.is_some());
     }

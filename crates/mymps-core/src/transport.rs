@@ -69,12 +69,18 @@ impl FromStr for Endpoint {
             ))
         };
         let (scheme, rest) = s.split_once("://").unwrap_or(("tcp", s));
-        if scheme.is_empty() || !scheme.chars().all(|c| c.is_ascii_alphanumeric() || c == '+' || c == '-') {
+        if scheme.is_empty()
+            || !scheme
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '+' || c == '-')
+        {
             return Err(bad("bad scheme"));
         }
         let rest = rest.trim_end_matches('/');
         let (host, port) = if let Some(r) = rest.strip_prefix('[') {
-            let (h, p) = r.split_once("]:").ok_or_else(|| bad("IPv6 address needs [addr]:port"))?;
+            let (h, p) = r
+                .split_once("]:")
+                .ok_or_else(|| bad("IPv6 address needs [addr]:port"))?;
             (h, p)
         } else {
             rest.rsplit_once(':').ok_or_else(|| bad("missing port"))?
@@ -118,7 +124,11 @@ impl MemoryBudget {
         if kib > self.capacity_kib as u64 {
             return None;
         }
-        self.semaphore.clone().acquire_many_owned(kib as u32).await.ok()
+        self.semaphore
+            .clone()
+            .acquire_many_owned(kib as u32)
+            .await
+            .ok()
     }
 }
 
@@ -192,7 +202,9 @@ pub struct Connection {
 
 impl fmt::Debug for Connection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Connection").field("peer", &self.peer).finish_non_exhaustive()
+        f.debug_struct("Connection")
+            .field("peer", &self.peer)
+            .finish_non_exhaustive()
     }
 }
 
@@ -260,12 +272,24 @@ mod tests {
 
     #[test]
     fn endpoints_parse() {
-        assert_eq!("tcp://127.0.0.1:5555".parse::<Endpoint>().unwrap(), Endpoint::new("tcp", "127.0.0.1", 5555));
-        assert_eq!("localhost:1".parse::<Endpoint>().unwrap(), Endpoint::new("tcp", "localhost", 1));
+        assert_eq!(
+            "tcp://127.0.0.1:5555".parse::<Endpoint>().unwrap(),
+            Endpoint::new("tcp", "127.0.0.1", 5555)
+        );
+        assert_eq!(
+            "localhost:1".parse::<Endpoint>().unwrap(),
+            Endpoint::new("tcp", "localhost", 1)
+        );
         let v6: Endpoint = "quic://[::1]:5556".parse().unwrap();
         assert_eq!(v6.host, "::1");
         assert_eq!(v6.to_string(), "quic://[::1]:5556");
-        for bad in ["tcp://host", "tcp://:80", "tcp://h:99999", "://h:1", "tcp://[::1:5"] {
+        for bad in [
+            "tcp://host",
+            "tcp://:80",
+            "tcp://h:99999",
+            "://h:1",
+            "tcp://[::1:5",
+        ] {
             assert!(bad.parse::<Endpoint>().is_err(), "{bad}");
         }
     }

@@ -218,7 +218,10 @@ mod tests {
         let bytes = rmp_serde::to_vec_named(&v).unwrap();
         let back: Value = rmp_serde::from_slice(&bytes).unwrap();
         assert_eq!(v, back);
-        assert_eq!(v.to_string(), "[None, True, -3, 2.5, \"ij,jk->ik\", [0, 2]]");
+        assert_eq!(
+            v.to_string(),
+            "[None, True, -3, 2.5, \"ij,jk->ik\", [0, 2]]"
+        );
     }
 
     #[test]

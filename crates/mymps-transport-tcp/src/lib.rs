@@ -29,7 +29,9 @@ const SCHEME: &str = "tcp";
 
 fn into_connection(stream: TcpStream) -> io::Result<Connection> {
     stream.set_nodelay(true)?;
-    let peer = stream.peer_addr().map_or_else(|_| "?".to_owned(), |a| a.to_string());
+    let peer = stream
+        .peer_addr()
+        .map_or_else(|_| "?".to_owned(), |a| a.to_string());
     let (r, w) = stream.into_split();
     Ok(Connection {
         reader: Box::new(StreamReader::new(r)),

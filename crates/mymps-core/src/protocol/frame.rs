@@ -153,7 +153,9 @@ impl Prefix {
             .ok_or_else(|| FrameError::Malformed(format!("unknown frame kind {:#04x}", b[0])))?;
         let flags = b[1];
         if flags & !KNOWN_FLAGS != 0 {
-            return Err(FrameError::Malformed(format!("unknown frame flags {flags:#04x}")));
+            return Err(FrameError::Malformed(format!(
+                "unknown frame flags {flags:#04x}"
+            )));
         }
         Ok(Prefix {
             kind,
@@ -183,7 +185,11 @@ impl Prefix {
 
 /// Parses the tensor length table (at most 8 × 65535 bytes, so always read)
 /// and checks the tensor count, header and payload sizes against `limits`.
-pub fn parse_lengths(prefix: &Prefix, table: &[u8], limits: &Limits) -> Result<Vec<u64>, FrameError> {
+pub fn parse_lengths(
+    prefix: &Prefix,
+    table: &[u8],
+    limits: &Limits,
+) -> Result<Vec<u64>, FrameError> {
     debug_assert_eq!(table.len(), prefix.table_len());
     let lens: Vec<u64> = table
         .chunks_exact(8)
@@ -335,7 +341,11 @@ mod tests {
             FrameKind::Request,
             42,
             Bytes::from_static(b"hdr"),
-            vec![Bytes::from_static(b"abcd"), Bytes::new(), Bytes::from_static(b"xy")],
+            vec![
+                Bytes::from_static(b"abcd"),
+                Bytes::new(),
+                Bytes::from_static(b"xy"),
+            ],
         );
         let wire = f.to_vec();
         assert_eq!(wire.len() as u64, f.wire_len());
@@ -350,15 +360,31 @@ mod tests {
     fn garbage_and_oversize_are_classified() {
         let mut wire = Frame::new(FrameKind::Request, 7, Bytes::new(), vec![]).to_vec();
         wire[0] = 0xEE;
-        assert!(matches!(Frame::decode(&wire, &Limits::DEFAULT), Err(FrameError::Malformed(_))));
+        assert!(matches!(
+            Frame::decode(&wire, &Limits::DEFAULT),
+            Err(FrameError::Malformed(_))
+        ));
         wire[0] = FrameKind::Request as u8;
         wire[1] = 0x80;
-        assert!(matches!(Frame::decode(&wire, &Limits::DEFAULT), Err(FrameError::Malformed(_))));
+        assert!(matches!(
+            Frame::decode(&wire, &Limits::DEFAULT),
+            Err(FrameError::Malformed(_))
+        ));
 
-        let big = Frame::new(FrameKind::Request, 9, Bytes::new(), vec![Bytes::from(vec![0u8; 100])]);
-        let limits = Limits { max_payload: 99, ..Limits::DEFAULT };
+        let big = Frame::new(
+            FrameKind::Request,
+            9,
+            Bytes::new(),
+            vec![Bytes::from(vec![0u8; 100])],
+        );
+        let limits = Limits {
+            max_payload: 99,
+            ..Limits::DEFAULT
+        };
         match Frame::decode(&big.to_vec(), &limits) {
-            Err(FrameError::TooLarge { id: 9, skip: 100, .. }) => {}
+            Err(FrameError::TooLarge {
+                id: 9, skip: 100, ..
+            }) => {}
             other => panic!("{other:?}"),
         }
         // Before the handshake, no tensors at all.
@@ -367,9 +393,18 @@ mod tests {
             Err(FrameError::TooLarge { id: 9, .. })
         ));
         // A length table whose sum overflows.
-        let mut wire = Frame::new(FrameKind::Request, 3, Bytes::new(), vec![Bytes::new(), Bytes::new()]).to_vec();
+        let mut wire = Frame::new(
+            FrameKind::Request,
+            3,
+            Bytes::new(),
+            vec![Bytes::new(), Bytes::new()],
+        )
+        .to_vec();
         wire[16..24].copy_from_slice(&u64::MAX.to_le_bytes());
         wire[24..32].copy_from_slice(&2u64.to_le_bytes());
-        assert!(matches!(Frame::decode(&wire, &Limits::DEFAULT), Err(FrameError::TooLarge { id: 3, .. })));
+        assert!(matches!(
+            Frame::decode(&wire, &Limits::DEFAULT),
+            Err(FrameError::TooLarge { id: 3, .. })
+        ));
     }
 }

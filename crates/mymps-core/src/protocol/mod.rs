@@ -24,13 +24,22 @@ use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 
 /// Builds a frame from a header and tensor buffers.
-pub fn encode<T: Serialize>(kind: FrameKind, id: u64, header: &T, tensors: Vec<Bytes>) -> Result<Frame> {
+pub fn encode<T: Serialize>(
+    kind: FrameKind,
+    id: u64,
+    header: &T,
+    tensors: Vec<Bytes>,
+) -> Result<Frame> {
     let header = rmp_serde::to_vec_named(header)
         .map_err(|e| Error::internal(format!("cannot encode header: {e}")))?;
     if tensors.len() > u16::MAX as usize {
         return Err(Error::new(
             crate::ErrorCode::PayloadTooLarge,
-            format!("{} tensors in one message; at most {}", tensors.len(), u16::MAX),
+            format!(
+                "{} tensors in one message; at most {}",
+                tensors.len(),
+                u16::MAX
+            ),
         ));
     }
     Ok(Frame::new(kind, id, Bytes::from(header), tensors))
@@ -60,7 +69,10 @@ pub fn tensors_to_wire(tensors: Vec<(String, Tensor)>) -> (Vec<TensorMeta>, Vec<
 
 /// Rebuilds named tensors from header descriptions and buffers, checking
 /// dtype, shape, strides and byte lengths.
-pub fn tensors_from_wire(metas: Vec<TensorMeta>, bufs: Vec<Bytes>) -> Result<Vec<(String, Tensor)>> {
+pub fn tensors_from_wire(
+    metas: Vec<TensorMeta>,
+    bufs: Vec<Bytes>,
+) -> Result<Vec<(String, Tensor)>> {
     if metas.len() != bufs.len() {
         return Err(Error::protocol(format!(
             "header describes {} tensors but the frame carries {}",
@@ -79,7 +91,10 @@ pub fn tensors_from_wire(metas: Vec<TensorMeta>, bufs: Vec<Bytes>) -> Result<Vec
                 v.iter()
                     .map(|&x| {
                         usize::try_from(x).map_err(|_| {
-                            Error::invalid_tensor(format!("tensor '{}': dimension {x} too large", m.name))
+                            Error::invalid_tensor(format!(
+                                "tensor '{}': dimension {x} too large",
+                                m.name
+                            ))
                         })
                     })
                     .collect()

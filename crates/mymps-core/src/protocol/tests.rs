@@ -16,10 +16,13 @@ fn golden(name: &str, frame: &Frame) {
         std::fs::create_dir_all(std::path::Path::new(&path).parent().unwrap()).unwrap();
         std::fs::write(&path, format!("{got}\n")).unwrap();
     }
-    let want = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e} (MYMPS_BLESS=1 writes it)"));
+    let want = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{path}: {e} (MYMPS_BLESS=1 writes it)"));
     assert_eq!(got, want.trim(), "golden frame {name} changed");
     // And it decodes back to the same frame.
-    let (back, used) = Frame::decode(&frame.to_vec(), &Limits::DEFAULT).unwrap().unwrap();
+    let (back, used) = Frame::decode(&frame.to_vec(), &Limits::DEFAULT)
+        .unwrap()
+        .unwrap();
     assert_eq!(used, frame.to_vec().len());
     assert_eq!(&back, frame);
 }
@@ -38,53 +41,119 @@ fn golden_exec_request() {
     let (metas, bufs) = tensors_to_wire(vec![("0".into(), a), ("other".into(), b)]);
     let mut kwargs = BTreeMap::new();
     kwargs.insert("dim".to_owned(), Value::Int(-1));
-    kwargs.insert("dims".to_owned(), Value::List(vec![Value::Int(0), Value::Int(1)]));
+    kwargs.insert(
+        "dims".to_owned(),
+        Value::List(vec![Value::Int(0), Value::Int(1)]),
+    );
     kwargs.insert("keepdim".to_owned(), Value::Bool(true));
     kwargs.insert("equation".to_owned(), Value::Str("ij->ji".into()));
     kwargs.insert("dtype".to_owned(), Value::None);
     kwargs.insert("alpha".to_owned(), Value::Float(0.5));
-    let req = Request::Exec(ExecRequest { op: "matmul".into(), inputs: metas, kwargs });
-    golden("exec_request", &encode(FrameKind::Request, 42, &req, bufs).unwrap());
+    let req = Request::Exec(ExecRequest {
+        op: "matmul".into(),
+        inputs: metas,
+        kwargs,
+    });
+    golden(
+        "exec_request",
+        &encode(FrameKind::Request, 42, &req, bufs).unwrap(),
+    );
 }
 
 #[test]
 fn golden_error_response() {
     let e = crate::Error::new(crate::ErrorCode::UnknownOp, "unknown op 'frobnicate'");
-    golden("error_response", &encode(FrameKind::Response, 7, &Response::Error(e), vec![]).unwrap());
+    golden(
+        "error_response",
+        &encode(FrameKind::Response, 7, &Response::Error(e), vec![]).unwrap(),
+    );
 }
 
 #[test]
 fn golden_health_request() {
-    golden("health_request", &encode(FrameKind::Request, 1, &Request::Health, vec![]).unwrap());
+    golden(
+        "health_request",
+        &encode(FrameKind::Request, 1, &Request::Health, vec![]).unwrap(),
+    );
 }
 
 #[test]
 fn headers_round_trip_and_unknown_kinds_are_tolerated() {
-    let f = encode(FrameKind::Request, 3, &Request::DescribeOp { op: "svd".into() }, vec![]).unwrap();
-    assert_eq!(decode_header::<Request>(&f).unwrap(), Request::DescribeOp { op: "svd".into() });
+    let f = encode(
+        FrameKind::Request,
+        3,
+        &Request::DescribeOp { op: "svd".into() },
+        vec![],
+    )
+    .unwrap();
+    assert_eq!(
+        decode_header::<Request>(&f).unwrap(),
+        Request::DescribeOp { op: "svd".into() }
+    );
 
     // A newer client's request kind, with fields we do not know.
     #[derive(serde::Serialize)]
-    struct Future { r#type: &'static str, handle: u64 }
-    let f = encode(FrameKind::Request, 4, &Future { r#type: "graph", handle: 9 }, vec![]).unwrap();
+    struct Future {
+        r#type: &'static str,
+        handle: u64,
+    }
+    let f = encode(
+        FrameKind::Request,
+        4,
+        &Future {
+            r#type: "graph",
+            handle: 9,
+        },
+        vec![],
+    )
+    .unwrap();
     assert_eq!(decode_header::<Request>(&f).unwrap(), Request::Unknown);
 
     // Garbage is a protocol error, not a panic.
-    let g = Frame::new(FrameKind::Request, 5, bytes::Bytes::from_static(&[0xc1, 0xff, 0x00]), vec![]);
-    assert_eq!(decode_header::<Request>(&g).unwrap_err().code, crate::ErrorCode::Protocol);
+    let g = Frame::new(
+        FrameKind::Request,
+        5,
+        bytes::Bytes::from_static(&[0xc1, 0xff, 0x00]),
+        vec![],
+    );
+    assert_eq!(
+        decode_header::<Request>(&g).unwrap_err().code,
+        crate::ErrorCode::Protocol
+    );
 }
 
 #[test]
 fn wire_tensors_are_validated() {
-    let meta = |dtype: &str, shape: Vec<u64>| TensorMeta { name: "x".into(), dtype: dtype.into(), shape, strides: None };
-    let e = tensors_from_wire(vec![meta("float8", vec![1])], vec![bytes::Bytes::from(vec![0u8])]).unwrap_err();
+    let meta = |dtype: &str, shape: Vec<u64>| TensorMeta {
+        name: "x".into(),
+        dtype: dtype.into(),
+        shape,
+        strides: None,
+    };
+    let e = tensors_from_wire(
+        vec![meta("float8", vec![1])],
+        vec![bytes::Bytes::from(vec![0u8])],
+    )
+    .unwrap_err();
     assert_eq!(e.code, crate::ErrorCode::InvalidTensor);
-    assert!(e.message.contains("unknown dtype 'float8'"), "{}", e.message);
-    let e = tensors_from_wire(vec![meta("float32", vec![3])], vec![bytes::Bytes::from(vec![0u8; 11])]).unwrap_err();
+    assert!(
+        e.message.contains("unknown dtype 'float8'"),
+        "{}",
+        e.message
+    );
+    let e = tensors_from_wire(
+        vec![meta("float32", vec![3])],
+        vec![bytes::Bytes::from(vec![0u8; 11])],
+    )
+    .unwrap_err();
     assert!(e.message.contains("data length 11"), "{}", e.message);
     let e = tensors_from_wire(vec![meta("float32", vec![1])], vec![]).unwrap_err();
     assert_eq!(e.code, crate::ErrorCode::Protocol);
-    let ok = tensors_from_wire(vec![meta("complex128", vec![2, 0])], vec![bytes::Bytes::new()]).unwrap();
+    let ok = tensors_from_wire(
+        vec![meta("complex128", vec![2, 0])],
+        vec![bytes::Bytes::new()],
+    )
+    .unwrap();
     assert_eq!(ok[0].1.numel(), 0);
 }
 
@@ -95,7 +164,10 @@ fn negotiation() {
     let mut old = h.clone();
     old.protocol = 0;
     old.min_protocol = 0;
-    assert_eq!(negotiate(&old).unwrap_err().code, crate::ErrorCode::UnsupportedVersion);
+    assert_eq!(
+        negotiate(&old).unwrap_err().code,
+        crate::ErrorCode::UnsupportedVersion
+    );
     let mut future = h.clone();
     future.protocol = 99;
     future.features.push("telepathy".into());
@@ -104,5 +176,8 @@ fn negotiation() {
     assert!(!f.contains(&"telepathy".to_string()));
     let mut alien = h;
     alien.magic = "http".into();
-    assert_eq!(negotiate(&alien).unwrap_err().code, crate::ErrorCode::Protocol);
+    assert_eq!(
+        negotiate(&alien).unwrap_err().code,
+        crate::ErrorCode::Protocol
+    );
 }

@@ -1,0 +1,327 @@
+//! # mymps-backend-tch
+//!
+//! The [`Backend`] over libtorch (the `tch` crate): device choice, host ⇄
+//! device transfer, per-op CPU fallback.
+//!
+//! - Devices: `auto` (MPS, then CUDA, then CPU), `cpu`, `cuda`, `cuda:N`,
+//!   `mps`.
+//! - Inputs become libtorch tensors without per-element work: on the CPU a
+//!   tensor is a view of the received buffer; for CUDA it is staged through
+//!   pinned memory. Results go back as views of libtorch's own memory
+//!   (copied device → pinned host first on CUDA), so the transport sends
+//!   them without another copy.
+//! - An op the device has no kernel for runs again on the CPU; the reply
+//!   names the device that ran it.
+//! - Every libtorch call is fallible (`f_*`); errors become error replies.
+#![warn(missing_docs)]
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use mymps_core::backend::{AcceleratorMemory, Backend, BackendInfo, ExecOutput};
+use mymps_core::ops::{Args, OpEntry, OpRegistry};
+use mymps_core::{Error, ErrorCode, Result};
+use mymps_ops::{KernelError, TchKernel, dtype_of, kind_of, torch_error};
+use tch::{Device, Kind, Tensor};
+
+/// The libtorch version this crate is built against (tch 0.24 requires
+/// exactly this version).
+pub const TORCH_VERSION: &str = "2.11.0";
+
+/// Parses a device name: `auto`, `cpu`, `cuda`, `cuda:N`, `mps`.
+pub fn parse_device(name: &str) -> Result<Device> {
+    let unavailable = |what: &str| {
+        Error::new(
+            ErrorCode::Unsupported,
+            format!("device '{name}' is not available: {what}"),
+        )
+    };
+    match name {
+        "auto" => Ok(if tch::utils::has_mps() {
+            Device::Mps
+        } else if tch::Cuda::is_available() {
+            Device::Cuda(0)
+        } else {
+            Device::Cpu
+        }),
+        "cpu" => Ok(Device::Cpu),
+        "mps" if tch::utils::has_mps() => Ok(Device::Mps),
+        "mps" => Err(unavailable(
+            "this libtorch has no MPS support or this is not an Apple Silicon Mac",
+        )),
+        _ => {
+            let index = match name.strip_prefix("cuda") {
+                Some("") => 0,
+                Some(rest) => rest
+                    .strip_prefix(':')
+                    .and_then(|n| n.parse::<usize>().ok())
+                    .ok_or_else(|| bad_device(name))?,
+                None => return Err(bad_device(name)),
+            };
+            if !tch::Cuda::is_available() {
+                return Err(unavailable(
+                    "CUDA is not available (no NVIDIA GPU, driver or CUDA build of libtorch)",
+                ));
+            }
+            let count = tch::Cuda::device_count();
+            if index as i64 >= count {
+                return Err(unavailable(&format!(
+                    "this machine has {count} CUDA device(s)"
+                )));
+            }
+            Ok(Device::Cuda(index))
+        }
+    }
+}
+
+fn bad_device(name: &str) -> Error {
+    Error::bad_argument(format!(
+        "unknown device '{name}'; use auto, cpu, cuda, cuda:N or mps"
+    ))
+}
+
+/// A device's name as mymps writes it (`cpu`, `cuda:0`, `mps`).
+pub fn device_name(d: Device) -> String {
+    match d {
+        Device::Cpu => "cpu".into(),
+        Device::Cuda(i) => format!("cuda:{i}"),
+        Device::Mps => "mps".into(),
+        Device::Vulkan => "vulkan".into(),
+    }
+}
+
+/// Owns the memory a result's bytes live in: the libtorch tensor, and the
+/// received buffers it may be a view of.
+struct TensorBytes {
+    tensor: Tensor,
+    len: usize,
+    _inputs: Arc<Vec<Bytes>>,
+}
+
+impl AsRef<[u8]> for TensorBytes {
+    fn as_ref(&self) -> &[u8] {
+        // SAFETY: `tensor` is a contiguous CPU tensor of `len` bytes that this
+        // struct keeps alive, and nothing writes to it after it was built.
+        unsafe { std::slice::from_raw_parts(self.tensor.data_ptr() as *const u8, self.len) }
+    }
+}
+
+/// Converts host tensors to libtorch tensors on one device, and back.
+pub struct Converter {
+    device: Device,
+    /// Received buffers that CPU tensors are views of.
+    inputs: Vec<Bytes>,
+}
+
+impl Converter {
+    /// A converter for `device`.
+    pub fn new(device: Device) -> Converter {
+        Converter {
+            device,
+            inputs: Vec::new(),
+        }
+    }
+
+    /// A host tensor as a libtorch tensor on the device. On the CPU the
+    /// result is a view of the host buffer (kept alive by the converter);
+    /// kernels must not write to their inputs.
+    pub fn upload(&mut self, t: mymps_core::Tensor) -> Result<Tensor> {
+        let kind = kind_of(t.dtype());
+        let shape: Vec<i64> = t.shape().iter().map(|&d| d as i64).collect();
+        let cpu = if t.numel() == 0 {
+            Tensor::f_empty(&shape, (kind, Device::Cpu)).map_err(torch_error)?
+        } else if (t.data().as_ptr() as usize) % t.dtype().itemsize() != 0 {
+            // Misaligned (a small tensor sliced out of a read buffer): copy.
+            let dense = t.contiguous();
+            Tensor::f_from_data_size(dense.data(), &shape, kind).map_err(torch_error)?
+        } else {
+            let strides: Vec<i64> = t
+                .strides_or_contiguous()
+                .iter()
+                .map(|&s| s as i64)
+                .collect();
+            // SAFETY: the layout was validated against the buffer's length
+            // when the host tensor was built, and the buffer is kept alive in
+            // `self.inputs` for as long as any tensor made here is used.
+            let view = unsafe {
+                Tensor::f_from_blob(t.data().as_ptr(), &shape, &strides, kind, Device::Cpu)
+                    .map_err(torch_error)?
+            };
+            self.inputs.push(t.into_data());
+            view
+        };
+        match self.device {
+            Device::Cpu => Ok(cpu),
+            Device::Cuda(_) => {
+                // Pinned staging: host → pinned is a memcpy, pinned → device
+                // runs at full PCIe speed and asynchronously.
+                let pinned = cpu.f_pin_memory(self.device).map_err(torch_error)?;
+                pinned
+                    .f_to_device_(self.device, kind, true, false)
+                    .map_err(torch_error)
+            }
+            d => cpu.f_to_device(d).map_err(torch_error),
+        }
+    }
+
+    /// A libtorch result as a host tensor, without copying on the CPU.
+    pub fn download(&self, t: Tensor) -> Result<mymps_core::Tensor> {
+        let dtype = dtype_of(t.kind())?;
+        let t = t
+            .f_resolve_conj()
+            .and_then(|t| t.f_resolve_neg())
+            .map_err(torch_error)?;
+        let shape: Vec<usize> = t.size().iter().map(|&d| d as usize).collect();
+        let t = match t.device() {
+            Device::Cpu => t.f_contiguous().map_err(torch_error)?,
+            Device::Cuda(_) => {
+                // Device → pinned host memory: a pageable copy runs at a
+                // fraction of the speed. Resizing an empty pinned tensor
+                // allocates from the pinned allocator.
+                let mut host = Tensor::f_empty([0], (t.kind(), Device::Cpu))
+                    .and_then(|h| h.f_pin_memory(t.device()))
+                    .map_err(torch_error)?;
+                let _ = host.f_resize_(t.size()).map_err(torch_error)?;
+                host.f_copy_(&t).map_err(torch_error)?;
+                host
+            }
+            _ => t
+                .f_to_device(Device::Cpu)
+                .and_then(|t| t.f_contiguous())
+                .map_err(torch_error)?,
+        };
+        let len = t.numel() * dtype.itemsize();
+        let data = if len == 0 {
+            Bytes::new()
+        } else {
+            Bytes::from_owner(TensorBytes {
+                tensor: t,
+                len,
+                _inputs: Arc::new(self.inputs.clone()),
+            })
+        };
+        mymps_core::Tensor::new(dtype, &shape, data)
+    }
+}
+
+/// Whether a libtorch error means "this device has no kernel for that".
+fn is_unsupported_on_device(e: &Error) -> bool {
+    let m = &e.message;
+    m.contains("not implemented for")
+        || m.contains("NotImplementedError")
+        || m.contains("not currently implemented for the MPS device")
+        || m.contains("not supported on MPS")
+        || m.contains("Could not run")
+}
+
+/// The libtorch backend.
+pub struct TchBackend {
+    device: Device,
+    ops: OpRegistry,
+}
+
+impl TchBackend {
+    /// A backend on `device` (`auto`, `cpu`, `cuda:N`, `mps`) with every op
+    /// linked into this binary.
+    pub fn new(device: &str) -> Result<TchBackend> {
+        let device = parse_device(device)?;
+        let ops = mymps_ops::registry()?;
+        Ok(TchBackend { device, ops })
+    }
+
+    /// The device ops run on.
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    fn run(
+        &self,
+        op: &'static OpEntry,
+        args: Args<mymps_core::Tensor>,
+        device: Device,
+    ) -> Result<ExecOutput> {
+        let kernel = op.kernel.downcast_ref::<TchKernel>().ok_or_else(|| {
+            Error::internal(format!("op '{}' has no libtorch kernel", op.spec.name))
+        })?;
+        let mut conv = Converter::new(device);
+        let args = args.try_map_tensors(|t| conv.upload(t))?;
+        let out = (kernel.0)(&args).map_err(|KernelError(e)| e)?;
+        drop(args);
+        let outputs = out
+            .into_named()
+            .into_iter()
+            .map(|(name, t)| Ok((name, conv.download(t)?)))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(ExecOutput {
+            outputs,
+            device: device_name(device),
+        })
+    }
+}
+
+impl Backend for TchBackend {
+    fn info(&self) -> BackendInfo {
+        BackendInfo {
+            name: "tch".into(),
+            version: TORCH_VERSION.into(),
+            device: device_name(self.device),
+        }
+    }
+
+    fn ops(&self) -> &OpRegistry {
+        &self.ops
+    }
+
+    fn exec(&self, op: &'static OpEntry, args: Args<mymps_core::Tensor>) -> Result<ExecOutput> {
+        if self.device == Device::Cpu {
+            return self.run(op, args, Device::Cpu);
+        }
+        // Host tensors are cheap to clone (shared buffers): keep them for a
+        // CPU retry.
+        let retry = args.clone();
+        match self.run(op, args, self.device) {
+            Err(e) if is_unsupported_on_device(&e) => {
+                tracing::info!(op = op.spec.name, device = %device_name(self.device), "no kernel on the device; running on the CPU");
+                self.run(op, retry, Device::Cpu)
+            }
+            r => r,
+        }
+    }
+
+    fn accelerator_memory(&self) -> Option<AcceleratorMemory> {
+        match self.device {
+            Device::Cuda(i) => cuda_memory(i),
+            _ => None,
+        }
+    }
+}
+
+/// Free and total memory of CUDA device `index`, from the CUDA runtime that
+/// libtorch loaded.
+fn cuda_memory(index: usize) -> Option<AcceleratorMemory> {
+    type SetDevice = unsafe extern "C" fn(i32) -> i32;
+    type MemGetInfo = unsafe extern "C" fn(*mut usize, *mut usize) -> i32;
+    // SAFETY: looks up symbols of the process; their C signatures are the
+    // CUDA runtime's documented ones.
+    unsafe {
+        let this = libloading::os::unix::Library::this();
+        let set: libloading::os::unix::Symbol<SetDevice> = this.get(b"cudaSetDevice\0").ok()?;
+        let info: libloading::os::unix::Symbol<MemGetInfo> = this.get(b"cudaMemGetInfo\0").ok()?;
+        if set(index as i32) != 0 {
+            return None;
+        }
+        let (mut free, mut total) = (0usize, 0usize);
+        if info(&mut free, &mut total) != 0 {
+            return None;
+        }
+        Some(AcceleratorMemory {
+            total: total as u64,
+            free: free as u64,
+        })
+    }
+}
+
+/// Whether tensors of kind `k` can cross the wire.
+pub fn kind_is_supported(k: Kind) -> bool {
+    dtype_of(k).is_ok()
+}

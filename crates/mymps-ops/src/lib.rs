@@ -1,0 +1,192 @@
+//! # mymps-ops
+//!
+//! The op whitelist: each op is an [`OpSpec`] (torch's name and argument
+//! names, kinds and defaults, outputs, a one-line doc) and a libtorch
+//! kernel, registered with `inventory` by the [`op!`] macro. The whitelist is
+//! the only way in: a request names an op, its arguments are checked against
+//! the signature, and only then does the kernel run.
+//!
+//! Third-party op crates depend on this crate and use [`op!`] the same way;
+//! linking them into the server binary is enough to register their ops.
+//!
+//! ```ignore
+//! mymps_ops::op!("double", "custom", "2 × input",
+//!     [Param::tensor("input")] -> Outputs::One,
+//!     |a| Ok(OpOutput::One(a.tensor("input")?.f_mul_scalar(2)?)));
+//! ```
+#![warn(missing_docs)]
+
+use mymps_core::{DType, Error};
+use tch::{Kind, TchError, Tensor};
+
+pub use inventory;
+pub use mymps_core::ops::{
+    Args, OpEntry, OpOutput, OpSpec, Outputs, Param, Scalar, TensorOrScalar,
+};
+
+mod builtin;
+
+/// A kernel's error: converts from libtorch errors and mymps errors, so
+/// kernels can use `?` on both.
+#[derive(Debug)]
+pub struct KernelError(pub Error);
+
+impl From<TchError> for KernelError {
+    fn from(e: TchError) -> KernelError {
+        KernelError(torch_error(e))
+    }
+}
+
+impl From<Error> for KernelError {
+    fn from(e: Error) -> KernelError {
+        KernelError(e)
+    }
+}
+
+/// The result of a kernel.
+pub type KernelResult<T> = std::result::Result<T, KernelError>;
+
+/// The signature of a libtorch kernel.
+pub type KernelFn = fn(&Args<Tensor>) -> KernelResult<OpOutput<Tensor>>;
+
+/// A libtorch kernel, as stored (type-erased) in an [`OpEntry`]. The tch
+/// backend runs every entry whose kernel is a `TchKernel`.
+#[derive(Clone, Copy)]
+pub struct TchKernel(pub KernelFn);
+
+/// A libtorch error as a mymps error: the message without libtorch's C++
+/// backtrace.
+pub fn torch_error(e: TchError) -> Error {
+    let msg = match &e {
+        TchError::Torch(m) => m.clone(),
+        other => other.to_string(),
+    };
+    let msg = msg
+        .split("\nException raised from")
+        .next()
+        .unwrap_or(&msg)
+        .trim()
+        .to_owned();
+    Error::backend(msg)
+}
+
+/// The libtorch kind of a dtype.
+pub fn kind_of(d: DType) -> Kind {
+    match d {
+        DType::Bool => Kind::Bool,
+        DType::UInt8 => Kind::Uint8,
+        DType::Int8 => Kind::Int8,
+        DType::Int16 => Kind::Int16,
+        DType::Int32 => Kind::Int,
+        DType::Int64 => Kind::Int64,
+        DType::Float16 => Kind::Half,
+        DType::BFloat16 => Kind::BFloat16,
+        DType::Float32 => Kind::Float,
+        DType::Float64 => Kind::Double,
+        DType::Complex64 => Kind::ComplexFloat,
+        DType::Complex128 => Kind::ComplexDouble,
+    }
+}
+
+/// The dtype of a libtorch kind; kinds mymps does not carry (quantized,
+/// float8, complex half) are an error.
+pub fn dtype_of(k: Kind) -> Result<DType, Error> {
+    Ok(match k {
+        Kind::Bool => DType::Bool,
+        Kind::Uint8 => DType::UInt8,
+        Kind::Int8 => DType::Int8,
+        Kind::Int16 => DType::Int16,
+        Kind::Int => DType::Int32,
+        Kind::Int64 => DType::Int64,
+        Kind::Half => DType::Float16,
+        Kind::BFloat16 => DType::BFloat16,
+        Kind::Float => DType::Float32,
+        Kind::Double => DType::Float64,
+        Kind::ComplexFloat => DType::Complex64,
+        Kind::ComplexDouble => DType::Complex128,
+        other => {
+            return Err(Error::invalid_tensor(format!(
+                "result dtype {other:?} cannot be sent (not one of {})",
+                DType::ALL.map(DType::name).join(", ")
+            )));
+        }
+    })
+}
+
+/// An optional dtype as an optional kind.
+pub fn opt_kind(d: Option<DType>) -> Option<Kind> {
+    d.map(kind_of)
+}
+
+/// A mymps scalar as a libtorch scalar.
+pub fn torch_scalar(s: Scalar) -> tch::Scalar {
+    match s {
+        Scalar::Int(i) => tch::Scalar::int(i),
+        Scalar::Float(x) => tch::Scalar::float(x),
+        Scalar::Bool(b) => tch::Scalar::int(b as i64),
+    }
+}
+
+/// A scalar as a 0-d tensor on `like`'s device, with the dtype torch's type
+/// promotion gives a Python scalar (bool, int64 or float64 "weak" scalars
+/// are handled by libtorch's wrapped-number rule).
+pub fn scalar_tensor(s: Scalar, like: &Tensor) -> KernelResult<Tensor> {
+    let t = match s {
+        Scalar::Int(i) => Tensor::f_scalar_tensor(i as f64, (Kind::Int64, like.device()))?,
+        Scalar::Float(x) => Tensor::f_scalar_tensor(x, (Kind::Double, like.device()))?,
+        Scalar::Bool(b) => Tensor::f_scalar_tensor(b as i64 as f64, (Kind::Bool, like.device()))?,
+    };
+    Ok(t)
+}
+
+/// Registers an op: name, category, one-line doc, parameters, outputs and
+/// kernel (a `fn` or a closure without captures).
+///
+/// ```ignore
+/// op!("relu", "activation", "max(input, 0)",
+///     [Param::tensor("input")] -> Outputs::One,
+///     |a| Ok(OpOutput::One(a.tensor("input")?.f_relu()?)));
+/// ```
+#[macro_export]
+macro_rules! op {
+    ($name:literal, $category:literal, $doc:literal, [$($param:expr),* $(,)?] -> $outputs:expr, $kernel:expr $(,)?) => {
+        $crate::inventory::submit! {
+            $crate::OpEntry::new(
+                $crate::OpSpec {
+                    name: $name,
+                    category: $category,
+                    doc: $doc,
+                    params: &[$($param),*],
+                    outputs: $outputs,
+                },
+                &$crate::TchKernel($kernel),
+            )
+        }
+    };
+}
+
+/// Every op linked into this binary with a libtorch kernel.
+pub fn registry() -> Result<mymps_core::OpRegistry, Error> {
+    mymps_core::OpRegistry::from_inventory(|e| e.kernel.is::<TchKernel>())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_spec_is_valid_and_names_are_unique() {
+        let r = registry().unwrap();
+        assert!(r.len() >= 16);
+        for e in r.iter() {
+            e.spec.validate().unwrap();
+        }
+    }
+
+    #[test]
+    fn kinds_round_trip() {
+        for d in DType::ALL {
+            assert_eq!(dtype_of(kind_of(d)).unwrap(), d);
+        }
+    }
+}

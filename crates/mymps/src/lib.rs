@@ -1,0 +1,55 @@
+//! # mymps
+//!
+//! A remote tensor coprocessor: a server owns a GPU (CUDA, MPS) or the CPU
+//! and runs whitelisted torch ops (and loaded models) on tensors that
+//! clients send it, over a fast binary protocol.
+//!
+//! This is the facade crate: it re-exports [`mymps_core`] and, by cargo
+//! feature, the transports and the libtorch backend.
+//!
+//! ## Features
+//! - `tcp` (default): the TCP transport, `tcp://host:port`.
+//! - `server` (default): the libtorch backend ([`backend_tch`]) and the op
+//!   whitelist ([`ops`]); needs libtorch at build time. A client-only build
+//!   (`default-features = false, features = ["tcp"]`) needs no libtorch.
+//!
+//! ## Client
+//! ```no_run
+//! use mymps::{Tensor, client::{Call, blocking::Client}};
+//! let c = Client::connect("tcp://127.0.0.1:5555")?;
+//! let a = Tensor::from_vec(vec![1.0f32; 64 * 128], &[64, 128])?;
+//! let b = Tensor::from_vec(vec![1.0f32; 128 * 32], &[128, 32])?;
+//! let out = c.call(Call::new("matmul").arg(a).arg(b))?;
+//! assert_eq!(out.output()?.shape(), &[64, 32]);
+//! # Ok::<(), mymps::Error>(())
+//! ```
+//!
+//! ## Server
+//! ```no_run
+//! # #[cfg(feature = "server")]
+//! # async fn demo() -> mymps::Result<()> {
+//! use std::sync::Arc;
+//! use mymps::server::{Server, ServerConfig};
+//! let backend = Arc::new(mymps::backend_tch::TchBackend::new("auto")?);
+//! let server = Server::bind(ServerConfig::default(), backend).await?;
+//! server.serve(async { tokio::signal::ctrl_c().await.ok(); }).await;
+//! # Ok(()) }
+//! ```
+#![warn(missing_docs)]
+
+pub use mymps_core::*;
+
+pub mod npy;
+
+/// The TCP transport (feature `tcp`). Naming the crate here links it, which
+/// registers `tcp://` for every program that uses this facade.
+#[cfg(feature = "tcp")]
+pub use mymps_transport_tcp as tcp;
+
+/// The libtorch backend (feature `server`).
+#[cfg(feature = "server")]
+pub use mymps_backend_tch as backend_tch;
+
+/// The op whitelist (feature `server`).
+#[cfg(feature = "server")]
+pub use mymps_ops as ops_tch;
