@@ -148,10 +148,14 @@ op!("conv2d", "nn", "2-D convolution over (N, C, H, W) (torch.nn.functional.conv
     }
 });
 
+/// A reduction over some dimensions: (input, dim, keepdim, dtype).
+type ReduceDims =
+    fn(&Tensor, Option<&[i64]>, bool, Option<tch::Kind>) -> Result<Tensor, tch::TchError>;
+
 fn reduce(
     a: &Args<Tensor>,
     all: fn(&Tensor, Option<tch::Kind>) -> Result<Tensor, tch::TchError>,
-    dims: fn(&Tensor, Option<&[i64]>, bool, Option<tch::Kind>) -> Result<Tensor, tch::TchError>,
+    dims: ReduceDims,
 ) -> Out {
     let x = a.tensor("input")?;
     let kind = opt_kind(a.opt_dtype("dtype")?);
