@@ -8,6 +8,12 @@ use std::sync::Arc;
 use mymps::server::{Server, ServerConfig, ServerHandle};
 use mymps::transport::Endpoint;
 
+/// The device the tests run the server on: `MYMPS_TEST_DEVICE`, else `cpu`
+/// (`MYMPS_TEST_DEVICE=cuda:0` on a GPU machine).
+pub fn device() -> String {
+    std::env::var("MYMPS_TEST_DEVICE").unwrap_or_else(|_| "cpu".into())
+}
+
 /// Starts a server on `tcp://127.0.0.1:0` with `tweak` applied to its config.
 pub async fn start_with(tweak: impl FnOnce(&mut ServerConfig)) -> (ServerHandle, String) {
     let mut config = ServerConfig {
@@ -15,7 +21,7 @@ pub async fn start_with(tweak: impl FnOnce(&mut ServerConfig)) -> (ServerHandle,
         ..ServerConfig::default()
     };
     tweak(&mut config);
-    let backend = Arc::new(mymps::backend_tch::TchBackend::new("cpu").expect("cpu backend"));
+    let backend = Arc::new(mymps::backend_tch::TchBackend::new(&device()).expect("backend"));
     let server = Server::bind(config, backend).await.expect("bind");
     let handle = server.spawn();
     let addr = handle.endpoints()[0].to_string();
