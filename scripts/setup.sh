@@ -31,8 +31,11 @@ if [ "$(readlink .libtorch 2>/dev/null)" != "$torch_dir" ]; then
     ln -sfn "$torch_dir" .libtorch
 fi
 
-# 3. The Rust build.
-profile=()
-[ "${1:-}" = "--release" ] && profile=(--release)
+# 3. The Rust build: the server, the libraries and the plugins. The model
+#    loaders plugin goes where `mymps serve` looks for plugins by default.
+profile=() dir=debug
+[ "${1:-}" = "--release" ] && profile=(--release) dir=release
 say "building (cargo build ${profile[*]:-})"
-cargo build "${profile[@]}" --workspace --bins --quiet
+cargo build "${profile[@]}" --workspace --quiet
+mkdir -p "target/$dir/plugins"
+cp -f "target/$dir/libmymps_models.so" "target/$dir/plugins/"

@@ -21,12 +21,17 @@ use bytes::Bytes;
 use mymps_core::backend::{AcceleratorMemory, Backend, BackendInfo, ExecOutput};
 use mymps_core::ops::{Args, OpEntry, OpRegistry};
 use mymps_core::{Error, ErrorCode, Result};
-use mymps_ops::{KernelError, TchKernel, dtype_of, kind_of, torch_error};
+use mymps_ops::{KernelError, dtype_of, kind_of, torch_error};
 use tch::{Device, Kind, Tensor};
 
 /// The libtorch version this crate is built against (tch 0.24 requires
 /// exactly this version).
 pub const TORCH_VERSION: &str = "2.11.0";
+
+/// The tch / libtorch build, as plugins must match it.
+pub const TCH_VERSION: &str = "tch 0.24.0, libtorch 2.11.0";
+/// [`TCH_VERSION`] as a C string, for `mymps_core::declare_plugin!`.
+pub const TCH_VERSION_C: &std::ffi::CStr = c"tch 0.24.0, libtorch 2.11.0";
 
 /// Parses a device name: `auto`, `cpu`, `cuda`, `cuda:N`, `mps`.
 pub fn parse_device(name: &str) -> Result<Device> {
@@ -225,8 +230,23 @@ impl TchBackend {
     /// A backend on `device` (`auto`, `cpu`, `cuda:N`, `mps`) with every op
     /// linked into this binary.
     pub fn new(device: &str) -> Result<TchBackend> {
+        TchBackend::with_ops(device, &[])
+    }
+
+    /// A backend with the linked ops plus `extra` ones (from plugins); a
+    /// name registered twice is refused.
+    pub fn with_ops(device: &str, extra: &[&'static OpEntry]) -> Result<TchBackend> {
         let device = parse_device(device)?;
-        let ops = mymps_ops::registry()?;
+        let mut ops = mymps_ops::registry()?;
+        for e in extra {
+            if !mymps_ops::has_kernel(e) {
+                return Err(Error::internal(format!(
+                    "op '{}' from a plugin has no libtorch kernel this build recognises",
+                    e.spec.name
+                )));
+            }
+            ops.register(e)?;
+        }
         Ok(TchBackend { device, ops })
     }
 
@@ -241,12 +261,13 @@ impl TchBackend {
         args: Args<mymps_core::Tensor>,
         device: Device,
     ) -> Result<ExecOutput> {
-        let kernel = op.kernel.downcast_ref::<TchKernel>().ok_or_else(|| {
-            Error::internal(format!("op '{}' has no libtorch kernel", op.spec.name))
-        })?;
         let mut conv = Converter::new(device);
         let args = args.try_map_tensors(|t| conv.upload(t))?;
-        let out = (kernel.0)(&args).map_err(|KernelError(e)| e)?;
+        let out = mymps_ops::run_kernel(op, &args)
+            .ok_or_else(|| {
+                Error::internal(format!("op '{}' has no libtorch kernel", op.spec.name))
+            })?
+            .map_err(|KernelError(e)| e)?;
         drop(args);
         let outputs = out
             .into_named()

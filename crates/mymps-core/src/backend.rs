@@ -53,9 +53,4 @@ pub trait Backend: Send + Sync + 'static {
     fn accelerator_memory(&self) -> Option<AcceleratorMemory> {
         None
     }
-
-    /// Number of models loaded.
-    fn models_loaded(&self) -> usize {
-        0
-    }
 }

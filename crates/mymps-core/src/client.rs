@@ -28,10 +28,11 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::{Error, ErrorCode, Result};
+use crate::model::{LoadRequest, ModelInfo};
 use crate::ops::OpInfo;
 use crate::protocol::{
-    self, ExecRequest, Frame, FrameKind, HealthInfo, Limits, OpSummary, Request, Response,
-    StatsInfo, Welcome,
+    self, ExecRequest, ExecResponse, Frame, FrameKind, HealthInfo, InferRequest, Limits, OpSummary,
+    Request, Response, StatsInfo, Welcome,
 };
 use crate::tensor::Tensor;
 use crate::transport::{Endpoint, ReadError, transport_for};
@@ -435,12 +436,77 @@ impl Client {
             kwargs,
         });
         match self.request(&req, bufs).await? {
-            (Response::Exec(r), bufs) => Ok(Outputs {
-                tensors: protocol::tensors_from_wire(r.outputs, bufs)?,
-                device: r.device,
-                elapsed_s: r.elapsed_s,
-            }),
+            (Response::Exec(r), bufs) => outputs(r, bufs),
             (other, _) => Err(unexpected("exec", &other)),
+        }
+    }
+
+    /// Loads a model on the server (see [`LoadRequest`]); replaces a model
+    /// of the same name.
+    pub async fn load_model(&self, request: LoadRequest) -> Result<ModelInfo> {
+        match self.request(&Request::LoadModel(request), vec![]).await? {
+            (Response::Model(info), _) => Ok(info),
+            (other, _) => Err(unexpected("load_model", &other)),
+        }
+    }
+
+    /// A forward pass of a loaded model. `inputs`: `"0"`, `"1"`, ...
+    /// positional, other names keyword (`input_ids`, ...).
+    pub async fn infer<K: Into<String>>(
+        &self,
+        name: &str,
+        inputs: impl IntoIterator<Item = (K, Tensor)>,
+    ) -> Result<Outputs> {
+        let inputs: Vec<(String, Tensor)> =
+            inputs.into_iter().map(|(k, t)| (k.into(), t)).collect();
+        let (metas, bufs) = protocol::tensors_to_wire(inputs);
+        let req = Request::Infer(InferRequest {
+            name: name.to_owned(),
+            inputs: metas,
+        });
+        match self.request(&req, bufs).await? {
+            (Response::Exec(r), bufs) => outputs(r, bufs),
+            (other, _) => Err(unexpected("infer", &other)),
+        }
+    }
+
+    /// The loaded models, sorted by name.
+    pub async fn list_models(&self) -> Result<Vec<ModelInfo>> {
+        match self.request(&Request::ListModels, vec![]).await? {
+            (Response::Models { models }, _) => Ok(models),
+            (other, _) => Err(unexpected("list_models", &other)),
+        }
+    }
+
+    /// One loaded model's description.
+    pub async fn model_info(&self, name: &str) -> Result<ModelInfo> {
+        match self
+            .request(
+                &Request::ModelInfo {
+                    name: name.to_owned(),
+                },
+                vec![],
+            )
+            .await?
+        {
+            (Response::Model(info), _) => Ok(info),
+            (other, _) => Err(unexpected("model_info", &other)),
+        }
+    }
+
+    /// Unloads a model.
+    pub async fn unload_model(&self, name: &str) -> Result<()> {
+        match self
+            .request(
+                &Request::UnloadModel {
+                    name: name.to_owned(),
+                },
+                vec![],
+            )
+            .await?
+        {
+            (Response::Unloaded { .. }, _) => Ok(()),
+            (other, _) => Err(unexpected("unload_model", &other)),
         }
     }
 
@@ -528,6 +594,14 @@ impl Client {
     }
 }
 
+fn outputs(r: ExecResponse, bufs: Vec<bytes::Bytes>) -> Result<Outputs> {
+    Ok(Outputs {
+        tensors: protocol::tensors_from_wire(r.outputs, bufs)?,
+        device: r.device,
+        elapsed_s: r.elapsed_s,
+    })
+}
+
 fn unexpected(what: &str, r: &Response) -> Error {
     Error::protocol(format!("unexpected reply to {what}: {r:?}"))
 }
@@ -602,6 +676,35 @@ pub mod blocking {
         /// See [`super::Client::call`].
         pub fn call(&self, call: Call) -> Result<Outputs> {
             self.runtime.block_on(self.inner.call(call))
+        }
+
+        /// See [`super::Client::load_model`].
+        pub fn load_model(&self, request: LoadRequest) -> Result<ModelInfo> {
+            self.runtime.block_on(self.inner.load_model(request))
+        }
+
+        /// See [`super::Client::infer`].
+        pub fn infer<K: Into<String>>(
+            &self,
+            name: &str,
+            inputs: impl IntoIterator<Item = (K, Tensor)>,
+        ) -> Result<Outputs> {
+            self.runtime.block_on(self.inner.infer(name, inputs))
+        }
+
+        /// See [`super::Client::list_models`].
+        pub fn list_models(&self) -> Result<Vec<ModelInfo>> {
+            self.runtime.block_on(self.inner.list_models())
+        }
+
+        /// See [`super::Client::model_info`].
+        pub fn model_info(&self, name: &str) -> Result<ModelInfo> {
+            self.runtime.block_on(self.inner.model_info(name))
+        }
+
+        /// See [`super::Client::unload_model`].
+        pub fn unload_model(&self, name: &str) -> Result<()> {
+            self.runtime.block_on(self.inner.unload_model(name))
         }
 
         /// See [`super::Client::list_ops`].

@@ -9,6 +9,7 @@
 //! - [`Backend`], [`Transport`](transport::Transport),
 //!   [`ModelLoader`](model::ModelLoader): the plug-in points.
 //! - [`ops`]: op signatures, argument binding and the `inventory` registry.
+//! - [`plugin`]: dynamically loadable plugins (model loaders and ops).
 //! - [`server`] (feature `server`) and [`client`] (feature `client`).
 //!
 //! Invariant: this crate knows nothing of tch (or any tensor library) and of
@@ -26,6 +27,7 @@ pub mod dtype;
 pub mod error;
 pub mod model;
 pub mod ops;
+pub mod plugin;
 pub mod protocol;
 #[cfg(feature = "server")]
 pub mod server;

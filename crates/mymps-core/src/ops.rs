@@ -395,18 +395,56 @@ pub struct ParamInfo {
     pub default: Option<Value>,
 }
 
-/// A registered op: its spec and its kernel, type-erased.
+/// A kernel, type-erased.
+#[derive(Clone, Copy)]
+pub enum Kernel {
+    /// A kernel linked into this binary; each backend downcasts to the kernel
+    /// type it runs.
+    Native(&'static (dyn Any + Send + Sync)),
+    /// A kernel from a plugin, called through its vtable: `TypeId`s differ
+    /// between separately built binaries, so plugins cannot use `Native`.
+    Foreign(&'static dyn ForeignKernel),
+}
+
+/// A plugin's kernel, called across the plugin boundary.
+pub trait ForeignKernel: Send + Sync {
+    /// The backend it is for (`tch`).
+    fn backend(&self) -> &'static str;
+
+    /// Runs the kernel.
+    ///
+    /// # Safety
+    /// `args` must point to the backend's argument type and `out` to its
+    /// result slot, as the backend's plugin interface defines them (for tch:
+    /// `Args<tch::Tensor>` and `Option<KernelResult<OpOutput<tch::Tensor>>>`);
+    /// the plugin header check guarantees both sides were built from the same
+    /// versions. Implementations catch their own panics.
+    unsafe fn call(&self, args: *const (), out: *mut ());
+}
+
+/// A registered op: its spec and its kernel.
 pub struct OpEntry {
     /// The signature and docs.
     pub spec: OpSpec,
-    /// The kernel; each backend downcasts to the kernel type it runs.
-    pub kernel: &'static (dyn Any + Send + Sync),
+    /// The kernel.
+    pub kernel: Kernel,
 }
 
 impl OpEntry {
-    /// A new entry (usable in `inventory::submit!`).
+    /// A new entry with a native kernel (usable in `inventory::submit!`).
     pub const fn new(spec: OpSpec, kernel: &'static (dyn Any + Send + Sync)) -> OpEntry {
-        OpEntry { spec, kernel }
+        OpEntry {
+            spec,
+            kernel: Kernel::Native(kernel),
+        }
+    }
+
+    /// A new entry with a plugin's kernel.
+    pub const fn foreign(spec: OpSpec, kernel: &'static dyn ForeignKernel) -> OpEntry {
+        OpEntry {
+            spec,
+            kernel: Kernel::Foreign(kernel),
+        }
     }
 }
 

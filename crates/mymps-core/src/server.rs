@@ -17,10 +17,11 @@ use tracing::{debug, info, warn};
 
 use crate::backend::Backend;
 use crate::error::{Error, ErrorCode, Result};
+use crate::model::ModelRegistry;
 use crate::ops;
 use crate::protocol::{
-    self, ExecRequest, ExecResponse, Frame, FrameError, FrameKind, HealthInfo, Hello, Limits,
-    Request, Response, Welcome,
+    self, ExecRequest, ExecResponse, Frame, FrameError, FrameKind, HealthInfo, Hello, InferRequest,
+    Limits, Request, Response, Welcome,
 };
 use crate::stats::HostStats;
 use crate::transport::{Connection, Endpoint, Listener, MemoryBudget, ReadError, transport_for};
@@ -73,6 +74,7 @@ struct Shared {
     workers: Semaphore,
     started: Instant,
     stats: HostStats,
+    models: Arc<ModelRegistry>,
 }
 
 /// A server with its listeners bound.
@@ -125,9 +127,16 @@ impl Server {
                 config,
                 started: Instant::now(),
                 stats: HostStats::new(),
+                models: Arc::new(ModelRegistry::new()),
             }),
             listeners,
         })
+    }
+
+    /// The model registry: add loaders (built in or from plugins) before
+    /// serving.
+    pub fn models(&self) -> &Arc<ModelRegistry> {
+        &self.shared.models
     }
 
     /// The bound addresses (with real ports when port 0 was asked for).
@@ -367,7 +376,7 @@ async fn handle(shared: &Arc<Shared>, frame: Frame, protocol_version: u32) -> Re
                 backend: b.name,
                 device: b.device,
                 torch_version: b.version,
-                models_loaded: shared.backend.models_loaded() as u64,
+                models_loaded: shared.models.len() as u64,
                 ops: shared.backend.ops().len() as u64,
                 uptime_s: shared.started.elapsed().as_secs_f64(),
             })
@@ -387,6 +396,27 @@ async fn handle(shared: &Arc<Shared>, frame: Frame, protocol_version: u32) -> Re
         },
         Request::DescribeOp { op } => Response::Op(shared.backend.ops().lookup(&op)?.spec.info()),
         Request::Exec(req) => return exec(shared, id, req, frame.tensors).await,
+        Request::Infer(req) => return infer(shared, id, req, frame.tensors).await,
+        Request::LoadModel(req) => {
+            let s = shared.clone();
+            let device = shared.backend.info().device;
+            let name = req.name.clone();
+            let info = blocking(&format!("loading model '{name}'"), move || {
+                s.models.load(&req, &device)
+            })
+            .await?;
+            tracing::info!(name = %info.name, model_type = %info.model_type, device = %info.device, "model loaded");
+            Response::Model(info)
+        }
+        Request::ListModels => Response::Models {
+            models: shared.models.list(),
+        },
+        Request::ModelInfo { name } => Response::Model(shared.models.info(&name)?),
+        Request::UnloadModel { name } => {
+            shared.models.unload(&name)?;
+            tracing::info!(%name, "model unloaded");
+            Response::Unloaded { name }
+        }
         Request::Unknown => {
             return Err(Error::new(
                 ErrorCode::Unsupported,
@@ -398,6 +428,59 @@ async fn handle(shared: &Arc<Shared>, frame: Frame, protocol_version: u32) -> Re
     protocol::encode(FrameKind::Response, id, &response, vec![])
 }
 
+/// Runs blocking work on the blocking pool; a panic becomes an
+/// [`ErrorCode::Internal`] error naming `what`.
+async fn blocking<T: Send + 'static>(
+    what: &str,
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(move || std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)))
+        .await
+        .map_err(|e| Error::internal(format!("{what}: task failed: {e}")))?
+        .map_err(|p| {
+            let msg = p
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| p.downcast_ref::<&str>().copied())
+                .unwrap_or("unknown panic");
+            Error::internal(format!("{what} panicked: {msg}"))
+        })?
+}
+
+async fn infer(
+    shared: &Arc<Shared>,
+    id: u64,
+    req: InferRequest,
+    bufs: Vec<Bytes>,
+) -> Result<Frame> {
+    let InferRequest { name, inputs } = req;
+    let inputs = protocol::tensors_from_wire(inputs, bufs)?;
+    let model = shared.models.get(&name)?;
+    let device = shared.backend.info().device;
+    let _worker = shared.workers.acquire().await.expect("never closed");
+    let started = Instant::now();
+    let outputs = blocking(&format!("model '{name}'"), move || {
+        model.forward(inputs).map_err(|e| match e.code {
+            ErrorCode::Internal | ErrorCode::Backend => Error::new(ErrorCode::Model, e.message),
+            _ => e,
+        })
+    })
+    .await?;
+    let elapsed_s = started.elapsed().as_secs_f64();
+    debug!(id, model = %name, elapsed_s, "infer");
+    let (outputs, tensors) = protocol::tensors_to_wire(outputs);
+    protocol::encode(
+        FrameKind::Response,
+        id,
+        &Response::Exec(ExecResponse {
+            outputs,
+            device,
+            elapsed_s,
+        }),
+        tensors,
+    )
+}
+
 async fn exec(shared: &Arc<Shared>, id: u64, req: ExecRequest, bufs: Vec<Bytes>) -> Result<Frame> {
     let ExecRequest { op, inputs, kwargs } = req;
     let inputs = protocol::tensors_from_wire(inputs, bufs)?;
@@ -406,19 +489,7 @@ async fn exec(shared: &Arc<Shared>, id: u64, req: ExecRequest, bufs: Vec<Bytes>)
     let _worker = shared.workers.acquire().await.expect("never closed");
     let backend = shared.backend.clone();
     let started = Instant::now();
-    let out = tokio::task::spawn_blocking(move || {
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| backend.exec(entry, args)))
-    })
-    .await
-    .map_err(|e| Error::internal(format!("backend task failed: {e}")))?
-    .map_err(|p| {
-        let msg = p
-            .downcast_ref::<String>()
-            .map(String::as_str)
-            .or_else(|| p.downcast_ref::<&str>().copied())
-            .unwrap_or("unknown panic");
-        Error::internal(format!("op '{op}' panicked: {msg}"))
-    })??;
+    let out = blocking(&format!("op '{op}'"), move || backend.exec(entry, args)).await?;
     let elapsed_s = started.elapsed().as_secs_f64();
     debug!(id, op = %op, elapsed_s, device = %out.device, "exec");
     let (outputs, tensors) = protocol::tensors_to_wire(out.outputs);

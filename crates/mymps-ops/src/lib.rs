@@ -21,7 +21,7 @@ use tch::{Kind, TchError, Tensor};
 
 pub use inventory;
 pub use mymps_core::ops::{
-    Args, OpEntry, OpOutput, OpSpec, Outputs, Param, Scalar, TensorOrScalar,
+    Args, ForeignKernel, Kernel, OpEntry, OpOutput, OpSpec, Outputs, Param, Scalar, TensorOrScalar,
 };
 
 mod builtin;
@@ -53,6 +53,117 @@ pub type KernelFn = fn(&Args<Tensor>) -> KernelResult<OpOutput<Tensor>>;
 /// backend runs every entry whose kernel is a `TchKernel`.
 #[derive(Clone, Copy)]
 pub struct TchKernel(pub KernelFn);
+
+impl TchKernel {
+    /// Runs the kernel.
+    pub fn call(&self, args: &Args<Tensor>) -> KernelResult<OpOutput<Tensor>> {
+        (self.0)(args)
+    }
+}
+
+/// What a foreign (plugin) kernel writes into its result slot.
+type ForeignOut = Option<KernelResult<OpOutput<Tensor>>>;
+
+/// Runs whichever libtorch kernel `entry` holds; `None` if it holds none.
+pub fn run_kernel(entry: &OpEntry, args: &Args<Tensor>) -> Option<KernelResult<OpOutput<Tensor>>> {
+    match entry.kernel {
+        Kernel::Native(k) => k.downcast_ref::<TchKernel>().map(|k| k.call(args)),
+        Kernel::Foreign(k) if k.backend() == BACKEND => {
+            let mut out: ForeignOut = None;
+            // SAFETY: the tch plugin interface: `Args<Tensor>` in,
+            // `ForeignOut` out; the plugin header check guarantees both
+            // sides were built from the same versions.
+            unsafe {
+                k.call(
+                    args as *const Args<Tensor> as *const (),
+                    &mut out as *mut ForeignOut as *mut (),
+                )
+            };
+            Some(out.unwrap_or_else(|| {
+                Err(KernelError(Error::internal(format!(
+                    "op '{}' returned nothing",
+                    entry.spec.name
+                ))))
+            }))
+        }
+        Kernel::Foreign(_) => None,
+    }
+}
+
+/// Whether `entry` has a libtorch kernel.
+pub fn has_kernel(entry: &OpEntry) -> bool {
+    match entry.kernel {
+        Kernel::Native(k) => k.is::<TchKernel>(),
+        Kernel::Foreign(k) => k.backend() == BACKEND,
+    }
+}
+
+/// The backend name foreign kernels give.
+const BACKEND: &str = "tch";
+
+/// A native kernel wrapped for the plugin boundary: called through a vtable,
+/// catching panics on the plugin's side.
+struct PluginKernel {
+    kernel: TchKernel,
+    name: &'static str,
+}
+
+impl ForeignKernel for PluginKernel {
+    fn backend(&self) -> &'static str {
+        BACKEND
+    }
+
+    unsafe fn call(&self, args: *const (), out: *mut ()) {
+        // SAFETY: per `ForeignKernel::call`'s contract.
+        let (args, out) = unsafe {
+            (
+                &*(args as *const Args<Tensor>),
+                &mut *(out as *mut ForeignOut),
+            )
+        };
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.kernel.call(args)))
+            .unwrap_or_else(|p| {
+                Err(KernelError(Error::internal(format!(
+                    "op '{}' panicked: {}",
+                    self.name,
+                    mymps_core::plugin::panic_message(&*p)
+                ))))
+            });
+        *out = Some(r);
+    }
+}
+
+/// The ops called `names` linked into *this* binary, wrapped for the plugin
+/// boundary (called through a vtable, panics caught here). A plugin calls
+/// it in its registration function and hands the result to the host
+/// (`registrar.add_op`): the host cannot catch a plugin's panics, and the
+/// plugin's binary also holds every built-in op, which the host already has.
+pub fn plugin_ops(names: &[&str]) -> Result<Vec<&'static OpEntry>, Error> {
+    names
+        .iter()
+        .map(|&name| {
+            let e = inventory::iter::<OpEntry>
+                .into_iter()
+                .find(|e| e.spec.name == name)
+                .ok_or_else(|| {
+                    Error::internal(format!("plugin_ops: no op '{name}' in this plugin"))
+                })?;
+            let kernel = match e.kernel {
+                Kernel::Native(k) => k.downcast_ref::<TchKernel>().copied(),
+                Kernel::Foreign(_) => None,
+            }
+            .ok_or_else(|| {
+                Error::internal(format!("plugin_ops: op '{name}' has no libtorch kernel"))
+            })?;
+            let wrapped: &'static PluginKernel = Box::leak(Box::new(PluginKernel {
+                kernel,
+                name: e.spec.name,
+            }));
+            let entry: &'static OpEntry = Box::leak(Box::new(OpEntry::foreign(e.spec, wrapped)));
+            Ok(entry)
+        })
+        .collect()
+}
 
 /// A libtorch error as a mymps error: the message without libtorch's C++
 /// backtrace.
@@ -167,7 +278,7 @@ macro_rules! op {
 
 /// Every op linked into this binary with a libtorch kernel.
 pub fn registry() -> Result<mymps_core::OpRegistry, Error> {
-    mymps_core::OpRegistry::from_inventory(|e| e.kernel.is::<TchKernel>())
+    mymps_core::OpRegistry::from_inventory(has_kernel)
 }
 
 #[cfg(test)]

@@ -41,6 +41,26 @@ enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Load, list, describe and unload models.
+    Models {
+        #[command(subcommand)]
+        command: ModelsCommand,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// A forward pass of a loaded model on .npy files: `mymps infer NAME 0=x.npy --out d`.
+    Infer {
+        /// The model's name.
+        name: String,
+        /// Tensor inputs, NAME=FILE.npy (`0`, `1`, ... positional, other names keyword).
+        #[arg(value_name = "NAME=FILE.npy")]
+        inputs: Vec<String>,
+        /// Write each result to DIR/NAME.npy.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
     /// Run one op on .npy files: `mymps exec matmul 0=a.npy 1=b.npy --out d`.
     Exec {
         /// The op.
@@ -57,6 +77,42 @@ enum Command {
         out: Option<PathBuf>,
         #[command(flatten)]
         client: ClientArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum ModelsCommand {
+    /// The loaded models.
+    List,
+    /// One loaded model's description.
+    Info {
+        /// The model's name.
+        name: String,
+    },
+    /// Load a model on the server.
+    Load {
+        /// The name to register it under.
+        name: String,
+        /// huggingface, torchscript, checkpoint, or a plugin's type.
+        #[arg(long = "type", default_value = "huggingface")]
+        model_type: String,
+        /// Where the model is on the server (default: the name).
+        #[arg(long = "path")]
+        model_path: Option<String>,
+        /// The architecture, for checkpoints (mlp, cnn, linear, ...).
+        #[arg(long = "class")]
+        model_class: Option<String>,
+        /// float32, float16 or bfloat16.
+        #[arg(long)]
+        dtype: Option<String>,
+        /// Loader options as a JSON object (a model class's config).
+        #[arg(long)]
+        config: Option<String>,
+    },
+    /// Unload a model.
+    Unload {
+        /// The model's name.
+        name: String,
     },
 }
 
@@ -78,6 +134,13 @@ struct ServeArgs {
     /// Backend calls running at once (default: the number of cores).
     #[arg(long)]
     workers: Option<usize>,
+    /// A plugin to load (a mymps plugin .so, e.g. libmymps_models.so); repeatable.
+    #[arg(long = "plugin", value_name = "PATH")]
+    plugins: Vec<PathBuf>,
+    /// Folder whose plugins are loaded at start (default: $MYMPS_PLUGIN_DIR,
+    /// else `plugins/` beside the mymps executable).
+    #[arg(long, value_name = "DIR", env = "MYMPS_PLUGIN_DIR")]
+    plugin_dir: Option<PathBuf>,
     /// Log filter (error, warn, info, debug, trace, or a tracing filter).
     #[arg(long, default_value = "info", env = "MYMPS_LOG")]
     log: String,
@@ -118,6 +181,13 @@ fn main() -> ExitCode {
         Command::Health(c) => health(&c),
         Command::Stats(c) => stats(&c),
         Command::Ops { describe, client } => ops(&client, describe.as_deref()),
+        Command::Models { command, client } => models(&client, command),
+        Command::Infer {
+            name,
+            inputs,
+            out,
+            client,
+        } => infer(&client, &name, &inputs, out.as_deref()),
         Command::Exec {
             op,
             inputs,
@@ -179,17 +249,29 @@ fn serve(a: ServeArgs) -> Result<(), Error> {
         .thread_name("mymps-io")
         .build()
         .map_err(|e| Error::internal(format!("cannot start the runtime: {e}")))?;
+    let plugins = load_plugins(&a.plugins, a.plugin_dir.as_deref())?;
+    let plugin_ops: Vec<_> = plugins
+        .iter()
+        .flat_map(|p| p.registrar.ops().iter().copied())
+        .collect();
     runtime.block_on(async move {
         let device = a.device.clone();
-        let backend =
-            tokio::task::spawn_blocking(move || mymps::backend_tch::TchBackend::new(&device))
-                .await
-                .map_err(|e| Error::internal(e.to_string()))??;
+        let backend = tokio::task::spawn_blocking(move || {
+            mymps::backend_tch::TchBackend::with_ops(&device, &plugin_ops)
+        })
+        .await
+        .map_err(|e| Error::internal(e.to_string()))??;
         tracing::info!(
             ops = mymps::Backend::ops(&backend).len(),
             "op whitelist loaded"
         );
         let server = Server::bind(config, Arc::new(backend)).await?;
+        for p in &plugins {
+            for l in p.registrar.loaders() {
+                server.models().add_loader(l.clone())?;
+            }
+        }
+        tracing::info!(model_types = ?server.models().model_types(), "model loaders");
         // One line per listener on stdout, for scripts and tests that ask
         // for port 0.
         let mut out = std::io::stdout().lock();
@@ -201,6 +283,44 @@ fn serve(a: ServeArgs) -> Result<(), Error> {
         server.serve(shutdown_signal()).await;
         Ok(())
     })
+}
+
+/// Loads the plugins named with `--plugin` (a failure is fatal) and those
+/// of the plugin folder (a failure is logged and the plugin skipped).
+fn load_plugins(
+    explicit: &[PathBuf],
+    dir: Option<&std::path::Path>,
+) -> Result<Vec<mymps::plugin::LoadedPlugin>, Error> {
+    let host = mymps::plugin::HostVersions::with_tch(mymps::backend_tch::TCH_VERSION);
+    let mut loaded = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    let log = |p: &mymps::plugin::LoadedPlugin| {
+        tracing::info!(plugin = %p.name, path = %p.path.display(), loaders = p.registrar.loaders().len(), ops = p.registrar.ops().len(), "plugin loaded");
+    };
+    for path in explicit {
+        let p = mymps::plugin::load_plugin(path, &host)?;
+        log(&p);
+        seen.insert(std::fs::canonicalize(path).unwrap_or_else(|_| path.clone()));
+        loaded.push(p);
+    }
+    let default_dir = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(|d| d.join("plugins")));
+    if let Some(dir) = dir.map(std::path::Path::to_path_buf).or(default_dir) {
+        for path in mymps::plugin::plugins_in(&dir) {
+            if !seen.insert(std::fs::canonicalize(&path).unwrap_or_else(|_| path.clone())) {
+                continue;
+            }
+            match mymps::plugin::load_plugin(&path, &host) {
+                Ok(p) => {
+                    log(&p);
+                    loaded.push(p);
+                }
+                Err(e) => tracing::error!(error = %e, "plugin skipped"),
+            }
+        }
+    }
+    Ok(loaded)
 }
 
 async fn shutdown_signal() {
@@ -316,6 +436,100 @@ fn parse_value(s: &str) -> Value {
     }
 }
 
+fn print_model(info: &mymps::model::ModelInfo) {
+    println!(
+        "{}  ({}, on {}, loaded {})",
+        info.name, info.model_type, info.device, info.loaded_at
+    );
+    for (k, v) in &info.metadata {
+        println!("    {k}: {v}");
+    }
+}
+
+fn models(c: &ClientArgs, command: ModelsCommand) -> Result<(), Error> {
+    let client = c.connect()?;
+    match command {
+        ModelsCommand::List => {
+            let models = client.list_models()?;
+            if c.json {
+                print_json(&models);
+            } else if models.is_empty() {
+                println!("no models loaded");
+            } else {
+                models.iter().for_each(print_model);
+            }
+        }
+        ModelsCommand::Info { name } => {
+            let info = client.model_info(&name)?;
+            if c.json {
+                print_json(&info)
+            } else {
+                print_model(&info)
+            }
+        }
+        ModelsCommand::Load {
+            name,
+            model_type,
+            model_path,
+            model_class,
+            dtype,
+            config,
+        } => {
+            let info = client.load_model(mymps::model::LoadRequest {
+                name,
+                model_type,
+                model_path,
+                model_class,
+                dtype,
+                trust_remote_code: false,
+                config,
+            })?;
+            if c.json {
+                print_json(&info)
+            } else {
+                print_model(&info)
+            }
+        }
+        ModelsCommand::Unload { name } => {
+            client.unload_model(&name)?;
+            if c.json {
+                print_json(&serde_json::json!({"status": "ok", "name": name}));
+            } else {
+                println!("unloaded {name}");
+            }
+        }
+    }
+    Ok(())
+}
+
+fn split_pair(s: &str, what: &str) -> Result<(String, String), Error> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .filter(|(k, _)| !k.is_empty())
+        .ok_or_else(|| Error::bad_argument(format!("{what} '{s}' is not NAME=VALUE")))
+}
+
+fn read_inputs(inputs: &[String]) -> Result<Vec<(String, Tensor)>, Error> {
+    inputs
+        .iter()
+        .map(|i| {
+            let (name, path) = split_pair(i, "input")?;
+            Ok((name, npy::read(std::path::Path::new(&path))?))
+        })
+        .collect()
+}
+
+fn infer(
+    c: &ClientArgs,
+    name: &str,
+    inputs: &[String],
+    out: Option<&std::path::Path>,
+) -> Result<(), Error> {
+    let tensors = read_inputs(inputs)?;
+    let result = c.connect()?.infer(name, tensors)?;
+    report(c, result, out)
+}
+
 fn exec(
     c: &ClientArgs,
     op: &str,
@@ -323,23 +537,22 @@ fn exec(
     kwargs: &[String],
     out: Option<&std::path::Path>,
 ) -> Result<(), Error> {
-    let split = |s: &str, what: &str| -> Result<(String, String), Error> {
-        s.split_once('=')
-            .map(|(k, v)| (k.to_owned(), v.to_owned()))
-            .filter(|(k, _)| !k.is_empty())
-            .ok_or_else(|| Error::bad_argument(format!("{what} '{s}' is not NAME=VALUE")))
-    };
-    let mut tensors: Vec<(String, Tensor)> = Vec::new();
-    for i in inputs {
-        let (name, path) = split(i, "input")?;
-        tensors.push((name, npy::read(std::path::Path::new(&path))?));
-    }
+    let tensors = read_inputs(inputs)?;
     let mut kw = BTreeMap::new();
     for k in kwargs {
-        let (name, v) = split(k, "--kwarg")?;
+        let (name, v) = split_pair(k, "--kwarg")?;
         kw.insert(name, parse_value(&v));
     }
     let result = c.connect()?.exec(op, tensors, kw)?;
+    report(c, result, out)
+}
+
+/// Writes results to `out` (when given) and prints a summary.
+fn report(
+    c: &ClientArgs,
+    result: mymps::client::Outputs,
+    out: Option<&std::path::Path>,
+) -> Result<(), Error> {
     if let Some(dir) = out {
         std::fs::create_dir_all(dir)
             .map_err(|e| Error::bad_argument(format!("cannot create {}: {e}", dir.display())))?;
@@ -364,20 +577,15 @@ fn exec(
         );
     } else {
         for r in &rows {
-            let shape = r["shape"].to_string();
+            let head = format!(
+                "{}  {} {}",
+                r["name"].as_str().unwrap_or(""),
+                r["dtype"].as_str().unwrap_or(""),
+                r["shape"]
+            );
             match r["path"].as_str() {
-                Some(p) => println!(
-                    "{}  {} {}  -> {p}",
-                    r["name"].as_str().unwrap_or(""),
-                    r["dtype"].as_str().unwrap_or(""),
-                    shape
-                ),
-                None => println!(
-                    "{}  {} {}",
-                    r["name"].as_str().unwrap_or(""),
-                    r["dtype"].as_str().unwrap_or(""),
-                    shape
-                ),
+                Some(p) => println!("{head}  -> {p}"),
+                None => println!("{head}"),
             }
         }
         println!(
@@ -390,10 +598,7 @@ fn exec(
         }
     }
     if result.tensors.is_empty() {
-        return Err(Error::new(
-            ErrorCode::Internal,
-            "the op returned no results",
-        ));
+        return Err(Error::new(ErrorCode::Internal, "no results came back"));
     }
     Ok(())
 }

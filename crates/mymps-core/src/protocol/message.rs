@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
+use crate::model::{LoadRequest, ModelInfo};
 use crate::ops::OpInfo;
 use crate::value::Value;
 
@@ -97,6 +98,16 @@ pub struct ExecRequest {
     pub kwargs: BTreeMap<String, Value>,
 }
 
+/// An `infer` request: a forward pass of a loaded model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InferRequest {
+    /// Model name.
+    pub name: String,
+    /// Input tensors: `"0"`, `"1"`, ... positional, other names keyword
+    /// (`input_ids`, `attention_mask`, ...).
+    pub inputs: Vec<TensorMeta>,
+}
+
 /// A request header.
 ///
 /// Room is left for later protocol versions: server-resident tensors
@@ -119,6 +130,22 @@ pub enum Request {
     },
     /// Run an op.
     Exec(ExecRequest),
+    /// Load a model.
+    LoadModel(LoadRequest),
+    /// A forward pass of a loaded model.
+    Infer(InferRequest),
+    /// The loaded models.
+    ListModels,
+    /// One loaded model.
+    ModelInfo {
+        /// Model name.
+        name: String,
+    },
+    /// Unload a model.
+    UnloadModel {
+        /// Model name.
+        name: String,
+    },
     /// A kind this build does not know.
     #[serde(other)]
     Unknown,
@@ -133,6 +160,11 @@ impl Request {
             Request::ListOps => "list_ops",
             Request::DescribeOp { .. } => "describe_op",
             Request::Exec(_) => "exec",
+            Request::LoadModel(_) => "load_model",
+            Request::Infer(_) => "infer",
+            Request::ListModels => "list_models",
+            Request::ModelInfo { .. } => "model_info",
+            Request::UnloadModel { .. } => "unload_model",
             Request::Unknown => "unknown",
         }
     }
@@ -232,8 +264,20 @@ pub enum Response {
     },
     /// Answer to `describe_op`.
     Op(OpInfo),
-    /// Answer to `exec`.
+    /// Answer to `exec` and `infer`.
     Exec(ExecResponse),
+    /// Answer to `load_model` and `model_info`.
+    Model(ModelInfo),
+    /// Answer to `list_models`, sorted by name.
+    Models {
+        /// The loaded models.
+        models: Vec<ModelInfo>,
+    },
+    /// Answer to `unload_model`.
+    Unloaded {
+        /// The model's name.
+        name: String,
+    },
     /// The request failed.
     Error(Error),
     /// A kind this build does not know.

@@ -28,6 +28,24 @@ pub async fn start_with(tweak: impl FnOnce(&mut ServerConfig)) -> (ServerHandle,
     (handle, addr)
 }
 
+/// Starts a server with model loaders linked in.
+pub async fn start_with_models(
+    loaders: Vec<Arc<dyn mymps::model::ModelLoader>>,
+) -> (ServerHandle, String) {
+    let config = ServerConfig {
+        listen: vec![Endpoint::new("tcp", "127.0.0.1", 0)],
+        ..ServerConfig::default()
+    };
+    let backend = Arc::new(mymps::backend_tch::TchBackend::new(&device()).expect("backend"));
+    let server = Server::bind(config, backend).await.expect("bind");
+    for l in loaders {
+        server.models().add_loader(l).unwrap();
+    }
+    let handle = server.spawn();
+    let addr = handle.endpoints()[0].to_string();
+    (handle, addr)
+}
+
 /// Starts a server with the default config.
 pub async fn start() -> (ServerHandle, String) {
     start_with(|_| {}).await

@@ -1,0 +1,60 @@
+//! Shared by the loaders: device and dtype arguments, running a forward
+//! pass without autograd, and converting results to host tensors.
+
+use mymps_backend_tch::{Converter, parse_device};
+use mymps_core::{DType, Error, ErrorCode, Result};
+use mymps_ops::{kind_of, torch_error};
+use tch::{Device, Kind, Tensor};
+
+/// The device named by the backend.
+pub fn device(name: &str) -> Result<Device> {
+    parse_device(name)
+}
+
+/// A `dtype` argument of `load_model` as a floating-point kind.
+pub fn float_kind(dtype: Option<&str>) -> Result<Option<Kind>> {
+    let Some(name) = dtype else { return Ok(None) };
+    let d: DType = name.parse()?;
+    if !d.is_float() {
+        return Err(Error::bad_argument(format!(
+            "dtype '{name}' is not a floating-point type (float32, float16, bfloat16, float64)"
+        )));
+    }
+    Ok(Some(kind_of(d)))
+}
+
+/// A model error.
+pub fn model_error(m: impl Into<String>) -> Error {
+    Error::new(ErrorCode::Model, m)
+}
+
+/// Uploads inputs; floating-point inputs are cast to `kind` when given (a
+/// float16 model takes the float32 arrays clients usually send).
+pub fn upload(
+    conv: &mut Converter,
+    inputs: Vec<(String, mymps_core::Tensor)>,
+    kind: Option<Kind>,
+) -> Result<Vec<(String, Tensor)>> {
+    inputs
+        .into_iter()
+        .map(|(name, t)| {
+            let is_float = t.dtype().is_float();
+            let mut x = conv.upload(t)?;
+            if let (Some(k), true) = (kind, is_float) {
+                x = x.f_to_kind(k).map_err(torch_error)?;
+            }
+            Ok((name, x))
+        })
+        .collect()
+}
+
+/// Downloads named results.
+pub fn download(
+    conv: &Converter,
+    outputs: Vec<(String, Tensor)>,
+) -> Result<Vec<(String, mymps_core::Tensor)>> {
+    outputs
+        .into_iter()
+        .map(|(n, t)| Ok((n, conv.download(t)?)))
+        .collect()
+}

@@ -1,0 +1,42 @@
+//! # mymps-models
+//!
+//! Model loaders for mymps:
+//! - [`torchscript`]: `torch.jit.save` files, loaded on the server's device.
+//! - [`checkpoint`]: a state_dict (`torch.save(model.state_dict())` as
+//!   `.pt`/`.bin`, or `.safetensors`) loaded into a registered
+//!   [`checkpoint::ModelClass`] (built in: `linear`, `mlp`, `cnn`).
+//!
+//! Built two ways: as a `cdylib` plugin that `mymps serve` loads at start
+//! (`--plugin PATH`, or the plugins folder), and as an `rlib` for
+//! applications that link the loaders in ([`loaders`]).
+#![warn(missing_docs)]
+
+use std::sync::Arc;
+
+use mymps_core::Result;
+use mymps_core::model::ModelLoader;
+use mymps_core::plugin::PluginRegistrar;
+
+pub mod checkpoint;
+mod convert;
+pub mod torchscript;
+
+/// Every loader of this crate, for applications that link it.
+pub fn loaders() -> Vec<Arc<dyn ModelLoader>> {
+    vec![
+        Arc::new(torchscript::TorchScriptLoader),
+        Arc::new(checkpoint::CheckpointLoader),
+    ]
+}
+
+fn register(r: &mut PluginRegistrar) -> Result<()> {
+    r.add_loader(torchscript::TorchScriptLoader);
+    r.add_loader(checkpoint::CheckpointLoader);
+    Ok(())
+}
+
+mymps_core::declare_plugin!(
+    name: c"mymps-models",
+    tch_version: mymps_backend_tch::TCH_VERSION_C,
+    register: register,
+);
