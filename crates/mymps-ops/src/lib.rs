@@ -24,7 +24,20 @@ pub use mymps_core::ops::{
     Args, OpEntry, OpOutput, OpSpec, Outputs, Param, Scalar, TensorOrScalar,
 };
 
-mod builtin;
+mod util;
+
+mod activation;
+mod arithmetic;
+mod comparison;
+mod creation;
+mod elementwise;
+mod fft;
+mod indexing;
+mod linalg;
+mod loss;
+mod nn;
+mod reduction;
+mod shape;
 
 /// A kernel's error: converts from libtorch errors and mymps errors, so
 /// kernels can use `?` on both.
@@ -174,13 +187,120 @@ pub fn registry() -> Result<mymps_core::OpRegistry, Error> {
 mod tests {
     use super::*;
 
+    /// The ops of the first, Python-only mymps, by the same names.
+    const LEGACY: [&str; 85] = [
+        "abs",
+        "adaptive_avg_pool2d",
+        "add",
+        "amax",
+        "amin",
+        "argmax",
+        "argmin",
+        "avg_pool2d",
+        "bmm",
+        "cat",
+        "ceil",
+        "cholesky",
+        "chunk",
+        "clamp",
+        "contiguous",
+        "conv1d",
+        "conv2d",
+        "conv3d",
+        "cos",
+        "cumprod",
+        "cumsum",
+        "det",
+        "div",
+        "dot",
+        "eig",
+        "einsum",
+        "eq",
+        "exp",
+        "fft",
+        "flatten",
+        "floor",
+        "ge",
+        "gelu",
+        "gt",
+        "ifft",
+        "inv",
+        "irfft",
+        "layer_norm",
+        "le",
+        "log",
+        "log_softmax",
+        "lt",
+        "matmul",
+        "max_pool2d",
+        "maximum",
+        "mean",
+        "minimum",
+        "mm",
+        "mul",
+        "mv",
+        "ne",
+        "neg",
+        "norm",
+        "ones_like",
+        "permute",
+        "pow",
+        "prod",
+        "qr",
+        "rand_like",
+        "relu",
+        "remainder",
+        "reshape",
+        "rfft",
+        "round",
+        "rsqrt",
+        "sigmoid",
+        "sign",
+        "silu",
+        "sin",
+        "softmax",
+        "solve",
+        "sort",
+        "split",
+        "sqrt",
+        "squeeze",
+        "stack",
+        "sub",
+        "sum",
+        "svd",
+        "tanh",
+        "topk",
+        "transpose",
+        "unsqueeze",
+        "where",
+        "zeros_like",
+    ];
+
     #[test]
     fn every_spec_is_valid_and_names_are_unique() {
         let r = registry().unwrap();
-        assert!(r.len() >= 16);
+        assert!(r.len() >= 160, "only {} ops", r.len());
         for e in r.iter() {
             e.spec.validate().unwrap();
+            assert!(
+                e.spec.doc.ends_with(')') && e.spec.doc.contains("(torch."),
+                "{}: the doc must end with the torch function it mirrors",
+                e.spec.name
+            );
         }
+        let names: Vec<&str> = r.iter().map(|e| e.spec.name).collect();
+        assert!(names.windows(2).all(|w| w[0] < w[1]), "list_ops is sorted");
+    }
+
+    #[test]
+    fn every_legacy_op_is_registered() {
+        let r = registry().unwrap();
+        let missing: Vec<&str> = LEGACY
+            .iter()
+            .copied()
+            .filter(|n| r.get(n).is_none())
+            .collect();
+        assert!(missing.is_empty(), "missing legacy ops: {missing:?}");
     }
 
     #[test]
