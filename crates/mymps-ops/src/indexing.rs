@@ -141,10 +141,29 @@ op!("histogram", "indexing", "histogram of bins equal bins over range (default t
 [INPUT, Param::int("bins").or_int(100), Param::floats("range").optional(), Param::tensor("weight").optional(), Param::bool("density").or_bool(false)] -> Tuple(&["hist", "bin_edges"]),
 |a| {
     let x = a.tensor("input")?;
-    let range: Vec<f64> = a.opt_float_list("range")?.map(<[f64]>::to_vec).unwrap_or_default();
+    let range: Vec<f64> = match a.opt_float_list("range")? {
+        Some(r) => r.to_vec(),
+        None => data_range(x)?,
+    };
     let (h, e) = x.f_histogram_bin_ct(a.int("bins")?, range.as_slice(), a.opt_tensor("weight")?, a.bool("density")?)?;
     tuple(vec![h, e])
 });
+
+/// torch.histogram's default range: the data's minimum and maximum, widened
+/// by 0.5 on both sides when they are equal (and [−0.5, 0.5] when empty).
+fn data_range(x: &Tensor) -> crate::KernelResult<Vec<f64>> {
+    let (lo, hi) = if x.numel() == 0 {
+        (0.0, 0.0)
+    } else {
+        let (lo, hi) = x.f_aminmax(None::<i64>, false)?;
+        (lo.f_double_value(&[])?, hi.f_double_value(&[])?)
+    };
+    Ok(if lo == hi {
+        vec![lo - 0.5, hi + 0.5]
+    } else {
+        vec![lo, hi]
+    })
+}
 
 fn unique(a: &Args<Tensor>) -> Out {
     let x = a.tensor("input")?;
