@@ -130,7 +130,7 @@ op!("prelu", "activation", "input if input > 0 else weight × input, weight per 
 
 op!("dropout", "activation", "zeroes elements with probability p and scales the rest by 1/(1−p) when training (torch.nn.functional.dropout)",
     [INPUT, Param::float("p").or_float(0.5), Param::bool("training").or_bool(true)] -> One,
-    |a| dropout(a));
+    dropout);
 
 fn dropout(a: &Args<Tensor>) -> Out {
     let p = a.float("p")?;

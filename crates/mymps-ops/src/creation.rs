@@ -20,11 +20,11 @@ fn with_dtype(a: &Args<Tensor>, like: fn(&Tensor) -> Result<Tensor, tch::TchErro
     }
 }
 
+/// A tch constructor from a shape and options (`Tensor::f_rand`, ...).
+type Draw = fn(&[i64], (tch::Kind, tch::Device)) -> Result<Tensor, tch::TchError>;
+
 /// Random `like` ops draw in the requested floating dtype directly.
-fn random(
-    a: &Args<Tensor>,
-    draw: fn(&[i64], (tch::Kind, tch::Device)) -> Result<Tensor, tch::TchError>,
-) -> Out {
+fn random(a: &Args<Tensor>, draw: Draw) -> Out {
     let x = a.tensor("input")?;
     let kind = dtype_arg(a)?.unwrap_or(x.kind());
     if !crate::util::is_floating(kind) && !crate::util::is_complex(kind) {
