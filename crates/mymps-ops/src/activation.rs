@@ -89,8 +89,9 @@ op!("hardshrink", "activation", "input where |input| > lambd, else 0 (torch.nn.f
 [INPUT, Param::float("lambd").or_float(0.5)] -> One,
 |a| {
     let x = a.tensor("input")?;
-    let keep = x.f_abs()?.f_gt(a.float("lambd")?)?;
-    one(x.f_where_scalarother(&keep, 0)?)
+    // torch zeroes -lambd <= x <= lambd, so NaN stays NaN.
+    let zero = x.f_abs()?.f_le(a.float("lambd")?)?;
+    one(x.f_masked_fill(&zero, 0)?)
 });
 
 op!("softshrink", "activation", "input ∓ lambd where |input| > lambd, else 0 (torch.nn.functional.softshrink)",
@@ -99,7 +100,8 @@ op!("softshrink", "activation", "input ∓ lambd where |input| > lambd, else 0 (
     let x = a.tensor("input")?;
     let l = a.float("lambd")?;
     let shrunk = x.f_sub(&x.f_sign()?.f_mul_scalar(l)?)?;
-    one(shrunk.f_where_scalarother(&x.f_abs()?.f_gt(l)?, 0)?)
+    // torch gives x × 0 inside the band, so NaN stays NaN.
+    one(shrunk.f_where_self(&x.f_abs()?.f_gt(l)?, &x.f_mul_scalar(0)?)?)
 });
 
 op!("tanhshrink", "activation", "input − tanh(input) (torch.nn.functional.tanhshrink)",

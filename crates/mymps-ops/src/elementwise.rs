@@ -123,3 +123,26 @@ fn promote_scalars(s: crate::Scalar, t: crate::Scalar) -> tch::Kind {
         (Bool(_), Bool(_)) => tch::Kind::Bool,
     }
 }
+
+unary! {
+    "deg2rad", "elementwise", "degrees to radians (torch.deg2rad)", f_deg2rad;
+    "rad2deg", "elementwise", "radians to degrees (torch.rad2deg)", f_rad2deg;
+    "i0", "elementwise", "modified Bessel function of the first kind, order 0 (torch.i0)", f_i0;
+}
+
+op!("logit", "elementwise", "log(p / (1 − p)), p clamped to [eps, 1 − eps] when eps is given (torch.logit)",
+    [Param::tensor("input"), Param::float("eps").optional()] -> One,
+    |a| one(a.tensor("input")?.f_logit(a.opt_float("eps")?)?));
+
+op!("heaviside", "elementwise", "step function: 0 below zero, 1 above, values at zero (torch.heaviside)",
+    [Param::tensor("input"), Param::tensor("values")] -> One,
+    |a| one(a.tensor("input")?.f_heaviside(a.tensor("values")?)?));
+
+op!("gcd", "elementwise", "greatest common divisor of integer tensors (torch.gcd)",
+    [PAIR[0], PAIR[1]] -> One, |a| logical(a, Tensor::f_gcd));
+op!("lcm", "elementwise", "least common multiple of integer tensors (torch.lcm)",
+    [PAIR[0], PAIR[1]] -> One, |a| logical(a, Tensor::f_lcm));
+op!("nextafter", "elementwise", "the next floating-point value after input toward other (torch.nextafter)",
+    [PAIR[0], PAIR[1]] -> One, |a| logical(a, Tensor::f_nextafter));
+op!("logaddexp2", "elementwise", "log2(2^input + 2^other) (torch.logaddexp2)",
+    [PAIR[0], PAIR[1]] -> One, |a| logical(a, Tensor::f_logaddexp2));

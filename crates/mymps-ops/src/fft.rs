@@ -74,6 +74,11 @@ op!("rfft2", "fft", "2-D Fourier transform of real input (torch.fft.rfft2)",
 op!("irfft2", "fft", "inverse of rfft2 (torch.fft.irfft2)",
     [INPUT, S, DIM2, NORM] -> One, |a| fft2(a, |x, s, d, m| x.f_fft_irfft2(s, d.unwrap_or(&[]), m)));
 
+op!("hfft2", "fft", "2-D Fourier transform of a Hermitian-symmetric signal; real (torch.fft.hfft2)",
+    [INPUT, S, DIM2, NORM] -> One, |a| fft2(a, |x, s, d, m| x.f_fft_hfft2(s, d.unwrap_or(&[]), m)));
+op!("ihfft2", "fft", "inverse of hfft2, of real input (torch.fft.ihfft2)",
+    [INPUT, S, DIM2, NORM] -> One, |a| fft2(a, |x, s, d, m| x.f_fft_ihfft2(s, d.unwrap_or(&[]), m)));
+
 op!("fftn", "fft", "N-D discrete Fourier transform over dim (all by default) (torch.fft.fftn)",
     [INPUT, S, DIMS, NORM] -> One, |a| fftn(a, |x, s, d, m| x.f_fft_fftn(s, d, m)));
 op!("ifftn", "fft", "N-D inverse discrete Fourier transform (torch.fft.ifftn)",
@@ -82,6 +87,11 @@ op!("rfftn", "fft", "N-D Fourier transform of real input (torch.fft.rfftn)",
     [INPUT, S, DIMS, NORM] -> One, |a| fftn(a, |x, s, d, m| x.f_fft_rfftn(s, d, m)));
 op!("irfftn", "fft", "inverse of rfftn (torch.fft.irfftn)",
     [INPUT, S, DIMS, NORM] -> One, |a| fftn(a, |x, s, d, m| x.f_fft_irfftn(s, d, m)));
+
+op!("hfftn", "fft", "N-D Fourier transform of a Hermitian-symmetric signal; real (torch.fft.hfftn)",
+    [INPUT, S, DIMS, NORM] -> One, |a| fftn(a, |x, s, d, m| x.f_fft_hfftn(s, d, m)));
+op!("ihfftn", "fft", "inverse of hfftn, of real input (torch.fft.ihfftn)",
+    [INPUT, S, DIMS, NORM] -> One, |a| fftn(a, |x, s, d, m| x.f_fft_ihfftn(s, d, m)));
 
 op!("fftshift", "fft", "moves the zero frequency to the center of dim (all by default) (torch.fft.fftshift)",
     [INPUT, DIMS] -> One, |a| crate::util::one(a.tensor("input")?.f_fft_fftshift(a.opt_int_list("dim")?)?));

@@ -260,3 +260,81 @@ op!("tril", "linalg", "lower triangle, zero above the `diagonal`-th diagonal (to
 op!("triu", "linalg", "upper triangle, zero below the `diagonal`-th diagonal (torch.triu)",
     [INPUT, Param::int("diagonal").or_int(0)] -> One,
     |a| one(a.tensor("input")?.f_triu(a.int("diagonal")?)?));
+
+op!("logdet", "linalg", "log of the determinant; NaN for a negative determinant (torch.logdet)",
+    [INPUT] -> One,
+    |a| one(a.tensor("input")?.f_logdet()?));
+
+op!("vecdot", "linalg", "dot product of vectors along dim, the first conjugated (torch.linalg.vecdot)",
+    [Param::tensor("x"), Param::tensor("y"), Param::int("dim").or_int(-1)] -> One,
+    |a| one(Tensor::f_linalg_vecdot(a.tensor("x")?, a.tensor("y")?, a.int("dim")?)?));
+
+op!("vander", "linalg", "Vandermonde matrix of x with N columns, decreasing powers unless increasing (torch.vander)",
+    [Param::tensor("x"), Param::int("N").optional(), Param::bool("increasing").or_bool(false)] -> One,
+    |a| one(Tensor::f_vander(a.tensor("x")?, a.opt_int("N")?, a.bool("increasing")?)?));
+
+op!("addmv", "linalg", "beta × input + alpha × (mat @ vec) (torch.addmv)",
+[INPUT, Param::tensor("mat"), Param::tensor("vec"), Param::scalar("beta").or_int(1), Param::scalar("alpha").or_int(1)] -> One,
+|a| {
+    let prod = a.tensor("mat")?.f_mv(a.tensor("vec")?)?;
+    scaled_sum(a, prod)
+});
+
+op!("addr", "linalg", "beta × input + alpha × outer(vec1, vec2) (torch.addr)",
+[INPUT, Param::tensor("vec1"), Param::tensor("vec2"), Param::scalar("beta").or_int(1), Param::scalar("alpha").or_int(1)] -> One,
+|a| {
+    let prod = a.tensor("vec1")?.f_outer(a.tensor("vec2")?)?;
+    scaled_sum(a, prod)
+});
+
+/// `beta × input + alpha × prod`; input is ignored (NaN included) when beta
+/// is 0, as torch does.
+fn scaled_sum(a: &crate::Args<Tensor>, prod: Tensor) -> crate::util::Out {
+    let x = a.tensor("input")?;
+    let (beta, alpha) = (a.scalar("beta")?, a.scalar("alpha")?);
+    let prod = if alpha.as_f64() == 1.0 {
+        prod
+    } else {
+        prod.f_mul_scalar(torch_scalar(alpha))?
+    };
+    if beta.as_f64() == 0.0 {
+        return one(prod.f_add(&x.f_zeros_like()?)?);
+    }
+    let x = if beta.as_f64() == 1.0 {
+        x.shallow_clone()
+    } else {
+        x.f_mul_scalar(torch_scalar(beta))?
+    };
+    one(x.f_add(&prod)?)
+}
+
+op!("lu_factor", "linalg", "compact LU factorization and pivots (torch.linalg.lu_factor)",
+[A, Param::bool("pivot").or_bool(true)] -> Tuple(&["LU", "pivots"]),
+|a| {
+    let (lu, piv) = Tensor::f_linalg_lu_factor(a.tensor("A")?, a.bool("pivot")?)?;
+    tuple(vec![lu, piv])
+});
+
+op!("lu_solve", "linalg", "X with A X = B from lu_factor's LU and pivots (torch.linalg.lu_solve)",
+    [Param::tensor("LU"), Param::tensor("pivots"), Param::tensor("B"), Param::bool("left").or_bool(true), Param::bool("adjoint").or_bool(false)] -> One,
+    |a| one(Tensor::f_linalg_lu_solve(a.tensor("LU")?, a.tensor("pivots")?, a.tensor("B")?, a.bool("left")?, a.bool("adjoint")?)?));
+
+op!("cholesky_solve", "linalg", "X with A X = B from A's Cholesky factor input2 (torch.cholesky_solve)",
+    [INPUT, Param::tensor("input2"), Param::bool("upper").or_bool(false)] -> One,
+    |a| one(a.tensor("input")?.f_cholesky_solve(a.tensor("input2")?, a.bool("upper")?)?));
+
+op!("cholesky_inverse", "linalg", "inverse of A from its Cholesky factor (torch.cholesky_inverse)",
+    [INPUT, Param::bool("upper").or_bool(false)] -> One,
+    |a| one(a.tensor("input")?.f_cholesky_inverse(a.bool("upper")?)?));
+
+op!("householder_product", "linalg", "the first n columns of a product of Householder reflectors (torch.linalg.householder_product)",
+    [A, Param::tensor("tau")] -> One,
+    |a| one(a.tensor("A")?.f_linalg_householder_product(a.tensor("tau")?)?));
+
+op!("tensorinv", "linalg", "inverse of A for tensordot over its first ind dimensions (torch.linalg.tensorinv)",
+    [A, Param::int("ind").or_int(2)] -> One,
+    |a| one(a.tensor("A")?.f_linalg_tensorinv(a.int("ind")?)?));
+
+op!("tensorsolve", "linalg", "X with tensordot(A, X, X.ndim) = B (torch.linalg.tensorsolve)",
+    [A, Param::tensor("B"), Param::ints("dims").optional()] -> One,
+    |a| one(a.tensor("A")?.f_linalg_tensorsolve(a.tensor("B")?, a.opt_int_list("dims")?)?));

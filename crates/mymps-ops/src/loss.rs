@@ -3,7 +3,7 @@
 use tch::Tensor;
 
 use crate::Outputs::One;
-use crate::util::{one, reduce_loss, reduction};
+use crate::util::{bad, one, reduce_loss, reduction};
 use crate::{Param, op};
 
 const INPUT: Param = Param::tensor("input");
@@ -89,12 +89,23 @@ op!("gaussian_nll_loss", "loss", "Gaussian negative log-likelihood with predicte
 [INPUT, TARGET, Param::tensor("var"), Param::bool("full").or_bool(false), Param::float("eps").or_float(1e-6), REDUCTION] -> One,
 |a| {
     let (x, t, var) = (a.tensor("input")?, a.tensor("target")?, a.tensor("var")?);
-    // torch: var is clamped (without gradient) to eps, then
-    // 0.5 × (log var + (input − target)² / var) [+ 0.5 log 2π].
-    let mut var = var.f_clamp_min(a.float("eps")?)?;
-    if x.dim() > 0 && var.size()[..] == x.size()[..x.dim() - 1] {
-        var = var.f_unsqueeze(-1)?;
+    // torch: var of input's shape, of input's shape without the last
+    // dimension, or with a last dimension of 1; non-negative; clamped to
+    // eps; then 0.5 × (log var + (input − target)² / var) [+ 0.5 log 2π].
+    let (xs, vs) = (x.size(), var.size());
+    let mut var = var.shallow_clone();
+    if vs != xs {
+        let n = xs.len();
+        if n > 0 && vs[..] == xs[..n - 1] {
+            var = var.f_unsqueeze(-1)?;
+        } else if !(n > 0 && vs.len() == n && vs[..n - 1] == xs[..n - 1] && vs[n - 1] == 1) {
+            return Err(bad(a, "var is of incorrect size"));
+        }
     }
+    if var.f_lt(0)?.f_any()?.f_int64_value(&[])? != 0 {
+        return Err(bad(a, "var has negative entry/entries"));
+    }
+    let var = var.f_clamp_min(a.float("eps")?)?;
     let diff = x.f_sub(t)?;
     let mut l = var.f_log()?.f_add(&diff.f_mul(&diff)?.f_div(&var)?)?.f_mul_scalar(0.5)?;
     if a.bool("full")? {

@@ -374,3 +374,13 @@ fn interpolate(a: &Args<Tensor>) -> Out {
         (m, _) => return Err(bad(a, format!("unknown mode {m:?}"))),
     })
 }
+
+op!("fold", "nn", "sums sliding-block columns back into (N, C, H, W), col2im (torch.nn.functional.fold)",
+    [INPUT, OUTPUT_SIZE, KERNEL, DILATION, PADDING, STRIDE] -> One,
+    |a| one(a.tensor("input")?.f_col2im(
+        a.int_list_n("output_size", 2)?, a.int_list_n("kernel_size", 2)?, a.int_list_n("dilation", 2)?,
+        a.int_list_n("padding", 2)?, a.int_list_n("stride", 2)?)?));
+
+op!("channel_shuffle", "nn", "shuffles (N, C, ...) channels in groups (torch.nn.functional.channel_shuffle)",
+    [INPUT, Param::int("groups")] -> One,
+    |a| one(a.tensor("input")?.f_channel_shuffle(a.int("groups")?)?));

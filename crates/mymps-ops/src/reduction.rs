@@ -271,3 +271,97 @@ op!("logcumsumexp", "reduction", "log of the cumulative sum of exp along dim (to
 op!("diff", "reduction", "n-th forward difference along dim, with optional prepend/append (torch.diff)",
     [INPUT, Param::int("n").or_int(1), Param::int("dim").or_int(-1), Param::tensor("prepend").optional(), Param::tensor("append").optional()] -> One,
     |a| one(a.tensor("input")?.f_diff(a.int("n")?, a.int("dim")?, a.opt_tensor("prepend")?, a.opt_tensor("append")?)?));
+
+/// `max` / `min`: of all elements (one tensor), elementwise against
+/// `other` (one tensor), or along `dim` (values and indices), as torch.
+fn max_min(a: &Args<Tensor>, max: bool) -> Out {
+    let x = a.tensor("input")?;
+    match (a.opt_tensor("other")?, a.opt_int("dim")?) {
+        (Some(_), Some(_)) => Err(crate::util::bad(a, "give either other or dim, not both")),
+        (Some(y), None) => one(if max {
+            x.f_max_other(y)?
+        } else {
+            x.f_min_other(y)?
+        }),
+        (None, None) => one(if max { x.f_max()? } else { x.f_min()? }),
+        (None, Some(d)) => {
+            let keepdim = a.bool("keepdim")?;
+            let (v, i) = if max {
+                x.f_max_dim(d, keepdim)?
+            } else {
+                x.f_min_dim(d, keepdim)?
+            };
+            tuple(vec![v, i])
+        }
+    }
+}
+
+op!("max", "reduction", "maximum of all elements, elementwise with other, or along dim as (values, indices) (torch.max)",
+    [INPUT, Param::tensor("other").optional(), DIM, KEEPDIM] -> Tuple(&["values", "indices"]),
+    |a| max_min(a, true));
+
+op!("min", "reduction", "minimum of all elements, elementwise with other, or along dim as (values, indices) (torch.min)",
+    [INPUT, Param::tensor("other").optional(), DIM, KEEPDIM] -> Tuple(&["values", "indices"]),
+    |a| max_min(a, false));
+
+/// `trapezoid` / `cumulative_trapezoid`: sample points x, or spacing dx.
+///
+/// The C API's spacing overloads bind their `dim` argument to torch's `dx`
+/// (`torch::trapezoid(y, dim)` picks `trapezoid(y, Scalar dx)`), so the
+/// spacing forms are computed here with ATen's own formulas.
+fn trapezoid(a: &Args<Tensor>, cumulative: bool) -> Out {
+    let y = a.tensor("y")?;
+    let dim = a.int("dim")?;
+    match (a.opt_tensor("x")?, a.opt_float("dx")?) {
+        (Some(_), Some(_)) => Err(crate::util::bad(a, "give either x or dx, not both")),
+        (Some(x), None) if cumulative => one(Tensor::f_cumulative_trapezoid_x(y, x, dim)?),
+        (Some(x), None) => one(Tensor::f_trapezoid_x(y, x, dim)?),
+        (None, dx) => {
+            let dx = dx.unwrap_or(1.0);
+            let n = y.size()[normalize_dim(y, dim)?];
+            if cumulative {
+                // (dx / 2 × (y[1:] + y[:-1])).cumsum(dim)
+                let pairs = y
+                    .f_slice(dim, 1, None::<i64>, 1)?
+                    .f_add(&y.f_slice(dim, 0, -1, 1)?)?;
+                one(pairs.f_mul_scalar(dx / 2.0)?.f_cumsum(dim, None::<Kind>)?)
+            } else if n == 0 {
+                one(y
+                    .f_sum_dim_intlist(Some(&[dim][..]), false, None::<Kind>)?
+                    .f_zeros_like()?)
+            } else {
+                // (y.sum(dim) − (y[0] + y[−1]) × 0.5) × dx
+                let ends = y
+                    .f_select(dim, 0)?
+                    .f_add(&y.f_select(dim, -1)?)?
+                    .f_mul_scalar(0.5)?;
+                let s = y.f_sum_dim_intlist(Some(&[dim][..]), false, None::<Kind>)?;
+                one(s.f_sub(&ends)?.f_mul_scalar(dx)?)
+            }
+        }
+    }
+}
+
+/// `dim` in `0..ndim`, or a bad-argument error.
+fn normalize_dim(t: &Tensor, dim: i64) -> crate::KernelResult<usize> {
+    let n = t.dim() as i64;
+    let d = if dim < 0 { dim + n } else { dim };
+    if d < 0 || d >= n.max(1) {
+        return Err(crate::KernelError(mymps_core::Error::bad_argument(
+            format!(
+                "dimension out of range (expected to be in range of [{}, {}], but got {dim})",
+                -n.max(1),
+                n.max(1) - 1
+            ),
+        )));
+    }
+    Ok(d as usize)
+}
+
+op!("trapezoid", "reduction", "trapezoidal rule along dim, at points x or with spacing dx (default 1) (torch.trapezoid)",
+    [Param::tensor("y"), Param::tensor("x").optional(), Param::float("dx").optional(), Param::int("dim").or_int(-1)] -> One,
+    |a| trapezoid(a, false));
+
+op!("cumulative_trapezoid", "reduction", "cumulative trapezoidal rule along dim (torch.cumulative_trapezoid)",
+    [Param::tensor("y"), Param::tensor("x").optional(), Param::float("dx").optional(), Param::int("dim").or_int(-1)] -> One,
+    |a| trapezoid(a, true));

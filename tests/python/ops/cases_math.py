@@ -187,3 +187,27 @@ add(Case("topk", pos(N(5, 3)), {"k": 3, "dim": 0, "largest": False}))
 add(Case("topk", pos(N(7)), {"k": 4, "sorted": True}))
 
 _ = F  # the F namespace is used through torch_function
+
+# NaN and ±inf through the activations mymps composes from elementwise ops.
+for op in ["leaky_relu", "elu", "celu", "softplus", "hardtanh", "hardshrink", "softshrink",
+           "softsign", "tanhshrink", "threshold"]:
+    kw = {"threshold": 0.0, "value": 0.5} if op == "threshold" else {}
+    add(Case(op, pos(WITH_NAN(4, 5)), kw, label="nan-inf"))
+
+add(Case("deg2rad", pos(N(3, 4, scale=90))))
+add(Case("deg2rad", pos(N(5, dt="float64", scale=90))))
+add(Case("rad2deg", pos(N(3, 4))))
+add(Case("rad2deg", pos(N(5, dt="float64"))))
+add(Case("i0", pos(N(3, 4))))
+add(Case("i0", pos(N(5, dt="float64"))))
+add(Case("logit", pos(U(0.05, 0.95, 3, 4))))
+add(Case("logit", pos(U(0, 1, 3, 4)), {"eps": 1e-3}))
+add(Case("heaviside", pos(CONST(np.array([-1.5, 0.0, 2.0, 0.0], np.float32)), CONST(np.array([0.5], np.float32)))))
+add(Case("heaviside", pos(N(3, 4), N(3, 4)), label="values-tensor"))
+for op in ["gcd", "lcm"]:
+    add(Case(op, pos(I(-20, 20, 3, 4), I(1, 20, 3, 4))))
+    add(Case(op, pos(I(0, 30, 5, dt="int32"), I(0, 30, 5, dt="int32")), label="int32"))
+add(Case("nextafter", pos(N(3, 4), N(3, 4))))
+add(Case("nextafter", pos(N(5, dt="float64"), N(5, dt="float64"))))
+add(Case("logaddexp2", pos(N(3, 4), N(3, 4))))
+add(Case("logaddexp2", pos(N(3, 4, dt="float64"), N(4, dt="float64")), label="broadcast"))

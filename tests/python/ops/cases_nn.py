@@ -154,3 +154,8 @@ add(Case("gaussian_nll_loss", pos(N(4, 3), N(4, 3), U(0.1, 2, 4, 1)), label="var
 add(Case("mse_loss", pos(N(3, 4, dt="float64"), N(3, 4, dt="float64")), label="float64"))
 
 _ = (B, CONST, torch)
+
+add(Case("fold", pos(N(2, 12, 9)), {"output_size": [4, 4], "kernel_size": 2, "stride": 1}))
+add(Case("fold", pos(N(1, 8, 16)), {"output_size": 6, "kernel_size": 2, "stride": 2, "padding": 1, "dilation": 1}))
+add(Case("channel_shuffle", pos(N(1, 6, 2, 2)), {"groups": 2}))
+add(Case("channel_shuffle", pos(N(2, 6, 3)), {"groups": 3}))

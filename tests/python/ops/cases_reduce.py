@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import List
 
 from harness import (
-    AWAY, B, C, CONST, Case, I, N, SPD, SYM, TRI, U, WELL, WITH_NAN, assert_array, close, np, pos,
+    AWAY, B, C, CONST, Case, I, N, SORTED, SPD, SYM, TRI, U, WELL, WITH_NAN, assert_array, close, np,
+    pos,
     torch,
 )
 
@@ -286,3 +287,70 @@ for op in ["tril", "triu"]:
     add(Case(op, pos(I(0, 9, 4, 4)), {"diagonal": 1}))
 
 _ = (AWAY, B, U)
+
+for op in ["max", "min"]:
+    add(Case(op, pos(N(3, 4))))
+    add(Case(op, pos(N(3, 4)), {"dim": 1}))
+    add(Case(op, pos(N(3, 4)), {"dim": 0, "keepdim": True}))
+    add(Case(op, pos(N(3, 4), N(4)), label="other"))
+    add(Case(op, pos(I(-9, 9, 6)), label="int64"))
+add(Case("trapezoid", pos(N(3, 5))))
+add(Case("trapezoid", pos(N(3, 5)), {"dx": 0.5, "dim": 0}))
+add(Case("trapezoid", {"y": N(3, 5), "x": SORTED(5)}, label="points"))
+add(Case("cumulative_trapezoid", pos(N(3, 5))))
+add(Case("cumulative_trapezoid", pos(N(3, 5, dt="float64")), {"dx": 2.0, "dim": 0}))
+add(Case("cumulative_trapezoid", {"y": N(3, 5), "x": SORTED(5)}, label="points"))
+add(Case("logdet", pos(SPD(4))))
+add(Case("logdet", pos(SPD(3, 2, dt="float64")), label="batched"))
+add(Case("vecdot", pos(N(3, 4), N(3, 4))))
+add(Case("vecdot", pos(C(4, 3), C(4, 3)), {"dim": 0}))
+add(Case("vander", pos(N(4))))
+add(Case("vander", pos(N(4, dt="float64")), {"N": 3, "increasing": True}))
+add(Case("vander", pos(I(0, 4, 3)), {"N": 5}))
+add(Case("addmv", pos(N(3), N(3, 4), N(4))))
+add(Case("addmv", pos(N(3), N(3, 4), N(4)), {"beta": 0.5, "alpha": 2}))
+add(Case("addmv", pos(N(1), N(3, 4), N(4)), {"beta": 0}, label="beta0-broadcast"))
+add(Case("addr", pos(N(3, 4), N(3), N(4))))
+add(Case("addr", pos(N(4), N(3), N(4)), {"beta": 2, "alpha": -1}))
+
+
+def _lu_inputs(r):
+    a = WELL(4)(r)
+    lu, piv = torch.linalg.lu_factor(torch.from_numpy(a))
+    return {"LU": lu.numpy(), "pivots": piv.numpy(), "B": N(4, 2)(r)}
+
+
+add(Case("lu_factor", pos(N(4, 4))))
+add(Case("lu_factor", pos(N(2, 3, 3, dt="float64")), {"pivot": True}, label="batched"))
+add(Case("lu_solve", _lu_inputs))
+add(Case("lu_solve", _lu_inputs, {"adjoint": True}))
+add(Case("lu_solve", lambda r: {**_lu_inputs(r), "B": N(2, 4)(r)}, {"left": False}, label="right"))
+
+
+def _chol_inputs(upper):
+    def g(r):
+        a = SPD(4)(r)
+        factor = np.linalg.cholesky(a.astype(np.float64)).astype(np.float32)
+        return {"0": N(4, 2)(r), "input2": factor.T.copy() if upper else factor}
+
+    return g
+
+
+add(Case("cholesky_solve", _chol_inputs(False)))
+add(Case("cholesky_solve", _chol_inputs(True), {"upper": True}))
+add(Case("cholesky_inverse", lambda r: {"0": _chol_inputs(False)(r)["input2"]}))
+add(Case("cholesky_inverse", lambda r: {"0": _chol_inputs(True)(r)["input2"]}, {"upper": True}))
+
+
+def _householder(r):
+    a = N(5, 3)(r)
+    h, tau = torch.geqrf(torch.from_numpy(a))
+    return {"0": h.numpy(), "tau": tau.numpy()}
+
+
+add(Case("householder_product", _householder))
+add(Case("householder_product", lambda r: {**_householder(r), "tau": _householder(r)["tau"][:2]}, label="fewer-reflectors"))
+add(Case("tensorinv", pos(lambda r: WELL(6)(r).reshape(6, 2, 3)), {"ind": 1}))
+add(Case("tensorinv", pos(lambda r: WELL(4)(r).reshape(2, 2, 2, 2))))
+add(Case("tensorsolve", pos(lambda r: WELL(6)(r).reshape(2, 3, 6), N(2, 3))))
+add(Case("tensorsolve", pos(lambda r: WELL(6)(r).reshape(6, 2, 3), N(2, 3)), {"dims": [0]}))

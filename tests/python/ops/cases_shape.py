@@ -213,3 +213,10 @@ add(Case("unique", pos(N(10)), {"sorted": True, "return_counts": True}, label="f
 add(Case("unique_consecutive", pos(I(0, 3, 20))))
 add(Case("unique_consecutive", pos(I(0, 3, 20)), {"return_inverse": True, "return_counts": True}))
 add(Case("unique_consecutive", pos(I(0, 2, 6, 2)), {"return_counts": True, "dim": 0}))
+
+for op, inp in [("hfft2", C(3, 4, 4)), ("ihfft2", N(3, 4, 6))]:
+    add(Case(op, pos(inp)))
+    add(Case(op, pos(inp), {"s": [4, 6], "dim": [0, 2], "norm": "ortho"}))
+for op, inp in [("hfftn", C(3, 4, 4)), ("ihfftn", N(3, 4, 6))]:
+    add(Case(op, pos(inp)))
+    add(Case(op, pos(inp), {"s": [5, 4], "dim": [0, 1], "norm": "forward"}))

@@ -172,10 +172,11 @@ LINALG = {
     "svd", "svdvals", "eig", "eigvals", "eigh", "eigvalsh", "inv", "pinv", "det", "slogdet",
     "solve", "solve_triangular", "lstsq", "cholesky", "qr", "lu", "matrix_exp",
     "matrix_power", "matrix_rank", "matrix_norm", "vector_norm", "cond", "multi_dot",
+    "lu_factor", "lu_solve", "householder_product", "tensorinv", "tensorsolve", "vecdot",
 }
 FFT = {
     "fft", "ifft", "rfft", "irfft", "hfft", "ihfft", "fft2", "ifft2", "rfft2", "irfft2",
-    "fftn", "ifftn", "rfftn", "irfftn", "fftshift", "ifftshift",
+    "fftn", "ifftn", "rfftn", "irfftn", "fftshift", "ifftshift", "hfft2", "ihfft2", "hfftn", "ihfftn",
 }
 # Ops whose torch function is not torch.nn.functional.NAME although F has one.
 TORCH_FIRST = {"tanh", "sigmoid", "norm"}
