@@ -5,8 +5,10 @@ use mymps_core::ops::Scalar;
 use tch::{TchError, Tensor};
 
 use crate::Outputs::One;
-use crate::util::{Out, as_tensor, bad, one, opt_tensor_or_scalar, scalar_arg};
-use crate::{Args, Param, TensorOrScalar, op, torch_scalar};
+use crate::util::{
+    Out, as_tensor, bad, is_complex, is_floating, one, opt_tensor_or_scalar, scalar_arg,
+};
+use crate::{Args, KernelResult, Param, TensorOrScalar, op, torch_scalar};
 
 type TensorFn = fn(&Tensor, &Tensor) -> Result<Tensor, TchError>;
 type ScalarFn = fn(&Tensor, tch::Scalar) -> Result<Tensor, TchError>;
@@ -32,8 +34,10 @@ pub(crate) fn binary_tensor_only(a: &Args<Tensor>, tensor: TensorFn) -> Out {
 fn add_sub(a: &Args<Tensor>, subtract: bool) -> Out {
     let x = a.tensor("input")?;
     let alpha = a.scalar("alpha")?;
+    let other = a.tensor_or_scalar("other")?;
+    check_alpha(a, x, &other, alpha)?;
     let op = |x: &Tensor, y: &Tensor| if subtract { x.f_sub(y) } else { x.f_add(y) };
-    match a.tensor_or_scalar("other")? {
+    match other {
         TensorOrScalar::Tensor(y) if alpha == Scalar::Int(1) => one(op(x, y)?),
         TensorOrScalar::Tensor(y) => one(op(x, &y.f_mul_scalar(torch_scalar(alpha))?)?),
         TensorOrScalar::Scalar(s) => {
@@ -48,6 +52,40 @@ fn add_sub(a: &Args<Tensor>, subtract: bool) -> Out {
                 x.f_add_scalar(s)?
             })
         }
+    }
+}
+
+/// torch's checks on `alpha`: a float alpha needs a floating or complex
+/// result, a bool alpha a bool result. The result dtype comes from adding
+/// empty tensors of the operands' kinds (0-d kept 0-d, for promotion).
+fn check_alpha(
+    a: &Args<Tensor>,
+    x: &Tensor,
+    other: &TensorOrScalar<'_, Tensor>,
+    alpha: Scalar,
+) -> KernelResult<()> {
+    if matches!(alpha, Scalar::Int(_)) {
+        return Ok(());
+    }
+    let probe = |t: &Tensor| -> Result<Tensor, TchError> {
+        let shape: &[i64] = if t.dim() == 0 { &[] } else { &[0] };
+        Tensor::f_zeros(shape, (t.kind(), t.device()))
+    };
+    let px = probe(x)?;
+    let kind = match other {
+        TensorOrScalar::Tensor(y) => px.f_add(&probe(y)?)?.kind(),
+        TensorOrScalar::Scalar(s) => px.f_add_scalar(torch_scalar(*s))?.kind(),
+    };
+    let inexact = is_floating(kind) || is_complex(kind);
+    match alpha {
+        Scalar::Float(_) if !inexact => Err(bad(
+            a,
+            "for integral input tensors, argument alpha must not be a floating point number",
+        )),
+        Scalar::Bool(_) if kind != tch::Kind::Bool => {
+            Err(bad(a, "boolean alpha only supported for boolean results"))
+        }
+        _ => Ok(()),
     }
 }
 

@@ -146,6 +146,8 @@ class Case:
     rtol: Optional[float] = None
     atol: Optional[float] = None
     label: str = ""
+    # Torch raises on these arguments: mymps must answer with an error too.
+    error: bool = False
 
     def draw(self, rng: np.random.Generator) -> Inputs:
         if callable(self.inputs):

@@ -22,10 +22,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import cases_math  # noqa: E402
 import cases_nn  # noqa: E402
 import cases_reduce  # noqa: E402
+import cases_errors  # noqa: E402
 import cases_shape  # noqa: E402
 from harness import Case, assert_array, assert_same, call_reference  # noqa: E402
 
-ALL_CASES = cases_math.CASES + cases_reduce.CASES + cases_nn.CASES + cases_shape.CASES
+ALL_CASES = (
+    cases_math.CASES + cases_reduce.CASES + cases_nn.CASES + cases_shape.CASES + cases_errors.CASES
+)
 SEED = int(os.environ.get("MYMPS_OPS_SEED", secrets.randbits(32)))
 
 
@@ -76,6 +79,9 @@ def test_op(client, index):
     rng = np.random.default_rng(seed)
     inputs = case.draw(rng)
     kept = {k: v.copy() for k, v in inputs.items()}
+    if case.error:
+        check_error(client, case, inputs, ctx)
+        return
     want = call_reference(case, inputs)
     got = client.exec(case.op, inputs, **case.kwargs)
     for k, v in kept.items():
@@ -86,6 +92,18 @@ def test_op(client, index):
         case.check(got, want, inputs, case, ctx)
     else:
         assert_same(got, want, case, ctx)
+
+
+def check_error(client, case: Case, inputs, ctx: str) -> None:
+    """Torch rejects these arguments; the server must reply with an error
+    (and keep serving)."""
+    from mymps import MympsError
+
+    with pytest.raises(Exception):
+        call_reference(case, inputs)
+    with pytest.raises(MympsError):
+        client.exec(case.op, inputs, **case.kwargs)
+        pytest.fail(f"{ctx}: torch raises, mymps answered")
 
 
 def check_random(client, case: Case, inputs, got, want, ctx: str) -> None:
