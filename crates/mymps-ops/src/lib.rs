@@ -6,6 +6,30 @@
 //! the only way in: a request names an op, its arguments are checked against
 //! the signature, and only then does the kernel run.
 //!
+//! The built-in ops, by module (each op's category):
+//!
+//! | module | ops |
+//! |---|---|
+//! | `arithmetic` | add, sub, mul, div, pow, remainder, clamp, lerp, addcmul, ... (tensor-or-scalar `other`) |
+//! | `elementwise` | one-tensor math (exp, log, sin, erf, ...), predicates, logic, bitwise, `where` |
+//! | `activation` | relu, gelu, softmax, leaky_relu, elu, softplus, dropout, ... |
+//! | `reduction` | sum, mean, prod, max/min, norm, var/std, median, quantile, cumulative ops |
+//! | `comparison` | eq/ne/lt/..., isclose, isin, sort, argsort, topk |
+//! | `linalg` | products, einsum, `torch.linalg` decompositions, solvers, inverses, norms |
+//! | `nn` | convolutions, pooling, normalization, linear, embedding, attention, interpolate, pad |
+//! | `loss` | cross_entropy, nll_loss, mse_loss, ... with `reduction` |
+//! | `shape` | reshape, permute, cat/stack, split/chunk, flip, roll, repeat, ... |
+//! | `fft` | `torch.fft` transforms and shifts |
+//! | `creation` | `*_like` constants and random draws on the input's device |
+//! | `indexing` | gather/scatter, index_*, masked_*, searchsorted, histograms, unique |
+//!
+//! Kernels never write to their inputs (on the CPU they are views of the
+//! received buffers) and create new tensors on the input's device. Where
+//! libtorch's C API lacks an overload (parametrized `leaky_relu`, `elu`,
+//! `softplus`, ...; `addmm` with `beta`/`alpha`; `trapezoid` with `dx`)
+//! the kernel composes torch's own formula, and the Python conformance suite
+//! (`tests/python/ops`) checks it against PyTorch.
+//!
 //! Third-party op crates depend on this crate and use [`op!`] the same way;
 //! linking them into the server binary is enough to register their ops.
 //!
