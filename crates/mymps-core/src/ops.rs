@@ -55,6 +55,10 @@ pub enum ParamKind {
     DType,
     /// A list of ints (or one int), or a string (`padding=1`, `padding="same"`).
     IntListOrStr,
+    /// An int or a list of ints, kept apart where torch gives them different
+    /// meanings (`split(split_size_or_sections=2)` is a chunk size,
+    /// `=[2]` a list of sizes).
+    IntOrIntList,
 }
 
 impl ParamKind {
@@ -73,6 +77,7 @@ impl ParamKind {
             ParamKind::FloatList => "float[]",
             ParamKind::DType => "dtype",
             ParamKind::IntListOrStr => "int[] | str",
+            ParamKind::IntOrIntList => "int | int[]",
         }
     }
 
@@ -300,6 +305,7 @@ impl OpSpec {
                         | ParamKind::Scalar
                         | ParamKind::TensorOrScalar
                         | ParamKind::IntList
+                        | ParamKind::IntOrIntList
                 ),
                 ParamDefault::Float(_) => matches!(
                     p.kind,
@@ -313,9 +319,10 @@ impl OpSpec {
                     p.kind,
                     ParamKind::Str | ParamKind::DType | ParamKind::IntListOrStr
                 ),
-                ParamDefault::IntList(_) => {
-                    matches!(p.kind, ParamKind::IntList | ParamKind::IntListOrStr)
-                }
+                ParamDefault::IntList(_) => matches!(
+                    p.kind,
+                    ParamKind::IntList | ParamKind::IntListOrStr | ParamKind::IntOrIntList
+                ),
             };
             if !ok {
                 return fail(format!(
@@ -739,8 +746,12 @@ fn convert<T>(p: &Param, v: Value) -> std::result::Result<Arg<T>, String> {
         (ParamKind::Str, Value::Str(s)) => Arg::Str(s.clone()),
         (ParamKind::DType, Value::Str(s)) => Arg::DType(s.parse().map_err(|e: Error| e.message)?),
         (ParamKind::IntListOrStr, Value::Str(s)) => Arg::Str(s.clone()),
+        (ParamKind::IntOrIntList, Value::Int(i)) => Arg::Int(*i),
         (ParamKind::IntList | ParamKind::IntListOrStr, Value::Int(i)) => Arg::IntList(vec![*i]),
-        (ParamKind::IntList | ParamKind::IntListOrStr, Value::List(l)) => Arg::IntList(
+        (
+            ParamKind::IntList | ParamKind::IntListOrStr | ParamKind::IntOrIntList,
+            Value::List(l),
+        ) => Arg::IntList(
             l.iter()
                 .map(|x| int_of(x).ok_or_else(|| wrong(&v)))
                 .collect::<std::result::Result<_, _>>()?,
@@ -936,6 +947,16 @@ impl<T> Args<T> {
         }
     }
 
+    /// An int or an int list ([`ParamKind::IntOrIntList`]): `Ok(Ok(i))` for
+    /// an int, `Ok(Err(list))` for a list.
+    pub fn int_or_int_list(&self, name: &str) -> Result<std::result::Result<i64, &[i64]>> {
+        match self.get(name)? {
+            Arg::Int(i) => Ok(Ok(*i)),
+            Arg::IntList(l) => Ok(Err(l)),
+            _ => Err(self.mismatch(name, "an int or an int list")),
+        }
+    }
+
     /// An optional float list.
     pub fn opt_float_list(&self, name: &str) -> Result<Option<&[f64]>> {
         match self.get(name)? {
@@ -1118,6 +1139,41 @@ mod tests {
         assert_eq!(v.opt_tensor("bias").unwrap(), None);
         assert_eq!(v.int_list_n("stride", 2).unwrap(), vec![2, 2]);
         assert_eq!(v.int_list_n("padding", 2).unwrap(), vec![0, 0]);
+    }
+
+    #[test]
+    fn int_or_int_list_keeps_the_difference() {
+        static SPLIT: OpSpec = OpSpec {
+            name: "split",
+            category: "shape",
+            doc: "split",
+            params: &[
+                Param::tensor("tensor"),
+                Param::new("split_size_or_sections", ParamKind::IntOrIntList),
+            ],
+            outputs: Outputs::List,
+        };
+        SPLIT.validate().unwrap();
+        assert!(
+            SPLIT
+                .signature()
+                .contains("split_size_or_sections: int | int[]")
+        );
+        let one = |v: Value| {
+            bind(
+                &SPLIT,
+                vec![("0".into(), 't')],
+                kw(&[("split_size_or_sections", v)]),
+            )
+        };
+        let a = one(Value::Int(2)).unwrap();
+        assert_eq!(a.int_or_int_list("split_size_or_sections").unwrap(), Ok(2));
+        let a = one(Value::List(vec![Value::Int(2)])).unwrap();
+        assert_eq!(
+            a.int_or_int_list("split_size_or_sections").unwrap(),
+            Err(&[2][..])
+        );
+        assert!(one(Value::Str("x".into())).is_err());
     }
 
     #[test]

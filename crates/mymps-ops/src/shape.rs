@@ -1,6 +1,7 @@
 //! Shape and layout: reshape, permute, concatenation, splitting, flips,
 //! repeats. Results may be views; the backend makes them contiguous.
 
+use mymps_core::ParamKind;
 use tch::Tensor;
 
 use crate::Outputs::{List, One};
@@ -76,16 +77,13 @@ op!("dstack", "shape", "concatenates depth-wise after making inputs at least 3-D
     |a| one(Tensor::f_dstack(a.tensors("tensors")?)?));
 
 op!("split", "shape", "splits into chunks of split_size_or_sections (an int), or of the listed sizes (torch.split)",
-[Param::tensor("tensor"), Param::ints("split_size_or_sections"), Param::int("dim").or_int(0)] -> List,
+[Param::tensor("tensor"), Param::new("split_size_or_sections", ParamKind::IntOrIntList), Param::int("dim").or_int(0)] -> List,
 |a| {
     let x = a.tensor("tensor")?;
     let dim = a.int("dim")?;
-    let s = a.int_list("split_size_or_sections")?;
-    // An int and a one-element list are the same on the wire; a
-    // one-element list that is not the whole dimension is a chunk size.
-    match s {
-        [n] => tuple(x.f_split(*n, dim)?),
-        sizes => tuple(x.f_split_with_sizes(sizes, dim)?),
+    match a.int_or_int_list("split_size_or_sections")? {
+        Ok(size) => tuple(x.f_split(size, dim)?),
+        Err(sizes) => tuple(x.f_split_with_sizes(sizes, dim)?),
     }
 });
 
@@ -93,14 +91,14 @@ op!("chunk", "shape", "splits into `chunks` near-equal chunks along dim (torch.c
     [INPUT, Param::int("chunks"), Param::int("dim").or_int(0)] -> List,
     |a| tuple(a.tensor("input")?.f_chunk(a.int("chunks")?, a.int("dim")?)?));
 
-op!("tensor_split", "shape", "splits into `sections` parts, or at the listed indices (torch.tensor_split)",
-[INPUT, Param::ints("indices_or_sections"), Param::int("dim").or_int(0)] -> List,
+op!("tensor_split", "shape", "splits into `sections` parts (an int), or at the listed indices (torch.tensor_split)",
+[INPUT, Param::new("indices_or_sections", ParamKind::IntOrIntList), Param::int("dim").or_int(0)] -> List,
 |a| {
     let x = a.tensor("input")?;
     let dim = a.int("dim")?;
-    match a.int_list("indices_or_sections")? {
-        [n] => tuple(x.f_tensor_split(*n, dim)?),
-        idx => tuple(x.f_tensor_split_indices(idx, dim)?),
+    match a.int_or_int_list("indices_or_sections")? {
+        Ok(sections) => tuple(x.f_tensor_split(sections, dim)?),
+        Err(indices) => tuple(x.f_tensor_split_indices(indices, dim)?),
     }
 });
 
