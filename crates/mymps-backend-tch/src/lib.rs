@@ -176,12 +176,13 @@ impl Converter {
             Device::Cpu => t.f_contiguous().map_err(torch_error)?,
             Device::Cuda(_) => {
                 // Device → pinned host memory: a pageable copy runs at a
-                // fraction of the speed. Resizing an empty pinned tensor
-                // allocates from the pinned allocator.
-                let mut host = Tensor::f_empty([0], (t.kind(), Device::Cpu))
+                // fraction of the speed. libtorch's caching host allocator
+                // recycles the pinned blocks. (Pinning a fresh empty tensor
+                // costs one host-side copy of untouched pages; a pool of
+                // pinned buffers would save it.)
+                let mut host = Tensor::f_empty(t.size(), (t.kind(), Device::Cpu))
                     .and_then(|h| h.f_pin_memory(t.device()))
                     .map_err(torch_error)?;
-                let _ = host.f_resize_(t.size()).map_err(torch_error)?;
                 host.f_copy_(&t).map_err(torch_error)?;
                 host
             }

@@ -45,7 +45,9 @@ pub use ops::{
 pub use tensor::Tensor;
 pub use value::Value;
 
+pub use half;
 pub use inventory;
+pub use num_complex;
 
 /// This crate's version, reported in handshakes and `health`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

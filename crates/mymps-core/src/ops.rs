@@ -1178,7 +1178,8 @@ mod tests {
 
     #[test]
     fn binding_errors_name_the_signature() {
-        let cases: Vec<(Vec<(String, char)>, BTreeMap<String, Value>, &str)> = vec![
+        type Case = (Vec<(String, char)>, BTreeMap<String, Value>, &'static str);
+        let cases: Vec<Case> = vec![
             (
                 vec![("0".into(), 'a')],
                 kw(&[]),

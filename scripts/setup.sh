@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Installs what the project needs, idempotently: the Python virtualenv with
+# the torch wheel (libtorch) and the test dependencies, the .libtorch link
+# that cargo builds against, and the Rust build itself.
+#
+#   scripts/setup.sh            # debug build (tests)
+#   scripts/setup.sh --release  # release build (serving)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+say() { printf '\033[1mmymps setup:\033[0m %s\n' "$*" >&2; }
+
+# 1. Python virtualenv with torch 2.11.0 and the test dependencies.
+if [ ! -x .venv/bin/python ]; then
+    say "creating .venv"
+    python3 -m venv .venv
+fi
+stamp=.venv/.mymps-requirements
+if ! cmp -s scripts/requirements-dev.txt "$stamp" 2>/dev/null \
+   || ! .venv/bin/python -c "import torch, numpy, ml_dtypes, pytest; assert torch.__version__.split('+')[0] == '2.11.0'" 2>/dev/null; then
+    say "installing torch 2.11.0 and test dependencies into .venv (first time: a few minutes)"
+    .venv/bin/python -m pip install -q --upgrade pip
+    .venv/bin/python -m pip install -q -r scripts/requirements-dev.txt
+    cp scripts/requirements-dev.txt "$stamp"
+fi
+
+# 2. .libtorch -> the wheel's torch/ folder (include/ and lib/), which
+#    .cargo/config.toml gives to the build as LIBTORCH.
+torch_dir=$(.venv/bin/python -c 'import os, torch; print(os.path.dirname(torch.__file__))')
+if [ "$(readlink .libtorch 2>/dev/null)" != "$torch_dir" ]; then
+    ln -sfn "$torch_dir" .libtorch
+fi
+
+# 3. The Rust build.
+profile=()
+[ "${1:-}" = "--release" ] && profile=(--release)
+say "building (cargo build ${profile[*]:-})"
+cargo build "${profile[@]}" --workspace --bins --quiet
