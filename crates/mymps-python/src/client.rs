@@ -59,6 +59,11 @@ fn timeout_duration(timeout: Option<f64>) -> PyResult<Duration> {
     }
 }
 
+/// `s` quoted as Python's `repr` quotes a plain string.
+fn py_str(s: &str) -> String {
+    format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
 fn value_to_py<'py>(py: Python<'py>, v: &Value) -> PyResult<Bound<'py, PyAny>> {
     Ok(match v {
         Value::None => py.None().into_bound(py),
@@ -79,7 +84,10 @@ fn value_to_py<'py>(py: Python<'py>, v: &Value) -> PyResult<Bound<'py, PyAny>> {
 #[pymethods]
 impl MympsClient {
     #[new]
-    #[pyo3(signature = (host = "127.0.0.1".to_owned(), port = 5555, timeout = Some(300.0), *, transport = "tcp".to_owned(), token = None))]
+    #[pyo3(
+        signature = (host = "127.0.0.1".to_owned(), port = 5555, timeout = Some(300.0), *, transport = "tcp".to_owned(), token = None),
+        text_signature = "(host='127.0.0.1', port=5555, timeout=300.0, *, transport='tcp', token=None)"
+    )]
     fn new(
         py: Python<'_>,
         host: String,
@@ -311,11 +319,13 @@ impl MympsClient {
         let state = if self.closed() {
             ", closed".to_owned()
         } else {
-            format!(", device={:?}", self.device())
+            format!(", device={}", py_str(self.device()))
         };
         format!(
-            "MympsClient(host={:?}, port={}, transport={:?}{state})",
-            self.host, self.port, self.transport
+            "MympsClient(host={}, port={}, transport={}{state})",
+            py_str(&self.host),
+            self.port,
+            py_str(&self.transport)
         )
     }
 }
