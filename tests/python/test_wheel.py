@@ -4,6 +4,7 @@ Rust) and runs the client-api snippets against a real server."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -61,14 +62,20 @@ print("SNIPPET OK", sys.version_info[:2])
 """
 
 
-@pytest.mark.skipif(
-    not WHEELS,
-    reason="no wheel in target/wheels/: build it with scripts/build-python.sh",
-)
-def test_wheel_in_fresh_venv(tmp_path, mymps_server):
-    base_python = getattr(sys, "_base_executable", None) or sys.executable
+def _interpreter(version):
+    """A CPython `version` on this machine (pyenv, then PATH), or None."""
+    pyenv = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
+    for candidate in sorted(pyenv.glob(f"{version}.*/bin/python"), reverse=True):
+        return str(candidate)
+    found = shutil.which(f"python{version}")
+    if found and "/shims/" not in found:  # a pyenv shim may name a missing version
+        return found
+    return None
+
+
+def _install_and_run(tmp_path, python, server):
     venv = tmp_path / "venv"
-    subprocess.run([base_python, "-m", "venv", str(venv)], check=True, timeout=300,
+    subprocess.run([python, "-m", "venv", str(venv)], check=True, timeout=300,
                    capture_output=True)
     py = venv / "bin" / "python"
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
@@ -79,8 +86,33 @@ def test_wheel_in_fresh_venv(tmp_path, mymps_server):
     )
     assert install.returncode == 0, install.stdout + install.stderr
     run = subprocess.run(
-        [str(py), "-c", SNIPPET, mymps_server.host, str(mymps_server.port)],
+        [str(py), "-c", SNIPPET, server.host, str(server.port)],
         capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env,
     )
     assert run.returncode == 0, run.stdout + run.stderr
     assert "SNIPPET OK" in run.stdout
+    return run.stdout
+
+
+needs_wheel = pytest.mark.skipif(
+    not WHEELS,
+    reason="no wheel in target/wheels/: build it with scripts/build-python.sh",
+)
+
+
+@needs_wheel
+def test_wheel_in_fresh_venv(tmp_path, mymps_server):
+    """The interpreter of this test run (no torch in the new venv)."""
+    base_python = getattr(sys, "_base_executable", None) or sys.executable
+    _install_and_run(tmp_path, base_python, mymps_server)
+
+
+@needs_wheel
+@pytest.mark.parametrize("version", ["3.9", "3.13"])
+def test_abi3_wheel_on_other_pythons(tmp_path, mymps_server, version):
+    """The one abi3 wheel on the oldest supported and a recent CPython."""
+    python = _interpreter(version)
+    if python is None:
+        pytest.skip(f"no CPython {version} on this machine")
+    out = _install_and_run(tmp_path, python, mymps_server)
+    assert f"({version.replace('.', ', ')})" in out
