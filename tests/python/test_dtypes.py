@@ -245,3 +245,26 @@ def test_unsupported_input_dtypes_raise_invalid_tensor(client, arr):
     assert e.value.code == "invalid_tensor"
     # The client is still fine.
     assert client.exec("neg", {"0": np.ones(2)})["output"].tolist() == [-1, -1]
+
+
+def _rss_mb():
+    with open("/proc/self/statm") as f:
+        pages = int(f.read().split()[1])
+    import os
+
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/proc/self/statm"), reason="needs /proc")
+def test_no_leak_of_inputs_or_results(client):
+    x = RNG.standard_normal(1 << 20)  # 8 MiB in, 8 MiB out
+    for _ in range(5):
+        client.exec("neg", {"0": x})
+    before = _rss_mb()
+    for _ in range(100):  # 1.6 GiB through the client in all
+        r = client.exec("neg", {"0": x})["output"]
+        y = np.broadcast_to(x[:1000], (1000, 1000))
+        client.exec("mul", {"0": y}, other=2)
+    after = _rss_mb()
+    assert after - before < 150, (before, after)
+    np.testing.assert_array_equal(r, -x)

@@ -126,3 +126,56 @@ def test_concurrent_errors_do_not_disturb_other_calls(client):
     with ThreadPoolExecutor(6) as pool:
         futures = [pool.submit(bad if i % 2 else good, i) for i in range(60)]
         assert sorted(f.result(timeout=60) for f in futures) == list(range(60))
+
+
+def test_ctrl_c_interrupts_a_waiting_call(server_factory):
+    """SIGINT raises KeyboardInterrupt in a call that is still waiting,
+    without waiting for the reply.
+
+    The server has one worker: long matmuls sent from other threads hold
+    it, so a tiny call made afterwards waits behind them. It must be
+    interrupted while they are still running."""
+    import os
+    import signal
+
+    server = server_factory("--workers", "1")
+    c = MympsClient(server.host, server.port, timeout=120)
+    a = np.random.default_rng(7).standard_normal((4096, 4096)).astype(np.float32)
+    running = []
+
+    def long_call():
+        try:
+            c.exec("matmul", {"0": a, "1": a})  # 137 GFLOP
+        except mymps.MympsError:
+            pass  # the server is killed below
+
+    # Two long calls queue up for the one worker, ahead of the tiny one.
+    for _ in range(2):
+        running.append(threading.Thread(target=long_call))
+        running[-1].start()
+
+    def long_done():
+        return not any(t.is_alive() for t in running)
+
+    timer = None
+    try:
+        time.sleep(0.5)  # the long calls are sent and running
+        assert not long_done(), "the long calls finished too soon to test anything"
+        timer = threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGINT))
+        t0 = time.monotonic()
+        timer.start()
+        with pytest.raises(KeyboardInterrupt):
+            c.exec("neg", {"0": np.ones(3)})
+        elapsed = time.monotonic() - t0
+        still_running = not long_done()
+        assert still_running, "the tiny call was not interrupted before the long one ended"
+        assert elapsed < 2.0, elapsed
+        assert not c.closed
+    finally:
+        if timer is not None:
+            timer.cancel()
+        server.kill()
+        for t in running:
+            t.join(30)
+        c.close()
+    assert long_done()

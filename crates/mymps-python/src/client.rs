@@ -81,6 +81,37 @@ fn value_to_py<'py>(py: Python<'py>, v: &Value) -> PyResult<Bound<'py, PyAny>> {
     })
 }
 
+/// How often a waiting call wakes up to let Python handle signals (Ctrl-C).
+const SIGNAL_CHECK: Duration = Duration::from_millis(50);
+
+impl MympsClient {
+    /// Runs one request of the async client to completion on the client's
+    /// runtime, with the GIL released while it waits.
+    ///
+    /// The wait wakes every [`SIGNAL_CHECK`] to run Python's signal
+    /// handlers (with the GIL), so Ctrl-C interrupts a long call at once
+    /// (`KeyboardInterrupt`) instead of after the reply or the timeout. The
+    /// request is then abandoned: its late reply is dropped when it comes.
+    fn wait<F, T>(&self, py: Python<'_>, request: F) -> PyResult<T>
+    where
+        F: std::future::Future<Output = mymps::Result<T>> + Send,
+        T: Send,
+    {
+        let mut request = std::pin::pin!(request);
+        loop {
+            // The timer must be made inside the runtime, hence the async block.
+            let step = py.detach(|| {
+                self.inner
+                    .block_on(async { tokio::time::timeout(SIGNAL_CHECK, request.as_mut()).await })
+            });
+            match step {
+                Ok(done) => return done.map_err(to_py),
+                Err(_elapsed) => py.check_signals()?,
+            }
+        }
+    }
+}
+
 #[pymethods]
 impl MympsClient {
     #[new]
@@ -173,15 +204,14 @@ impl MympsClient {
     ) -> PyResult<Bound<'py, PyDict>> {
         let tensors = convert::inputs(inputs)?;
         let kwargs = convert::kwargs(kwargs)?;
-        let out = py
-            .detach(|| self.inner.exec(op, tensors, kwargs))
-            .map_err(to_py)?;
+        let client = self.inner.as_async();
+        let out = self.wait(py, client.exec(op, tensors, kwargs))?;
         convert::outputs(py, out.tensors)
     }
 
     /// The names of the ops the server runs (its whitelist), sorted.
     fn list_ops(&self, py: Python<'_>) -> PyResult<Vec<String>> {
-        let mut ops = py.detach(|| self.inner.list_ops()).map_err(to_py)?;
+        let mut ops = self.wait(py, self.inner.as_async().list_ops())?;
         ops.sort_unstable();
         Ok(ops)
     }
@@ -190,7 +220,7 @@ impl MympsClient {
     /// "params": [{"name", "kind", "required", "default"}], "outputs"}.
     /// Raises UnknownOpError for an op not in the whitelist.
     fn describe_op<'py>(&self, py: Python<'py>, op: &str) -> PyResult<Bound<'py, PyDict>> {
-        let info = py.detach(|| self.inner.describe_op(op)).map_err(to_py)?;
+        let info = self.wait(py, self.inner.as_async().describe_op(op))?;
         let d = PyDict::new(py);
         d.set_item("name", &info.name)?;
         d.set_item("category", &info.category)?;
@@ -216,7 +246,7 @@ impl MympsClient {
     /// Server status: {"status": "ok", "version", "protocol", "backend",
     /// "device", "torch_version", "models_loaded", "ops", "uptime_s"}.
     fn health<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let h = py.detach(|| self.inner.health()).map_err(to_py)?;
+        let h = self.wait(py, self.inner.as_async().health())?;
         let d = PyDict::new(py);
         d.set_item("status", h.status)?;
         d.set_item("version", h.version)?;
@@ -238,7 +268,7 @@ impl MympsClient {
     /// "accelerator_memory_free_mb"}; the accelerator fields are None where
     /// the device does not report them (the CPU).
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let s = py.detach(|| self.inner.stats()).map_err(to_py)?;
+        let s = self.wait(py, self.inner.as_async().stats())?;
         let d = PyDict::new(py);
         d.set_item("cpu_percent", s.cpu_percent)?;
         d.set_item("cpu_count", s.cpu_count)?;
