@@ -233,3 +233,16 @@ def test_package_ships_type_stubs():
     pkg = Path(mymps.__file__).parent
     for f in ("py.typed", "__init__.pyi", "_native.pyi"):
         assert (pkg / f).is_file(), f
+
+
+def test_none_input_leaves_an_optional_tensor_out(client):
+    x = RNG.standard_normal((1, 3, 8, 8)).astype(np.float32)
+    w = RNG.standard_normal((2, 3, 3, 3)).astype(np.float32)
+    b = np.array([10.0, -10.0], np.float32)
+    no_bias = client.exec("conv2d", {"input": x, "weight": w, "bias": None})["output"]
+    as_kwarg = client.exec("conv2d", {"input": x, "weight": w}, bias=None)["output"]
+    with_bias = client.exec("conv2d", {"input": x, "weight": w, "bias": b})["output"]
+    np.testing.assert_array_equal(no_bias, as_kwarg)
+    np.testing.assert_allclose(with_bias - no_bias, np.broadcast_to(b[None, :, None, None], no_bias.shape), rtol=1e-5, atol=1e-4)
+    with pytest.raises(mymps.BadArgumentError, match="both"):
+        client.exec("conv2d", {"input": x, "weight": w, "bias": None}, bias=None)

@@ -163,7 +163,8 @@ impl MympsClient {
     ///         "2", ... are positional arguments in that order; any other
     ///         key is a keyword argument ("input", "weight", ...). A list or
     ///         tuple of arrays means positional arguments "0", "1", ...
-    ///         Anything numpy.asarray accepts is converted.
+    ///         Anything numpy.asarray accepts is converted; None leaves an
+    ///         optional tensor out ({"bias": None}).
     ///     **kwargs: scalar arguments: None, bool, int, float, str, or lists
     ///         and tuples of them (dim=-1, keepdim=True, dims=[0, 2, 1],
     ///         equation="ij,jk->ik"); numpy scalars are accepted too.
@@ -202,10 +203,18 @@ impl MympsClient {
         inputs: Option<&Bound<'py, PyAny>>,
         kwargs: Option<&Bound<'py, PyDict>>,
     ) -> PyResult<Bound<'py, PyDict>> {
-        let tensors = convert::inputs(inputs)?;
-        let kwargs = convert::kwargs(kwargs)?;
+        let inputs = convert::inputs(inputs)?;
+        let mut kwargs = convert::kwargs(kwargs)?;
+        for name in inputs.none {
+            if kwargs.iter().any(|(k, _)| *k == name) {
+                return Err(bad_argument(format!(
+                    "argument '{name}' is given both in inputs and as a keyword argument"
+                )));
+            }
+            kwargs.push((name, Value::None));
+        }
         let client = self.inner.as_async();
-        let out = self.wait(py, client.exec(op, tensors, kwargs))?;
+        let out = self.wait(py, client.exec(op, inputs.tensors, kwargs))?;
         convert::outputs(py, out.tensors)
     }
 

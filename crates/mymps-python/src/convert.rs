@@ -225,21 +225,32 @@ pub fn array_to_tensor(name: &str, obj: &Bound<'_, PyAny>) -> PyResult<Tensor> {
     })
 }
 
+/// The converted `inputs` of a call.
+#[derive(Debug, Default)]
+pub struct Inputs {
+    /// Tensors by argument name.
+    pub tensors: Vec<(String, Tensor)>,
+    /// Names given `None` (an optional tensor left out, e.g.
+    /// `{"bias": None}`); they go as `None` keyword arguments.
+    pub none: Vec<String>,
+}
+
 /// The `inputs` argument of `exec`: a mapping of names to arrays (`"0"`,
-/// `"1"`, ... positional; integer keys mean the same), or a list/tuple of
-/// positional arrays, or `None`.
-pub fn inputs(inputs: Option<&Bound<'_, PyAny>>) -> PyResult<Vec<(String, Tensor)>> {
+/// `"1"`, ... positional; integer keys mean the same; `None` values mean
+/// "not given"), or a list/tuple of positional arrays, or `None`.
+pub fn inputs(inputs: Option<&Bound<'_, PyAny>>) -> PyResult<Inputs> {
     let Some(inputs) = inputs.filter(|i| !i.is_none()) else {
-        return Ok(Vec::new());
+        return Ok(Inputs::default());
     };
     let mut out = Vec::new();
+    let mut none = Vec::new();
     if inputs.is_instance_of::<PyList>() || inputs.is_instance_of::<PyTuple>() {
         for (i, item) in inputs.try_iter()?.enumerate() {
             let name = i.to_string();
             let t = array_to_tensor(&name, &item?)?;
             out.push((name, t));
         }
-        return Ok(out);
+        return Ok(Inputs { tensors: out, none });
     }
     let items = if let Ok(d) = inputs.cast::<PyDict>() {
         d.call_method0("items")?
@@ -267,10 +278,14 @@ pub fn inputs(inputs: Option<&Bound<'_, PyAny>>) -> PyResult<Vec<(String, Tensor
                 type_name(&key)
             )));
         };
+        if value.is_none() {
+            none.push(name);
+            continue;
+        }
         let t = array_to_tensor(&name, &value)?;
         out.push((name, t));
     }
-    Ok(out)
+    Ok(Inputs { tensors: out, none })
 }
 
 // ---------------------------------------------------------------- kwargs
