@@ -246,3 +246,16 @@ def test_none_input_leaves_an_optional_tensor_out(client):
     np.testing.assert_allclose(with_bias - no_bias, np.broadcast_to(b[None, :, None, None], no_bias.shape), rtol=1e-5, atol=1e-4)
     with pytest.raises(mymps.BadArgumentError, match="both"):
         client.exec("conv2d", {"input": x, "weight": w, "bias": None}, bias=None)
+
+
+def test_stubs_match_the_runtime(tmp_path):
+    """mypy's stubtest: the .pyi files describe what the module really has."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("mypy", reason="mypy is not installed (pip install mypy)")
+    out = subprocess.run(
+        [sys.executable, "-m", "mypy.stubtest", "--ignore-disjoint-bases", "mymps"],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr

@@ -2,13 +2,11 @@ from . import errors as errors
 from ._native import (
     DEFAULT_HOST as DEFAULT_HOST,
     DEFAULT_PORT as DEFAULT_PORT,
-    HealthInfo as HealthInfo,
     MympsClient as MympsClient,
-    OpInfo as OpInfo,
-    StatsInfo as StatsInfo,
     __version__ as __version__,
     transports as transports,
 )
+from ._types import HealthInfo as HealthInfo, OpInfo as OpInfo, ParamInfo as ParamInfo, StatsInfo as StatsInfo
 from .errors import (
     AuthenticationError as AuthenticationError,
     BackendError as BackendError,
@@ -30,4 +28,33 @@ from .errors import (
     UnsupportedVersionError as UnsupportedVersionError,
 )
 
-__all__: list[str]
+__all__ = [
+    "MympsClient",
+    "DEFAULT_HOST",
+    "DEFAULT_PORT",
+    "__version__",
+    "transports",
+    "errors",
+    "HealthInfo",
+    "StatsInfo",
+    "OpInfo",
+    "ParamInfo",
+    "MympsError",
+    "UnknownOpError",
+    "BadArgumentError",
+    "InvalidTensorError",
+    "OpError",
+    "BackendError",
+    "PayloadTooLargeError",
+    "ProtocolError",
+    "UnsupportedVersionError",
+    "AuthenticationError",
+    "ModelError",
+    "ModelNotFoundError",
+    "CancelledError",
+    "MympsTimeoutError",
+    "MympsConnectionError",
+    "BusyError",
+    "UnsupportedError",
+    "InternalError",
+]
