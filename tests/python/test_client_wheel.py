@@ -116,3 +116,21 @@ def test_abi3_wheel_on_other_pythons(tmp_path, mymps_server, version):
         pytest.skip(f"no CPython {version} on this machine")
     out = _install_and_run(tmp_path, python, mymps_server)
     assert f"({version.replace('.', ', ')})" in out
+
+
+def test_extension_links_no_libtorch():
+    """The client needs no libtorch: the extension's ELF NEEDED entries name
+    only system libraries."""
+    import shutil as _shutil
+
+    import mymps._native as native
+
+    readelf = _shutil.which("readelf")
+    if readelf is None:
+        pytest.skip("readelf is not installed")
+    out = subprocess.run([readelf, "-d", native.__file__], capture_output=True, text=True,
+                         timeout=60, check=True).stdout
+    needed = [line.split("[", 1)[1].rstrip("]") for line in out.splitlines()
+              if "(NEEDED)" in line]
+    assert needed, out
+    assert not [n for n in needed if "torch" in n or "c10" in n or "python" in n], needed
