@@ -245,3 +245,28 @@ def test_errors_pickle():
     assert type(e2) is mymps.OpError and e2.message == "boom" and e2.code == "backend"
     other = mymps.errors._from_code("other", 999, "from a newer server")
     assert type(other) is mymps.MympsError and other.code_number == 999
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs os.fork")
+def test_client_refuses_use_after_fork(client):
+    """A forked child has the client's memory but not its threads: using it
+    raises MympsConnectionError at once instead of hanging."""
+    import os
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads (3.12+)
+        pid = os.fork()
+    if pid == 0:  # the child: report through the exit status only
+        code = 3
+        try:
+            client.health()
+            code = 1
+        except mymps.MympsConnectionError as e:
+            code = 0 if "fork" in str(e) else 4
+        except BaseException:
+            code = 2
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+    assert client.health()["status"] == "ok"  # the parent's client is fine

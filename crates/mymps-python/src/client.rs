@@ -45,6 +45,9 @@ pub struct MympsClient {
     port: u16,
     timeout: Option<f64>,
     transport: String,
+    /// The process that made the client: after a `fork`, the child has the
+    /// client's memory but not its runtime threads, so it must not use it.
+    pid: u32,
 }
 
 fn timeout_duration(timeout: Option<f64>) -> PyResult<Duration> {
@@ -97,6 +100,12 @@ impl MympsClient {
         F: std::future::Future<Output = mymps::Result<T>> + Send,
         T: Send,
     {
+        if std::process::id() != self.pid {
+            return Err(to_py(mymps::Error::connection(
+                "this client was created in another process (before a fork) and cannot be \
+                 used in this one; create a new MympsClient here",
+            )));
+        }
         let mut request = std::pin::pin!(request);
         loop {
             // The timer must be made inside the runtime, hence the async block.
@@ -151,6 +160,7 @@ impl MympsClient {
             port,
             timeout,
             transport,
+            pid: std::process::id(),
         })
     }
 
