@@ -45,6 +45,9 @@ pub struct MympsClient {
     port: u16,
     timeout: Option<f64>,
     transport: String,
+    /// The process that made the client: after a `fork`, the child has the
+    /// client's memory but not its runtime threads, so it must not use it.
+    pid: u32,
 }
 
 fn timeout_duration(timeout: Option<f64>) -> PyResult<Duration> {
@@ -57,6 +60,11 @@ fn timeout_duration(timeout: Option<f64>) -> PyResult<Duration> {
             "timeout must be a positive number of seconds or None, not {t}"
         ))),
     }
+}
+
+/// `s` quoted as Python's `repr` quotes a plain string.
+fn py_str(s: &str) -> String {
+    format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'"))
 }
 
 fn value_to_py<'py>(py: Python<'py>, v: &Value) -> PyResult<Bound<'py, PyAny>> {
@@ -76,10 +84,50 @@ fn value_to_py<'py>(py: Python<'py>, v: &Value) -> PyResult<Bound<'py, PyAny>> {
     })
 }
 
+/// How often a waiting call wakes up to let Python handle signals (Ctrl-C).
+const SIGNAL_CHECK: Duration = Duration::from_millis(50);
+
+impl MympsClient {
+    /// Runs one request of the async client to completion on the client's
+    /// runtime, with the GIL released while it waits.
+    ///
+    /// The wait wakes every [`SIGNAL_CHECK`] to run Python's signal
+    /// handlers (with the GIL), so Ctrl-C interrupts a long call at once
+    /// (`KeyboardInterrupt`) instead of after the reply or the timeout. The
+    /// request is then abandoned: its late reply is dropped when it comes.
+    fn wait<F, T>(&self, py: Python<'_>, request: F) -> PyResult<T>
+    where
+        F: std::future::Future<Output = mymps::Result<T>> + Send,
+        T: Send,
+    {
+        if std::process::id() != self.pid {
+            return Err(to_py(mymps::Error::connection(
+                "this client was created in another process (before a fork) and cannot be \
+                 used in this one; create a new MympsClient here",
+            )));
+        }
+        let mut request = std::pin::pin!(request);
+        loop {
+            // The timer must be made inside the runtime, hence the async block.
+            let step = py.detach(|| {
+                self.inner
+                    .block_on(async { tokio::time::timeout(SIGNAL_CHECK, request.as_mut()).await })
+            });
+            match step {
+                Ok(done) => return done.map_err(to_py),
+                Err(_elapsed) => py.check_signals()?,
+            }
+        }
+    }
+}
+
 #[pymethods]
 impl MympsClient {
     #[new]
-    #[pyo3(signature = (host = "127.0.0.1".to_owned(), port = 5555, timeout = Some(300.0), *, transport = "tcp".to_owned(), token = None))]
+    #[pyo3(
+        signature = (host = "127.0.0.1".to_owned(), port = 5555, timeout = Some(300.0), *, transport = "tcp".to_owned(), token = None),
+        text_signature = "(host='127.0.0.1', port=5555, timeout=300.0, *, transport='tcp', token=None)"
+    )]
     fn new(
         py: Python<'_>,
         host: String,
@@ -112,6 +160,7 @@ impl MympsClient {
             port,
             timeout,
             transport,
+            pid: std::process::id(),
         })
     }
 
@@ -124,7 +173,8 @@ impl MympsClient {
     ///         "2", ... are positional arguments in that order; any other
     ///         key is a keyword argument ("input", "weight", ...). A list or
     ///         tuple of arrays means positional arguments "0", "1", ...
-    ///         Anything numpy.asarray accepts is converted.
+    ///         Anything numpy.asarray accepts is converted; None leaves an
+    ///         optional tensor out ({"bias": None}).
     ///     **kwargs: scalar arguments: None, bool, int, float, str, or lists
     ///         and tuples of them (dim=-1, keepdim=True, dims=[0, 2, 1],
     ///         equation="ij,jk->ik"); numpy scalars are accepted too.
@@ -163,17 +213,24 @@ impl MympsClient {
         inputs: Option<&Bound<'py, PyAny>>,
         kwargs: Option<&Bound<'py, PyDict>>,
     ) -> PyResult<Bound<'py, PyDict>> {
-        let tensors = convert::inputs(inputs)?;
-        let kwargs = convert::kwargs(kwargs)?;
-        let out = py
-            .detach(|| self.inner.exec(op, tensors, kwargs))
-            .map_err(to_py)?;
+        let inputs = convert::inputs(inputs)?;
+        let mut kwargs = convert::kwargs(kwargs)?;
+        for name in inputs.none {
+            if kwargs.iter().any(|(k, _)| *k == name) {
+                return Err(bad_argument(format!(
+                    "argument '{name}' is given both in inputs and as a keyword argument"
+                )));
+            }
+            kwargs.push((name, Value::None));
+        }
+        let client = self.inner.as_async();
+        let out = self.wait(py, client.exec(op, inputs.tensors, kwargs))?;
         convert::outputs(py, out.tensors)
     }
 
     /// The names of the ops the server runs (its whitelist), sorted.
     fn list_ops(&self, py: Python<'_>) -> PyResult<Vec<String>> {
-        let mut ops = py.detach(|| self.inner.list_ops()).map_err(to_py)?;
+        let mut ops = self.wait(py, self.inner.as_async().list_ops())?;
         ops.sort_unstable();
         Ok(ops)
     }
@@ -182,7 +239,7 @@ impl MympsClient {
     /// "params": [{"name", "kind", "required", "default"}], "outputs"}.
     /// Raises UnknownOpError for an op not in the whitelist.
     fn describe_op<'py>(&self, py: Python<'py>, op: &str) -> PyResult<Bound<'py, PyDict>> {
-        let info = py.detach(|| self.inner.describe_op(op)).map_err(to_py)?;
+        let info = self.wait(py, self.inner.as_async().describe_op(op))?;
         let d = PyDict::new(py);
         d.set_item("name", &info.name)?;
         d.set_item("category", &info.category)?;
@@ -208,7 +265,7 @@ impl MympsClient {
     /// Server status: {"status": "ok", "version", "protocol", "backend",
     /// "device", "torch_version", "models_loaded", "ops", "uptime_s"}.
     fn health<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let h = py.detach(|| self.inner.health()).map_err(to_py)?;
+        let h = self.wait(py, self.inner.as_async().health())?;
         let d = PyDict::new(py);
         d.set_item("status", h.status)?;
         d.set_item("version", h.version)?;
@@ -230,7 +287,7 @@ impl MympsClient {
     /// "accelerator_memory_free_mb"}; the accelerator fields are None where
     /// the device does not report them (the CPU).
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let s = py.detach(|| self.inner.stats()).map_err(to_py)?;
+        let s = self.wait(py, self.inner.as_async().stats())?;
         let d = PyDict::new(py);
         d.set_item("cpu_percent", s.cpu_percent)?;
         d.set_item("cpu_count", s.cpu_count)?;
@@ -311,11 +368,13 @@ impl MympsClient {
         let state = if self.closed() {
             ", closed".to_owned()
         } else {
-            format!(", device={:?}", self.device())
+            format!(", device={}", py_str(self.device()))
         };
         format!(
-            "MympsClient(host={:?}, port={}, transport={:?}{state})",
-            self.host, self.port, self.transport
+            "MympsClient(host={}, port={}, transport={}{state})",
+            py_str(&self.host),
+            self.port,
+            py_str(&self.transport)
         )
     }
 }

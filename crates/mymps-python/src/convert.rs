@@ -21,11 +21,12 @@
 //!   sliced `a[::3]` would otherwise send three times the bytes).
 //! - **Out**: a received tensor's buffer becomes a [`ResultBuffer`], a small
 //!   object whose `__array_interface__` points at it; `numpy.asarray` makes
-//!   a writable array whose `.base` is that object. Large tensors (over
-//!   16 KiB) are read from the socket into a buffer of their own, which is
-//!   taken over as it is ([`Bytes::try_into_mut`]); small ones share the
-//!   connection's read buffer and are copied once, which costs less than
-//!   the call around them.
+//!   a writable array whose `.base` is that object. Large tensors are read
+//!   from the socket into a buffer of their own, which is taken over as it
+//!   is ([`Bytes::try_into_mut`]); tensors under 64 KiB may be slices of
+//!   the connection's read buffer, which a long-lived array must not pin,
+//!   and are copied once (a few microseconds, less than the call around
+//!   them).
 //!
 //! [`copy_counters`] counts those copies, so that tests can check the
 //! claims above.
@@ -178,8 +179,9 @@ pub fn array_to_tensor(name: &str, obj: &Bound<'_, PyAny>) -> PyResult<Tensor> {
     let dtype = DType::from_name(&dname)
         .filter(|d| d.name() == dname)
         .ok_or_else(|| {
+            let shown = dt.str().map_or_else(|_| dname.clone(), |s| s.to_string());
             invalid_tensor(format!(
-                "input '{name}': dtype {dname} is not supported; supported dtypes: {}",
+                "input '{name}': dtype {shown} is not supported; supported dtypes: {}",
                 DType::ALL.map(DType::name).join(", ")
             ))
         })?;
@@ -223,21 +225,32 @@ pub fn array_to_tensor(name: &str, obj: &Bound<'_, PyAny>) -> PyResult<Tensor> {
     })
 }
 
+/// The converted `inputs` of a call.
+#[derive(Debug, Default)]
+pub struct Inputs {
+    /// Tensors by argument name.
+    pub tensors: Vec<(String, Tensor)>,
+    /// Names given `None` (an optional tensor left out, e.g.
+    /// `{"bias": None}`); they go as `None` keyword arguments.
+    pub none: Vec<String>,
+}
+
 /// The `inputs` argument of `exec`: a mapping of names to arrays (`"0"`,
-/// `"1"`, ... positional; integer keys mean the same), or a list/tuple of
-/// positional arrays, or `None`.
-pub fn inputs(inputs: Option<&Bound<'_, PyAny>>) -> PyResult<Vec<(String, Tensor)>> {
+/// `"1"`, ... positional; integer keys mean the same; `None` values mean
+/// "not given"), or a list/tuple of positional arrays, or `None`.
+pub fn inputs(inputs: Option<&Bound<'_, PyAny>>) -> PyResult<Inputs> {
     let Some(inputs) = inputs.filter(|i| !i.is_none()) else {
-        return Ok(Vec::new());
+        return Ok(Inputs::default());
     };
     let mut out = Vec::new();
+    let mut none = Vec::new();
     if inputs.is_instance_of::<PyList>() || inputs.is_instance_of::<PyTuple>() {
         for (i, item) in inputs.try_iter()?.enumerate() {
             let name = i.to_string();
             let t = array_to_tensor(&name, &item?)?;
             out.push((name, t));
         }
-        return Ok(out);
+        return Ok(Inputs { tensors: out, none });
     }
     let items = if let Ok(d) = inputs.cast::<PyDict>() {
         d.call_method0("items")?
@@ -265,10 +278,14 @@ pub fn inputs(inputs: Option<&Bound<'_, PyAny>>) -> PyResult<Vec<(String, Tensor
                 type_name(&key)
             )));
         };
+        if value.is_none() {
+            none.push(name);
+            continue;
+        }
         let t = array_to_tensor(&name, &value)?;
         out.push((name, t));
     }
-    Ok(out)
+    Ok(Inputs { tensors: out, none })
 }
 
 // ---------------------------------------------------------------- kwargs
@@ -412,6 +429,25 @@ impl ResultBuffer {
     }
 }
 
+/// Results smaller than this are copied: they may be slices of the
+/// connection's read buffer (64 KiB chunks), which an array must not pin.
+const TAKE_OVER_MIN: usize = 64 * 1024;
+
+/// The received bytes as a buffer of our own without copying, when nothing
+/// else refers to them and they fill (nearly) all of their allocation;
+/// otherwise gives them back, to be copied.
+fn take_over(data: Bytes) -> Result<BytesMut, Bytes> {
+    if data.len() < TAKE_OVER_MIN {
+        return Err(data);
+    }
+    let len = data.len();
+    match data.try_into_mut() {
+        Ok(b) if b.capacity() - len <= len / 4 => Ok(b),
+        Ok(b) => Err(b.freeze()),
+        Err(b) => Err(b),
+    }
+}
+
 /// A received tensor as a writable numpy array that owns its memory.
 pub fn tensor_to_array<'py>(py: Python<'py>, t: Tensor) -> PyResult<Bound<'py, PyAny>> {
     let dtype = t.dtype();
@@ -420,13 +456,13 @@ pub fn tensor_to_array<'py>(py: Python<'py>, t: Tensor) -> PyResult<Bound<'py, P
         .strides()
         .map(|s| s.iter().map(|&x| x * dtype.itemsize()).collect());
     let data = t.into_data();
-    let mut buf = match data.try_into_mut() {
+    let mut buf = match take_over(data) {
         Ok(b) => b,
-        Err(shared) => {
-            if !shared.is_empty() {
+        Err(small_or_shared) => {
+            if !small_or_shared.is_empty() {
                 RESULT_COPIES.fetch_add(1, Ordering::Relaxed);
             }
-            BytesMut::from(&shared[..])
+            BytesMut::from(&small_or_shared[..])
         }
     };
     let ptr = buf.as_mut_ptr() as usize;

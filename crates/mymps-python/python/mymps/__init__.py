@@ -17,6 +17,7 @@ A client may be shared between threads; calls release the GIL.
 
 from . import errors
 from ._native import DEFAULT_HOST, DEFAULT_PORT, MympsClient, __version__, transports
+from ._types import HealthInfo, OpInfo, ParamInfo, StatsInfo
 from .errors import (
     AuthenticationError,
     BackendError,
@@ -45,6 +46,10 @@ __all__ = [
     "__version__",
     "transports",
     "errors",
+    "HealthInfo",
+    "StatsInfo",
+    "OpInfo",
+    "ParamInfo",
     "MympsError",
     "UnknownOpError",
     "BadArgumentError",
