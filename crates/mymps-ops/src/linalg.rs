@@ -227,14 +227,31 @@ op!("matrix_norm", "linalg", "matrix norm over dim; ord \"fro\", \"nuc\", or a n
     }
 });
 
-op!("cond", "linalg", "condition number in the 2-norm, σ_max / σ_min (torch.linalg.cond)",
-[A] -> One,
+op!("cond", "linalg", "condition number; p None or \"2\": σ_max / σ_min, \"-2\": σ_min / σ_max, else ‖A‖_p ‖A⁻¹‖_p with p \"fro\", \"nuc\", \"inf\", \"-inf\", \"1\", \"-1\" (torch.linalg.cond)",
+[A, Param::str("p").optional()] -> One,
 |a| {
-    let (_, s, _) = a.tensor("A")?.f_svd(true, false)?;
-    let hi = s.f_narrow(-1, 0, 1)?.f_squeeze_dim(-1)?;
-    let n = *s.size().last().unwrap_or(&1);
-    let lo = s.f_narrow(-1, n - 1, 1)?.f_squeeze_dim(-1)?;
-    one(hi.f_div(&lo)?)
+    let x = a.tensor("A")?;
+    let p = a.opt_str("p")?;
+    if matches!(p, None | Some("2") | Some("-2")) {
+        let (_, s, _) = x.f_svd(true, false)?;
+        let n = *s.size().last().unwrap_or(&1);
+        let hi = s.f_narrow(-1, 0, 1)?.f_squeeze_dim(-1)?;
+        let lo = s.f_narrow(-1, n - 1, 1)?.f_squeeze_dim(-1)?;
+        return one(if p == Some("-2") { lo.f_div(&hi)? } else { hi.f_div(&lo)? });
+    }
+    let norm = |m: &Tensor, p: &str| -> crate::KernelResult<Tensor> {
+        let dims = [-2i64, -1];
+        Ok(match p {
+            "fro" | "nuc" => m.f_linalg_norm_ord_str(p, Some(&dims[..]), false, None::<tch::Kind>)?,
+            "inf" => m.f_linalg_norm(f64::INFINITY, Some(&dims[..]), false, None::<tch::Kind>)?,
+            "-inf" => m.f_linalg_norm(f64::NEG_INFINITY, Some(&dims[..]), false, None::<tch::Kind>)?,
+            "1" => m.f_linalg_norm(1.0, Some(&dims[..]), false, None::<tch::Kind>)?,
+            "-1" => m.f_linalg_norm(-1.0, Some(&dims[..]), false, None::<tch::Kind>)?,
+            other => return Err(bad(a, format!("unknown p {other:?}"))),
+        })
+    };
+    let p = p.unwrap_or("2");
+    one(norm(x, p)?.f_mul(&norm(&Tensor::f_linalg_inv(x)?, p)?)?)
 });
 
 op!("cdist", "linalg", "p-norm distance between each pair of rows of x1 and x2 (torch.cdist)",

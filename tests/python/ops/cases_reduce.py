@@ -271,6 +271,15 @@ add(Case("matrix_norm", pos(N(3, 4, 2)), {"ord": "2", "dim": [0, 1]}, ref=_matri
 add(Case("matrix_norm", pos(N(3, 3)), {"ord": "-1", "dtype": "float64"}, ref=_matrix_norm))
 add(Case("cond", pos(WELL(4))))
 add(Case("cond", pos(N(2, 3, 3, dt="float64")), label="batched"))
+
+
+def _cond(A, p=None):
+    o = {"inf": float("inf"), "-inf": float("-inf"), "1": 1.0, "-1": -1.0, "2": 2.0, "-2": -2.0}.get(p, p)
+    return torch.linalg.cond(A, o)
+
+
+for p in ["2", "-2", "fro", "nuc", "inf", "-inf", "1", "-1"]:
+    add(Case("cond", pos(WELL(4, dt="float64")), {"p": p}, ref=_cond))
 add(Case("cdist", pos(N(4, 3), N(5, 3))))
 add(Case("cdist", pos(N(2, 4, 3), N(2, 5, 3)), {"p": 1.0}))
 add(Case("cdist", pos(N(4, 3, dt="float64"), N(5, 3, dt="float64")), {"p": float("inf")}))

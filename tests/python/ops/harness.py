@@ -13,6 +13,7 @@ values (tolerance by dtype).
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Optional
 
@@ -208,7 +209,10 @@ def call_reference(case: Case, inputs: Inputs) -> Dict[str, np.ndarray]:
     if isinstance(kwargs.get("dtype"), str) and case.ref is None:
         # mymps takes a dtype name, torch a torch.dtype.
         kwargs["dtype"] = getattr(torch, kwargs["dtype"])
-    out = fn(*positional, **named, **kwargs)
+    with warnings.catch_warnings():
+        # torch's deprecation notes (scatter's reduce, kl_div's "mean", ...)
+        warnings.simplefilter("ignore", UserWarning)
+        out = fn(*positional, **named, **kwargs)
     return by_wire_name(out)
 
 
