@@ -82,8 +82,14 @@ def test_op(client, index):
     if case.error:
         check_error(client, case, inputs, ctx)
         return
-    want = call_reference(case, inputs)
-    got = client.exec(case.op, inputs, **case.kwargs)
+    try:
+        want = call_reference(case, inputs)
+    except Exception as e:
+        raise AssertionError(f"{ctx}: the torch reference failed: {e!r}") from e
+    try:
+        got = client.exec(case.op, inputs, **case.kwargs)
+    except Exception as e:
+        raise AssertionError(f"{ctx}: mymps failed where torch succeeded: {e!r}") from e
     for k, v in kept.items():
         np.testing.assert_array_equal(inputs[k], v, err_msg=f"{ctx}: input {k} was modified")
     if case.label.startswith("random"):
