@@ -150,10 +150,10 @@ op!("histogram", "indexing", "histogram of bins equal bins over range (default t
 });
 
 /// torch.histogram's default range: the data's minimum and maximum, widened
-/// by 0.5 on both sides when they are equal (and [−0.5, 0.5] when empty).
+/// by 0.5 on both sides when they are equal; [0, 1] when empty.
 fn data_range(x: &Tensor) -> crate::KernelResult<Vec<f64>> {
     let (lo, hi) = if x.numel() == 0 {
-        (0.0, 0.0)
+        (0.0, 1.0)
     } else {
         let (lo, hi) = x.f_aminmax(None::<i64>, false)?;
         (lo.f_double_value(&[])?, hi.f_double_value(&[])?)

@@ -22,12 +22,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import cases_math  # noqa: E402
 import cases_nn  # noqa: E402
 import cases_reduce  # noqa: E402
+import cases_dtypes  # noqa: E402
 import cases_errors  # noqa: E402
 import cases_shape  # noqa: E402
 from harness import Case, assert_array, assert_same, call_reference  # noqa: E402
 
 ALL_CASES = (
-    cases_math.CASES + cases_reduce.CASES + cases_nn.CASES + cases_shape.CASES + cases_errors.CASES
+    cases_math.CASES
+    + cases_reduce.CASES
+    + cases_nn.CASES
+    + cases_shape.CASES
+    + cases_dtypes.CASES
+    + cases_errors.CASES
 )
 SEED = int(os.environ.get("MYMPS_OPS_SEED", secrets.randbits(32)))
 
