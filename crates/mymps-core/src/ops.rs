@@ -59,6 +59,8 @@ pub enum ParamKind {
     /// meanings (`split(split_size_or_sections=2)` is a chunk size,
     /// `=[2]` a list of sizes).
     IntOrIntList,
+    /// A number or a string (`torch.norm(p=2)`, `p="fro"`).
+    ScalarOrStr,
 }
 
 impl ParamKind {
@@ -78,6 +80,7 @@ impl ParamKind {
             ParamKind::DType => "dtype",
             ParamKind::IntListOrStr => "int[] | str",
             ParamKind::IntOrIntList => "int | int[]",
+            ParamKind::ScalarOrStr => "Scalar | str",
         }
     }
 
@@ -306,6 +309,7 @@ impl OpSpec {
                         | ParamKind::TensorOrScalar
                         | ParamKind::IntList
                         | ParamKind::IntOrIntList
+                        | ParamKind::ScalarOrStr
                 ),
                 ParamDefault::Float(_) => matches!(
                     p.kind,
@@ -313,11 +317,15 @@ impl OpSpec {
                         | ParamKind::Scalar
                         | ParamKind::TensorOrScalar
                         | ParamKind::FloatList
+                        | ParamKind::ScalarOrStr
                 ),
                 ParamDefault::Bool(_) => matches!(p.kind, ParamKind::Bool | ParamKind::Scalar),
                 ParamDefault::Str(_) => matches!(
                     p.kind,
-                    ParamKind::Str | ParamKind::DType | ParamKind::IntListOrStr
+                    ParamKind::Str
+                        | ParamKind::DType
+                        | ParamKind::IntListOrStr
+                        | ParamKind::ScalarOrStr
                 ),
                 ParamDefault::IntList(_) => matches!(
                     p.kind,
@@ -739,9 +747,15 @@ fn convert<T>(p: &Param, v: Value) -> std::result::Result<Arg<T>, String> {
         (ParamKind::Float, _) if float_of(&v).is_some() => {
             Arg::Float(float_of(&v).expect("checked"))
         }
-        (ParamKind::Scalar | ParamKind::TensorOrScalar, Value::Int(i)) => Arg::Int(*i),
-        (ParamKind::Scalar | ParamKind::TensorOrScalar, Value::Float(x)) => Arg::Float(*x),
+        (ParamKind::Scalar | ParamKind::TensorOrScalar | ParamKind::ScalarOrStr, Value::Int(i)) => {
+            Arg::Int(*i)
+        }
+        (
+            ParamKind::Scalar | ParamKind::TensorOrScalar | ParamKind::ScalarOrStr,
+            Value::Float(x),
+        ) => Arg::Float(*x),
         (ParamKind::Scalar | ParamKind::TensorOrScalar, Value::Bool(b)) => Arg::Bool(*b),
+        (ParamKind::ScalarOrStr, Value::Str(s)) => Arg::Str(s.clone()),
         (ParamKind::Bool, Value::Bool(b)) => Arg::Bool(*b),
         (ParamKind::Str, Value::Str(s)) => Arg::Str(s.clone()),
         (ParamKind::DType, Value::Str(s)) => Arg::DType(s.parse().map_err(|e: Error| e.message)?),
@@ -954,6 +968,21 @@ impl<T> Args<T> {
             Arg::Int(i) => Ok(Ok(*i)),
             Arg::IntList(l) => Ok(Err(l)),
             _ => Err(self.mismatch(name, "an int or an int list")),
+        }
+    }
+
+    /// An optional number or string ([`ParamKind::ScalarOrStr`]):
+    /// `Some(Ok(number))` or `Some(Err(string))`.
+    pub fn opt_scalar_or_str(
+        &self,
+        name: &str,
+    ) -> Result<Option<std::result::Result<Scalar, &str>>> {
+        match self.get(name)? {
+            Arg::None => Ok(None),
+            Arg::Int(i) => Ok(Some(Ok(Scalar::Int(*i)))),
+            Arg::Float(x) => Ok(Some(Ok(Scalar::Float(*x)))),
+            Arg::Str(s) => Ok(Some(Err(s))),
+            _ => Err(self.mismatch(name, "a number or a string")),
         }
     }
 
@@ -1174,6 +1203,51 @@ mod tests {
             Err(&[2][..])
         );
         assert!(one(Value::Str("x".into())).is_err());
+    }
+
+    #[test]
+    fn scalar_or_str_binds_both() {
+        static NORM: OpSpec = OpSpec {
+            name: "norm",
+            category: "reduction",
+            doc: "norm",
+            params: &[
+                Param::tensor("input"),
+                Param::new("p", ParamKind::ScalarOrStr).or_str("fro"),
+            ],
+            outputs: Outputs::One,
+        };
+        NORM.validate().unwrap();
+        assert!(
+            NORM.signature().contains("p: Scalar | str = \"fro\""),
+            "{}",
+            NORM.signature()
+        );
+        let with = |kwargs| bind(&NORM, vec![("0".into(), 't')], kwargs).unwrap();
+        assert_eq!(
+            with(kw(&[])).opt_scalar_or_str("p").unwrap(),
+            Some(Err("fro"))
+        );
+        assert_eq!(
+            with(kw(&[("p", Value::Float(1.5))]))
+                .opt_scalar_or_str("p")
+                .unwrap(),
+            Some(Ok(Scalar::Float(1.5)))
+        );
+        assert_eq!(
+            with(kw(&[("p", Value::Int(1))]))
+                .opt_scalar_or_str("p")
+                .unwrap(),
+            Some(Ok(Scalar::Int(1)))
+        );
+        assert!(
+            bind(
+                &NORM,
+                vec![("0".into(), 't')],
+                kw(&[("p", Value::Bool(true))])
+            )
+            .is_err()
+        );
     }
 
     #[test]

@@ -1,11 +1,12 @@
 //! Products and `torch.linalg`: decompositions, solvers, inverses,
 //! determinants, norms.
 
+use mymps_core::ParamKind;
 use tch::{Device, Tensor};
 
 use crate::Outputs::{One, Tuple};
 use crate::util::{bad, one, tuple};
-use crate::{Param, op, torch_scalar};
+use crate::{Args, KernelResult, Param, Scalar, op, torch_scalar};
 
 const A: Param = Param::tensor("A");
 const INPUT: Param = Param::tensor("input");
@@ -204,54 +205,70 @@ op!("matrix_rank", "linalg", "numerical rank from the singular values (torch.lin
     [A, Param::float("atol").optional(), Param::float("rtol").optional(), Param::bool("hermitian").or_bool(false)] -> One,
     |a| one(a.tensor("A")?.f_linalg_matrix_rank_atol_rtol_float(a.opt_float("atol")?, a.opt_float("rtol")?, a.bool("hermitian")?)?));
 
-op!("matrix_norm", "linalg", "matrix norm over dim; ord \"fro\", \"nuc\", or a number given as a string (\"inf\", \"-inf\", \"1\", \"-1\", \"2\", \"-2\") (torch.linalg.matrix_norm)",
-[A, Param::str("ord").or_str("fro"), Param::ints("dim").or_ints(&[-2, -1]), Param::bool("keepdim").or_bool(false), Param::dtype("dtype").optional()] -> One,
+/// A matrix norm over `dims` with torch's `ord`: "fro", "nuc", or a
+/// number (±inf, ±1, ±2); "inf" and "-inf" are also accepted as strings
+/// (JSON has no infinity).
+fn matrix_norm_of(
+    a: &Args<Tensor>,
+    x: &Tensor,
+    ord: Result<Scalar, &str>,
+    dims: &[i64],
+    keepdim: bool,
+    kind: Option<tch::Kind>,
+) -> KernelResult<Tensor> {
+    let ord = match ord {
+        Err(s @ ("fro" | "nuc")) => {
+            return Ok(x.f_linalg_norm_ord_str(s, Some(dims), keepdim, kind)?);
+        }
+        Err("inf") => f64::INFINITY,
+        Err("-inf") => f64::NEG_INFINITY,
+        Err(s) => {
+            return Err(bad(
+                a,
+                format!("ord must be \"fro\", \"nuc\" or a number, not {s:?}"),
+            ));
+        }
+        Ok(n) => n.as_f64(),
+    };
+    Ok(x.f_linalg_norm(ord, Some(dims), keepdim, kind)?)
+}
+
+op!("matrix_norm", "linalg", "matrix norm over dim; ord \"fro\", \"nuc\", inf, -inf, 1, -1, 2 or -2 (torch.linalg.matrix_norm)",
+[A, Param::new("ord", ParamKind::ScalarOrStr).or_str("fro"), Param::ints("dim").or_ints(&[-2, -1]), Param::bool("keepdim").or_bool(false), Param::dtype("dtype").optional()] -> One,
 |a| {
-    let x = a.tensor("A")?;
     let dim = a.int_list("dim")?;
-    let keepdim = a.bool("keepdim")?;
-    let kind = crate::util::dtype_arg(a)?;
     if dim.len() != 2 {
         return Err(bad(a, "dim must be a 2-tuple"));
     }
-    match a.str("ord")? {
-        s @ ("fro" | "nuc") => one(x.f_linalg_norm_ord_str(s, Some(dim), keepdim, kind)?),
-        s => {
-            let ord: f64 = match s {
-                "inf" => f64::INFINITY,
-                "-inf" => f64::NEG_INFINITY,
-                s => s.parse().map_err(|_| bad(a, format!("unknown ord {s:?}")))?,
-            };
-            one(x.f_linalg_norm(ord, Some(dim), keepdim, kind)?)
-        }
-    }
+    let ord = a.opt_scalar_or_str("ord")?.unwrap_or(Err("fro"));
+    let kind = crate::util::dtype_arg(a)?;
+    one(matrix_norm_of(a, a.tensor("A")?, ord, dim, a.bool("keepdim")?, kind)?)
 });
 
-op!("cond", "linalg", "condition number; p None or \"2\": σ_max / σ_min, \"-2\": σ_min / σ_max, else ‖A‖_p ‖A⁻¹‖_p with p \"fro\", \"nuc\", \"inf\", \"-inf\", \"1\", \"-1\" (torch.linalg.cond)",
-[A, Param::str("p").optional()] -> One,
+op!("cond", "linalg", "condition number; p None or 2: σ_max / σ_min, -2: σ_min / σ_max, else ‖A‖_p ‖A⁻¹‖_p for p \"fro\", \"nuc\", inf, -inf, 1, -1 (torch.linalg.cond)",
+[A, Param::new("p", ParamKind::ScalarOrStr).optional()] -> One,
 |a| {
     let x = a.tensor("A")?;
-    let p = a.opt_str("p")?;
-    if matches!(p, None | Some("2") | Some("-2")) {
+    let p = a.opt_scalar_or_str("p")?;
+    // Some(inverse) for the 2-norm ratios of singular values.
+    let svd_ratio = match p {
+        None => Some(false),
+        Some(Ok(n)) if n.as_f64() == 2.0 => Some(false),
+        Some(Ok(n)) if n.as_f64() == -2.0 => Some(true),
+        _ => None,
+    };
+    if let Some(inverse) = svd_ratio {
         let (_, s, _) = x.f_svd(true, false)?;
         let n = *s.size().last().unwrap_or(&1);
         let hi = s.f_narrow(-1, 0, 1)?.f_squeeze_dim(-1)?;
         let lo = s.f_narrow(-1, n - 1, 1)?.f_squeeze_dim(-1)?;
-        return one(if p == Some("-2") { lo.f_div(&hi)? } else { hi.f_div(&lo)? });
+        return one(if inverse { lo.f_div(&hi)? } else { hi.f_div(&lo)? });
     }
-    let norm = |m: &Tensor, p: &str| -> crate::KernelResult<Tensor> {
-        let dims = [-2i64, -1];
-        Ok(match p {
-            "fro" | "nuc" => m.f_linalg_norm_ord_str(p, Some(&dims[..]), false, None::<tch::Kind>)?,
-            "inf" => m.f_linalg_norm(f64::INFINITY, Some(&dims[..]), false, None::<tch::Kind>)?,
-            "-inf" => m.f_linalg_norm(f64::NEG_INFINITY, Some(&dims[..]), false, None::<tch::Kind>)?,
-            "1" => m.f_linalg_norm(1.0, Some(&dims[..]), false, None::<tch::Kind>)?,
-            "-1" => m.f_linalg_norm(-1.0, Some(&dims[..]), false, None::<tch::Kind>)?,
-            other => return Err(bad(a, format!("unknown p {other:?}"))),
-        })
-    };
-    let p = p.unwrap_or("2");
-    one(norm(x, p)?.f_mul(&norm(&Tensor::f_linalg_inv(x)?, p)?)?)
+    let p = p.expect("None handled above");
+    let dims = [-2i64, -1];
+    let n = matrix_norm_of(a, x, p, &dims, false, None)?;
+    let n_inv = matrix_norm_of(a, &Tensor::f_linalg_inv(x)?, p, &dims, false, None)?;
+    one(n.f_mul(&n_inv)?)
 });
 
 op!("cdist", "linalg", "p-norm distance between each pair of rows of x1 and x2 (torch.cdist)",

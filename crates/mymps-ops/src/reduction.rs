@@ -1,6 +1,7 @@
 //! Reductions and scans: `sum`, `mean`, `prod`, `amax`, `norm`, `var`,
 //! `median`, `cumsum`, `logsumexp`, ... .
 
+use mymps_core::ParamKind;
 use tch::{Kind, TchError, Tensor};
 
 use crate::Outputs::{One, Tuple};
@@ -108,23 +109,35 @@ op!("count_nonzero", "reduction", "number of nonzero elements, overall or over d
     }
 });
 
-/// `norm` and `vector_norm`: the `p`-norm of the flattened input or over dim.
-fn vector_norm(a: &Args<Tensor>, p: &str) -> Out {
+/// `torch.norm`: "fro" (the default) and numbers are vector norms of the
+/// flattened input or over dim; "nuc" (and "fro" over more than two
+/// dimensions) a matrix norm over dim (default all, so 2-D input).
+fn norm(a: &Args<Tensor>) -> Out {
     let x = a.tensor("input")?;
-    let ord = a.float(p)?;
     let keepdim = a.bool("keepdim")?;
-    let dims = a
-        .opt_int_list("dim")?
-        .map_or_else(|| all_dims(x), <[i64]>::to_vec);
-    match dtype_arg(a)? {
-        None => one(x.f_norm_scalaropt_dim(ord, dims, keepdim)?),
-        Some(k) => one(x.f_norm_scalaropt_dim_dtype(ord, dims, keepdim, k)?),
+    let kind = dtype_arg(a)?;
+    let dim = a.opt_int_list("dim")?;
+    let vector = |p: f64| -> Out {
+        let dims = dim.map_or_else(|| all_dims(x), <[i64]>::to_vec);
+        match kind {
+            None => one(x.f_norm_scalaropt_dim(p, dims, keepdim)?),
+            Some(k) => one(x.f_norm_scalaropt_dim_dtype(p, dims, keepdim, k)?),
+        }
+    };
+    match a.opt_scalar_or_str("p")? {
+        None => vector(2.0),
+        Some(Ok(p)) => vector(p.as_f64()),
+        Some(Err("fro")) if dim.is_none_or(|d| d.len() <= 2) => vector(2.0),
+        Some(Err(p)) => {
+            let dims = dim.map_or_else(|| all_dims(x), <[i64]>::to_vec);
+            one(x.f_linalg_norm_ord_str(p, Some(dims), keepdim, kind)?)
+        }
     }
 }
 
-op!("norm", "reduction", "p-norm of the flattened input or over dim; p a number (inf allowed), 2 is torch's \"fro\" (torch.norm)",
-    [INPUT, Param::float("p").or_float(2.0), DIMS, KEEPDIM, DTYPE] -> One,
-    |a| vector_norm(a, "p"));
+op!("norm", "reduction", "p-norm: \"fro\" or a number (inf allowed) over the flattened input or dim, \"nuc\" over a matrix (torch.norm)",
+    [INPUT, Param::new("p", ParamKind::ScalarOrStr).or_str("fro"), DIMS, KEEPDIM, DTYPE] -> One,
+    norm);
 
 op!("vector_norm", "reduction", "ord-norm of the flattened input or over dim (torch.linalg.vector_norm)",
 [Param::tensor("x"), Param::float("ord").or_float(2.0), DIMS, KEEPDIM, DTYPE] -> One,
