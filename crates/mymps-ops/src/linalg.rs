@@ -272,8 +272,16 @@ op!("cond", "linalg", "condition number; p None or 2: σ_max / σ_min, -2: σ_mi
 });
 
 op!("cdist", "linalg", "p-norm distance between each pair of rows of x1 and x2 (torch.cdist)",
-    [Param::tensor("x1"), Param::tensor("x2"), Param::float("p").or_float(2.0)] -> One,
-    |a| one(Tensor::f_cdist(a.tensor("x1")?, a.tensor("x2")?, a.float("p")?, None::<i64>)?));
+[Param::tensor("x1"), Param::tensor("x2"), Param::float("p").or_float(2.0), Param::str("compute_mode").or_str("use_mm_for_euclid_dist_if_necessary")] -> One,
+|a| {
+    let mode = match a.str("compute_mode")? {
+        "use_mm_for_euclid_dist_if_necessary" => 0,
+        "use_mm_for_euclid_dist" => 1,
+        "donot_use_mm_for_euclid_dist" => 2,
+        other => return Err(bad(a, format!("{other} is not a valid value for compute_mode"))),
+    };
+    one(Tensor::f_cdist(a.tensor("x1")?, a.tensor("x2")?, a.float("p")?, mode)?)
+});
 
 op!("diag", "linalg", "a vector's diagonal matrix, or a matrix's diagonal; offset `diagonal` (torch.diag)",
     [INPUT, Param::int("diagonal").or_int(0)] -> One,

@@ -4,8 +4,8 @@
 use mymps_core::ParamKind;
 use tch::Tensor;
 
-use crate::Outputs::One;
-use crate::util::{Out, bad, one};
+use crate::Outputs::{One, Tuple};
+use crate::util::{Out, bad, one, tuple};
 use crate::{Args, Param, op};
 
 const INPUT: Param = Param::tensor("input");
@@ -97,6 +97,14 @@ fn max_pool(a: &Args<Tensor>, n: usize) -> Out {
     let p = a.int_list_n("padding", n)?;
     let d = a.int_list_n("dilation", n)?;
     let c = a.bool("ceil_mode")?;
+    if a.bool("return_indices")? {
+        let (out, idx) = match n {
+            1 => x.f_max_pool1d_with_indices(k, s, p, d, c)?,
+            2 => x.f_max_pool2d_with_indices(k, s, p, d, c)?,
+            _ => x.f_max_pool3d_with_indices(k, s, p, d, c)?,
+        };
+        return tuple(vec![out, idx]);
+    }
     one(match n {
         1 => x.f_max_pool1d(k, s, p, d, c)?,
         2 => x.f_max_pool2d(k, s, p, d, c)?,
@@ -104,12 +112,14 @@ fn max_pool(a: &Args<Tensor>, n: usize) -> Out {
     })
 }
 
-op!("max_pool1d", "nn", "1-D max pooling; stride None: kernel_size (torch.nn.functional.max_pool1d)",
-    [INPUT, KERNEL, POOL_STRIDE, PADDING, DILATION, CEIL] -> One, |a| max_pool(a, 1));
-op!("max_pool2d", "nn", "2-D max pooling; stride None: kernel_size (torch.nn.functional.max_pool2d)",
-    [INPUT, KERNEL, POOL_STRIDE, PADDING, DILATION, CEIL] -> One, |a| max_pool(a, 2));
-op!("max_pool3d", "nn", "3-D max pooling; stride None: kernel_size (torch.nn.functional.max_pool3d)",
-    [INPUT, KERNEL, POOL_STRIDE, PADDING, DILATION, CEIL] -> One, |a| max_pool(a, 3));
+const RETURN_INDICES: Param = Param::bool("return_indices").or_bool(false);
+
+op!("max_pool1d", "nn", "1-D max pooling; stride None: kernel_size; with return_indices (output, indices) (torch.nn.functional.max_pool1d)",
+    [INPUT, KERNEL, POOL_STRIDE, PADDING, DILATION, CEIL, RETURN_INDICES] -> Tuple(&["output", "indices"]), |a| max_pool(a, 1));
+op!("max_pool2d", "nn", "2-D max pooling; stride None: kernel_size; with return_indices (output, indices) (torch.nn.functional.max_pool2d)",
+    [INPUT, KERNEL, POOL_STRIDE, PADDING, DILATION, CEIL, RETURN_INDICES] -> Tuple(&["output", "indices"]), |a| max_pool(a, 2));
+op!("max_pool3d", "nn", "3-D max pooling; stride None: kernel_size; with return_indices (output, indices) (torch.nn.functional.max_pool3d)",
+    [INPUT, KERNEL, POOL_STRIDE, PADDING, DILATION, CEIL, RETURN_INDICES] -> Tuple(&["output", "indices"]), |a| max_pool(a, 3));
 
 fn avg_pool(a: &Args<Tensor>, n: usize) -> Out {
     let x = a.tensor("input")?;
@@ -142,9 +152,17 @@ fn adaptive(a: &Args<Tensor>, n: usize, max: bool) -> Out {
         (1, false) => x.f_adaptive_avg_pool1d(size)?,
         (2, false) => x.f_adaptive_avg_pool2d(size)?,
         (_, false) => x.f_adaptive_avg_pool3d(size)?,
-        (1, true) => x.f_adaptive_max_pool1d(size)?.0,
-        (2, true) => x.f_adaptive_max_pool2d(size)?.0,
-        (_, true) => x.f_adaptive_max_pool3d(size)?.0,
+        (_, true) => {
+            let (out, idx) = match n {
+                1 => x.f_adaptive_max_pool1d(size)?,
+                2 => x.f_adaptive_max_pool2d(size)?,
+                _ => x.f_adaptive_max_pool3d(size)?,
+            };
+            if a.bool("return_indices")? {
+                return tuple(vec![out, idx]);
+            }
+            out
+        }
     })
 }
 
@@ -156,12 +174,12 @@ op!("adaptive_avg_pool2d", "nn", "2-D average pooling to output_size (torch.nn.f
     [INPUT, OUTPUT_SIZE] -> One, |a| adaptive(a, 2, false));
 op!("adaptive_avg_pool3d", "nn", "3-D average pooling to output_size (torch.nn.functional.adaptive_avg_pool3d)",
     [INPUT, OUTPUT_SIZE] -> One, |a| adaptive(a, 3, false));
-op!("adaptive_max_pool1d", "nn", "1-D max pooling to output_size (torch.nn.functional.adaptive_max_pool1d)",
-    [INPUT, OUTPUT_SIZE] -> One, |a| adaptive(a, 1, true));
-op!("adaptive_max_pool2d", "nn", "2-D max pooling to output_size (torch.nn.functional.adaptive_max_pool2d)",
-    [INPUT, OUTPUT_SIZE] -> One, |a| adaptive(a, 2, true));
-op!("adaptive_max_pool3d", "nn", "3-D max pooling to output_size (torch.nn.functional.adaptive_max_pool3d)",
-    [INPUT, OUTPUT_SIZE] -> One, |a| adaptive(a, 3, true));
+op!("adaptive_max_pool1d", "nn", "1-D max pooling to output_size; with return_indices (output, indices) (torch.nn.functional.adaptive_max_pool1d)",
+    [INPUT, OUTPUT_SIZE, RETURN_INDICES] -> Tuple(&["output", "indices"]), |a| adaptive(a, 1, true));
+op!("adaptive_max_pool2d", "nn", "2-D max pooling to output_size; with return_indices (output, indices) (torch.nn.functional.adaptive_max_pool2d)",
+    [INPUT, OUTPUT_SIZE, RETURN_INDICES] -> Tuple(&["output", "indices"]), |a| adaptive(a, 2, true));
+op!("adaptive_max_pool3d", "nn", "3-D max pooling to output_size; with return_indices (output, indices) (torch.nn.functional.adaptive_max_pool3d)",
+    [INPUT, OUTPUT_SIZE, RETURN_INDICES] -> Tuple(&["output", "indices"]), |a| adaptive(a, 3, true));
 
 const EPS: Param = Param::float("eps").or_float(1e-5);
 
@@ -236,18 +254,36 @@ op!("bilinear", "nn", "x1ᵀ A x2 + b for each output feature (torch.nn.function
     [Param::tensor("input1"), Param::tensor("input2"), WEIGHT, BIAS] -> One,
     |a| one(Tensor::f_bilinear(a.tensor("input1")?, a.tensor("input2")?, a.tensor("weight")?, a.opt_tensor("bias")?)?));
 
-op!("embedding", "nn", "rows of weight at the int indices input (torch.nn.functional.embedding)",
-[INPUT, WEIGHT, Param::int("padding_idx").optional()] -> One,
+op!("embedding", "nn", "rows of weight at the int indices input; max_norm renormalizes the rows used, on a copy (torch.nn.functional.embedding)",
+[
+    INPUT,
+    WEIGHT,
+    Param::int("padding_idx").optional(),
+    Param::float("max_norm").optional(),
+    Param::float("norm_type").or_float(2.0),
+    Param::bool("scale_grad_by_freq").or_bool(false),
+    Param::bool("sparse").or_bool(false),
+] -> One,
 |a| {
-    // padding_idx only changes gradients; it is checked like torch does.
+    // padding_idx, scale_grad_by_freq and sparse only change gradients;
+    // padding_idx is checked like torch does.
     let w = a.tensor("weight")?;
+    let idx = a.tensor("input")?;
     if let Some(p) = a.opt_int("padding_idx")? {
         let n = w.size().first().copied().unwrap_or(0);
         if p >= n || p < -n {
             return Err(bad(a, "padding_idx must be within num_embeddings"));
         }
     }
-    one(Tensor::f_embedding(w, a.tensor("input")?, -1, false, false)?)
+    match a.opt_float("max_norm")? {
+        // torch renormalizes weight in place; mymps inputs are
+        // read-only, so a renormalized copy is used.
+        Some(m) => {
+            let w = w.f_embedding_renorm(idx, m, a.float("norm_type")?)?;
+            one(Tensor::f_embedding(&w, idx, -1, false, false)?)
+        }
+        None => one(Tensor::f_embedding(w, idx, -1, false, false)?),
+    }
 });
 
 op!("one_hot", "nn", "one-hot encoding of int64 class indices; num_classes −1: max + 1 (torch.nn.functional.one_hot)",
@@ -302,6 +338,8 @@ op!("interpolate", "nn", "resizes to size or by scale_factor; mode nearest, near
         Param::floats("scale_factor").optional(),
         Param::str("mode").or_str("nearest"),
         Param::bool("align_corners").optional(),
+        Param::bool("recompute_scale_factor").optional(),
+        Param::bool("antialias").or_bool(false),
     ] -> One,
     interpolate);
 
@@ -317,6 +355,12 @@ fn interpolate(a: &Args<Tensor>) -> Out {
     let sizes = x.size();
     let (size, scales): (Vec<i64>, Vec<Option<f64>>) =
         match (a.opt_int_list("size")?, a.opt_float_list("scale_factor")?) {
+            (Some(_), None) if a.opt_bool("recompute_scale_factor")? == Some(true) => {
+                return Err(bad(
+                    a,
+                    "recompute_scale_factor is not meaningful with an explicit size",
+                ));
+            }
             (Some(_), None) => (a.int_list_n("size", n)?, vec![None; n]),
             (None, Some(f)) => {
                 let f: Vec<f64> = match f.len() {
@@ -334,7 +378,12 @@ fn interpolate(a: &Args<Tensor>) -> Out {
                     .zip(&sizes[2..])
                     .map(|(s, &d)| (d as f64 * s).floor() as i64)
                     .collect();
-                (size, f.into_iter().map(Some).collect())
+                if a.opt_bool("recompute_scale_factor")? == Some(true) {
+                    // The kernel gets the size alone and works out the scales.
+                    (size, vec![None; n])
+                } else {
+                    (size, f.into_iter().map(Some).collect())
+                }
             }
             _ => return Err(bad(a, "exactly one of size and scale_factor must be given")),
         };
@@ -351,6 +400,18 @@ fn interpolate(a: &Args<Tensor>) -> Out {
     }
     let ac = align.unwrap_or(false);
     let s = |i: usize| scales[i];
+    if a.bool("antialias")? {
+        return one(match (mode, n) {
+            ("bilinear", 2) => x.f_internal_upsample_bilinear2d_aa(&size, ac, s(0), s(1))?,
+            ("bicubic", 2) => x.f_internal_upsample_bicubic2d_aa(&size, ac, s(0), s(1))?,
+            _ => {
+                return Err(bad(
+                    a,
+                    "anti-alias option is restricted to bilinear and bicubic modes and requires a 4-D tensor as input",
+                ));
+            }
+        });
+    }
     one(match (mode, n) {
         ("nearest", 1) => x.f_upsample_nearest1d(&size, s(0))?,
         ("nearest", 2) => x.f_upsample_nearest2d(&size, s(0), s(1))?,

@@ -159,3 +159,12 @@ add(Case("fold", pos(N(2, 12, 9)), {"output_size": [4, 4], "kernel_size": 2, "st
 add(Case("fold", pos(N(1, 8, 16)), {"output_size": 6, "kernel_size": 2, "stride": 2, "padding": 1, "dilation": 1}))
 add(Case("channel_shuffle", pos(N(1, 6, 2, 2)), {"groups": 2}))
 add(Case("channel_shuffle", pos(N(2, 6, 3)), {"groups": 3}))
+
+for n in (1, 2, 3):
+    add(Case(f"max_pool{n}d", pos(N(1, 2, *(6,) * n)), {"kernel_size": 2, "return_indices": True}))
+    add(Case(f"adaptive_max_pool{n}d", pos(N(1, 2, *(7,) * n)), {"output_size": 3, "return_indices": True}))
+add(Case("embedding", pos(I(0, 10, 6), N(10, 4, scale=3)), {"max_norm": 1.0}))
+add(Case("embedding", pos(I(0, 10, 6), N(10, 4, scale=3)), {"max_norm": 2.0, "norm_type": 1.0, "scale_grad_by_freq": True, "sparse": False}))
+add(Case("interpolate", pos(N(1, 2, 5, 5)), {"scale_factor": 1.7, "mode": "bilinear", "recompute_scale_factor": True}))
+add(Case("interpolate", pos(N(1, 2, 8, 8)), {"size": [3, 5], "mode": "bilinear", "antialias": True}))
+add(Case("interpolate", pos(N(1, 2, 8, 8)), {"scale_factor": 0.5, "mode": "bicubic", "antialias": True, "align_corners": True}))

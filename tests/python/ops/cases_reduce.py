@@ -274,6 +274,8 @@ for p in [2, -2, "fro", "nuc", float("inf"), float("-inf"), 1, -1]:
     add(Case("cond", pos(WELL(4, dt="float64")), {"p": p}))
 
 add(Case("cdist", pos(N(4, 3), N(5, 3))))
+add(Case("cdist", pos(N(30, 3), N(28, 3)), {"compute_mode": "use_mm_for_euclid_dist"}, rtol=1e-3, atol=1e-4))
+add(Case("cdist", pos(N(30, 3), N(28, 3)), {"compute_mode": "donot_use_mm_for_euclid_dist"}))
 add(Case("cdist", pos(N(2, 4, 3), N(2, 5, 3)), {"p": 1.0}))
 add(Case("cdist", pos(N(4, 3, dt="float64"), N(5, 3, dt="float64")), {"p": float("inf")}))
 add(Case("diag", pos(N(4))))
