@@ -355,17 +355,14 @@ fn trapezoid(a: &Args<Tensor>, cumulative: bool) -> Out {
     }
 }
 
-/// `dim` in `0..ndim`, or a bad-argument error.
+/// `dim` in `0..ndim`, or a bad-argument error (a 0-d tensor has no
+/// dimension to integrate along).
 fn normalize_dim(t: &Tensor, dim: i64) -> crate::KernelResult<usize> {
     let n = t.dim() as i64;
     let d = if dim < 0 { dim + n } else { dim };
-    if d < 0 || d >= n.max(1) {
+    if d < 0 || d >= n {
         return Err(crate::KernelError(mymps_core::Error::bad_argument(
-            format!(
-                "dimension out of range (expected to be in range of [{}, {}], but got {dim})",
-                -n.max(1),
-                n.max(1) - 1
-            ),
+            format!("dimension {dim} is out of range for a {n}-D tensor"),
         )));
     }
     Ok(d as usize)
