@@ -74,18 +74,19 @@ op!("nan_to_num", "elementwise", "replaces NaN, +inf and −inf; None: 0, the dt
     ] -> One,
     |a| one(a.tensor("input")?.f_nan_to_num(a.float("nan")?, a.opt_float("posinf")?, a.opt_float("neginf")?)?));
 
-fn logical(a: &Args<Tensor>, f: fn(&Tensor, &Tensor) -> Result<Tensor, tch::TchError>) -> Out {
+/// `f(input, other)` for ops of two tensors.
+fn pair_op(a: &Args<Tensor>, f: fn(&Tensor, &Tensor) -> Result<Tensor, tch::TchError>) -> Out {
     one(f(a.tensor("input")?, a.tensor("other")?)?)
 }
 
 const PAIR: [Param; 2] = [Param::tensor("input"), Param::tensor("other")];
 
 op!("logical_and", "elementwise", "input and other, nonzero is true; bool (torch.logical_and)",
-    [PAIR[0], PAIR[1]] -> One, |a| logical(a, Tensor::f_logical_and));
+    [PAIR[0], PAIR[1]] -> One, |a| pair_op(a, Tensor::f_logical_and));
 op!("logical_or", "elementwise", "input or other, nonzero is true; bool (torch.logical_or)",
-    [PAIR[0], PAIR[1]] -> One, |a| logical(a, Tensor::f_logical_or));
+    [PAIR[0], PAIR[1]] -> One, |a| pair_op(a, Tensor::f_logical_or));
 op!("logical_xor", "elementwise", "input xor other, nonzero is true; bool (torch.logical_xor)",
-    [PAIR[0], PAIR[1]] -> One, |a| logical(a, Tensor::f_logical_xor));
+    [PAIR[0], PAIR[1]] -> One, |a| pair_op(a, Tensor::f_logical_xor));
 
 op!("bitwise_and", "elementwise", "bitwise and of integer or bool tensors (torch.bitwise_and)",
     [Param::tensor("input"), Param::tensor_or_scalar("other")] -> One,
@@ -139,10 +140,10 @@ op!("heaviside", "elementwise", "step function: 0 below zero, 1 above, values at
     |a| one(a.tensor("input")?.f_heaviside(a.tensor("values")?)?));
 
 op!("gcd", "elementwise", "greatest common divisor of integer tensors (torch.gcd)",
-    [PAIR[0], PAIR[1]] -> One, |a| logical(a, Tensor::f_gcd));
+    [PAIR[0], PAIR[1]] -> One, |a| pair_op(a, Tensor::f_gcd));
 op!("lcm", "elementwise", "least common multiple of integer tensors (torch.lcm)",
-    [PAIR[0], PAIR[1]] -> One, |a| logical(a, Tensor::f_lcm));
+    [PAIR[0], PAIR[1]] -> One, |a| pair_op(a, Tensor::f_lcm));
 op!("nextafter", "elementwise", "the next floating-point value after input toward other (torch.nextafter)",
-    [PAIR[0], PAIR[1]] -> One, |a| logical(a, Tensor::f_nextafter));
+    [PAIR[0], PAIR[1]] -> One, |a| pair_op(a, Tensor::f_nextafter));
 op!("logaddexp2", "elementwise", "log2(2^input + 2^other) (torch.logaddexp2)",
-    [PAIR[0], PAIR[1]] -> One, |a| logical(a, Tensor::f_logaddexp2));
+    [PAIR[0], PAIR[1]] -> One, |a| pair_op(a, Tensor::f_logaddexp2));
