@@ -70,6 +70,7 @@ def test_inputs_as_keywords_and_lists(client):
     by_list = client.exec("matmul", [a, b])["output"]
     by_int_keys = client.exec("matmul", {0: a, 1: b})["output"]
     by_kw_inputs = client.exec(op="matmul", inputs={"0": a, "1": b})["output"]
+    np.testing.assert_array_equal(client.exec("neg", a)["output"], -a)  # one array
     for r in (by_list, by_int_keys, by_kw_inputs):
         np.testing.assert_array_equal(r, by_name)
     # Python lists and scalars are converted with numpy.asarray.
@@ -259,3 +260,20 @@ def test_stubs_match_the_runtime(tmp_path):
         capture_output=True, text=True, timeout=300, cwd=tmp_path,
     )
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_quickstart_example_runs(mymps_server):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parents[2] / "examples" / "python" / "client_quickstart.py"
+    out = subprocess.run(
+        [sys.executable, str(example), mymps_server.host, str(mymps_server.port)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "matmul: (64, 32) float32" in out.stdout
+    assert "svd reconstructs: True" in out.stdout
+    assert "conv2d: (1, 16, 30, 30)" in out.stdout
+    assert "libtorch said:" in out.stdout
