@@ -14,6 +14,15 @@ from mymps import MympsClient
 RNG = np.random.default_rng(1234)
 
 
+def expected_device():
+    """The device the session's server was started on (conftest: cpu unless
+    MYMPS_TEST_DEVICE says otherwise; "cuda" means "cuda:0")."""
+    import os
+
+    d = os.environ.get("MYMPS_TEST_DEVICE", "cpu")
+    return "cuda:0" if d == "cuda" else d
+
+
 def test_matmul_snippet(client):
     a = RNG.standard_normal((64, 128)).astype(np.float32)
     b = RNG.standard_normal((128, 32)).astype(np.float32)
@@ -147,7 +156,7 @@ def test_constructor_positional_and_properties(mymps_server):
         assert c.port == mymps_server.port
         assert c.timeout == 12.5
         assert c.transport == "tcp"
-        assert c.device == "cpu"
+        assert c.device == expected_device()
         assert c.server_version.startswith("mymps/")
         assert repr(c).startswith("MympsClient(host='127.0.0.1'")
     finally:
@@ -189,7 +198,7 @@ def test_health_fields(client):
         "models_loaded", "ops", "uptime_s",
     }
     assert h["status"] == "ok"
-    assert h["device"] == "cpu"
+    assert h["device"] == expected_device() == client.device
     assert h["backend"] == "tch"
     assert h["torch_version"].startswith("2.")
     assert h["version"] == mymps.__version__
@@ -212,9 +221,11 @@ def test_stats_fields(client):
     assert 0 < s["memory_used_gb"] <= s["memory_total_gb"]
     assert 0 <= s["memory_percent"] <= 100
     assert s["process_rss_mb"] > 0
-    assert s["device"] == "cpu"
-    # The CPU reports no accelerator memory.
-    assert s["accelerator_memory_total_mb"] is None
+    assert s["device"] == expected_device()
+    if s["device"] == "cpu":  # the CPU reports no accelerator memory
+        assert s["accelerator_memory_total_mb"] is None
+    else:
+        assert s["accelerator_memory_total_mb"] > 0
 
 
 def test_help_is_useful():
