@@ -14,6 +14,23 @@ from mymps import MympsClient
 RNG = np.random.default_rng(1234)
 
 
+def expected_device():
+    """The device the session's server was started on (conftest: cpu unless
+    MYMPS_TEST_DEVICE says otherwise; "cuda" means "cuda:0")."""
+    import os
+
+    d = os.environ.get("MYMPS_TEST_DEVICE", "cpu")
+    return {"cuda": "cuda:0", "auto": None}.get(d, d)
+
+
+def check_device(actual):
+    want = expected_device()
+    if want is None:
+        assert actual in ("cpu", "mps") or actual.startswith("cuda:"), actual
+    else:
+        assert actual == want
+
+
 def test_matmul_snippet(client):
     a = RNG.standard_normal((64, 128)).astype(np.float32)
     b = RNG.standard_normal((128, 32)).astype(np.float32)
@@ -70,6 +87,7 @@ def test_inputs_as_keywords_and_lists(client):
     by_list = client.exec("matmul", [a, b])["output"]
     by_int_keys = client.exec("matmul", {0: a, 1: b})["output"]
     by_kw_inputs = client.exec(op="matmul", inputs={"0": a, "1": b})["output"]
+    np.testing.assert_array_equal(client.exec("neg", a)["output"], -a)  # one array
     for r in (by_list, by_int_keys, by_kw_inputs):
         np.testing.assert_array_equal(r, by_name)
     # Python lists and scalars are converted with numpy.asarray.
@@ -146,7 +164,7 @@ def test_constructor_positional_and_properties(mymps_server):
         assert c.port == mymps_server.port
         assert c.timeout == 12.5
         assert c.transport == "tcp"
-        assert c.device == "cpu"
+        check_device(c.device)
         assert c.server_version.startswith("mymps/")
         assert repr(c).startswith("MympsClient(host='127.0.0.1'")
     finally:
@@ -188,7 +206,8 @@ def test_health_fields(client):
         "models_loaded", "ops", "uptime_s",
     }
     assert h["status"] == "ok"
-    assert h["device"] == "cpu"
+    check_device(h["device"])
+    assert h["device"] == client.device
     assert h["backend"] == "tch"
     assert h["torch_version"].startswith("2.")
     assert h["version"] == mymps.__version__
@@ -211,9 +230,11 @@ def test_stats_fields(client):
     assert 0 < s["memory_used_gb"] <= s["memory_total_gb"]
     assert 0 <= s["memory_percent"] <= 100
     assert s["process_rss_mb"] > 0
-    assert s["device"] == "cpu"
-    # The CPU reports no accelerator memory.
-    assert s["accelerator_memory_total_mb"] is None
+    check_device(s["device"])
+    if s["device"] == "cpu":  # the CPU reports no accelerator memory
+        assert s["accelerator_memory_total_mb"] is None
+    else:
+        assert s["accelerator_memory_total_mb"] > 0
 
 
 def test_help_is_useful():
@@ -259,3 +280,20 @@ def test_stubs_match_the_runtime(tmp_path):
         capture_output=True, text=True, timeout=300, cwd=tmp_path,
     )
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_quickstart_example_runs(mymps_server):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parents[2] / "examples" / "python" / "client_quickstart.py"
+    out = subprocess.run(
+        [sys.executable, str(example), mymps_server.host, str(mymps_server.port)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "matmul: (64, 32) float32" in out.stdout
+    assert "svd reconstructs: True" in out.stdout
+    assert "conv2d: (1, 16, 30, 30)" in out.stdout
+    assert "libtorch said:" in out.stdout

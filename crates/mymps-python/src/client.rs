@@ -37,7 +37,10 @@ use crate::errors::{bad_argument, to_py};
 /// releases the GIL while it waits on the network, and calls from several
 /// threads run concurrently over the one connection (replies are matched to
 /// requests by id). `close()` from one thread makes calls waiting in others
-/// raise MympsConnectionError.
+/// raise MympsConnectionError. Ctrl-C interrupts a waiting call.
+///
+/// Processes: a client belongs to the process that made it; in a child made
+/// by fork it raises MympsConnectionError. Make one client per process.
 #[pyclass(module = "mymps", name = "MympsClient", frozen, subclass)]
 pub struct MympsClient {
     inner: blocking::Client,
@@ -172,7 +175,8 @@ impl MympsClient {
     ///     inputs: tensor arguments, a dict of numpy arrays. Keys "0", "1",
     ///         "2", ... are positional arguments in that order; any other
     ///         key is a keyword argument ("input", "weight", ...). A list or
-    ///         tuple of arrays means positional arguments "0", "1", ...
+    ///         tuple of arrays means positional arguments "0", "1", ...,
+    ///         a lone numpy array the one positional argument "0".
     ///         Anything numpy.asarray accepts is converted; None leaves an
     ///         optional tensor out ({"bias": None}).
     ///     **kwargs: scalar arguments: None, bool, int, float, str, or lists

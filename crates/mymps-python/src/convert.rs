@@ -237,13 +237,19 @@ pub struct Inputs {
 
 /// The `inputs` argument of `exec`: a mapping of names to arrays (`"0"`,
 /// `"1"`, ... positional; integer keys mean the same; `None` values mean
-/// "not given"), or a list/tuple of positional arrays, or `None`.
+/// "not given"), a list/tuple of positional arrays, one array (the one
+/// positional argument), or `None`.
 pub fn inputs(inputs: Option<&Bound<'_, PyAny>>) -> PyResult<Inputs> {
     let Some(inputs) = inputs.filter(|i| !i.is_none()) else {
         return Ok(Inputs::default());
     };
     let mut out = Vec::new();
     let mut none = Vec::new();
+    if inputs.is_instance(&numpy(inputs.py())?.getattr("ndarray")?)? {
+        // One array: the one positional argument.
+        out.push(("0".to_owned(), array_to_tensor("0", inputs)?));
+        return Ok(Inputs { tensors: out, none });
+    }
     if inputs.is_instance_of::<PyList>() || inputs.is_instance_of::<PyTuple>() {
         for (i, item) in inputs.try_iter()?.enumerate() {
             let name = i.to_string();

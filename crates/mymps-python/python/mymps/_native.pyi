@@ -28,8 +28,10 @@ DEFAULT_PORT: int
 _Scalar = Union[None, bool, int, float, str, np.generic, npt.NDArray[Any],
                Sequence["_Scalar"]]
 #: The ``inputs`` of ``exec``: names ("0", "1", ... or keyword names) to
-#: arrays, or a sequence of positional arrays.
-_Inputs = Union[Mapping[Union[str, int], npt.ArrayLike], Sequence[npt.ArrayLike]]
+#: arrays (None: an optional tensor left out), a sequence of positional
+#: arrays, or one array.
+_Inputs = Union[Mapping[Union[str, int], Optional[npt.ArrayLike]], Sequence[npt.ArrayLike],
+                np.ndarray]
 
 class MympsClient:
     """A connection to a mymps server. Safe to share between threads."""
