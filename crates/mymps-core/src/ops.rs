@@ -55,6 +55,12 @@ pub enum ParamKind {
     DType,
     /// A list of ints (or one int), or a string (`padding=1`, `padding="same"`).
     IntListOrStr,
+    /// An int or a list of ints, kept apart where torch gives them different
+    /// meanings (`split(split_size_or_sections=2)` is a chunk size,
+    /// `=[2]` a list of sizes).
+    IntOrIntList,
+    /// A number or a string (`torch.norm(p=2)`, `p="fro"`).
+    ScalarOrStr,
 }
 
 impl ParamKind {
@@ -73,6 +79,8 @@ impl ParamKind {
             ParamKind::FloatList => "float[]",
             ParamKind::DType => "dtype",
             ParamKind::IntListOrStr => "int[] | str",
+            ParamKind::IntOrIntList => "int | int[]",
+            ParamKind::ScalarOrStr => "Scalar | str",
         }
     }
 
@@ -300,6 +308,8 @@ impl OpSpec {
                         | ParamKind::Scalar
                         | ParamKind::TensorOrScalar
                         | ParamKind::IntList
+                        | ParamKind::IntOrIntList
+                        | ParamKind::ScalarOrStr
                 ),
                 ParamDefault::Float(_) => matches!(
                     p.kind,
@@ -307,15 +317,20 @@ impl OpSpec {
                         | ParamKind::Scalar
                         | ParamKind::TensorOrScalar
                         | ParamKind::FloatList
+                        | ParamKind::ScalarOrStr
                 ),
                 ParamDefault::Bool(_) => matches!(p.kind, ParamKind::Bool | ParamKind::Scalar),
                 ParamDefault::Str(_) => matches!(
                     p.kind,
-                    ParamKind::Str | ParamKind::DType | ParamKind::IntListOrStr
+                    ParamKind::Str
+                        | ParamKind::DType
+                        | ParamKind::IntListOrStr
+                        | ParamKind::ScalarOrStr
                 ),
-                ParamDefault::IntList(_) => {
-                    matches!(p.kind, ParamKind::IntList | ParamKind::IntListOrStr)
-                }
+                ParamDefault::IntList(_) => matches!(
+                    p.kind,
+                    ParamKind::IntList | ParamKind::IntListOrStr | ParamKind::IntOrIntList
+                ),
             };
             if !ok {
                 return fail(format!(
@@ -770,15 +785,25 @@ fn convert<T>(p: &Param, v: Value) -> std::result::Result<Arg<T>, String> {
         (ParamKind::Float, _) if float_of(&v).is_some() => {
             Arg::Float(float_of(&v).expect("checked"))
         }
-        (ParamKind::Scalar | ParamKind::TensorOrScalar, Value::Int(i)) => Arg::Int(*i),
-        (ParamKind::Scalar | ParamKind::TensorOrScalar, Value::Float(x)) => Arg::Float(*x),
+        (ParamKind::Scalar | ParamKind::TensorOrScalar | ParamKind::ScalarOrStr, Value::Int(i)) => {
+            Arg::Int(*i)
+        }
+        (
+            ParamKind::Scalar | ParamKind::TensorOrScalar | ParamKind::ScalarOrStr,
+            Value::Float(x),
+        ) => Arg::Float(*x),
         (ParamKind::Scalar | ParamKind::TensorOrScalar, Value::Bool(b)) => Arg::Bool(*b),
+        (ParamKind::ScalarOrStr, Value::Str(s)) => Arg::Str(s.clone()),
         (ParamKind::Bool, Value::Bool(b)) => Arg::Bool(*b),
         (ParamKind::Str, Value::Str(s)) => Arg::Str(s.clone()),
         (ParamKind::DType, Value::Str(s)) => Arg::DType(s.parse().map_err(|e: Error| e.message)?),
         (ParamKind::IntListOrStr, Value::Str(s)) => Arg::Str(s.clone()),
+        (ParamKind::IntOrIntList, Value::Int(i)) => Arg::Int(*i),
         (ParamKind::IntList | ParamKind::IntListOrStr, Value::Int(i)) => Arg::IntList(vec![*i]),
-        (ParamKind::IntList | ParamKind::IntListOrStr, Value::List(l)) => Arg::IntList(
+        (
+            ParamKind::IntList | ParamKind::IntListOrStr | ParamKind::IntOrIntList,
+            Value::List(l),
+        ) => Arg::IntList(
             l.iter()
                 .map(|x| int_of(x).ok_or_else(|| wrong(&v)))
                 .collect::<std::result::Result<_, _>>()?,
@@ -974,6 +999,31 @@ impl<T> Args<T> {
         }
     }
 
+    /// An int or an int list ([`ParamKind::IntOrIntList`]): `Ok(Ok(i))` for
+    /// an int, `Ok(Err(list))` for a list.
+    pub fn int_or_int_list(&self, name: &str) -> Result<std::result::Result<i64, &[i64]>> {
+        match self.get(name)? {
+            Arg::Int(i) => Ok(Ok(*i)),
+            Arg::IntList(l) => Ok(Err(l)),
+            _ => Err(self.mismatch(name, "an int or an int list")),
+        }
+    }
+
+    /// An optional number or string ([`ParamKind::ScalarOrStr`]):
+    /// `Some(Ok(number))` or `Some(Err(string))`.
+    pub fn opt_scalar_or_str(
+        &self,
+        name: &str,
+    ) -> Result<Option<std::result::Result<Scalar, &str>>> {
+        match self.get(name)? {
+            Arg::None => Ok(None),
+            Arg::Int(i) => Ok(Some(Ok(Scalar::Int(*i)))),
+            Arg::Float(x) => Ok(Some(Ok(Scalar::Float(*x)))),
+            Arg::Str(s) => Ok(Some(Err(s))),
+            _ => Err(self.mismatch(name, "a number or a string")),
+        }
+    }
+
     /// An optional float list.
     pub fn opt_float_list(&self, name: &str) -> Result<Option<&[f64]>> {
         match self.get(name)? {
@@ -1156,6 +1206,86 @@ mod tests {
         assert_eq!(v.opt_tensor("bias").unwrap(), None);
         assert_eq!(v.int_list_n("stride", 2).unwrap(), vec![2, 2]);
         assert_eq!(v.int_list_n("padding", 2).unwrap(), vec![0, 0]);
+    }
+
+    #[test]
+    fn int_or_int_list_keeps_the_difference() {
+        static SPLIT: OpSpec = OpSpec {
+            name: "split",
+            category: "shape",
+            doc: "split",
+            params: &[
+                Param::tensor("tensor"),
+                Param::new("split_size_or_sections", ParamKind::IntOrIntList),
+            ],
+            outputs: Outputs::List,
+        };
+        SPLIT.validate().unwrap();
+        assert!(
+            SPLIT
+                .signature()
+                .contains("split_size_or_sections: int | int[]")
+        );
+        let one = |v: Value| {
+            bind(
+                &SPLIT,
+                vec![("0".into(), 't')],
+                kw(&[("split_size_or_sections", v)]),
+            )
+        };
+        let a = one(Value::Int(2)).unwrap();
+        assert_eq!(a.int_or_int_list("split_size_or_sections").unwrap(), Ok(2));
+        let a = one(Value::List(vec![Value::Int(2)])).unwrap();
+        assert_eq!(
+            a.int_or_int_list("split_size_or_sections").unwrap(),
+            Err(&[2][..])
+        );
+        assert!(one(Value::Str("x".into())).is_err());
+    }
+
+    #[test]
+    fn scalar_or_str_binds_both() {
+        static NORM: OpSpec = OpSpec {
+            name: "norm",
+            category: "reduction",
+            doc: "norm",
+            params: &[
+                Param::tensor("input"),
+                Param::new("p", ParamKind::ScalarOrStr).or_str("fro"),
+            ],
+            outputs: Outputs::One,
+        };
+        NORM.validate().unwrap();
+        assert!(
+            NORM.signature().contains("p: Scalar | str = \"fro\""),
+            "{}",
+            NORM.signature()
+        );
+        let with = |kwargs| bind(&NORM, vec![("0".into(), 't')], kwargs).unwrap();
+        assert_eq!(
+            with(kw(&[])).opt_scalar_or_str("p").unwrap(),
+            Some(Err("fro"))
+        );
+        assert_eq!(
+            with(kw(&[("p", Value::Float(1.5))]))
+                .opt_scalar_or_str("p")
+                .unwrap(),
+            Some(Ok(Scalar::Float(1.5)))
+        );
+        assert_eq!(
+            with(kw(&[("p", Value::Int(1))]))
+                .opt_scalar_or_str("p")
+                .unwrap(),
+            Some(Ok(Scalar::Int(1)))
+        );
+        assert!(
+            bind(
+                &NORM,
+                vec![("0".into(), 't')],
+                kw(&[("p", Value::Bool(true))])
+            )
+            .is_err()
+        );
     }
 
     #[test]

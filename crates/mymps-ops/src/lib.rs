@@ -6,6 +6,30 @@
 //! the only way in: a request names an op, its arguments are checked against
 //! the signature, and only then does the kernel run.
 //!
+//! The built-in ops, by module (each op's category):
+//!
+//! | module | ops |
+//! |---|---|
+//! | `arithmetic` | add, sub, mul, div, pow, remainder, clamp, lerp, addcmul, ... (tensor-or-scalar `other`) |
+//! | `elementwise` | one-tensor math (exp, log, sin, erf, ...), predicates, logic, bitwise, `where` |
+//! | `activation` | relu, gelu, softmax, leaky_relu, elu, softplus, dropout, ... |
+//! | `reduction` | sum, mean, prod, max/min, norm, var/std, median, quantile, cumulative ops |
+//! | `comparison` | eq/ne/lt/..., isclose, isin, sort, argsort, topk |
+//! | `linalg` | products, einsum, `torch.linalg` decompositions, solvers, inverses, norms |
+//! | `nn` | convolutions, pooling, normalization, linear, embedding, attention, interpolate, pad |
+//! | `loss` | cross_entropy, nll_loss, mse_loss, ... with `reduction` |
+//! | `shape` | reshape, permute, cat/stack, split/chunk, flip, roll, repeat, ... |
+//! | `fft` | `torch.fft` transforms and shifts |
+//! | `creation` | `*_like` constants and random draws on the input's device |
+//! | `indexing` | gather/scatter, index_*, masked_*, searchsorted, histograms, unique |
+//!
+//! Kernels never write to their inputs (on the CPU they are views of the
+//! received buffers) and create new tensors on the input's device. Where
+//! libtorch's C API lacks an overload (parametrized `leaky_relu`, `elu`,
+//! `softplus`, ...; `addmm` with `beta`/`alpha`; `trapezoid` with `dx`)
+//! the kernel composes torch's own formula, and the Python conformance suite
+//! (`tests/python/ops`) checks it against PyTorch.
+//!
 //! Third-party op crates depend on this crate and use [`op!`] the same way;
 //! linking them into the server binary is enough to register their ops.
 //!
@@ -24,7 +48,20 @@ pub use mymps_core::ops::{
     Args, ForeignKernel, Kernel, OpEntry, OpOutput, OpSpec, Outputs, Param, Scalar, TensorOrScalar,
 };
 
-mod builtin;
+mod util;
+
+mod activation;
+mod arithmetic;
+mod comparison;
+mod creation;
+mod elementwise;
+mod fft;
+mod indexing;
+mod linalg;
+mod loss;
+mod nn;
+mod reduction;
+mod shape;
 
 /// A kernel's error: converts from libtorch errors and mymps errors, so
 /// kernels can use `?` on both.
@@ -285,13 +322,120 @@ pub fn registry() -> Result<mymps_core::OpRegistry, Error> {
 mod tests {
     use super::*;
 
+    /// The ops of the first, Python-only mymps, by the same names.
+    const LEGACY: [&str; 85] = [
+        "abs",
+        "adaptive_avg_pool2d",
+        "add",
+        "amax",
+        "amin",
+        "argmax",
+        "argmin",
+        "avg_pool2d",
+        "bmm",
+        "cat",
+        "ceil",
+        "cholesky",
+        "chunk",
+        "clamp",
+        "contiguous",
+        "conv1d",
+        "conv2d",
+        "conv3d",
+        "cos",
+        "cumprod",
+        "cumsum",
+        "det",
+        "div",
+        "dot",
+        "eig",
+        "einsum",
+        "eq",
+        "exp",
+        "fft",
+        "flatten",
+        "floor",
+        "ge",
+        "gelu",
+        "gt",
+        "ifft",
+        "inv",
+        "irfft",
+        "layer_norm",
+        "le",
+        "log",
+        "log_softmax",
+        "lt",
+        "matmul",
+        "max_pool2d",
+        "maximum",
+        "mean",
+        "minimum",
+        "mm",
+        "mul",
+        "mv",
+        "ne",
+        "neg",
+        "norm",
+        "ones_like",
+        "permute",
+        "pow",
+        "prod",
+        "qr",
+        "rand_like",
+        "relu",
+        "remainder",
+        "reshape",
+        "rfft",
+        "round",
+        "rsqrt",
+        "sigmoid",
+        "sign",
+        "silu",
+        "sin",
+        "softmax",
+        "solve",
+        "sort",
+        "split",
+        "sqrt",
+        "squeeze",
+        "stack",
+        "sub",
+        "sum",
+        "svd",
+        "tanh",
+        "topk",
+        "transpose",
+        "unsqueeze",
+        "where",
+        "zeros_like",
+    ];
+
     #[test]
     fn every_spec_is_valid_and_names_are_unique() {
         let r = registry().unwrap();
-        assert!(r.len() >= 16);
+        assert!(r.len() >= 160, "only {} ops", r.len());
         for e in r.iter() {
             e.spec.validate().unwrap();
+            assert!(
+                e.spec.doc.ends_with(')') && e.spec.doc.contains("(torch."),
+                "{}: the doc must end with the torch function it mirrors",
+                e.spec.name
+            );
         }
+        let names: Vec<&str> = r.iter().map(|e| e.spec.name).collect();
+        assert!(names.windows(2).all(|w| w[0] < w[1]), "list_ops is sorted");
+    }
+
+    #[test]
+    fn every_legacy_op_is_registered() {
+        let r = registry().unwrap();
+        let missing: Vec<&str> = LEGACY
+            .iter()
+            .copied()
+            .filter(|n| r.get(n).is_none())
+            .collect();
+        assert!(missing.is_empty(), "missing legacy ops: {missing:?}");
     }
 
     #[test]

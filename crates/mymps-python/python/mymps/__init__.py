@@ -1,0 +1,71 @@
+"""mymps: a remote tensor coprocessor.
+
+Run whitelisted torch operations on a mymps server's GPU (or CPU) with numpy
+arrays in and out; the client needs numpy only::
+
+    import numpy as np
+    from mymps import MympsClient
+
+    with MympsClient("127.0.0.1", 5555) as c:
+        a = np.random.rand(64, 128).astype(np.float32)
+        b = np.random.rand(128, 32).astype(np.float32)
+        out = c.exec("matmul", {"0": a, "1": b})["output"]   # (64, 32)
+
+See ``help(MympsClient)``, ``help(MympsClient.exec)`` and :mod:`mymps.errors`.
+A client may be shared between threads; calls release the GIL.
+"""
+
+from . import errors
+from ._native import DEFAULT_HOST, DEFAULT_PORT, MympsClient, __version__, transports
+from ._types import HealthInfo, OpInfo, ParamInfo, StatsInfo
+from .errors import (
+    AuthenticationError,
+    BackendError,
+    BadArgumentError,
+    BusyError,
+    CancelledError,
+    InternalError,
+    InvalidTensorError,
+    ModelError,
+    ModelNotFoundError,
+    MympsConnectionError,
+    MympsError,
+    MympsTimeoutError,
+    OpError,
+    PayloadTooLargeError,
+    ProtocolError,
+    UnknownOpError,
+    UnsupportedError,
+    UnsupportedVersionError,
+)
+
+__all__ = [
+    "MympsClient",
+    "DEFAULT_HOST",
+    "DEFAULT_PORT",
+    "__version__",
+    "transports",
+    "errors",
+    "HealthInfo",
+    "StatsInfo",
+    "OpInfo",
+    "ParamInfo",
+    "MympsError",
+    "UnknownOpError",
+    "BadArgumentError",
+    "InvalidTensorError",
+    "OpError",
+    "BackendError",
+    "PayloadTooLargeError",
+    "ProtocolError",
+    "UnsupportedVersionError",
+    "AuthenticationError",
+    "ModelError",
+    "ModelNotFoundError",
+    "CancelledError",
+    "MympsTimeoutError",
+    "MympsConnectionError",
+    "BusyError",
+    "UnsupportedError",
+    "InternalError",
+]

@@ -1,0 +1,92 @@
+"""Type stubs of the native module ``mymps._native`` (Rust, PyO3)."""
+
+from types import TracebackType
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Type, Union, final
+
+import numpy as np
+import numpy.typing as npt
+from typing_extensions import Self
+
+from ._types import HealthInfo, OpInfo, StatsInfo
+
+__all__ = [
+    "MympsClient",
+    "_ResultBuffer",
+    "_copy_counters",
+    "transports",
+    "__version__",
+    "DEFAULT_HOST",
+    "DEFAULT_PORT",
+]
+
+__version__: str
+DEFAULT_HOST: str
+DEFAULT_PORT: int
+
+#: A scalar keyword argument of ``exec``: None, bool, int, float, str, or a
+#: list or tuple of them (numpy scalars and arrays are converted with tolist()).
+_Scalar = Union[None, bool, int, float, str, np.generic, npt.NDArray[Any],
+               Sequence["_Scalar"]]
+#: The ``inputs`` of ``exec``: names ("0", "1", ... or keyword names) to
+#: arrays (None: an optional tensor left out), a sequence of positional
+#: arrays, or one array.
+_Inputs = Union[Mapping[Union[str, int], Optional[npt.ArrayLike]], Sequence[npt.ArrayLike],
+                np.ndarray]
+
+class MympsClient:
+    """A connection to a mymps server. Safe to share between threads."""
+
+    def __new__(
+        cls,
+        host: str = "127.0.0.1",
+        port: int = 5555,
+        timeout: Optional[float] = 300.0,
+        *,
+        transport: str = "tcp",
+        token: Optional[str] = None,
+    ) -> Self: ...
+    def exec(
+        self, op: str, inputs: Optional[_Inputs] = None, **kwargs: _Scalar
+    ) -> Dict[str, np.ndarray]:
+        """Run one whitelisted torch op; see help(MympsClient.exec)."""
+    def list_ops(self) -> List[str]: ...
+    def describe_op(self, op: str) -> OpInfo: ...
+    def health(self) -> HealthInfo: ...
+    def stats(self) -> StatsInfo: ...
+    def close(self) -> None: ...
+    @property
+    def closed(self) -> bool: ...
+    @property
+    def host(self) -> str: ...
+    @property
+    def port(self) -> int: ...
+    @property
+    def timeout(self) -> Optional[float]: ...
+    @property
+    def transport(self) -> str: ...
+    @property
+    def device(self) -> str: ...
+    @property
+    def server_version(self) -> str: ...
+    def __enter__(self) -> Self: ...
+    def __exit__(
+        self,
+        exc_type: Optional[Type[BaseException]],
+        exc: Optional[BaseException],
+        tb: Optional[TracebackType],
+    ) -> bool: ...
+
+@final
+class _ResultBuffer:
+    """The memory of a result array (its ``.base``)."""
+
+    @property
+    def __array_interface__(self) -> Dict[str, Any]: ...
+    @property
+    def nbytes(self) -> int: ...
+
+def transports() -> List[str]:
+    """The transports compiled into this build."""
+
+def _copy_counters() -> Tuple[int, int]:
+    """(input copies, result copies) since the module was loaded."""

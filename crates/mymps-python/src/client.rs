@@ -1,0 +1,384 @@
+//! `MympsClient`: the Python face of [`mymps::client::blocking::Client`].
+
+use std::time::Duration;
+
+use mymps::Value;
+use mymps::client::{ClientOptions, blocking};
+use mymps::transport::Endpoint;
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyList};
+
+use crate::convert;
+use crate::errors::{bad_argument, to_py};
+
+/// A connection to a mymps server: run whitelisted torch ops on numpy
+/// arrays, remotely.
+///
+/// Args:
+///     host: the server's host name or IP address.
+///     port: the server's port (5555 by default, as in the first mymps).
+///     timeout: seconds to wait for each reply (connecting included), or
+///         None for no limit. A request that takes longer raises
+///         MympsTimeoutError; the client stays usable.
+///     transport: "tcp" (the only one in this build; "quic" and "zmq"
+///         come later). An unknown one raises UnsupportedError.
+///     token: authentication token, for servers that require one.
+///
+/// Raises:
+///     MympsConnectionError: the server cannot be reached.
+///     MympsTimeoutError: connecting took longer than `timeout`.
+///
+/// Use it as a context manager to close it at the end:
+///
+///     with MympsClient("127.0.0.1", 5555) as c:
+///         out = c.exec("matmul", {"0": a, "1": b})["output"]
+///
+/// Threads: a client may be shared by any number of threads. Each call
+/// releases the GIL while it waits on the network, and calls from several
+/// threads run concurrently over the one connection (replies are matched to
+/// requests by id). `close()` from one thread makes calls waiting in others
+/// raise MympsConnectionError. Ctrl-C interrupts a waiting call.
+///
+/// Processes: a client belongs to the process that made it; in a child made
+/// by fork it raises MympsConnectionError. Make one client per process.
+#[pyclass(module = "mymps", name = "MympsClient", frozen, subclass)]
+pub struct MympsClient {
+    inner: blocking::Client,
+    host: String,
+    port: u16,
+    timeout: Option<f64>,
+    transport: String,
+    /// The process that made the client: after a `fork`, the child has the
+    /// client's memory but not its runtime threads, so it must not use it.
+    pid: u32,
+}
+
+fn timeout_duration(timeout: Option<f64>) -> PyResult<Duration> {
+    match timeout {
+        None => Ok(Duration::MAX),
+        Some(t) if t.is_finite() && t > 0.0 => {
+            Duration::try_from_secs_f64(t).map_err(|e| bad_argument(format!("timeout {t}: {e}")))
+        }
+        Some(t) => Err(bad_argument(format!(
+            "timeout must be a positive number of seconds or None, not {t}"
+        ))),
+    }
+}
+
+/// `s` quoted as Python's `repr` quotes a plain string.
+fn py_str(s: &str) -> String {
+    format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
+fn value_to_py<'py>(py: Python<'py>, v: &Value) -> PyResult<Bound<'py, PyAny>> {
+    Ok(match v {
+        Value::None => py.None().into_bound(py),
+        Value::Bool(b) => b.into_pyobject(py)?.to_owned().into_any(),
+        Value::Int(i) => i.into_pyobject(py)?.into_any(),
+        Value::Float(x) => x.into_pyobject(py)?.into_any(),
+        Value::Str(s) => s.into_pyobject(py)?.into_any(),
+        Value::List(items) => {
+            let l = PyList::empty(py);
+            for x in items {
+                l.append(value_to_py(py, x)?)?;
+            }
+            l.into_any()
+        }
+    })
+}
+
+/// How often a waiting call wakes up to let Python handle signals (Ctrl-C).
+const SIGNAL_CHECK: Duration = Duration::from_millis(50);
+
+impl MympsClient {
+    /// Runs one request of the async client to completion on the client's
+    /// runtime, with the GIL released while it waits.
+    ///
+    /// The wait wakes every [`SIGNAL_CHECK`] to run Python's signal
+    /// handlers (with the GIL), so Ctrl-C interrupts a long call at once
+    /// (`KeyboardInterrupt`) instead of after the reply or the timeout. The
+    /// request is then abandoned: its late reply is dropped when it comes.
+    fn wait<F, T>(&self, py: Python<'_>, request: F) -> PyResult<T>
+    where
+        F: std::future::Future<Output = mymps::Result<T>> + Send,
+        T: Send,
+    {
+        if std::process::id() != self.pid {
+            return Err(to_py(mymps::Error::connection(
+                "this client was created in another process (before a fork) and cannot be \
+                 used in this one; create a new MympsClient here",
+            )));
+        }
+        let mut request = std::pin::pin!(request);
+        loop {
+            // The timer must be made inside the runtime, hence the async block.
+            let step = py.detach(|| {
+                self.inner
+                    .block_on(async { tokio::time::timeout(SIGNAL_CHECK, request.as_mut()).await })
+            });
+            match step {
+                Ok(done) => return done.map_err(to_py),
+                Err(_elapsed) => py.check_signals()?,
+            }
+        }
+    }
+}
+
+#[pymethods]
+impl MympsClient {
+    #[new]
+    #[pyo3(
+        signature = (host = "127.0.0.1".to_owned(), port = 5555, timeout = Some(300.0), *, transport = "tcp".to_owned(), token = None),
+        text_signature = "(host='127.0.0.1', port=5555, timeout=300.0, *, transport='tcp', token=None)"
+    )]
+    fn new(
+        py: Python<'_>,
+        host: String,
+        port: i64,
+        timeout: Option<f64>,
+        transport: String,
+        token: Option<String>,
+    ) -> PyResult<Self> {
+        let port = u16::try_from(port)
+            .ok()
+            .filter(|&p| p != 0)
+            .ok_or_else(|| bad_argument(format!("port must be in 1..=65535, not {port}")))?;
+        let host_bare = host.trim_start_matches('[').trim_end_matches(']');
+        if host_bare.is_empty() {
+            return Err(bad_argument("host must not be empty"));
+        }
+        let transport = transport.to_ascii_lowercase();
+        let options = ClientOptions {
+            timeout: timeout_duration(timeout)?,
+            token,
+            agent: format!("mymps-python/{}", mymps::VERSION),
+        };
+        let endpoint = Endpoint::new(&transport, host_bare, port);
+        let inner = py
+            .detach(|| blocking::Client::connect_endpoint(endpoint, options))
+            .map_err(to_py)?;
+        Ok(MympsClient {
+            inner,
+            host,
+            port,
+            timeout,
+            transport,
+            pid: std::process::id(),
+        })
+    }
+
+    /// Run one whitelisted torch op on the server's device.
+    ///
+    /// Args:
+    ///     op: the op's name, e.g. "matmul", "softmax", "linalg_svd"
+    ///         (list_ops() lists them; describe_op(op) shows a signature).
+    ///     inputs: tensor arguments, a dict of numpy arrays. Keys "0", "1",
+    ///         "2", ... are positional arguments in that order; any other
+    ///         key is a keyword argument ("input", "weight", ...). A list or
+    ///         tuple of arrays means positional arguments "0", "1", ...,
+    ///         a lone numpy array the one positional argument "0".
+    ///         Anything numpy.asarray accepts is converted; None leaves an
+    ///         optional tensor out ({"bias": None}).
+    ///     **kwargs: scalar arguments: None, bool, int, float, str, or lists
+    ///         and tuples of them (dim=-1, keepdim=True, dims=[0, 2, 1],
+    ///         equation="ij,jk->ik"); numpy scalars are accepted too.
+    ///
+    /// Returns:
+    ///     A dict of numpy arrays: {"output": array} for an op that returns
+    ///     one tensor, {"0": a, "1": b, ...} for a tuple (svd gives U, S, Vh
+    ///     as "0", "1", "2"). Arrays keep the dtype torch produced (argmax
+    ///     gives int64, eq gives bool, fft gives complex64) and are
+    ///     ordinary writable arrays that own their memory.
+    ///
+    /// Dtypes: bool, uint8, int8, int16, int32, int64, float16, bfloat16
+    /// (numpy through ml_dtypes), float32, float64, complex64, complex128.
+    /// Arrays are sent from their own memory without a copy, also when not
+    /// contiguous (transposed, Fortran order, sliced with steps, broadcast);
+    /// do not modify an input array from another thread while the call runs.
+    ///
+    /// Raises:
+    ///     UnknownOpError: the op is not in the whitelist.
+    ///     BadArgumentError: a missing, unexpected or mistyped argument.
+    ///     InvalidTensorError: an unsupported dtype or malformed tensor.
+    ///     OpError: libtorch failed (e.g. shapes that do not match).
+    ///     PayloadTooLargeError: the inputs exceed the server's limits.
+    ///     MympsTimeoutError: no reply within the client's timeout.
+    ///     MympsConnectionError: the connection is closed or was lost.
+    ///
+    /// Example:
+    ///     >>> c.exec("matmul", {"0": a, "1": b})["output"].shape
+    ///     (64, 32)
+    ///     >>> c.exec("softmax", {"0": x}, dim=-1)["output"].sum(-1)
+    #[pyo3(signature = (op, inputs = None, **kwargs))]
+    fn exec<'py>(
+        &self,
+        py: Python<'py>,
+        op: &str,
+        inputs: Option<&Bound<'py, PyAny>>,
+        kwargs: Option<&Bound<'py, PyDict>>,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let inputs = convert::inputs(inputs)?;
+        let mut kwargs = convert::kwargs(kwargs)?;
+        for name in inputs.none {
+            if kwargs.iter().any(|(k, _)| *k == name) {
+                return Err(bad_argument(format!(
+                    "argument '{name}' is given both in inputs and as a keyword argument"
+                )));
+            }
+            kwargs.push((name, Value::None));
+        }
+        let client = self.inner.as_async();
+        let out = self.wait(py, client.exec(op, inputs.tensors, kwargs))?;
+        convert::outputs(py, out.tensors)
+    }
+
+    /// The names of the ops the server runs (its whitelist), sorted.
+    fn list_ops(&self, py: Python<'_>) -> PyResult<Vec<String>> {
+        let mut ops = self.wait(py, self.inner.as_async().list_ops())?;
+        ops.sort_unstable();
+        Ok(ops)
+    }
+
+    /// One op's description: {"name", "category", "doc", "signature",
+    /// "params": [{"name", "kind", "required", "default"}], "outputs"}.
+    /// Raises UnknownOpError for an op not in the whitelist.
+    fn describe_op<'py>(&self, py: Python<'py>, op: &str) -> PyResult<Bound<'py, PyDict>> {
+        let info = self.wait(py, self.inner.as_async().describe_op(op))?;
+        let d = PyDict::new(py);
+        d.set_item("name", &info.name)?;
+        d.set_item("category", &info.category)?;
+        d.set_item("doc", &info.doc)?;
+        d.set_item("signature", &info.signature)?;
+        let params = PyList::empty(py);
+        for p in &info.params {
+            let pd = PyDict::new(py);
+            pd.set_item("name", &p.name)?;
+            pd.set_item("kind", &p.kind)?;
+            pd.set_item("required", p.required)?;
+            match &p.default {
+                Some(v) => pd.set_item("default", value_to_py(py, v)?)?,
+                None => pd.set_item("default", py.None())?,
+            }
+            params.append(pd)?;
+        }
+        d.set_item("params", params)?;
+        d.set_item("outputs", &info.outputs)?;
+        Ok(d)
+    }
+
+    /// Server status: {"status": "ok", "version", "protocol", "backend",
+    /// "device", "torch_version", "models_loaded", "ops", "uptime_s"}.
+    fn health<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let h = self.wait(py, self.inner.as_async().health())?;
+        let d = PyDict::new(py);
+        d.set_item("status", h.status)?;
+        d.set_item("version", h.version)?;
+        d.set_item("protocol", h.protocol)?;
+        d.set_item("backend", h.backend)?;
+        d.set_item("device", h.device)?;
+        d.set_item("torch_version", h.torch_version)?;
+        d.set_item("models_loaded", h.models_loaded)?;
+        d.set_item("ops", h.ops)?;
+        d.set_item("uptime_s", h.uptime_s)?;
+        Ok(d)
+    }
+
+    /// Host, process and accelerator statistics of the server:
+    /// {"cpu_percent", "cpu_count", "load_avg" (1, 5, 15 min),
+    /// "memory_total_gb", "memory_used_gb", "memory_percent",
+    /// "process_rss_mb", "process_cpu_percent", "device",
+    /// "accelerator_memory_total_mb", "accelerator_memory_used_mb",
+    /// "accelerator_memory_free_mb"}; the accelerator fields are None where
+    /// the device does not report them (the CPU).
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let s = self.wait(py, self.inner.as_async().stats())?;
+        let d = PyDict::new(py);
+        d.set_item("cpu_percent", s.cpu_percent)?;
+        d.set_item("cpu_count", s.cpu_count)?;
+        d.set_item("load_avg", s.load_avg.to_vec())?;
+        d.set_item("memory_total_gb", s.memory_total_gb)?;
+        d.set_item("memory_used_gb", s.memory_used_gb)?;
+        d.set_item("memory_percent", s.memory_percent)?;
+        d.set_item("process_rss_mb", s.process_rss_mb)?;
+        d.set_item("process_cpu_percent", s.process_cpu_percent)?;
+        d.set_item("device", s.device)?;
+        d.set_item("accelerator_memory_total_mb", s.accelerator_memory_total_mb)?;
+        d.set_item("accelerator_memory_used_mb", s.accelerator_memory_used_mb)?;
+        d.set_item("accelerator_memory_free_mb", s.accelerator_memory_free_mb)?;
+        Ok(d)
+    }
+
+    /// Close the connection. Calls still waiting (in other threads) raise
+    /// MympsConnectionError, and so does every later call. Closing twice is
+    /// harmless.
+    fn close(&self) {
+        self.inner.close();
+    }
+
+    /// Whether the connection is closed (by close(), the server, or a failure).
+    #[getter]
+    fn closed(&self) -> bool {
+        self.inner.as_async().is_closed()
+    }
+
+    /// The server's host, as given.
+    #[getter]
+    fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// The server's port.
+    #[getter]
+    fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Seconds to wait for each reply (None: no limit).
+    #[getter]
+    fn timeout(&self) -> Option<f64> {
+        self.timeout
+    }
+
+    /// The transport ("tcp").
+    #[getter]
+    fn transport(&self) -> &str {
+        &self.transport
+    }
+
+    /// The device the server computes on ("cpu", "cuda:0", "mps"), from
+    /// the handshake.
+    #[getter]
+    fn device(&self) -> &str {
+        &self.inner.as_async().welcome().device
+    }
+
+    /// The server software and version, from the handshake ("mymps/0.1.0").
+    #[getter]
+    fn server_version(&self) -> &str {
+        &self.inner.as_async().welcome().agent
+    }
+
+    fn __enter__(slf: Bound<'_, Self>) -> Bound<'_, Self> {
+        slf
+    }
+
+    #[pyo3(signature = (*_exc))]
+    fn __exit__(&self, _exc: &Bound<'_, pyo3::types::PyTuple>) -> bool {
+        self.inner.close();
+        false
+    }
+
+    fn __repr__(&self) -> String {
+        let state = if self.closed() {
+            ", closed".to_owned()
+        } else {
+            format!(", device={}", py_str(self.device()))
+        };
+        format!(
+            "MympsClient(host={}, port={}, transport={}{state})",
+            py_str(&self.host),
+            self.port,
+            py_str(&self.transport)
+        )
+    }
+}

@@ -1,0 +1,504 @@
+//! numpy arrays ⇄ mymps tensors, and Python scalars → [`Value`]s, without
+//! copying tensor data where it can be avoided.
+//!
+//! # Why `__array_interface__` and not the buffer protocol
+//!
+//! The wheel is built for the stable ABI of CPython 3.9 (`abi3-py39`), and
+//! the buffer protocol (`PyObject_GetBuffer`, `bf_getbuffer` slots) is part
+//! of the stable ABI only from 3.11. numpy's array interface works on every
+//! version and is as direct:
+//!
+//! - **In**: `arr.__array_interface__["data"][0]` is the address of the
+//!   array's first element. The tensor's [`Bytes`] are built with
+//!   [`Bytes::from_owner`] over an [`ArrayBytes`] that holds a reference to
+//!   the array, so the memory stays alive (numpy refuses to resize an array
+//!   that others reference) until the bytes have been written to the socket.
+//!   Non-contiguous arrays (transposed, F-order, sliced with positive steps,
+//!   broadcast with stride 0) go as they are, with element strides
+//!   ([`Tensor::with_strides`]). A copy is made only for negative strides,
+//!   strides that are not a multiple of the item size, non-native byte
+//!   order, and views whose memory span is more than twice their data (a
+//!   sliced `a[::3]` would otherwise send three times the bytes).
+//! - **Out**: a received tensor's buffer becomes a [`ResultBuffer`], a small
+//!   object whose `__array_interface__` points at it; `numpy.asarray` makes
+//!   a writable array whose `.base` is that object. Large tensors are read
+//!   from the socket into a buffer of their own, which is taken over as it
+//!   is ([`Bytes::try_into_mut`]); tensors under 64 KiB may be slices of
+//!   the connection's read buffer, which a long-lived array must not pin,
+//!   and are copied once (a few microseconds, less than the call around
+//!   them).
+//!
+//! [`copy_counters`] counts those copies, so that tests can check the
+//! claims above.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::{Bytes, BytesMut};
+use mymps::{DType, Tensor, Value};
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
+
+use crate::errors::{bad_argument, invalid_tensor, to_py};
+
+/// Inputs copied before sending (see the module docs for when).
+static INPUT_COPIES: AtomicU64 = AtomicU64::new(0);
+/// Results copied after receiving (small ones).
+static RESULT_COPIES: AtomicU64 = AtomicU64::new(0);
+
+/// Lists in keyword arguments nest at most this deep (as the server accepts).
+const MAX_DEPTH: usize = 8;
+
+static NUMPY: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
+static ML_DTYPES_BF16: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+fn numpy(py: Python<'_>) -> PyResult<&Bound<'_, PyModule>> {
+    NUMPY
+        .get_or_try_init(py, || py.import("numpy").map(Bound::unbind))
+        .map(|m| m.bind(py))
+}
+
+fn bfloat16_dtype(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
+    ML_DTYPES_BF16
+        .get_or_try_init(py, || {
+            let m = py.import("ml_dtypes").map_err(|_| {
+                invalid_tensor(
+                    "a result has dtype bfloat16, which numpy supports only through the \
+                     ml_dtypes package; install it (pip install ml_dtypes, or mymps[bfloat16])",
+                )
+            })?;
+            m.getattr("bfloat16").map(Bound::unbind)
+        })
+        .map(|d| d.bind(py))
+}
+
+/// `(input copies, result copies)` since the module was loaded.
+pub fn copy_counters() -> (u64, u64) {
+    (
+        INPUT_COPIES.load(Ordering::Relaxed),
+        RESULT_COPIES.load(Ordering::Relaxed),
+    )
+}
+
+// ---------------------------------------------------------------- inputs
+
+/// Tensor bytes that borrow a numpy array's memory, keeping the array alive.
+struct ArrayBytes {
+    /// Keeps the memory alive; dropped (through PyO3's deferred reference
+    /// pool when the GIL is not held) once the bytes have been sent.
+    _array: Py<PyAny>,
+    /// Address of the first byte (the array's first element).
+    ptr: usize,
+    /// Bytes from `ptr` to the end of the last element.
+    len: usize,
+}
+
+impl AsRef<[u8]> for ArrayBytes {
+    fn as_ref(&self) -> &[u8] {
+        // SAFETY: `ptr..ptr + len` is the span of a numpy array's elements
+        // (non-negative strides, checked in `array_to_tensor`), and the array
+        // is kept alive by `_array`. An array referenced from elsewhere
+        // cannot be resized by numpy. Writing to the array from another
+        // thread while it is being sent is documented as not allowed (the
+        // same contract as any zero-copy send).
+        unsafe { std::slice::from_raw_parts(self.ptr as *const u8, self.len) }
+    }
+}
+
+struct Layout {
+    shape: Vec<usize>,
+    /// Element strides (never negative).
+    strides: Vec<usize>,
+    ptr: usize,
+    /// Elements from the first to the last one, inclusive.
+    span: usize,
+    numel: usize,
+}
+
+/// Reads `arr`'s layout; `None` if it cannot be sent without a copy
+/// (negative or unaligned strides, or a span over twice the data).
+fn layout(arr: &Bound<'_, PyAny>, itemsize: usize) -> PyResult<Option<Layout>> {
+    let shape: Vec<usize> = arr.getattr("shape")?.extract()?;
+    let byte_strides: Vec<isize> = arr.getattr("strides")?.extract()?;
+    let ptr: usize = arr
+        .getattr("__array_interface__")?
+        .get_item("data")?
+        .get_item(0)?
+        .extract()?;
+    let numel = mymps::tensor::checked_numel(&shape)
+        .ok_or_else(|| invalid_tensor(format!("shape {shape:?} is too large")))?;
+    let contiguous = mymps::tensor::contiguous_strides(&shape);
+    let mut strides = Vec::with_capacity(shape.len());
+    let mut span = 1usize;
+    for ((&d, &bs), &cs) in shape.iter().zip(&byte_strides).zip(&contiguous) {
+        if d <= 1 {
+            // The stride of a dimension of size 0 or 1 never matters; the
+            // C-order value lets a C-contiguous layout be recognised.
+            strides.push(cs);
+            continue;
+        }
+        if bs < 0 || bs as usize % itemsize != 0 {
+            return Ok(None);
+        }
+        let s = bs as usize / itemsize;
+        strides.push(s);
+        span = (d - 1)
+            .checked_mul(s)
+            .and_then(|x| span.checked_add(x))
+            .ok_or_else(|| invalid_tensor("array strides overflow"))?;
+    }
+    if numel > 0 && span > numel.saturating_mul(2) {
+        return Ok(None);
+    }
+    Ok(Some(Layout {
+        shape,
+        strides,
+        ptr,
+        span,
+        numel,
+    }))
+}
+
+/// One input (a numpy array, or anything `numpy.asarray` accepts) as a
+/// tensor that borrows the array's memory.
+pub fn array_to_tensor(name: &str, obj: &Bound<'_, PyAny>) -> PyResult<Tensor> {
+    let py = obj.py();
+    let np = numpy(py)?;
+    let mut arr = if obj.is_instance(&np.getattr("ndarray")?)? {
+        obj.clone()
+    } else {
+        np.call_method1("asarray", (obj,)).map_err(|e| {
+            invalid_tensor(format!(
+                "input '{name}': cannot make a numpy array of {}: {e}",
+                type_name(obj)
+            ))
+        })?
+    };
+    let dt = arr.getattr("dtype")?;
+    let dname: String = dt.getattr("name")?.extract()?;
+    let dtype = DType::from_name(&dname)
+        .filter(|d| d.name() == dname)
+        .ok_or_else(|| {
+            let shown = dt.str().map_or_else(|_| dname.clone(), |s| s.to_string());
+            invalid_tensor(format!(
+                "input '{name}': dtype {shown} is not supported; supported dtypes: {}",
+                DType::ALL.map(DType::name).join(", ")
+            ))
+        })?;
+    let itemsize: usize = dt.getattr("itemsize")?.extract()?;
+    if itemsize != dtype.itemsize() {
+        return Err(invalid_tensor(format!(
+            "input '{name}': dtype {dname} has itemsize {itemsize}, expected {}",
+            dtype.itemsize()
+        )));
+    }
+    if !dt.getattr("isnative")?.is_truthy()? {
+        let native = dt.call_method1("newbyteorder", ("=",))?;
+        arr = arr.call_method1("astype", (native,))?;
+        INPUT_COPIES.fetch_add(1, Ordering::Relaxed);
+    }
+    let layout = match layout(&arr, itemsize)? {
+        Some(l) => l,
+        None => {
+            let kw = PyDict::new(py);
+            kw.set_item("order", "C")?;
+            arr = arr.call_method("copy", (), Some(&kw))?;
+            INPUT_COPIES.fetch_add(1, Ordering::Relaxed);
+            layout(&arr, itemsize)?
+                .ok_or_else(|| invalid_tensor("a C-contiguous copy has an unexpected layout"))?
+        }
+    };
+    let data = if layout.numel == 0 {
+        Bytes::new()
+    } else {
+        Bytes::from_owner(ArrayBytes {
+            _array: arr.unbind(),
+            ptr: layout.ptr,
+            len: layout.span * itemsize,
+        })
+    };
+    Tensor::with_strides(dtype, &layout.shape, Some(&layout.strides), data).map_err(|e| {
+        to_py(mymps::Error::new(
+            e.code,
+            format!("input '{name}': {}", e.message),
+        ))
+    })
+}
+
+/// The converted `inputs` of a call.
+#[derive(Debug, Default)]
+pub struct Inputs {
+    /// Tensors by argument name.
+    pub tensors: Vec<(String, Tensor)>,
+    /// Names given `None` (an optional tensor left out, e.g.
+    /// `{"bias": None}`); they go as `None` keyword arguments.
+    pub none: Vec<String>,
+}
+
+/// The `inputs` argument of `exec`: a mapping of names to arrays (`"0"`,
+/// `"1"`, ... positional; integer keys mean the same; `None` values mean
+/// "not given"), a list/tuple of positional arrays, one array (the one
+/// positional argument), or `None`.
+pub fn inputs(inputs: Option<&Bound<'_, PyAny>>) -> PyResult<Inputs> {
+    let Some(inputs) = inputs.filter(|i| !i.is_none()) else {
+        return Ok(Inputs::default());
+    };
+    let mut out = Vec::new();
+    let mut none = Vec::new();
+    if inputs.is_instance(&numpy(inputs.py())?.getattr("ndarray")?)? {
+        // One array: the one positional argument.
+        out.push(("0".to_owned(), array_to_tensor("0", inputs)?));
+        return Ok(Inputs { tensors: out, none });
+    }
+    if inputs.is_instance_of::<PyList>() || inputs.is_instance_of::<PyTuple>() {
+        for (i, item) in inputs.try_iter()?.enumerate() {
+            let name = i.to_string();
+            let t = array_to_tensor(&name, &item?)?;
+            out.push((name, t));
+        }
+        return Ok(Inputs { tensors: out, none });
+    }
+    let items = if let Ok(d) = inputs.cast::<PyDict>() {
+        d.call_method0("items")?
+    } else if inputs.hasattr("items")? && inputs.hasattr("__getitem__")? {
+        inputs.call_method0("items")?
+    } else {
+        return Err(bad_argument(format!(
+            "inputs must be a dict mapping argument names (\"0\", \"1\", ... or keyword names) \
+             to numpy arrays, not {}",
+            type_name(inputs)
+        )));
+    };
+    for item in items.try_iter()? {
+        let item = item?;
+        let (key, value) = (item.get_item(0)?, item.get_item(1)?);
+        let name = if let Ok(s) = key.cast::<PyString>() {
+            s.to_cow()?.into_owned()
+        } else if key.is_instance_of::<PyInt>() && !key.is_instance_of::<PyBool>() {
+            key.extract::<u64>()
+                .map_err(|_| bad_argument(format!("input key {key} is not a valid position")))?
+                .to_string()
+        } else {
+            return Err(bad_argument(format!(
+                "input names must be strings (\"0\", \"1\", ... or keyword names), not {}",
+                type_name(&key)
+            )));
+        };
+        if value.is_none() {
+            none.push(name);
+            continue;
+        }
+        let t = array_to_tensor(&name, &value)?;
+        out.push((name, t));
+    }
+    Ok(Inputs { tensors: out, none })
+}
+
+// ---------------------------------------------------------------- kwargs
+
+fn type_name(v: &Bound<'_, PyAny>) -> String {
+    v.get_type()
+        .name()
+        .map(|n| n.to_string())
+        .unwrap_or_else(|_| "?".to_owned())
+}
+
+/// One keyword argument as a [`Value`].
+pub fn to_value(name: &str, v: &Bound<'_, PyAny>, depth: usize) -> PyResult<Value> {
+    if depth > MAX_DEPTH {
+        return Err(bad_argument(format!(
+            "keyword argument '{name}': lists nest deeper than {MAX_DEPTH} levels"
+        )));
+    }
+    if v.is_none() {
+        return Ok(Value::None);
+    }
+    if let Ok(b) = v.cast::<PyBool>() {
+        return Ok(Value::Bool(b.is_true()));
+    }
+    if v.is_instance_of::<PyInt>() {
+        return v.extract::<i64>().map(Value::Int).map_err(|_| {
+            bad_argument(format!(
+                "keyword argument '{name}': integer {v} does not fit in 64 bits"
+            ))
+        });
+    }
+    if v.is_instance_of::<PyFloat>() {
+        return Ok(Value::Float(v.extract()?));
+    }
+    if let Ok(s) = v.cast::<PyString>() {
+        return Ok(Value::Str(s.to_cow()?.into_owned()));
+    }
+    if v.is_instance_of::<PyList>() || v.is_instance_of::<PyTuple>() {
+        let mut items = Vec::new();
+        for x in v.try_iter()? {
+            items.push(to_value(name, &x?, depth + 1)?);
+        }
+        return Ok(Value::List(items));
+    }
+    // numpy scalars (np.int64(3), np.True_) and arrays (dims=np.array([1, 0])).
+    let np = numpy(v.py())?;
+    if v.is_instance(&np.getattr("generic")?)? || v.is_instance(&np.getattr("ndarray")?)? {
+        return to_value(name, &v.call_method0("tolist")?, depth + 1);
+    }
+    Err(bad_argument(format!(
+        "keyword argument '{name}': cannot send a value of type {}; expected None, bool, \
+         int, float, str, or a list or tuple of them (tensors go in `inputs`)",
+        type_name(v)
+    )))
+}
+
+/// `**kwargs` as scalar arguments.
+pub fn kwargs(kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<Vec<(String, Value)>> {
+    let mut out = Vec::new();
+    if let Some(kw) = kwargs {
+        for (k, v) in kw.iter() {
+            let k: String = k.extract()?;
+            let value = to_value(&k, &v, 0)?;
+            out.push((k, value));
+        }
+    }
+    Ok(out)
+}
+
+// ---------------------------------------------------------------- results
+
+/// The memory of one result array: the buffer received from the server,
+/// exposed to numpy through `__array_interface__`. numpy arrays made from
+/// it keep it alive as their `.base`.
+#[pyclass(module = "mymps._native", name = "_ResultBuffer", frozen)]
+pub struct ResultBuffer {
+    /// Owns the memory; never read or written through this handle after
+    /// construction (numpy writes through `ptr`).
+    _buf: BytesMut,
+    ptr: usize,
+    len: usize,
+    typestr: String,
+    shape: Vec<usize>,
+    /// Byte strides; `None` for C order.
+    strides: Option<Vec<usize>>,
+}
+
+fn typestr(dtype: DType) -> String {
+    let endian = if cfg!(target_endian = "little") {
+        '<'
+    } else {
+        '>'
+    };
+    match dtype {
+        DType::Bool => "|b1".to_owned(),
+        DType::UInt8 => "|u1".to_owned(),
+        DType::Int8 => "|i1".to_owned(),
+        // bfloat16 travels as uint16 and is viewed as ml_dtypes.bfloat16.
+        DType::BFloat16 => format!("{endian}u2"),
+        d => {
+            let kind = if d.is_complex() {
+                'c'
+            } else if d.is_float() {
+                'f'
+            } else {
+                'i'
+            };
+            format!("{endian}{kind}{}", d.itemsize())
+        }
+    }
+}
+
+#[pymethods]
+impl ResultBuffer {
+    /// numpy's array interface (version 3) over the received bytes.
+    #[getter]
+    fn __array_interface__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let d = PyDict::new(py);
+        d.set_item("version", 3)?;
+        d.set_item("shape", PyTuple::new(py, &self.shape)?)?;
+        d.set_item("typestr", &self.typestr)?;
+        d.set_item("data", (self.ptr, false))?;
+        match &self.strides {
+            Some(s) => d.set_item("strides", PyTuple::new(py, s)?)?,
+            None => d.set_item("strides", py.None())?,
+        }
+        Ok(d)
+    }
+
+    /// Size of the buffer in bytes.
+    #[getter]
+    fn nbytes(&self) -> usize {
+        self.len
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "<mymps result buffer: {} bytes, shape {:?}>",
+            self.len, self.shape
+        )
+    }
+}
+
+/// Results smaller than this are copied: they may be slices of the
+/// connection's read buffer (64 KiB chunks), which an array must not pin.
+const TAKE_OVER_MIN: usize = 64 * 1024;
+
+/// The received bytes as a buffer of our own without copying, when nothing
+/// else refers to them and they fill (nearly) all of their allocation;
+/// otherwise gives them back, to be copied.
+fn take_over(data: Bytes) -> Result<BytesMut, Bytes> {
+    if data.len() < TAKE_OVER_MIN {
+        return Err(data);
+    }
+    let len = data.len();
+    match data.try_into_mut() {
+        Ok(b) if b.capacity() - len <= len / 4 => Ok(b),
+        Ok(b) => Err(b.freeze()),
+        Err(b) => Err(b),
+    }
+}
+
+/// A received tensor as a writable numpy array that owns its memory.
+pub fn tensor_to_array<'py>(py: Python<'py>, t: Tensor) -> PyResult<Bound<'py, PyAny>> {
+    let dtype = t.dtype();
+    let shape = t.shape().to_vec();
+    let strides = t
+        .strides()
+        .map(|s| s.iter().map(|&x| x * dtype.itemsize()).collect());
+    let data = t.into_data();
+    let mut buf = match take_over(data) {
+        Ok(b) => b,
+        Err(small_or_shared) => {
+            if !small_or_shared.is_empty() {
+                RESULT_COPIES.fetch_add(1, Ordering::Relaxed);
+            }
+            BytesMut::from(&small_or_shared[..])
+        }
+    };
+    let ptr = buf.as_mut_ptr() as usize;
+    let len = buf.len();
+    let owner = Bound::new(
+        py,
+        ResultBuffer {
+            _buf: buf,
+            ptr,
+            len,
+            typestr: typestr(dtype),
+            shape,
+            strides,
+        },
+    )?;
+    let arr = numpy(py)?.call_method1("asarray", (owner,))?;
+    if dtype == DType::BFloat16 {
+        return arr.call_method1("view", (bfloat16_dtype(py)?,));
+    }
+    Ok(arr)
+}
+
+/// Results as a dict in the server's order (`"output"`, or `"0"`, `"1"`, ...).
+pub fn outputs<'py>(
+    py: Python<'py>,
+    tensors: Vec<(String, Tensor)>,
+) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    for (name, t) in tensors {
+        d.set_item(name, tensor_to_array(py, t)?)?;
+    }
+    Ok(d)
+}

@@ -1,0 +1,50 @@
+//! # mymps-python
+//!
+//! The Python client of mymps, as the extension module `mymps._native` of
+//! the `mymps` package (built with maturin, one abi3 wheel for CPython 3.9
+//! and later). It wraps [`mymps::client::blocking::Client`] and needs
+//! numpy only: no libtorch, no torch.
+//!
+//! - [`client`]: the `MympsClient` class (the API of `client-api.md`).
+//! - [`convert`]: numpy arrays ⇄ tensors without copies, kwargs → values.
+//! - [`errors`]: error codes → the exception classes of `mymps.errors`.
+//!
+//! The Python side (`python/mymps/`) re-exports the class and defines the
+//! exceptions, type stubs and `py.typed`.
+#![warn(missing_docs)]
+
+pub mod client;
+pub mod convert;
+pub mod errors;
+
+use pyo3::prelude::*;
+
+/// `(input_copies, result_copies)`: how many input arrays had to be copied
+/// before sending, and how many results were copied after receiving, since
+/// the module was loaded (for tests of the zero-copy paths).
+#[pyfunction]
+fn _copy_counters() -> (u64, u64) {
+    convert::copy_counters()
+}
+
+/// The transports compiled into this build (`["tcp"]`).
+#[pyfunction]
+fn transports() -> Vec<&'static str> {
+    mymps::transport::available_schemes()
+}
+
+/// The native part of the `mymps` package.
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    // Naming the TCP transport's static makes the linker keep the object
+    // that registers it (a `pub use` alone references nothing).
+    std::hint::black_box(&mymps::tcp::TRANSPORT);
+    m.add_class::<client::MympsClient>()?;
+    m.add_class::<convert::ResultBuffer>()?;
+    m.add_function(wrap_pyfunction!(_copy_counters, m)?)?;
+    m.add_function(wrap_pyfunction!(transports, m)?)?;
+    m.add("__version__", mymps::VERSION)?;
+    m.add("DEFAULT_HOST", mymps::client::DEFAULT_HOST)?;
+    m.add("DEFAULT_PORT", mymps::client::DEFAULT_PORT)?;
+    Ok(())
+}
