@@ -248,25 +248,49 @@ def test_errors_pickle():
 
 
 @pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs os.fork")
-def test_client_refuses_use_after_fork(client):
+def test_client_after_fork(client, mymps_server):
     """A forked child has the client's memory but not its threads: using it
-    raises MympsConnectionError at once instead of hanging."""
+    raises MympsConnectionError at once, and closing or freeing it (as the
+    child's garbage collector may do with a parent's client) does not hang."""
+    import gc
     import os
     import warnings
 
+    extra = MympsClient(mymps_server.host, mymps_server.port)
+    still_works(extra)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads (3.12+)
         pid = os.fork()
     if pid == 0:  # the child: report through the exit status only
         code = 3
         try:
-            client.health()
-            code = 1
-        except mymps.MympsConnectionError as e:
-            code = 0 if "fork" in str(e) else 4
+            try:
+                client.health()
+                code = 1
+            except mymps.MympsConnectionError as e:
+                code = 0 if "fork" in str(e) else 4
+            if not client.closed:
+                code = 5
+            client.close()
+            del extra  # freed here: the runtime of the parent must not be shut down
+            gc.collect()
+            with MympsClient(mymps_server.host, mymps_server.port) as fresh:
+                if fresh.health()["status"] != "ok":  # a new client works in the child
+                    code = 6
         except BaseException:
             code = 2
         os._exit(code)
-    _, status = os.waitpid(pid, 0)
+    del extra  # the parent's copy goes normally
+    gc.collect()
+    deadline = time.monotonic() + 30
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if time.monotonic() > deadline:
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+            pytest.fail("the forked child hung")
+        time.sleep(0.05)
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
     assert client.health()["status"] == "ok"  # the parent's client is fine

@@ -1,5 +1,6 @@
 //! `MympsClient`: the Python face of [`mymps::client::blocking::Client`].
 
+use std::mem::ManuallyDrop;
 use std::time::Duration;
 
 use mymps::Value;
@@ -43,7 +44,8 @@ use crate::errors::{bad_argument, to_py};
 /// by fork it raises MympsConnectionError. Make one client per process.
 #[pyclass(module = "mymps", name = "MympsClient", frozen, subclass)]
 pub struct MympsClient {
-    inner: blocking::Client,
+    /// Dropped by hand (see `Drop`): never in a forked child.
+    inner: ManuallyDrop<blocking::Client>,
     host: String,
     port: u16,
     timeout: Option<f64>,
@@ -90,7 +92,26 @@ fn value_to_py<'py>(py: Python<'py>, v: &Value) -> PyResult<Bound<'py, PyAny>> {
 /// How often a waiting call wakes up to let Python handle signals (Ctrl-C).
 const SIGNAL_CHECK: Duration = Duration::from_millis(50);
 
+impl Drop for MympsClient {
+    fn drop(&mut self) {
+        if self.forked() {
+            // A forked child has the runtime's memory but not its threads:
+            // shutting it down would wait for threads that do not exist (and
+            // its locks may have been held at the fork). The memory is the
+            // parent's copy; leaving it is harmless.
+            return;
+        }
+        // SAFETY: `inner` is not used after this.
+        unsafe { ManuallyDrop::drop(&mut self.inner) };
+    }
+}
+
 impl MympsClient {
+    /// Whether this process is a fork of the one that made the client.
+    fn forked(&self) -> bool {
+        std::process::id() != self.pid
+    }
+
     /// Runs one request of the async client to completion on the client's
     /// runtime, with the GIL released while it waits.
     ///
@@ -103,7 +124,7 @@ impl MympsClient {
         F: std::future::Future<Output = mymps::Result<T>> + Send,
         T: Send,
     {
-        if std::process::id() != self.pid {
+        if self.forked() {
             return Err(to_py(mymps::Error::connection(
                 "this client was created in another process (before a fork) and cannot be \
                  used in this one; create a new MympsClient here",
@@ -158,7 +179,7 @@ impl MympsClient {
             .detach(|| blocking::Client::connect_endpoint(endpoint, options))
             .map_err(to_py)?;
         Ok(MympsClient {
-            inner,
+            inner: ManuallyDrop::new(inner),
             host,
             port,
             timeout,
@@ -312,13 +333,15 @@ impl MympsClient {
     /// MympsConnectionError, and so does every later call. Closing twice is
     /// harmless.
     fn close(&self) {
-        self.inner.close();
+        if !self.forked() {
+            self.inner.close();
+        }
     }
 
     /// Whether the connection is closed (by close(), the server, or a failure).
     #[getter]
     fn closed(&self) -> bool {
-        self.inner.as_async().is_closed()
+        self.forked() || self.inner.as_async().is_closed()
     }
 
     /// The server's host, as given.
@@ -364,7 +387,7 @@ impl MympsClient {
 
     #[pyo3(signature = (*_exc))]
     fn __exit__(&self, _exc: &Bound<'_, pyo3::types::PyTuple>) -> bool {
-        self.inner.close();
+        self.close();
         false
     }
 
