@@ -100,16 +100,17 @@ pub fn read_state_dict(path: &str, dev: Device) -> Result<StateDict> {
             .map(|(k, t)| Ok((k, t.f_to_device(dev).map_err(torch_error)?)))
             .collect::<Result<Vec<_>>>()?
     } else {
-        match Tensor::loadz_multi_with_device(path, dev) {
-            Ok(t) => t,
-            Err(e1) => Tensor::load_multi_with_device(path, dev).map_err(|e2| {
+        let bytes =
+            std::fs::read(path).map_err(|e| model_error(format!("cannot read '{path}': {e}")))?;
+        crate::torch_pickle::read_state_dict(&bytes)
+            .map_err(|m| {
                 model_error(format!(
-                    "cannot read '{path}' as a torch.save state_dict ({}) nor as a TorchScript archive ({})",
-                    torch_error(e1).message,
-                    torch_error(e2).message
+                    "cannot read '{path}' as a torch.save state_dict: {m}"
                 ))
-            })?,
-        }
+            })?
+            .into_iter()
+            .map(|(k, t)| Ok((k, t.f_to_device(dev).map_err(torch_error)?)))
+            .collect::<Result<Vec<_>>>()?
     };
     Ok(tensors.into_iter().collect())
 }

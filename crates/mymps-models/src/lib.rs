@@ -19,6 +19,7 @@ use mymps_core::plugin::PluginRegistrar;
 
 pub mod checkpoint;
 mod convert;
+mod torch_pickle;
 pub mod torchscript;
 
 /// Every loader of this crate, for applications that link it.

@@ -55,6 +55,16 @@ pub struct MympsClient {
     pid: u32,
 }
 
+fn model_dict<'py>(py: Python<'py>, m: &mymps::model::ModelInfo) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    d.set_item("name", &m.name)?;
+    d.set_item("model_type", &m.model_type)?;
+    d.set_item("device", &m.device)?;
+    d.set_item("loaded_at", &m.loaded_at)?;
+    d.set_item("metadata", m.metadata.clone())?;
+    Ok(d)
+}
+
 fn timeout_duration(timeout: Option<f64>) -> PyResult<Duration> {
     match timeout {
         None => Ok(Duration::MAX),
@@ -326,6 +336,138 @@ impl MympsClient {
         d.set_item("accelerator_memory_total_mb", s.accelerator_memory_total_mb)?;
         d.set_item("accelerator_memory_used_mb", s.accelerator_memory_used_mb)?;
         d.set_item("accelerator_memory_free_mb", s.accelerator_memory_free_mb)?;
+        Ok(d)
+    }
+
+    /// Load a model on the server, registered under `name` (which may
+    /// contain "/"); a model of the same name is replaced.
+    ///
+    /// Args:
+    ///     name: the model's name; also its path when model_path is None.
+    ///     model_type: "huggingface", "torchscript" or "checkpoint" (or a
+    ///         server plugin's own type).
+    ///     model_path: where the model is on the server's filesystem: a
+    ///         .pt file saved by torch.jit.save (torchscript), a state_dict
+    ///         (.pt/.bin from torch.save, or .safetensors) for checkpoint, a
+    ///         model directory for huggingface.
+    ///     model_class: the architecture to build, for checkpoints
+    ///         ("linear", "mlp", "cnn", or a plugin's class).
+    ///     dtype: "float32", "float16", "bfloat16" (None: the loader's
+    ///         default); floating-point inputs are cast to it.
+    ///     trust_remote_code: accepted for compatibility; the server never
+    ///         runs code shipped with a model.
+    ///     config: the model class's options, a dict (or a JSON string).
+    ///
+    /// Returns:
+    ///     {"status": "ok", "name", "model_type", "device", "loaded_at",
+    ///     "metadata": {"architecture", "parameters", "dtype", "path", ...}}.
+    ///
+    /// Raises:
+    ///     ModelError: the model cannot be loaded (the message says why:
+    ///         unknown type or class, missing file, keys or shapes that do
+    ///         not match the class).
+    #[pyo3(signature = (name, model_type = "huggingface".to_owned(), model_path = None, model_class = None, dtype = None, trust_remote_code = false, config = None))]
+    #[allow(clippy::too_many_arguments)]
+    fn load_model<'py>(
+        &self,
+        py: Python<'py>,
+        name: String,
+        model_type: String,
+        model_path: Option<String>,
+        model_class: Option<String>,
+        dtype: Option<String>,
+        trust_remote_code: bool,
+        config: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let config = match config {
+            None => None,
+            Some(c) if c.is_none() => None,
+            Some(c) => match c.extract::<String>() {
+                Ok(s) => Some(s),
+                Err(_) => Some(
+                    py.import("json")?
+                        .call_method1("dumps", (c,))
+                        .and_then(|s| s.extract::<String>())
+                        .map_err(|e| {
+                            bad_argument(format!("config must be a JSON-serialisable dict: {e}"))
+                        })?,
+                ),
+            },
+        };
+        let request = mymps::model::LoadRequest {
+            name,
+            model_type,
+            model_path,
+            model_class,
+            dtype,
+            trust_remote_code,
+            config,
+        };
+        let info = self.wait(py, self.inner.as_async().load_model(request))?;
+        let d = model_dict(py, &info)?;
+        d.set_item("status", "ok")?;
+        Ok(d)
+    }
+
+    /// A forward pass of a loaded model.
+    ///
+    /// Args:
+    ///     name: the model's name.
+    ///     inputs: a dict of numpy arrays, as for exec: "0", "1", ... are
+    ///         positional, other keys keyword ("input_ids",
+    ///         "attention_mask", ...); a list or a lone array means
+    ///         positional arguments.
+    ///
+    /// Returns:
+    ///     A dict of numpy arrays: {"output": array} for a model returning
+    ///     one tensor, {"0": a, "1": b, ...} for a tuple, the model's own
+    ///     names for a dict ({"last_hidden_state": ..., ...}).
+    ///
+    /// Raises:
+    ///     ModelNotFoundError: no model of that name is loaded.
+    ///     ModelError: the forward pass failed.
+    #[pyo3(signature = (name, inputs = None))]
+    fn infer<'py>(
+        &self,
+        py: Python<'py>,
+        name: &str,
+        inputs: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let inputs = convert::inputs(inputs)?;
+        if let Some(n) = inputs.none.first() {
+            return Err(bad_argument(format!(
+                "input '{n}' is None; infer takes arrays only"
+            )));
+        }
+        let out = self.wait(py, self.inner.as_async().infer(name, inputs.tensors))?;
+        convert::outputs(py, out.tensors)
+    }
+
+    /// The loaded models: a list of {"name", "model_type", "device",
+    /// "loaded_at", "metadata"}, sorted by name.
+    fn list_models<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let models = self.wait(py, self.inner.as_async().list_models())?;
+        let l = PyList::empty(py);
+        for m in &models {
+            l.append(model_dict(py, m)?)?;
+        }
+        Ok(l)
+    }
+
+    /// One loaded model: {"name", "model_type", "device", "loaded_at",
+    /// "metadata"}. Raises ModelNotFoundError if it is not loaded.
+    fn model_info<'py>(&self, py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyDict>> {
+        let info = self.wait(py, self.inner.as_async().model_info(name))?;
+        model_dict(py, &info)
+    }
+
+    /// Unload a model: {"status": "ok", "name"}. Raises ModelNotFoundError
+    /// if it is not loaded.
+    fn unload_model<'py>(&self, py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyDict>> {
+        self.wait(py, self.inner.as_async().unload_model(name))?;
+        let d = PyDict::new(py);
+        d.set_item("status", "ok")?;
+        d.set_item("name", name)?;
         Ok(d)
     }
 

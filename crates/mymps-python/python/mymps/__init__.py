@@ -17,7 +17,7 @@ A client may be shared between threads; calls release the GIL.
 
 from . import errors
 from ._native import DEFAULT_HOST, DEFAULT_PORT, MympsClient, __version__, transports
-from ._types import HealthInfo, OpInfo, ParamInfo, StatsInfo
+from ._types import HealthInfo, ModelInfo, OpInfo, ParamInfo, StatsInfo
 from .errors import (
     AuthenticationError,
     BackendError,
@@ -49,6 +49,7 @@ __all__ = [
     "HealthInfo",
     "StatsInfo",
     "OpInfo",
+    "ModelInfo",
     "ParamInfo",
     "MympsError",
     "UnknownOpError",

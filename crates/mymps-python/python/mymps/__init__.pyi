@@ -6,7 +6,7 @@ from ._native import (
     __version__ as __version__,
     transports as transports,
 )
-from ._types import HealthInfo as HealthInfo, OpInfo as OpInfo, ParamInfo as ParamInfo, StatsInfo as StatsInfo
+from ._types import HealthInfo as HealthInfo, ModelInfo as ModelInfo, OpInfo as OpInfo, ParamInfo as ParamInfo, StatsInfo as StatsInfo
 from .errors import (
     AuthenticationError as AuthenticationError,
     BackendError as BackendError,

@@ -7,7 +7,7 @@ import numpy as np
 import numpy.typing as npt
 from typing_extensions import Self
 
-from ._types import HealthInfo, OpInfo, StatsInfo
+from ._types import HealthInfo, ModelInfo, OpInfo, StatsInfo
 
 __all__ = [
     "MympsClient",
@@ -50,6 +50,22 @@ class MympsClient:
     ) -> Dict[str, np.ndarray]:
         """Run one whitelisted torch op; see help(MympsClient.exec)."""
     def list_ops(self) -> List[str]: ...
+    def load_model(
+        self,
+        name: str,
+        model_type: str = "huggingface",
+        model_path: Optional[str] = None,
+        model_class: Optional[str] = None,
+        dtype: Optional[str] = None,
+        trust_remote_code: bool = False,
+        config: Optional[Union[Mapping[str, Any], str]] = None,
+    ) -> Dict[str, Any]:
+        """Load a model on the server; see help(MympsClient.load_model)."""
+    def infer(self, name: str, inputs: Optional[_Inputs] = None) -> Dict[str, np.ndarray]:
+        """A forward pass of a loaded model; see help(MympsClient.infer)."""
+    def list_models(self) -> List[ModelInfo]: ...
+    def model_info(self, name: str) -> ModelInfo: ...
+    def unload_model(self, name: str) -> Dict[str, str]: ...
     def describe_op(self, op: str) -> OpInfo: ...
     def health(self) -> HealthInfo: ...
     def stats(self) -> StatsInfo: ...

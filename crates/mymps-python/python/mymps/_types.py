@@ -3,9 +3,9 @@
 
 from __future__ import annotations
 
-from typing import Any, List, Optional, TypedDict
+from typing import Any, Dict, List, Optional, TypedDict
 
-__all__ = ["HealthInfo", "StatsInfo", "ParamInfo", "OpInfo"]
+__all__ = ["HealthInfo", "StatsInfo", "ParamInfo", "OpInfo", "ModelInfo"]
 
 
 class HealthInfo(TypedDict):
@@ -57,3 +57,13 @@ class OpInfo(TypedDict):
     signature: str
     params: List[ParamInfo]
     outputs: List[str]
+
+
+class ModelInfo(TypedDict):
+    """``MympsClient.model_info()`` and the entries of ``list_models()``."""
+
+    name: str
+    model_type: str
+    device: str
+    loaded_at: str
+    metadata: Dict[str, str]

@@ -1,0 +1,202 @@
+"""Models through a real server: TorchScript and checkpoint models made here
+with PyTorch, loaded with the client contract's calls, their outputs compared
+with PyTorch's own on the same inputs.
+
+The server loads its model loaders from the `mymps-models` plugin in the
+plugins folder beside its binary (scripts/setup.sh puts it there).
+"""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from mymps import ModelError, ModelNotFoundError, BadArgumentError
+
+torch.manual_seed(0)
+
+
+class MLP(nn.Module):
+    """The documented equivalent of mymps's `mlp` class."""
+
+    def __init__(self, sizes, activation="relu"):
+        super().__init__()
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes, sizes[1:]))
+        self.act = {"relu": nn.ReLU(), "gelu": nn.GELU(), "tanh": nn.Tanh(),
+                    "silu": nn.SiLU(), "sigmoid": nn.Sigmoid()}[activation]
+
+    def forward(self, x):
+        for i, layer in enumerate(self.layers):
+            x = layer(x)
+            if i < len(self.layers) - 1:
+                x = self.act(x)
+        return x
+
+
+class SmallCNN(nn.Module):
+    """The documented equivalent of mymps's `cnn` class."""
+
+    def __init__(self, in_channels=3, num_classes=10, channels=(8, 16), kernel_size=3):
+        super().__init__()
+        layers, c = [], in_channels
+        for h in channels:
+            layers += [nn.Conv2d(c, h, kernel_size, padding=kernel_size // 2), nn.ReLU(), nn.MaxPool2d(2)]
+            c = h
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Linear(c, num_classes)
+
+    def forward(self, x):
+        return self.classifier(self.features(x).mean(dim=(2, 3)))
+
+
+class TwoHeads(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(4, 3)
+        self.b = nn.Linear(4, 2)
+
+    def forward(self, x, y):
+        return self.a(x), self.b(y).softmax(-1)
+
+
+class Named(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+
+    def forward(self, x):
+        h = self.lin(x)
+        return {"last_hidden_state": h, "pooler_output": h.tanh().mean(0)}
+
+
+def reference(model, *xs):
+    with torch.no_grad():
+        return model(*[torch.from_numpy(x) for x in xs])
+
+
+def test_torchscript_single_tuple_and_dict_outputs(client, tmp_path):
+    x = np.random.rand(5, 4).astype(np.float32)
+    y = np.random.rand(5, 4).astype(np.float32)
+
+    mlp = MLP([4, 16, 3]).eval()
+    path = tmp_path / "mlp.pt"
+    torch.jit.save(torch.jit.script(mlp), str(path))
+    info = client.load_model("ts/mlp", model_type="torchscript", model_path=str(path))
+    assert info["status"] == "ok" and info["name"] == "ts/mlp"
+    assert info["metadata"]["parameters"] == str(sum(p.numel() for p in mlp.parameters()))
+    out = client.infer("ts/mlp", {"0": x})
+    assert list(out) == ["output"]
+    np.testing.assert_allclose(out["output"], reference(mlp, x).numpy(), atol=1e-5)
+
+    two = TwoHeads().eval()
+    torch.jit.save(torch.jit.script(two), str(tmp_path / "two.pt"))
+    client.load_model("two", model_type="torchscript", model_path=str(tmp_path / "two.pt"))
+    out = client.infer("two", {"0": x, "1": y})
+    want = reference(two, x, y)
+    assert sorted(out) == ["0", "1"]
+    for i in range(2):
+        np.testing.assert_allclose(out[str(i)], want[i].numpy(), atol=1e-5)
+
+    named = Named().eval()
+    torch.jit.save(torch.jit.script(named), str(tmp_path / "named.pt"))
+    client.load_model("named", model_type="torchscript", model_path=str(tmp_path / "named.pt"))
+    out = client.infer("named", {"0": x})
+    want = reference(named, x)
+    assert sorted(out) == ["last_hidden_state", "pooler_output"]
+    for k in out:
+        np.testing.assert_allclose(out[k], want[k].numpy(), atol=1e-5)
+
+    # dtype is honoured: the module and float inputs become float64.
+    client.load_model("mlp64", model_type="torchscript", model_path=str(path), dtype="float64")
+    out = client.infer("mlp64", {"0": x})["output"]
+    assert out.dtype == np.float64
+    np.testing.assert_allclose(out, reference(mlp.double(), x.astype(np.float64)).numpy(), atol=1e-10)
+
+    with pytest.raises(BadArgumentError, match="positional inputs"):
+        client.infer("ts/mlp", {"input": x})
+    with pytest.raises(ModelError, match="mat1 and mat2 shapes cannot be multiplied"):
+        client.infer("ts/mlp", {"0": np.zeros((2, 7), np.float32)})
+    with pytest.raises(ModelError, match="no TorchScript file"):
+        client.load_model("x", model_type="torchscript", model_path=str(tmp_path / "missing.pt"))
+    for name in ["ts/mlp", "two", "named", "mlp64"]:
+        client.unload_model(name)
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".bin"])
+def test_checkpoint_mlp_and_cnn_match_pytorch(client, tmp_path, suffix):
+    mlp = MLP([6, 32, 16, 4], activation="tanh").eval()
+    path = tmp_path / f"mlp{suffix}"
+    torch.save(mlp.state_dict(), str(path))
+    info = client.load_model("ck/mlp", model_type="checkpoint", model_path=str(path),
+                             model_class="mlp", config={"activation": "tanh"})
+    assert info["metadata"]["architecture"] == "mlp"
+    x = np.random.rand(8, 6).astype(np.float32)
+    np.testing.assert_allclose(client.infer("ck/mlp", {"0": x})["output"], reference(mlp, x).numpy(), atol=1e-5)
+
+    cnn = SmallCNN().eval()
+    cpath = tmp_path / f"cnn{suffix}"
+    torch.save(cnn.state_dict(), str(cpath))
+    client.load_model("ck/cnn", model_type="checkpoint", model_path=str(cpath), model_class="cnn")
+    img = np.random.rand(2, 3, 32, 32).astype(np.float32)
+    out = client.infer("ck/cnn", {"0": img})["output"]
+    assert out.shape == (2, 10)
+    np.testing.assert_allclose(out, reference(cnn, img).numpy(), atol=1e-5)
+
+    lin = nn.Linear(5, 2).eval()
+    lpath = tmp_path / f"lin{suffix}"
+    torch.save(lin.state_dict(), str(lpath))
+    client.load_model("ck/lin", model_type="checkpoint", model_path=str(lpath), model_class="linear")
+    z = np.random.rand(3, 5).astype(np.float32)
+    np.testing.assert_allclose(client.infer("ck/lin", z)["output"], reference(lin, z).numpy(), atol=1e-6)
+
+    names = [m["name"] for m in client.list_models()]
+    assert {"ck/mlp", "ck/cnn", "ck/lin"} <= set(names)
+    assert names == sorted(names)
+    for n in ["ck/mlp", "ck/cnn", "ck/lin"]:
+        assert client.unload_model(n) == {"status": "ok", "name": n}
+
+
+def test_checkpoint_errors_list_what_differs(client, tmp_path):
+    mlp = MLP([6, 8, 3])
+    path = tmp_path / "mlp.pt"
+    torch.save(mlp.state_dict(), str(path))
+    with pytest.raises(ModelError, match=r"unknown model_class 'resnet999'; available: cnn, linear, mlp"):
+        client.load_model("e", model_type="checkpoint", model_path=str(path), model_class="resnet999")
+    with pytest.raises(ModelError, match=r"shape mismatches: layers\.0\.bias: checkpoint \[8\], model \[9\]"):
+        client.load_model("e", model_type="checkpoint", model_path=str(path), model_class="mlp",
+                          config={"sizes": [6, 9, 3]})
+    with pytest.raises(ModelError, match=r"missing keys: layers\.2\.bias, layers\.2\.weight"):
+        client.load_model("e", model_type="checkpoint", model_path=str(path), model_class="mlp",
+                          config={"sizes": [6, 8, 3, 2]})
+    cnn_sd = SmallCNN().state_dict()
+    cnn_sd["extra.weight"] = torch.zeros(1)
+    torch.save(cnn_sd, str(tmp_path / "cnn.pt"))
+    with pytest.raises(ModelError, match=r"unexpected keys: extra\.weight"):
+        client.load_model("e", model_type="checkpoint", model_path=str(tmp_path / "cnn.pt"), model_class="cnn")
+    with pytest.raises(BadArgumentError, match="need model_class"):
+        client.load_model("e", model_type="checkpoint", model_path=str(path))
+    with pytest.raises(ModelError, match="unknown model_type 'onnx'"):
+        client.load_model("e", model_type="onnx", model_path=str(path))
+    with pytest.raises(ModelNotFoundError, match="'nope' is not loaded"):
+        client.infer("nope", {"0": np.zeros(3, np.float32)})
+    with pytest.raises(ModelNotFoundError):
+        client.model_info("nope")
+    with pytest.raises(ModelNotFoundError):
+        client.unload_model("nope")
+    # The client and server keep working.
+    assert client.health()["status"] == "ok"
+
+
+def test_model_registry_calls(client, tmp_path):
+    lin = nn.Linear(3, 3)
+    path = tmp_path / "lin.pt"
+    torch.save(lin.state_dict(), str(path))
+    before = client.health()["models_loaded"]
+    client.load_model("org/lin", model_type="checkpoint", model_path=str(path), model_class="linear")
+    info = client.model_info("org/lin")
+    assert set(info) == {"name", "model_type", "device", "loaded_at", "metadata"}
+    assert info["model_type"] == "checkpoint" and info["device"] == client.device
+    assert info["loaded_at"].endswith("Z")
+    assert client.health()["models_loaded"] == before + 1
+    client.unload_model("org/lin")
+    assert client.health()["models_loaded"] == before
