@@ -284,7 +284,7 @@ impl<'a> Unpickler<'a> {
                     let items = self.pop_mark()?;
                     self.stack.push(Val::Tuple(items));
                 }
-                0x85 | 0x86 | 0x87 => {
+                0x85..=0x87 => {
                     let n = (op - 0x84) as usize;
                     let at = self
                         .stack
