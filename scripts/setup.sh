@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the project needs, idempotently: the Python virtualenv with
 # the torch wheel (libtorch) and the test dependencies, the .libtorch link
-# that cargo builds against, and the Rust build itself.
+# that cargo builds against, the Rust build with its plugins, and the Python
+# client wheel in .venv.
 #
 #   scripts/setup.sh            # debug build (tests)
 #   scripts/setup.sh --release  # release build (serving)
@@ -39,3 +40,7 @@ say "building (cargo build ${profile[*]:-})"
 cargo build "${profile[@]}" --workspace --quiet
 mkdir -p "target/$dir/plugins"
 cp -f "target/$dir/libmymps_models.so" "target/$dir/plugins/"
+
+# 4. The Python client wheel (abi3), installed into .venv.
+say "building the Python client (scripts/build-python.sh)"
+scripts/build-python.sh

@@ -17,11 +17,6 @@ cargo clippy --workspace --all-targets --quiet -- -D warnings
 say "cargo test"
 cargo test --workspace --quiet 2>&1
 
-if [ -x scripts/build-python.sh ]; then
-    say "python client wheel"
-    scripts/build-python.sh
-fi
-
 if [ -d tests/python ]; then
     say "pytest"
     export MYMPS_BIN="$PWD/target/debug/mymps"
