@@ -217,6 +217,9 @@ fn is_unsupported_on_device(e: &Error) -> bool {
         || m.contains("NotImplementedError")
         || m.contains("not currently implemented for the MPS device")
         || m.contains("not supported on MPS")
+        || m.contains("not supported on CUDA")
+        || m.contains("only supported on CPU")
+        || m.contains("only supported for CPU")
         || m.contains("Could not run")
 }
 

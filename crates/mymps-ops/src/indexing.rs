@@ -4,7 +4,7 @@
 use tch::Tensor;
 
 use crate::Outputs::{One, Tuple};
-use crate::util::{Out, bad, one, tuple};
+use crate::util::{Out, bad, check_index, check_index_along, one, tuple};
 use crate::{Args, Param, Scalar, TensorOrScalar, op, torch_scalar};
 
 const INPUT: Param = Param::tensor("input");
@@ -12,14 +12,19 @@ const DIM: Param = Param::int("dim");
 const INDEX: Param = Param::tensor("index");
 
 op!("gather", "indexing", "values of input at int64 index along dim (torch.gather)",
-    [INPUT, DIM, INDEX] -> One,
-    |a| one(a.tensor("input")?.f_gather(a.int("dim")?, a.tensor("index")?, false)?));
+[INPUT, DIM, INDEX] -> One,
+|a| {
+    let (x, dim, index) = (a.tensor("input")?, a.int("dim")?, a.tensor("index")?);
+    check_index_along(a, x, dim, index)?;
+    one(x.f_gather(dim, index, false)?)
+});
 
 op!("scatter", "indexing", "a copy of input with src (a tensor) or value (a scalar) written at index along dim; reduce None, \"add\" or \"multiply\" (torch.scatter)",
 [INPUT, DIM, INDEX, Param::tensor("src").optional(), Param::scalar("value").optional(), Param::str("reduce").optional()] -> One,
 |a| {
     let x = a.tensor("input")?;
     let (dim, index) = (a.int("dim")?, a.tensor("index")?);
+    check_index_along(a, x, dim, index)?;
     let reduce = a.opt_str("reduce")?;
     match (a.opt_tensor("src")?, a.opt_scalar("value")?, reduce) {
         (Some(src), None, None) => one(x.f_scatter(dim, index, src)?),
@@ -31,12 +36,20 @@ op!("scatter", "indexing", "a copy of input with src (a tensor) or value (a scal
 });
 
 op!("scatter_add", "indexing", "a copy of input with src added at index along dim (torch.scatter_add)",
-    [INPUT, DIM, INDEX, Param::tensor("src")] -> One,
-    |a| one(a.tensor("input")?.f_scatter_add(a.int("dim")?, a.tensor("index")?, a.tensor("src")?)?));
+[INPUT, DIM, INDEX, Param::tensor("src")] -> One,
+|a| {
+    let (x, dim, index) = (a.tensor("input")?, a.int("dim")?, a.tensor("index")?);
+    check_index_along(a, x, dim, index)?;
+    one(x.f_scatter_add(dim, index, a.tensor("src")?)?)
+});
 
 op!("index_select", "indexing", "the entries of input at int index along dim (torch.index_select)",
-    [INPUT, DIM, INDEX] -> One,
-    |a| one(a.tensor("input")?.f_index_select(a.int("dim")?, a.tensor("index")?)?));
+[INPUT, DIM, INDEX] -> One,
+|a| {
+    let (x, dim, index) = (a.tensor("input")?, a.int("dim")?, a.tensor("index")?);
+    check_index_along(a, x, dim, index)?;
+    one(x.f_index_select(dim, index)?)
+});
 
 op!("index_add", "indexing", "a copy of input with alpha × source added at index along dim (torch.index_add)",
 [INPUT, DIM, INDEX, Param::tensor("source"), Param::scalar("alpha").or_int(1)] -> One,
@@ -49,16 +62,26 @@ op!("index_add", "indexing", "a copy of input with alpha × source added at inde
     } else {
         source.f_mul_scalar(torch_scalar(alpha))?
     };
-    one(x.f_index_add(a.int("dim")?, a.tensor("index")?, &source)?)
+    let (dim, index) = (a.int("dim")?, a.tensor("index")?);
+    check_index_along(a, x, dim, index)?;
+    one(x.f_index_add(dim, index, &source)?)
 });
 
 op!("index_copy", "indexing", "a copy of input with source copied in at index along dim (torch.index_copy)",
-    [INPUT, DIM, INDEX, Param::tensor("source")] -> One,
-    |a| one(a.tensor("input")?.f_index_copy(a.int("dim")?, a.tensor("index")?, a.tensor("source")?)?));
+[INPUT, DIM, INDEX, Param::tensor("source")] -> One,
+|a| {
+    let (x, dim, index) = (a.tensor("input")?, a.int("dim")?, a.tensor("index")?);
+    check_index_along(a, x, dim, index)?;
+    one(x.f_index_copy(dim, index, a.tensor("source")?)?)
+});
 
 op!("index_fill", "indexing", "a copy of input with value at index along dim (torch.index_fill)",
-    [INPUT, DIM, INDEX, Param::scalar("value")] -> One,
-    |a| one(a.tensor("input")?.f_index_fill(a.int("dim")?, a.tensor("index")?, torch_scalar(a.scalar("value")?))?));
+[INPUT, DIM, INDEX, Param::scalar("value")] -> One,
+|a| {
+    let (x, dim, index) = (a.tensor("input")?, a.int("dim")?, a.tensor("index")?);
+    check_index_along(a, x, dim, index)?;
+    one(x.f_index_fill(dim, index, torch_scalar(a.scalar("value")?))?)
+});
 
 op!("masked_fill", "indexing", "a copy of input with value where mask is true (torch.masked_fill)",
 [INPUT, Param::tensor("mask"), Param::tensor_or_scalar("value")] -> One,
@@ -79,12 +102,23 @@ op!("masked_scatter", "indexing", "a copy of input with source's elements, in or
     |a| one(a.tensor("input")?.f_masked_scatter(a.tensor("mask")?, a.tensor("source")?)?));
 
 op!("take", "indexing", "elements of the flattened input at index (torch.take)",
-    [INPUT, INDEX] -> One,
-    |a| one(a.tensor("input")?.f_take(a.tensor("index")?)?));
+[INPUT, INDEX] -> One,
+|a| {
+    let (x, index) = (a.tensor("input")?, a.tensor("index")?);
+    check_index(a, "index", index, x.numel() as i64, true)?;
+    one(x.f_take(index)?)
+});
 
 op!("take_along_dim", "indexing", "values at indices along dim, flattened when dim is None (torch.take_along_dim)",
-    [INPUT, Param::tensor("indices"), Param::int("dim").optional()] -> One,
-    |a| one(a.tensor("input")?.f_take_along_dim(a.tensor("indices")?, a.opt_int("dim")?)?));
+[INPUT, Param::tensor("indices"), Param::int("dim").optional()] -> One,
+|a| {
+    let (x, index, dim) = (a.tensor("input")?, a.tensor("indices")?, a.opt_int("dim")?);
+    match dim {
+        Some(d) => check_index_along(a, x, d, index)?,
+        None => check_index(a, "index", index, x.numel() as i64, false)?,
+    }
+    one(x.f_take_along_dim(index, dim)?)
+});
 
 op!("nonzero", "indexing", "indices of the nonzero elements, (n, ndim) int64 (torch.nonzero)",
     [INPUT] -> One,

@@ -3,7 +3,7 @@
 use tch::Tensor;
 
 use crate::Outputs::One;
-use crate::util::{bad, one, reduce_loss, reduction};
+use crate::util::{bad, check_targets, one, reduce_loss, reduction};
 use crate::{Param, op};
 
 const INPUT: Param = Param::tensor("input");
@@ -12,12 +12,20 @@ const WEIGHT: Param = Param::tensor("weight").optional();
 const REDUCTION: Param = Param::str("reduction").or_str("mean");
 
 op!("cross_entropy", "loss", "cross entropy of logits and class indices or probabilities (torch.nn.functional.cross_entropy)",
-    [INPUT, TARGET, WEIGHT, Param::int("ignore_index").or_int(-100), REDUCTION, Param::float("label_smoothing").or_float(0.0)] -> One,
-    |a| one(a.tensor("input")?.f_cross_entropy_loss(a.tensor("target")?, a.opt_tensor("weight")?, reduction(a)?, a.int("ignore_index")?, a.float("label_smoothing")?)?));
+[INPUT, TARGET, WEIGHT, Param::int("ignore_index").or_int(-100), REDUCTION, Param::float("label_smoothing").or_float(0.0)] -> One,
+|a| {
+    let (x, target, ignore) = (a.tensor("input")?, a.tensor("target")?, a.int("ignore_index")?);
+    check_targets(a, x, target, ignore)?;
+    one(x.f_cross_entropy_loss(target, a.opt_tensor("weight")?, reduction(a)?, ignore, a.float("label_smoothing")?)?)
+});
 
 op!("nll_loss", "loss", "negative log-likelihood of log-probabilities and class indices (torch.nn.functional.nll_loss)",
-    [INPUT, TARGET, WEIGHT, Param::int("ignore_index").or_int(-100), REDUCTION] -> One,
-    |a| one(a.tensor("input")?.f_nll_loss_nd(a.tensor("target")?, a.opt_tensor("weight")?, reduction(a)?, a.int("ignore_index")?)?));
+[INPUT, TARGET, WEIGHT, Param::int("ignore_index").or_int(-100), REDUCTION] -> One,
+|a| {
+    let (x, target, ignore) = (a.tensor("input")?, a.tensor("target")?, a.int("ignore_index")?);
+    check_targets(a, x, target, ignore)?;
+    one(x.f_nll_loss_nd(target, a.opt_tensor("weight")?, reduction(a)?, ignore)?)
+});
 
 op!("mse_loss", "loss", "mean squared error (torch.nn.functional.mse_loss)",
     [INPUT, TARGET, REDUCTION] -> One,

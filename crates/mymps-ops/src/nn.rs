@@ -269,6 +269,7 @@ op!("embedding", "nn", "rows of weight at the int indices input; max_norm renorm
     // padding_idx is checked like torch does.
     let w = a.tensor("weight")?;
     let idx = a.tensor("input")?;
+    crate::util::check_index(a, "index", idx, w.size().first().copied().unwrap_or(0), false)?;
     if let Some(p) = a.opt_int("padding_idx")? {
         let n = w.size().first().copied().unwrap_or(0);
         if p >= n || p < -n {
@@ -287,8 +288,12 @@ op!("embedding", "nn", "rows of weight at the int indices input; max_norm renorm
 });
 
 op!("one_hot", "nn", "one-hot encoding of int64 class indices; num_classes −1: max + 1 (torch.nn.functional.one_hot)",
-    [Param::tensor("tensor"), Param::int("num_classes").or_int(-1)] -> One,
-    |a| one(a.tensor("tensor")?.f_one_hot(a.int("num_classes")?)?));
+[Param::tensor("tensor"), Param::int("num_classes").or_int(-1)] -> One,
+|a| {
+    let (t, n) = (a.tensor("tensor")?, a.int("num_classes")?);
+    crate::util::check_index(a, "class", t, if n < 0 { i64::MAX } else { n }, false)?;
+    one(t.f_one_hot(n)?)
+});
 
 op!("scaled_dot_product_attention", "nn", "softmax(Q Kᵀ × scale + mask) V (torch.nn.functional.scaled_dot_product_attention)",
     [

@@ -125,3 +125,81 @@ macro_rules! unary {
     };
 }
 pub(crate) use unary;
+
+/// The size of `t` along `dim` (negative counts from the end); `None` when
+/// `dim` is out of range (libtorch then raises its own error).
+pub(crate) fn dim_size(t: &Tensor, dim: i64) -> Option<i64> {
+    let n = t.dim() as i64;
+    let d = if dim < 0 { dim + n } else { dim };
+    (0..n).contains(&d).then(|| t.size()[d as usize])
+}
+
+fn is_integral(k: Kind) -> bool {
+    matches!(
+        k,
+        Kind::Int64 | Kind::Int | Kind::Int16 | Kind::Int8 | Kind::Uint8
+    )
+}
+
+/// Checks that the integer `index` lies in `[0, size)` (or `[-size, size)`
+/// when `negative_ok`) before a kernel on an accelerator uses it.
+///
+/// On CUDA an out-of-range index is a device-side assert, which poisons the
+/// whole CUDA context: every later request of every client would fail. One
+/// reduction and a synchronisation turn it into a clean error reply. On the
+/// CPU libtorch already raises a clean error, so nothing is checked there.
+pub(crate) fn check_index(
+    a: &Args<Tensor>,
+    what: &str,
+    index: &Tensor,
+    size: i64,
+    negative_ok: bool,
+) -> KernelResult<()> {
+    if index.device() == tch::Device::Cpu || index.numel() == 0 || !is_integral(index.kind()) {
+        return Ok(());
+    }
+    let lo = index.f_min()?.f_int64_value(&[])?;
+    let hi = index.f_max()?.f_int64_value(&[])?;
+    let min = if negative_ok { -size } else { 0 };
+    if lo < min || hi >= size {
+        let bad_value = if lo < min { lo } else { hi };
+        return Err(bad(
+            a,
+            format!("{what} {bad_value} is out of range for size {size}"),
+        ));
+    }
+    Ok(())
+}
+
+/// [`check_index`] for an index along `dim` of `input`.
+pub(crate) fn check_index_along(
+    a: &Args<Tensor>,
+    input: &Tensor,
+    dim: i64,
+    index: &Tensor,
+) -> KernelResult<()> {
+    match dim_size(input, dim) {
+        Some(size) => check_index(a, "index", index, size, false),
+        None => Ok(()),
+    }
+}
+
+/// Class-index targets of nll_loss / cross_entropy: in `[0, C)` or equal to
+/// `ignore_index` (see [`check_index`] for why).
+pub(crate) fn check_targets(
+    a: &Args<Tensor>,
+    input: &Tensor,
+    target: &Tensor,
+    ignore_index: i64,
+) -> KernelResult<()> {
+    if target.device() == tch::Device::Cpu || !is_integral(target.kind()) {
+        return Ok(());
+    }
+    let classes = if input.dim() >= 2 {
+        input.size()[1]
+    } else {
+        input.size().first().copied().unwrap_or(0)
+    };
+    let kept = target.f_masked_select(&target.f_ne(ignore_index)?)?;
+    check_index(a, "target class", &kept, classes, false)
+}

@@ -13,6 +13,7 @@ values (tolerance by dtype).
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Optional
@@ -196,14 +197,28 @@ def torch_function(op: str) -> Callable[..., Any]:
     return getattr(torch, op)
 
 
-def to_torch(x: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.array(x, copy=True))
+#: Where references run: the server's device when it is a CUDA device that
+#: this torch can use (kernels differ between devices — TF32 convolutions,
+#: float32 internals of some float64 kernels, CUDA-only lstsq drivers — so
+#: mymps on CUDA is compared with torch on CUDA), else the CPU.
+_DEVICE = os.environ.get("MYMPS_TEST_DEVICE", "cpu")
+REF_DEVICE = _DEVICE if _DEVICE.startswith("cuda") and torch.cuda.is_available() else "cpu"
 
 
-def call_reference(case: Case, inputs: Inputs) -> Dict[str, np.ndarray]:
-    """Runs the reference on copies of the inputs; results by wire name."""
-    positional = [to_torch(inputs[str(i)]) for i in range(len(inputs)) if str(i) in inputs]
-    named = {k: to_torch(v) for k, v in inputs.items() if not k.isdigit()}
+def to_torch(x: np.ndarray, device: str = "cpu") -> torch.Tensor:
+    return torch.from_numpy(np.array(x, copy=True)).to(device)
+
+
+def call_reference(case: Case, inputs: Inputs, device: str = "cpu") -> Dict[str, np.ndarray]:
+    """Runs the reference on copies of the inputs on `device` (custom
+    references, which may make CPU tensors of their own, on the CPU);
+    results by wire name."""
+    return _reference(case, inputs, "cpu" if case.ref is not None else device)
+
+
+def _reference(case: Case, inputs: Inputs, device: str) -> Dict[str, np.ndarray]:
+    positional = [to_torch(inputs[str(i)], device) for i in range(len(inputs)) if str(i) in inputs]
+    named = {k: to_torch(v, device) for k, v in inputs.items() if not k.isdigit()}
     fn = case.ref or torch_function(case.op)
     kwargs = dict(case.kwargs)
     if isinstance(kwargs.get("dtype"), str) and case.ref is None:
@@ -225,7 +240,7 @@ def by_wire_name(out: Any) -> Dict[str, np.ndarray]:
 
 
 def to_numpy(t: torch.Tensor) -> np.ndarray:
-    t = t.detach().resolve_conj().resolve_neg().contiguous()
+    t = t.detach().cpu().resolve_conj().resolve_neg().contiguous()
     return t.numpy()
 
 

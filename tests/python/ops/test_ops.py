@@ -25,7 +25,7 @@ import cases_reduce  # noqa: E402
 import cases_dtypes  # noqa: E402
 import cases_errors  # noqa: E402
 import cases_shape  # noqa: E402
-from harness import Case, assert_array, assert_same, call_reference  # noqa: E402
+from harness import REF_DEVICE, Case, assert_array, assert_same, call_reference  # noqa: E402
 
 ALL_CASES = (
     cases_math.CASES
@@ -89,7 +89,7 @@ def test_op(client, index):
         check_error(client, case, inputs, ctx)
         return
     try:
-        want = call_reference(case, inputs)
+        want = call_reference(case, inputs, REF_DEVICE)
     except Exception as e:
         raise AssertionError(f"{ctx}: the torch reference failed: {e!r}") from e
     try:
