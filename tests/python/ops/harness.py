@@ -211,9 +211,16 @@ def to_torch(x: np.ndarray, device: str = "cpu") -> torch.Tensor:
 
 def call_reference(case: Case, inputs: Inputs, device: str = "cpu") -> Dict[str, np.ndarray]:
     """Runs the reference on copies of the inputs on `device` (custom
-    references, which may make CPU tensors of their own, on the CPU);
-    results by wire name."""
-    return _reference(case, inputs, "cpu" if case.ref is not None else device)
+    references, which may make CPU tensors of their own, and ops the device
+    has no kernel for, on the CPU); results by wire name."""
+    if case.ref is not None or device == "cpu":
+        return _reference(case, inputs, "cpu")
+    try:
+        return _reference(case, inputs, device)
+    except (RuntimeError, NotImplementedError):
+        # No kernel for it on that device: mymps falls back to the CPU,
+        # and so does the reference.
+        return _reference(case, inputs, "cpu")
 
 
 def _reference(case: Case, inputs: Inputs, device: str) -> Dict[str, np.ndarray]:
