@@ -174,8 +174,8 @@ def server_factory():
     """Starts servers of the test's own: ``server_factory(*extra_args)``."""
     started: List[ServerProcess] = []
 
-    def start(*extra_args: str) -> ServerProcess:
-        s = ServerProcess(*extra_args)
+    def start(*extra_args: str, device: Optional[str] = None) -> ServerProcess:
+        s = ServerProcess(*extra_args, device=device)
         started.append(s)
         return s
 
