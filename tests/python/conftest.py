@@ -58,6 +58,8 @@ class ServerProcess:
             "tcp://127.0.0.1:0",
             "--device",
             device,
+            # The tests' model files are made in temporary folders.
+            *([] if "--model-root" in extra_args else ["--model-root", tempfile.gettempdir()]),
             *extra_args,
         ]
         self.log = tempfile.NamedTemporaryFile(

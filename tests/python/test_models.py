@@ -116,7 +116,7 @@ def test_torchscript_single_tuple_and_dict_outputs(client, tmp_path):
         client.infer("ts/mlp", {"input": x})
     with pytest.raises(ModelError, match="mat1 and mat2 shapes cannot be multiplied"):
         client.infer("ts/mlp", {"0": np.zeros((2, 7), np.float32)})
-    with pytest.raises(ModelError, match="no TorchScript file"):
+    with pytest.raises(ModelError, match="missing.pt' cannot be opened"):
         client.load_model("x", model_type="torchscript", model_path=str(tmp_path / "missing.pt"))
     for name in ["ts/mlp", "two", "named", "mlp64"]:
         client.unload_model(name)
@@ -160,7 +160,7 @@ def test_checkpoint_errors_list_what_differs(client, tmp_path):
     mlp = MLP([6, 8, 3])
     path = tmp_path / "mlp.pt"
     torch.save(mlp.state_dict(), str(path))
-    with pytest.raises(ModelError, match=r"unknown model_class 'resnet999'; available: cnn, linear, mlp"):
+    with pytest.raises(ModelError, match=r"unknown model_class 'resnet999' for model_type 'checkpoint'; available: cnn, linear, mlp"):
         client.load_model("e", model_type="checkpoint", model_path=str(path), model_class="resnet999")
     with pytest.raises(ModelError, match=r"shape mismatches: layers\.0\.bias: checkpoint \[8\], model \[9\]"):
         client.load_model("e", model_type="checkpoint", model_path=str(path), model_class="mlp",
@@ -200,3 +200,83 @@ def test_model_registry_calls(client, tmp_path):
     assert client.health()["models_loaded"] == before + 1
     client.unload_model("org/lin")
     assert client.health()["models_loaded"] == before
+
+
+def test_loading_a_loaded_name_is_an_error(client, tmp_path):
+    lin = nn.Linear(2, 2)
+    torch.save(lin.state_dict(), str(tmp_path / "l.pt"))
+    kw = dict(model_type="checkpoint", model_path=str(tmp_path / "l.pt"), model_class="linear")
+    client.load_model("dup", **kw)
+    with pytest.raises(ModelError, match="already loaded; unload it first"):
+        client.load_model("dup", **kw)
+    client.unload_model("dup")
+    client.load_model("dup", **kw)  # fine once unloaded
+    client.unload_model("dup")
+
+
+def test_model_paths_stay_under_the_model_root(server_factory, tmp_path):
+    from mymps import MympsClient
+
+    root = tmp_path / "root"
+    root.mkdir()
+    lin = nn.Linear(2, 2)
+    torch.save(lin.state_dict(), str(root / "ok.pt"))
+    torch.save(lin.state_dict(), str(tmp_path / "outside.pt"))
+    (root / "link.pt").symlink_to(tmp_path / "outside.pt")
+    server = server_factory("--model-root", str(root))
+    with MympsClient(server.host, server.port) as c:
+        kw = dict(model_type="checkpoint", model_class="linear")
+        c.load_model("rel", model_path="ok.pt", **kw)  # relative to the root
+        for bad in [str(tmp_path / "outside.pt"), "../outside.pt", "link.pt"]:
+            with pytest.raises(ModelError, match="outside the model root"):
+                c.load_model("bad", model_path=bad, **kw)
+        with pytest.raises(ModelError, match="cannot be opened"):
+            c.load_model("bad", model_path="missing.pt", **kw)
+        assert [m["name"] for m in c.list_models()] == ["rel"]
+
+
+def test_unload_frees_memory_and_models_serve_while_others_load(server_factory, tmp_path):
+    import threading
+    from mymps import MympsClient
+
+    server = server_factory(device="cpu")  # process RSS is the measure
+    big = nn.Linear(4096, 4096)  # 64 MiB of float32 weights
+    torch.save(big.state_dict(), str(tmp_path / "big.pt"))
+    small = MLP([4, 8, 2]).eval()
+    torch.save(small.state_dict(), str(tmp_path / "small.pt"))
+    with MympsClient(server.host, server.port) as c:
+        c.load_model("small", model_type="checkpoint", model_path=str(tmp_path / "small.pt"), model_class="mlp")
+        rss = lambda: c.stats()["process_rss_mb"]  # noqa: E731
+        before = rss()
+        c.load_model("big", model_type="checkpoint", model_path=str(tmp_path / "big.pt"), model_class="linear")
+        loaded = rss()
+        assert loaded - before > 48, (before, loaded)
+        c.unload_model("big")
+        after = rss()
+        assert after - before < 24, f"RSS {before:.0f} MB before, {loaded:.0f} loaded, {after:.0f} after unload"
+
+        # Inference on one model goes on while another loads and unloads.
+        x = np.random.rand(3, 4).astype(np.float32)
+        want = reference(small, x).numpy()
+        errors, done = [], threading.Event()
+
+        def infer_loop():
+            n = 0
+            while not done.is_set() and n < 2000:
+                n += 1
+                try:
+                    np.testing.assert_allclose(c.infer("small", {"0": x})["output"], want, atol=1e-6)
+                except Exception as e:  # noqa: BLE001
+                    errors.append(e)
+                    return
+
+        t = threading.Thread(target=infer_loop)
+        t.start()
+        try:
+            for _ in range(3):
+                c.load_model("big", model_type="checkpoint", model_path=str(tmp_path / "big.pt"), model_class="linear")
+                c.unload_model("big")
+        finally:
+            done.set()
+            t.join(60)
+        assert not errors, errors

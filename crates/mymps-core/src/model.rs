@@ -5,8 +5,9 @@
 //! Models take and return host tensors: a loader converts them to and from
 //! its own device tensors, so this crate stays free of any tensor library.
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, RwLock};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
 
 use serde::{Deserialize, Serialize};
 
@@ -75,12 +76,29 @@ pub trait Model: Send + Sync {
 }
 
 /// Loads models of one `model_type` onto a device.
+///
+/// Several loaders may serve one type (the built-in checkpoint classes and a
+/// plugin's own, say): the registry asks each whether it
+/// [handles](ModelLoader::handles) a request and uses the first that does.
 pub trait ModelLoader: Send + Sync {
-    /// The `model_type` this loader handles.
+    /// The `model_type` this loader serves.
     fn model_type(&self) -> &str;
 
+    /// Whether this loader takes `request` (e.g. its `model_class` is one of
+    /// this loader's). Default: every request of its type.
+    fn handles(&self, _request: &LoadRequest) -> bool {
+        true
+    }
+
+    /// The choices it offers within its type (model classes), for error
+    /// messages. Default: none.
+    fn choices(&self) -> Vec<String> {
+        Vec::new()
+    }
+
     /// Loads a model; blocking. `device` is the backend's device string
-    /// (`cpu`, `cuda:0`, `mps`).
+    /// (`cpu`, `cuda:0`, `mps`); `request.model_path` has been resolved to
+    /// an existing path under the server's model root.
     fn load(&self, request: &LoadRequest, device: &str) -> Result<Box<dyn Model>>;
 }
 
@@ -90,10 +108,13 @@ struct Loaded {
 }
 
 /// The loaders a server knows and the models it has loaded.
-#[derive(Default)]
 pub struct ModelRegistry {
-    loaders: RwLock<BTreeMap<String, Arc<dyn ModelLoader>>>,
+    root: PathBuf,
+    loaders: RwLock<BTreeMap<String, Vec<Arc<dyn ModelLoader>>>>,
     models: RwLock<BTreeMap<String, Loaded>>,
+    /// Names being loaded right now: a second load of one of them fails at
+    /// once instead of racing the first.
+    loading: Mutex<BTreeSet<String>>,
 }
 
 fn model_error(e: Error) -> Error {
@@ -105,20 +126,53 @@ fn model_error(e: Error) -> Error {
     }
 }
 
+/// Frees a name reserved in `loading` when the load ends, however it ends.
+struct Reservation<'a> {
+    set: &'a Mutex<BTreeSet<String>>,
+    name: String,
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        self.set
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.name);
+    }
+}
+
 impl ModelRegistry {
-    /// An empty registry.
-    pub fn new() -> ModelRegistry {
-        ModelRegistry::default()
+    /// An empty registry whose model files must lie under `root` (a
+    /// relative model path is taken relative to it). Fails if `root` does
+    /// not exist.
+    pub fn new(root: &Path) -> Result<ModelRegistry> {
+        let root = std::fs::canonicalize(root)
+            .map_err(|e| Error::bad_argument(format!("model root '{}': {e}", root.display())))?;
+        Ok(ModelRegistry {
+            root,
+            loaders: RwLock::default(),
+            models: RwLock::default(),
+            loading: Mutex::default(),
+        })
     }
 
-    /// Adds a loader; a second loader for the same type is refused.
+    /// The model root (canonical).
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Adds a loader.
     pub fn add_loader(&self, loader: Arc<dyn ModelLoader>) -> Result<()> {
-        let mut l = self.loaders.write().unwrap_or_else(|p| p.into_inner());
         let t = loader.model_type().to_owned();
-        if l.contains_key(&t) {
-            return Err(Error::internal(format!("two loaders for model_type '{t}'")));
+        if t.is_empty() {
+            return Err(Error::internal("a loader with an empty model_type"));
         }
-        l.insert(t, loader);
+        self.loaders
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(t)
+            .or_default()
+            .push(loader);
         Ok(())
     }
 
@@ -132,33 +186,109 @@ impl ModelRegistry {
             .collect()
     }
 
-    /// Loads a model (blocking) and registers it under its name, replacing a
-    /// model of the same name.
+    /// Resolves a model path under the root: relative paths are taken from
+    /// the root; the result (symlinks and `..` resolved) must exist and lie
+    /// under the root. Nothing is read.
+    pub fn resolve(&self, path: &str) -> Result<PathBuf> {
+        let p = Path::new(path);
+        let joined = if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.root.join(p)
+        };
+        let real = std::fs::canonicalize(&joined).map_err(|e| {
+            Error::new(
+                ErrorCode::Model,
+                format!("model path '{path}' cannot be opened: {e}"),
+            )
+        })?;
+        if !real.starts_with(&self.root) {
+            return Err(Error::new(
+                ErrorCode::Model,
+                format!(
+                    "model path '{path}' is outside the model root '{}' (start the server with --model-root to serve another folder)",
+                    self.root.display()
+                ),
+            ));
+        }
+        Ok(real)
+    }
+
+    /// Loads a model (blocking) and registers it under its name. A name
+    /// that is loaded (or being loaded) is an error: unload it first.
     pub fn load(&self, request: &LoadRequest, device: &str) -> Result<ModelInfo> {
         if request.name.is_empty() {
             return Err(Error::bad_argument("load_model needs a name"));
         }
-        let loader = self
+        let taken = || {
+            Error::new(
+                ErrorCode::Model,
+                format!(
+                    "a model named '{}' is already loaded; unload it first",
+                    request.name
+                ),
+            )
+        };
+        let loaded = self
+            .models
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains_key(&request.name);
+        if loaded
+            || !self
+                .loading
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(request.name.clone())
+        {
+            return Err(taken());
+        }
+        let _reservation = Reservation {
+            set: &self.loading,
+            name: request.name.clone(),
+        };
+        let candidates = self
             .loaders
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .get(&request.model_type)
-            .cloned();
-        let loader = loader.ok_or_else(|| {
-            Error::new(
+            .cloned()
+            .unwrap_or_default();
+        if candidates.is_empty() {
+            return Err(Error::new(
                 ErrorCode::Model,
                 format!(
                     "unknown model_type '{}'; this server loads: {}",
                     request.model_type,
                     self.model_types().join(", ")
                 ),
-            )
-        })?;
-        let model: Arc<dyn Model> = Arc::from(loader.load(request, device).map_err(model_error)?);
+            ));
+        }
+        let mut resolved = request.clone();
+        resolved.model_path = Some(self.resolve(request.path())?.display().to_string());
+        let loader = candidates
+            .iter()
+            .find(|l| l.handles(&resolved))
+            .ok_or_else(|| {
+                let mut choices: Vec<String> =
+                    candidates.iter().flat_map(|l| l.choices()).collect();
+                choices.sort();
+                choices.dedup();
+                Error::new(
+                    ErrorCode::Model,
+                    format!(
+                        "unknown model_class '{}' for model_type '{}'; available: {}",
+                        request.model_class.as_deref().unwrap_or(""),
+                        request.model_type,
+                        choices.join(", ")
+                    ),
+                )
+            })?;
+        let model: Arc<dyn Model> = Arc::from(loader.load(&resolved, device).map_err(model_error)?);
         let mut metadata = model.metadata();
         metadata
             .entry("path".into())
-            .or_insert_with(|| request.path().to_owned());
+            .or_insert_with(|| resolved.path().to_owned());
         let info = ModelInfo {
             name: request.name.clone(),
             model_type: request.model_type.clone(),
@@ -166,8 +296,7 @@ impl ModelRegistry {
             loaded_at: iso8601_now(),
             metadata,
         };
-        let previous = self
-            .models
+        self.models
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .insert(
@@ -177,9 +306,6 @@ impl ModelRegistry {
                     model,
                 },
             );
-        if previous.is_some() {
-            tracing::info!(name = %request.name, "model replaced");
-        }
         Ok(info)
     }
 
@@ -325,7 +451,7 @@ mod tests {
             "echo"
         }
         fn load(&self, r: &LoadRequest, _: &str) -> Result<Box<dyn Model>> {
-            if r.path() == "missing" {
+            if r.path().ends_with("missing") {
                 return Err(Error::internal("no such file"));
             }
             Ok(Box::new(Echo))
@@ -334,9 +460,12 @@ mod tests {
 
     #[test]
     fn registry_lifecycle_and_errors() {
-        let r = ModelRegistry::new();
+        let dir = std::env::temp_dir().join(format!("mymps-model-test-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("org")).unwrap();
+        std::fs::write(dir.join("org/m"), b"x").unwrap();
+        std::fs::write(dir.join("missing"), b"x").unwrap();
+        let r = ModelRegistry::new(&dir).unwrap();
         r.add_loader(Arc::new(EchoLoader)).unwrap();
-        assert!(r.add_loader(Arc::new(EchoLoader)).is_err());
         let req = |name: &str, t: &str| LoadRequest {
             name: name.into(),
             model_type: t.into(),
@@ -350,7 +479,24 @@ mod tests {
         );
         let info = r.load(&req("org/m", "echo"), "cpu").unwrap();
         assert_eq!(info.metadata["architecture"], "echo");
-        assert_eq!(info.metadata["path"], "org/m");
+        assert_eq!(
+            info.metadata["path"],
+            r.root().join("org/m").display().to_string()
+        );
+        // A second load of a loaded name is an error.
+        assert!(
+            r.load(&req("org/m", "echo"), "cpu")
+                .unwrap_err()
+                .message
+                .contains("already loaded")
+        );
+        // Paths stay under the root: `..`, absolute paths elsewhere, missing files.
+        for bad in ["../etc/passwd", "/etc/passwd", "nothing-here"] {
+            let mut q = req("x", "echo");
+            q.model_path = Some(bad.into());
+            let e = r.load(&q, "cpu").unwrap_err();
+            assert_eq!(e.code, ErrorCode::Model, "{bad}: {e}");
+        }
         let t = Tensor::scalar(1.0f32);
         assert_eq!(
             r.infer("org/m", vec![("0".into(), t.clone())]).unwrap()[0].1,
@@ -367,5 +513,6 @@ mod tests {
             ErrorCode::ModelNotFound
         );
         assert!(r.is_empty());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -159,6 +159,14 @@ impl<L: ModelLoader> ModelLoader for GuardedLoader<L> {
         self.0.model_type()
     }
 
+    fn handles(&self, request: &LoadRequest) -> bool {
+        catch_unwind(AssertUnwindSafe(|| self.0.handles(request))).unwrap_or(false)
+    }
+
+    fn choices(&self) -> Vec<String> {
+        catch_unwind(AssertUnwindSafe(|| self.0.choices())).unwrap_or_default()
+    }
+
     fn load(&self, request: &LoadRequest, device: &str) -> Result<Box<dyn Model>> {
         let model = guard(&format!("loader '{}'", self.0.model_type()), || {
             self.0.load(request, device)

@@ -44,6 +44,9 @@ pub struct ServerConfig {
     pub handshake_timeout: Duration,
     /// Time in-flight requests get to finish on shutdown.
     pub shutdown_grace: Duration,
+    /// The folder model files must lie under (`None`: the current
+    /// directory).
+    pub model_root: Option<std::path::PathBuf>,
 }
 
 impl Default for ServerConfig {
@@ -57,6 +60,7 @@ impl Default for ServerConfig {
             workers: cores.max(2),
             handshake_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(10),
+            model_root: None,
         }
     }
 }
@@ -110,6 +114,13 @@ impl Server {
         if config.listen.is_empty() {
             return Err(Error::bad_argument("no address to listen on"));
         }
+        let root = match &config.model_root {
+            Some(r) => r.clone(),
+            None => std::env::current_dir().map_err(|e| {
+                Error::internal(format!("no current directory for the model root: {e}"))
+            })?,
+        };
+        let models = Arc::new(ModelRegistry::new(&root)?);
         let mut listeners = Vec::new();
         for ep in &config.listen {
             let t = transport_for(&ep.scheme)?;
@@ -127,7 +138,7 @@ impl Server {
                 config,
                 started: Instant::now(),
                 stats: HostStats::new(),
-                models: Arc::new(ModelRegistry::new()),
+                models,
             }),
             listeners,
         })

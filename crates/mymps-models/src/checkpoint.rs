@@ -72,9 +72,33 @@ pub fn classes() -> Vec<&'static ModelClass> {
     v
 }
 
-/// Loads state_dicts into model classes.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct CheckpointLoader;
+/// Loads state_dicts into model classes: all registered ones
+/// ([`CheckpointLoader::all`]) or a named few ([`CheckpointLoader::only`],
+/// what a plugin that brings its own classes registers).
+#[derive(Debug, Clone, Copy)]
+pub struct CheckpointLoader {
+    only: Option<&'static [&'static str]>,
+}
+
+impl CheckpointLoader {
+    /// Every class registered in this binary.
+    pub const fn all() -> CheckpointLoader {
+        CheckpointLoader { only: None }
+    }
+
+    /// Only the classes named (a plugin's own: its binary also holds the
+    /// built-in classes, which the server's loader already offers).
+    pub const fn only(names: &'static [&'static str]) -> CheckpointLoader {
+        CheckpointLoader { only: Some(names) }
+    }
+
+    fn mine(&self) -> Vec<&'static ModelClass> {
+        classes()
+            .into_iter()
+            .filter(|c| self.only.is_none_or(|o| o.contains(&c.name)))
+            .collect()
+    }
+}
 
 struct CheckpointModel {
     net: Box<dyn Net>,
@@ -160,9 +184,21 @@ impl ModelLoader for CheckpointLoader {
         "checkpoint"
     }
 
+    fn handles(&self, request: &LoadRequest) -> bool {
+        match request.model_class.as_deref() {
+            Some(c) => self.mine().iter().any(|m| m.name == c),
+            // The loader of every class explains that a class is needed.
+            None => self.only.is_none(),
+        }
+    }
+
+    fn choices(&self) -> Vec<String> {
+        self.mine().iter().map(|c| c.name.to_owned()).collect()
+    }
+
     fn load(&self, request: &LoadRequest, device_name: &str) -> Result<Box<dyn Model>> {
         let names = || {
-            classes()
+            self.mine()
                 .iter()
                 .map(|c| c.name)
                 .collect::<Vec<_>>()
@@ -174,7 +210,8 @@ impl ModelLoader for CheckpointLoader {
                 names()
             ))
         })?;
-        let class = classes()
+        let class = self
+            .mine()
             .into_iter()
             .find(|c| c.name == class_name)
             .ok_or_else(|| {

@@ -26,13 +26,13 @@ pub mod torchscript;
 pub fn loaders() -> Vec<Arc<dyn ModelLoader>> {
     vec![
         Arc::new(torchscript::TorchScriptLoader),
-        Arc::new(checkpoint::CheckpointLoader),
+        Arc::new(checkpoint::CheckpointLoader::all()),
     ]
 }
 
 fn register(r: &mut PluginRegistrar) -> Result<()> {
     r.add_loader(torchscript::TorchScriptLoader);
-    r.add_loader(checkpoint::CheckpointLoader);
+    r.add_loader(checkpoint::CheckpointLoader::all());
     Ok(())
 }
 

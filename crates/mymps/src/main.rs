@@ -134,6 +134,9 @@ struct ServeArgs {
     /// Backend calls running at once (default: the number of cores).
     #[arg(long)]
     workers: Option<usize>,
+    /// The folder model files must lie under (default: the current directory).
+    #[arg(long, value_name = "DIR", env = "MYMPS_MODEL_ROOT")]
+    model_root: Option<PathBuf>,
     /// A plugin to load (a mymps plugin .so, e.g. libmymps_models.so); repeatable.
     #[arg(long = "plugin", value_name = "PATH")]
     plugins: Vec<PathBuf>,
@@ -244,6 +247,7 @@ fn serve(a: ServeArgs) -> Result<(), Error> {
     if let Some(w) = a.workers {
         config.workers = w;
     }
+    config.model_root = a.model_root.clone();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("mymps-io")

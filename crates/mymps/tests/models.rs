@@ -93,15 +93,22 @@ async fn checkpoint_models_with_linked_loaders() {
     assert_eq!(c.list_models().await.unwrap().len(), 1);
     assert_eq!(c.health().await.unwrap().models_loaded, 1);
 
-    // Errors that list what differs.
+    // Errors that list what differs (under another name: a loaded name
+    // cannot be loaded again).
+    let e = c.load_model(req("mlp", None)).await.unwrap_err();
+    assert!(e.message.contains("already loaded; unload it first"), "{e}");
+    let bad = |class: &str, config: Option<&str>| LoadRequest {
+        name: "bad".into(),
+        ..req(class, config)
+    };
     let e = c
-        .load_model(req("transformer9000", None))
+        .load_model(bad("transformer9000", None))
         .await
         .unwrap_err();
     assert_eq!(e.code, ErrorCode::Model);
     assert!(e.message.contains("available: cnn, linear, mlp"), "{e}");
     let e = c
-        .load_model(req("mlp", Some(r#"{"sizes": [6, 9, 3]}"#)))
+        .load_model(bad("mlp", Some(r#"{"sizes": [6, 9, 3]}"#)))
         .await
         .unwrap_err();
     assert!(
@@ -109,24 +116,24 @@ async fn checkpoint_models_with_linked_loaders() {
             .contains("shape mismatches: layers.0.bias: checkpoint [8], model [9]"),
         "{e}"
     );
-    let e = c.load_model(req("cnn", None)).await.unwrap_err();
+    let e = c.load_model(bad("cnn", None)).await.unwrap_err();
     assert!(e.message.contains("no features.N.weight keys"), "{e}");
-    let e = c.load_model(req("linear", None)).await.unwrap_err();
+    let e = c.load_model(bad("linear", None)).await.unwrap_err();
     assert!(
         e.message.contains("missing keys: bias, weight")
             && e.message.contains("unexpected keys: layers.0.bias"),
         "{e}"
     );
-    let mut bad = req("mlp", None);
-    bad.model_path = Some("/nonexistent/x.pt".into());
-    assert!(
-        c.load_model(bad)
-            .await
-            .unwrap_err()
-            .message
-            .contains("no checkpoint file")
+    let mut missing = bad("mlp", None);
+    missing.model_path = Some(
+        std::env::temp_dir()
+            .join("nonexistent-x.pt")
+            .display()
+            .to_string(),
     );
-    let mut unknown = req("mlp", None);
+    let e = c.load_model(missing).await.unwrap_err();
+    assert!(e.message.contains("cannot be opened"), "{e}");
+    let mut unknown = bad("mlp", None);
     unknown.model_type = "onnx".into();
     let e = c.load_model(unknown).await.unwrap_err();
     assert!(
@@ -256,6 +263,8 @@ fn plugins_loaded_by_the_server_serve_models_and_ops() {
             "--plugin-dir",
             "/nonexistent",
         ])
+        .arg("--model-root")
+        .arg(std::env::temp_dir())
         .arg("--plugin")
         .arg(&models)
         .arg("--plugin")
@@ -301,16 +310,30 @@ fn plugins_loaded_by_the_server_serve_models_and_ops() {
             .unwrap_err();
         assert!(e.message.contains("fixture_panic was called"), "{e}");
         // A loader and a model that panic, likewise.
-        let req = |path: &str| LoadRequest {
+        let files = tempfile::tempdir().unwrap();
+        for f in ["panic", "ok"] {
+            std::fs::write(files.path().join(f), b"fixture").unwrap();
+        }
+        let req = |file: &str| LoadRequest {
             name: "f".into(),
             model_type: "fixture".into(),
-            model_path: Some(path.into()),
+            model_path: Some(files.path().join(file).display().to_string()),
             ..Default::default()
         };
         let e = c.load_model(req("panic")).unwrap_err();
         assert_eq!(e.code, ErrorCode::Model);
         assert!(e.message.contains("panics on the path"), "{e}");
         c.load_model(req("ok")).unwrap();
+        // Outside the model root: refused before any loader runs.
+        let mut outside = req("ok");
+        outside.model_path = Some("/etc/hostname".into());
+        outside.name = "g".into();
+        assert!(
+            c.load_model(outside)
+                .unwrap_err()
+                .message
+                .contains("outside the model root")
+        );
         let e = c.infer("f", [("panic", x.clone())]).unwrap_err();
         assert!(e.message.contains("panics on an input"), "{e}");
         let out = c.infer("f", [("0", x.clone())]).unwrap();

@@ -34,6 +34,8 @@ pub async fn start_with_models(
 ) -> (ServerHandle, String) {
     let config = ServerConfig {
         listen: vec![Endpoint::new("tcp", "127.0.0.1", 0)],
+        // The tests' model files are in temporary folders.
+        model_root: Some(std::env::temp_dir()),
         ..ServerConfig::default()
     };
     let backend = Arc::new(mymps::backend_tch::TchBackend::new(&device()).expect("backend"));
