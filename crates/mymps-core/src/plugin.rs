@@ -41,8 +41,10 @@ use crate::tensor::Tensor;
 pub const PLUGIN_MAGIC: [u8; 8] = *b"MYMPSPLG";
 /// The layout version of [`PluginHeader`] and [`PluginRegistrar`].
 pub const PLUGIN_ABI_VERSION: u32 = 1;
-/// The symbol every plugin exports.
-pub const HEADER_SYMBOL: &[u8] = b"mymps_plugin_header\0";
+/// The entry point a plugin exports: `mymps_plugin_header_<crate>` (what
+/// [`declare_plugin!`] writes; the crate name keeps two plugin crates
+/// linkable into one program), or plain `mymps_plugin_header`.
+pub const HEADER_SYMBOL: &str = "mymps_plugin_header";
 /// This build's mymps version (`mymps 0.1.0`), as a C string.
 pub const MYMPS_VERSION_C: &CStr = match CStr::from_bytes_with_nul(
     concat!("mymps ", env!("CARGO_PKG_VERSION"), "\0").as_bytes(),
@@ -243,9 +245,10 @@ macro_rules! declare_plugin {
             register: __mymps_plugin_register,
         };
 
-        /// The plugin's C-ABI entry point.
-        #[unsafe(no_mangle)]
-        pub extern "C" fn mymps_plugin_header() -> *const $crate::plugin::PluginHeader {
+        /// The plugin's C-ABI entry point, named after the crate so that
+        /// several plugin crates can also be linked into one program.
+        #[unsafe(export_name = concat!("mymps_plugin_header_", env!("CARGO_CRATE_NAME")))]
+        pub extern "C" fn __mymps_plugin_header() -> *const $crate::plugin::PluginHeader {
             &__MYMPS_PLUGIN_HEADER
         }
     };
@@ -275,10 +278,26 @@ pub fn load_plugin(path: &std::path::Path, host: &HostVersions) -> Result<Loaded
     // code chosen by the operator.
     let lib =
         unsafe { libloading::Library::new(path) }.map_err(|e| fail(format!("cannot load: {e}")))?;
+    // `libNAME.so` exports `mymps_plugin_header_NAME` (declare_plugin!) or
+    // `mymps_plugin_header`.
+    let stem = path
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .map(|s| s.strip_prefix("lib").unwrap_or(s).replace('-', "_"))
+        .unwrap_or_default();
+    let names = [
+        format!("{HEADER_SYMBOL}_{stem}\0"),
+        format!("{HEADER_SYMBOL}\0"),
+    ];
     // SAFETY: the symbol's type is the documented entry point's.
-    let header: libloading::Symbol<'_, extern "C" fn() -> *const PluginHeader> =
-        unsafe { lib.get(HEADER_SYMBOL) }
-            .map_err(|_| fail("not a mymps plugin (no mymps_plugin_header symbol)".into()))?;
+    let header: libloading::Symbol<'_, extern "C" fn() -> *const PluginHeader> = names
+        .iter()
+        .find_map(|n| unsafe { lib.get(n.as_bytes()) }.ok())
+        .ok_or_else(|| {
+            fail(format!(
+                "not a mymps plugin (no {HEADER_SYMBOL}_{stem} or {HEADER_SYMBOL} symbol; keep the library's file name)"
+            ))
+        })?;
     let h = header();
     if h.is_null() {
         return Err(fail("its header is null".into()));
