@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import math
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -150,8 +151,12 @@ def test_ctrl_c_interrupts_a_waiting_call(server_factory):
         except mymps.MympsError:
             pass  # the server is killed below
 
-    # Two long calls queue up for the one worker, ahead of the tiny one.
-    for _ in range(2):
+    # Long calls queue up for the one worker, ahead of the tiny one: enough
+    # of them for about 3 s of work on this machine (one is timed first).
+    t0 = time.monotonic()
+    c.exec("matmul", {"0": a, "1": a})
+    n_long = min(30, max(2, math.ceil(3.0 / max(time.monotonic() - t0, 1e-3))))
+    for _ in range(n_long):
         running.append(threading.Thread(target=long_call))
         running[-1].start()
 
