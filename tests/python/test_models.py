@@ -280,3 +280,24 @@ def test_unload_frees_memory_and_models_serve_while_others_load(server_factory, 
             done.set()
             t.join(60)
         assert not errors, errors
+
+
+@pytest.mark.skipif(not __import__("os").environ.get("MYMPS_TEST_DEVICE", "cpu").startswith("cuda"),
+                    reason="accelerator memory: needs MYMPS_TEST_DEVICE=cuda:N")
+def test_unload_returns_accelerator_memory(server_factory, tmp_path):
+    from mymps import MympsClient
+
+    server = server_factory()  # on MYMPS_TEST_DEVICE
+    big = nn.Linear(8192, 8192)  # 256 MiB of float32 weights
+    torch.save(big.state_dict(), str(tmp_path / "big.pt"))
+    with MympsClient(server.host, server.port) as c:
+        c.exec("neg", {"0": np.ones(4, np.float32)})  # CUDA context up
+        used = lambda: c.stats()["accelerator_memory_used_mb"]  # noqa: E731
+        before = used()
+        c.load_model("big", model_type="checkpoint", model_path=str(tmp_path / "big.pt"), model_class="linear")
+        c.infer("big", {"0": np.ones((2, 8192), np.float32)})
+        loaded = used()
+        assert loaded - before > 200, (before, loaded)
+        c.unload_model("big")
+        after = used()
+        assert after - before < 64, f"device memory {before:.0f} MB before, {loaded:.0f} loaded, {after:.0f} after unload"

@@ -319,6 +319,27 @@ impl Backend for TchBackend {
             _ => None,
         }
     }
+
+    fn release_memory(&self) {
+        empty_device_cache(self.device);
+    }
+}
+
+/// Returns the device allocator's unused cached blocks to the device.
+fn empty_device_cache(device: Device) {
+    unsafe extern "C" {
+        fn mymps_empty_device_cache(device_type: i32) -> i32;
+    }
+    // c10::DeviceType values.
+    let device_type = match device {
+        Device::Cuda(_) => 1,
+        Device::Mps => 13,
+        _ => return,
+    };
+    // SAFETY: the shim takes a device type and catches C++ exceptions.
+    if unsafe { mymps_empty_device_cache(device_type) } != 0 {
+        tracing::warn!(device = %device_name(device), "emptying the device memory cache failed");
+    }
 }
 
 /// Free and total memory of CUDA device `index`, from the CUDA runtime that

@@ -53,4 +53,8 @@ pub trait Backend: Send + Sync + 'static {
     fn accelerator_memory(&self) -> Option<AcceleratorMemory> {
         None
     }
+
+    /// Returns memory the backend keeps cached but no longer uses to the
+    /// system or device (called after a model is unloaded). Default: nothing.
+    fn release_memory(&self) {}
 }

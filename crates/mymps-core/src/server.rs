@@ -425,6 +425,12 @@ async fn handle(shared: &Arc<Shared>, frame: Frame, protocol_version: u32) -> Re
         Request::ModelInfo { name } => Response::Model(shared.models.info(&name)?),
         Request::UnloadModel { name } => {
             shared.models.unload(&name)?;
+            let s = shared.clone();
+            blocking("releasing memory", move || {
+                s.backend.release_memory();
+                Ok(())
+            })
+            .await?;
             tracing::info!(%name, "model unloaded");
             Response::Unloaded { name }
         }
