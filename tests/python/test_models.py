@@ -291,7 +291,9 @@ def test_unload_returns_accelerator_memory(server_factory, tmp_path):
     big = nn.Linear(8192, 8192)  # 256 MiB of float32 weights
     torch.save(big.state_dict(), str(tmp_path / "big.pt"))
     with MympsClient(server.host, server.port) as c:
-        c.exec("neg", {"0": np.ones(4, np.float32)})  # CUDA context up
+        # CUDA context and cuBLAS workspaces up first: they stay, and are
+        # not the model's.
+        c.exec("linear", {"0": np.ones((2, 8192), np.float32), "1": np.ones((64, 8192), np.float32)})
         used = lambda: c.stats()["accelerator_memory_used_mb"]  # noqa: E731
         before = used()
         c.load_model("big", model_type="checkpoint", model_path=str(tmp_path / "big.pt"), model_class="linear")
