@@ -472,19 +472,16 @@ async fn infer(
 ) -> Result<Frame> {
     let InferRequest { name, inputs } = req;
     let inputs = protocol::tensors_from_wire(inputs, bufs)?;
-    let model = shared.models.get(&name)?;
+    // Fail fast, before waiting for a worker, when the model is not loaded.
+    shared.models.get(&name)?;
     let device = shared.backend.info().device;
     let _worker = shared.workers.acquire().await.expect("never closed");
     let started = Instant::now();
-    let outputs = blocking(&format!("model '{name}'"), move || {
-        model.forward(inputs).map_err(|e| match e.code {
-            ErrorCode::Internal | ErrorCode::Backend => Error::new(ErrorCode::Model, e.message),
-            _ => e,
-        })
-    })
-    .await?;
+    let s = shared.clone();
+    let what = format!("model '{name}'");
+    let outputs = blocking(&what, move || s.models.infer(&name, inputs)).await?;
     let elapsed_s = started.elapsed().as_secs_f64();
-    debug!(id, model = %name, elapsed_s, "infer");
+    debug!(id, %what, elapsed_s, "infer");
     let (outputs, tensors) = protocol::tensors_to_wire(outputs);
     protocol::encode(
         FrameKind::Response,
