@@ -393,6 +393,7 @@ fn main() {
 
 fn run(args: &Args, device: &str) -> Result<(), String> {
     let plan = Plan::new(args.quick);
+    let load_start = loadavg();
     let mut notes: Vec<String> = Vec::new();
     let server = match &args.addr {
         Some(a) => ServerProc {
@@ -481,7 +482,22 @@ fn run(args: &Args, device: &str) -> Result<(), String> {
                 .expect("matmul");
         }
     }));
-    let latency = json!({"tcp": {"add_4x4": summary(add_s), "matmul_256": summary(mm_s)}});
+    // The blocking client (its own runtime, the caller's thread waits): the
+    // path the Python client takes, without Python.
+    let blocking = mymps::client::blocking::Client::connect(&server.url)
+        .map_err(|e| format!("cannot connect: {e}"))?;
+    let add_blocking = time_n(plan.n_small, 200, || {
+        blocking
+            .call(Call::new("add").arg(a.clone()).arg(a.clone()))
+            .expect("add");
+    });
+    blocking.close();
+    drop(blocking);
+    let latency = json!({"tcp": {
+        "add_4x4": summary(add_s),
+        "add_4x4_blocking_client": summary(add_blocking),
+        "matmul_256": summary(mm_s),
+    }});
     pb.inc(1);
 
     // -- throughput
@@ -561,6 +577,10 @@ fn run(args: &Args, device: &str) -> Result<(), String> {
     pb.finish_and_clear();
 
     let machine = machine_name();
+    notes.push(format!(
+        "load average (1, 5, 15 min) at start: {load_start}; at end: {}",
+        loadavg()
+    ));
     let mut report = json!({
         "machine": machine,
         "date_utc": date_utc(),
@@ -845,6 +865,14 @@ fn machine_name() -> String {
     format!("{cpus}-core {}, {model}", std::env::consts::ARCH)
 }
 
+/// /proc/loadavg's first three fields: other work on the machine skews
+/// every number here.
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
+}
+
 fn date_utc() -> String {
     Command::new("date")
         .args(["-u", "+%Y-%m-%d %H:%M UTC"])
@@ -965,12 +993,12 @@ fn print_table(r: &Value, targets: &[Target]) {
     );
     println!();
     println!(
-        "{:<40} {:>10} {:>10} {:>10}",
+        "{:<42} {:>10} {:>10} {:>10}",
         "latency (us)", "p50", "p90", "p99"
     );
     let row = |name: &str, v: &Value| {
         println!(
-            "{:<40} {:>10} {:>10} {:>10}",
+            "{:<42} {:>10} {:>10} {:>10}",
             name,
             fmt_us(v, "p50_us"),
             fmt_us(v, "p90_us"),
@@ -980,6 +1008,10 @@ fn print_table(r: &Value, targets: &[Target]) {
     row("raw TCP echo 64 B", &r["baselines"]["tcp_echo_64b"]);
     row("local tch add 4x4", &r["baselines"]["local_tch"]["add_4x4"]);
     row("mymps tcp add 4x4 (Rust)", &r["latency"]["tcp"]["add_4x4"]);
+    row(
+        "mymps tcp add 4x4 (Rust blocking client)",
+        &r["latency"]["tcp"]["add_4x4_blocking_client"],
+    );
     row("mymps tcp add 4x4 (Python)", &r["python"]["add_4x4"]);
     row(
         "local tch matmul 256",

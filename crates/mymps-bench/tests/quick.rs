@@ -46,6 +46,7 @@ fn quick_run_reports_every_section() {
         "/latency/tcp/add_4x4/p50_us",
         "/latency/tcp/add_4x4/p90_us",
         "/latency/tcp/add_4x4/p99_us",
+        "/latency/tcp/add_4x4_blocking_client/p50_us",
         "/latency/tcp/matmul_256/p50_us",
         "/throughput/tcp/0/gb_s",
         "/concurrency/pipelined/req_per_s",
