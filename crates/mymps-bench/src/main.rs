@@ -404,6 +404,10 @@ fn run(args: &Args, device: &str) -> Result<(), String> {
         None => start_server(args, device)?,
     };
     notes.push(server.note.clone());
+    if cfg!(debug_assertions) {
+        notes
+            .push("debug build: the numbers are not representative (cargo build --release)".into());
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -972,7 +976,10 @@ fn targets(r: &Value) -> Vec<Target> {
         }),
         None => t.push(Target {
             name: "GPU round trip / PyTorch pinned copies",
-            measured: "not run (--gpu)".into(),
+            measured: match r["gpu"]["skipped"].as_str() {
+                Some(_) => "skipped (no CUDA)".into(),
+                None => "not run (pass --gpu)".into(),
+            },
             goal: ">= 80%",
             pass: None,
         }),
@@ -1104,10 +1111,7 @@ fn print_table(r: &Value, targets: &[Target]) {
         }
     }
     println!();
-    println!(
-        "{:<44} {:<48} {:<12} {}",
-        "target", "measured", "goal", "result"
-    );
+    println!("{:<44} {:<48} {:<12} result", "target", "measured", "goal");
     for t in targets {
         let res = match t.pass {
             Some(true) => "PASS",
