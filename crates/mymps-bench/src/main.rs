@@ -279,6 +279,18 @@ fn proc_mem(pid: u32, key: &str) -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// Minor page faults of a process so far (/proc/PID/stat field 10).
+fn minor_faults(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses.
+    let rest = &s[s.rfind(')')? + 2..];
+    rest.split_whitespace().nth(7)?.parse().ok()
+}
+
+fn page_size() -> f64 {
+    4096.0
+}
+
 // ---------------------------------------------------------------- baselines
 
 /// A thread echoing every byte back, on 127.0.0.1:0.
@@ -720,7 +732,9 @@ fn measure_memory(
         // Reset the high-water mark (Linux: "5" > clear_refs), then read it.
         let before = proc_mem(pid, "VmRSS:").unwrap_or(0) as f64;
         let reset = std::fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok();
+        let faults_before = minor_faults(pid).unwrap_or(0);
         run_once()?;
+        let faults = minor_faults(pid).unwrap_or(0).saturating_sub(faults_before);
         let peak = proc_mem(pid, "VmHWM:").unwrap_or(0) as f64;
         Ok(json!({
             "method": if reset { "VmHWM of the server process (reset before the call)" } else { "VmHWM of the server process (lifetime: reset failed)" },
@@ -729,6 +743,8 @@ fn measure_memory(
             "peak_rss_mib": peak / MIB as f64,
             "peak_over_payload": peak / payload,
             "growth_over_payload": (peak - before) / payload,
+            "server_minor_faults": faults,
+            "server_faulted_mib": faults as f64 * page_size() / MIB as f64,
         }))
     } else {
         // Remote server: sample `stats` in a thread while the call runs.
@@ -1085,6 +1101,12 @@ fn print_table(r: &Value, targets: &[Target]) {
         m["growth_over_payload"].as_f64().unwrap_or(0.0),
         m["method"].as_str().unwrap_or("")
     );
+    if let Some(f) = m["server_minor_faults"].as_u64() {
+        println!(
+            "server page faults during that call: {f} ({:.0} MiB of freshly touched 4 KiB pages)",
+            m["server_faulted_mib"].as_f64().unwrap_or(0.0)
+        );
+    }
     if let Some(g) = r.get("gpu") {
         println!();
         if let Some(s) = g["skipped"].as_str() {
