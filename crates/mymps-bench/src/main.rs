@@ -416,6 +416,11 @@ fn run(args: &Args, device: &str) -> Result<(), String> {
         None => start_server(args, device)?,
     };
     notes.push(server.note.clone());
+    let schemes = mymps::transport::available_schemes();
+    notes.push(format!(
+        "transports compiled in: {} (the server under test listens on tcp)",
+        schemes.join(", ")
+    ));
     if cfg!(debug_assertions) {
         notes
             .push("debug build: the numbers are not representative (cargo build --release)".into());
