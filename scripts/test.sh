@@ -17,6 +17,9 @@ cargo clippy --workspace --all-targets --quiet -- -D warnings
 say "cargo test"
 cargo test --workspace --quiet 2>&1
 
+say "mymps-bench --quick (smoke run; docs/BENCHMARKS.md has the full one)"
+cargo run -q -p mymps-bench -- --quick --json target/bench-smoke.json
+
 if [ -d tests/python ]; then
     say "pytest"
     export MYMPS_BIN="$PWD/target/debug/mymps"

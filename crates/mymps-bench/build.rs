@@ -1,0 +1,4 @@
+fn main() {
+    link_libtorch()
+}
+include!("../../build-support/libtorch.rs");
