@@ -22,7 +22,7 @@ use mymps_core::backend::{AcceleratorMemory, Backend, BackendInfo, ExecOutput};
 use mymps_core::ops::{Args, OpEntry, OpRegistry};
 use mymps_core::{Error, ErrorCode, Result};
 use mymps_ops::{KernelError, dtype_of, kind_of, torch_error};
-use tch::{Device, Kind, Tensor};
+use tch::{Device, Tensor};
 
 /// The libtorch version this crate is built against (tch 0.24 requires
 /// exactly this version).
@@ -365,9 +365,4 @@ fn cuda_memory(index: usize) -> Option<AcceleratorMemory> {
             free: free as u64,
         })
     }
-}
-
-/// Whether tensors of kind `k` can cross the wire.
-pub fn kind_is_supported(k: Kind) -> bool {
-    dtype_of(k).is_ok()
 }
