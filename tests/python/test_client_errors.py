@@ -294,3 +294,21 @@ def test_client_after_fork(client, mymps_server):
         time.sleep(0.05)
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
     assert client.health()["status"] == "ok"  # the parent's client is fine
+
+
+def test_token_authentication(server_factory, tmp_path):
+    token_file = tmp_path / "token"
+    token_file.write_text("  tok-123-secret\n")
+    s = server_factory("--auth-token-file", str(token_file))
+    with pytest.raises(mymps.AuthenticationError) as e:
+        MympsClient(s.host, s.port, timeout=10)
+    assert isinstance(e.value, PermissionError)
+    assert "requires an authentication token" in e.value.message
+    with pytest.raises(mymps.AuthenticationError) as e:
+        MympsClient(s.host, s.port, timeout=10, token="tok-123-secreT")
+    assert "wrong authentication token" in e.value.message
+    with MympsClient(s.host, s.port, timeout=10, token="tok-123-secret") as c:
+        still_works(c)
+    # The refusals are in the server's log, with the peer.
+    log = s.log_text()
+    assert log.count("handshake refused") >= 2, log

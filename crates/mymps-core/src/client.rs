@@ -35,7 +35,7 @@ use crate::protocol::{
     Request, Response, StatsInfo, Welcome,
 };
 use crate::tensor::Tensor;
-use crate::transport::{Endpoint, ReadError, transport_for};
+use crate::transport::{Endpoint, ReadError, TransportOptions, transport_for};
 use crate::value::Value;
 
 /// The default port, as in the first mymps.
@@ -54,6 +54,8 @@ pub struct ClientOptions {
     pub token: Option<String>,
     /// Client software name sent in the handshake.
     pub agent: String,
+    /// Transport settings (how to verify a TLS server).
+    pub transport: TransportOptions,
 }
 
 impl Default for ClientOptions {
@@ -62,6 +64,7 @@ impl Default for ClientOptions {
             timeout: DEFAULT_TIMEOUT,
             token: None,
             agent: format!("mymps-rust/{}", crate::VERSION),
+            transport: TransportOptions::default(),
         }
     }
 }
@@ -210,7 +213,7 @@ impl Client {
         let timeout = options.timeout;
         let handshake = async {
             let conn = transport
-                .connect(&endpoint)
+                .connect(&endpoint, &options.transport)
                 .await
                 .map_err(|e| Error::connection(format!("cannot connect to {endpoint}: {e}")))?;
             let mut reader = conn.reader;

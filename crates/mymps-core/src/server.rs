@@ -24,7 +24,9 @@ use crate::protocol::{
     Limits, Request, Response, Welcome,
 };
 use crate::stats::HostStats;
-use crate::transport::{Connection, Endpoint, Listener, MemoryBudget, ReadError, transport_for};
+use crate::transport::{
+    Connection, Endpoint, Listener, MemoryBudget, ReadError, TransportOptions, transport_for,
+};
 
 /// Server settings.
 #[derive(Debug, Clone)]
@@ -47,6 +49,11 @@ pub struct ServerConfig {
     /// The folder model files must lie under (`None`: the current
     /// directory).
     pub model_root: Option<std::path::PathBuf>,
+    /// The shared token clients must present in their Hello (`None`: no
+    /// authentication). Checked in the handshake, before any tensor is read.
+    pub auth_token: Option<String>,
+    /// Transport settings (TLS material) for every listener.
+    pub transport: TransportOptions,
 }
 
 impl Default for ServerConfig {
@@ -61,6 +68,8 @@ impl Default for ServerConfig {
             handshake_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(10),
             model_root: None,
+            auth_token: None,
+            transport: TransportOptions::default(),
         }
     }
 }
@@ -114,6 +123,9 @@ impl Server {
         if config.listen.is_empty() {
             return Err(Error::bad_argument("no address to listen on"));
         }
+        if config.auth_token.as_deref().is_some_and(str::is_empty) {
+            return Err(Error::bad_argument("the authentication token is empty"));
+        }
         let root = match &config.model_root {
             Some(r) => r.clone(),
             None => std::env::current_dir().map_err(|e| {
@@ -125,7 +137,7 @@ impl Server {
         for ep in &config.listen {
             let t = transport_for(&ep.scheme)?;
             let l = t
-                .bind(ep)
+                .bind(ep, &config.transport)
                 .await
                 .map_err(|e| Error::connection(format!("cannot listen on {ep}: {e}")))?;
             listeners.push(l);
@@ -217,6 +229,32 @@ impl Server {
     }
 }
 
+/// Checks a client's token against the server's, in time that does not
+/// depend on where they differ.
+fn check_token(expected: Option<&str>, given: Option<&str>) -> Result<()> {
+    let Some(expected) = expected else {
+        return Ok(());
+    };
+    let Some(given) = given else {
+        return Err(Error::new(
+            ErrorCode::Unauthenticated,
+            "this server requires an authentication token; none was given",
+        ));
+    };
+    let (a, b) = (expected.as_bytes(), given.as_bytes());
+    let mut diff = a.len() ^ b.len();
+    for (i, x) in a.iter().enumerate() {
+        diff |= usize::from(x ^ b.get(i).copied().unwrap_or(0));
+    }
+    if diff != 0 {
+        return Err(Error::new(
+            ErrorCode::Unauthenticated,
+            "wrong authentication token",
+        ));
+    }
+    Ok(())
+}
+
 /// Resolves once the stop signal is set (or its sender is gone).
 async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
@@ -278,6 +316,7 @@ async fn serve_connection(shared: Arc<Shared>, conn: Connection, mut stop: watch
         Ok(Err(ReadError::Frame(e))) => Err(e.to_error()),
     };
     let welcome = hello.and_then(|h| {
+        check_token(shared.config.auth_token.as_deref(), h.token.as_deref())?;
         let (protocol, features) = protocol::negotiate(&h)?;
         debug!(%peer, agent = %h.agent, protocol, "handshake");
         let limits = shared.config.limits;

@@ -10,6 +10,7 @@
 use std::fmt;
 use std::future::Future;
 use std::io;
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -217,16 +218,46 @@ pub trait Listener: Send + 'static {
     fn accept(&mut self) -> BoxFuture<'_, io::Result<Connection>>;
 }
 
+/// Settings a transport may need beyond the address, such as TLS material
+/// for encrypted transports. A transport ignores what it does not use;
+/// one that needs something missing says so in its bind or connect error.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TransportOptions {
+    /// Server: the certificate chain to present (PEM). With
+    /// [`tls_key`](Self::tls_key); without both, a TLS transport generates
+    /// a self-signed certificate and tells where it wrote it.
+    pub tls_cert: Option<PathBuf>,
+    /// Server: the private key of [`tls_cert`](Self::tls_cert) (PEM).
+    pub tls_key: Option<PathBuf>,
+    /// Server: where a generated self-signed certificate is written
+    /// (PEM), for clients to trust. Transport-chosen default when `None`.
+    pub tls_cert_out: Option<PathBuf>,
+    /// Client: a CA or server certificate file (PEM) to verify the server
+    /// against.
+    pub tls_ca: Option<PathBuf>,
+    /// Client: the pinned SHA-256 fingerprint of the server's certificate
+    /// (hex, colons and case ignored).
+    pub tls_fingerprint: Option<String>,
+}
+
 /// A transport: a way to listen and connect for one URL scheme.
 pub trait Transport: Send + Sync + 'static {
     /// The URL scheme (`tcp`).
     fn scheme(&self) -> &'static str;
 
     /// Binds a listener.
-    fn bind<'a>(&'a self, endpoint: &'a Endpoint) -> BoxFuture<'a, io::Result<Box<dyn Listener>>>;
+    fn bind<'a>(
+        &'a self,
+        endpoint: &'a Endpoint,
+        options: &'a TransportOptions,
+    ) -> BoxFuture<'a, io::Result<Box<dyn Listener>>>;
 
     /// Connects to a server.
-    fn connect<'a>(&'a self, endpoint: &'a Endpoint) -> BoxFuture<'a, io::Result<Connection>>;
+    fn connect<'a>(
+        &'a self,
+        endpoint: &'a Endpoint,
+        options: &'a TransportOptions,
+    ) -> BoxFuture<'a, io::Result<Connection>>;
 }
 
 /// A transport's entry in the registry; transport crates submit one with

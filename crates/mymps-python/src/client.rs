@@ -183,6 +183,7 @@ impl MympsClient {
             timeout: timeout_duration(timeout)?,
             token,
             agent: format!("mymps-python/{}", mymps::VERSION),
+            ..ClientOptions::default()
         };
         let endpoint = Endpoint::new(&transport, host_bare, port);
         let inner = py

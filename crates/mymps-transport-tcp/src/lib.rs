@@ -12,7 +12,7 @@ use std::io;
 
 use mymps_core::stream::{StreamReader, StreamWriter};
 use mymps_core::transport::{
-    BoxFuture, Connection, Endpoint, Listener, Transport, TransportRegistration,
+    BoxFuture, Connection, Endpoint, Listener, Transport, TransportOptions, TransportRegistration,
 };
 use tokio::net::{TcpListener, TcpStream};
 
@@ -63,7 +63,12 @@ impl Transport for TcpTransport {
         SCHEME
     }
 
-    fn bind<'a>(&'a self, endpoint: &'a Endpoint) -> BoxFuture<'a, io::Result<Box<dyn Listener>>> {
+    /// Binds; TCP uses none of the options (it has no TLS).
+    fn bind<'a>(
+        &'a self,
+        endpoint: &'a Endpoint,
+        _options: &'a TransportOptions,
+    ) -> BoxFuture<'a, io::Result<Box<dyn Listener>>> {
         Box::pin(async move {
             let inner = TcpListener::bind(endpoint.host_port()).await?;
             let addr = inner.local_addr()?;
@@ -72,7 +77,11 @@ impl Transport for TcpTransport {
         })
     }
 
-    fn connect<'a>(&'a self, endpoint: &'a Endpoint) -> BoxFuture<'a, io::Result<Connection>> {
+    fn connect<'a>(
+        &'a self,
+        endpoint: &'a Endpoint,
+        _options: &'a TransportOptions,
+    ) -> BoxFuture<'a, io::Result<Connection>> {
         Box::pin(async move { into_connection(TcpStream::connect(endpoint.host_port()).await?) })
     }
 }

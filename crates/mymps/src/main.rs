@@ -144,6 +144,10 @@ struct ServeArgs {
     /// else `plugins/` beside the mymps executable).
     #[arg(long, value_name = "DIR", env = "MYMPS_PLUGIN_DIR")]
     plugin_dir: Option<PathBuf>,
+    /// A file holding the shared token clients must present (surrounding
+    /// whitespace ignored). Without it, no authentication.
+    #[arg(long, value_name = "PATH", env = "MYMPS_AUTH_TOKEN_FILE")]
+    auth_token_file: Option<PathBuf>,
     /// Log filter (error, warn, info, debug, trace, or a tracing filter).
     #[arg(long, default_value = "info", env = "MYMPS_LOG")]
     log: String,
@@ -165,12 +169,16 @@ struct ClientArgs {
     /// Per-request timeout, seconds.
     #[arg(long, default_value_t = 300.0, global = true)]
     timeout: f64,
+    /// Authentication token, for servers started with --auth-token-file.
+    #[arg(long, env = "MYMPS_TOKEN", global = true, hide_env_values = true)]
+    token: Option<String>,
 }
 
 impl ClientArgs {
     fn connect(&self) -> Result<Client, Error> {
         let options = ClientOptions {
             timeout: Duration::from_secs_f64(self.timeout),
+            token: self.token.clone(),
             ..ClientOptions::default()
         };
         Client::connect_with(&self.addr, options)
@@ -248,6 +256,9 @@ fn serve(a: ServeArgs) -> Result<(), Error> {
         config.workers = w;
     }
     config.model_root = a.model_root.clone();
+    if let Some(path) = &a.auth_token_file {
+        config.auth_token = Some(read_token_file(path)?);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("mymps-io")
@@ -287,6 +298,25 @@ fn serve(a: ServeArgs) -> Result<(), Error> {
         server.serve(shutdown_signal()).await;
         Ok(())
     })
+}
+
+/// Reads a token file: its content without surrounding whitespace, which
+/// must not be empty.
+fn read_token_file(path: &std::path::Path) -> Result<String, Error> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        Error::bad_argument(format!(
+            "cannot read the token file {}: {e}",
+            path.display()
+        ))
+    })?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(Error::bad_argument(format!(
+            "the token file {} is empty",
+            path.display()
+        )));
+    }
+    Ok(token.to_owned())
 }
 
 /// Loads the plugins named with `--plugin` (a failure is fatal) and those

@@ -474,3 +474,37 @@ async fn a_timeout_is_a_timeout_error_and_the_client_survives_it() {
     );
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_server_refuses_missing_and_wrong_tokens_and_serves_the_right_one() {
+    let (server, addr) = common::start_with(|c| c.auth_token = Some("s3cret-token".into())).await;
+    let with = |token: Option<&str>| mymps::client::ClientOptions {
+        token: token.map(str::to_owned),
+        ..Default::default()
+    };
+    let e = Client::connect_with(&addr, with(None)).await.unwrap_err();
+    assert_eq!(e.code, ErrorCode::Unauthenticated, "{e}");
+    assert!(
+        e.message.contains("requires an authentication token"),
+        "{e}"
+    );
+    for wrong in ["s3cret-toke", "s3cret-token!", "S3cret-token", ""] {
+        let e = Client::connect_with(&addr, with(Some(wrong)))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code, ErrorCode::Unauthenticated, "{wrong:?}: {e}");
+        assert!(e.message.contains("wrong authentication token"), "{e}");
+    }
+    let c = Client::connect_with(&addr, with(Some("s3cret-token")))
+        .await
+        .unwrap();
+    let out = c
+        .call(Call::new("neg").arg(f32s(vec![1.0, -2.0], &[2])))
+        .await
+        .unwrap();
+    assert_eq!(
+        out.output().unwrap().to_vec::<f32>().unwrap(),
+        vec![-1.0, 2.0]
+    );
+    server.shutdown().await;
+}
