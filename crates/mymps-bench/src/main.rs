@@ -385,6 +385,9 @@ fn fmt_us(v: &Value, k: &str) -> String {
 }
 
 fn main() {
+    // The in-process libtorch baseline allocates as `mymps serve` does.
+    // SAFETY: no other thread runs yet.
+    unsafe { mymps::backend_tch::prefer_huge_pages() };
     let args = Args::parse();
     let device = args
         .device

@@ -54,6 +54,17 @@ pub trait Backend: Send + Sync + 'static {
         None
     }
 
+    /// The largest element-wise or reduction request, in bytes (the tensor
+    /// inputs broadcast together, 8 bytes an element), that the server may
+    /// run on its I/O thread instead of handing it to the blocking pool:
+    /// the two thread hand-offs cost more than such an op itself. Return
+    /// more than 0 only when such calls take microseconds and never wait on
+    /// other requests' work (a CPU backend, not a GPU queue that another
+    /// request may fill). Default 0: every call goes to the blocking pool.
+    fn inline_limit(&self) -> u64 {
+        0
+    }
+
     /// Returns memory the backend keeps cached but no longer uses to the
     /// system or device (called after a model is unloaded). Default: nothing.
     fn release_memory(&self) {}

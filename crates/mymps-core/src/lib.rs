@@ -21,6 +21,7 @@
 #![warn(missing_docs)]
 
 pub mod backend;
+pub mod buffer;
 #[cfg(feature = "client")]
 pub mod client;
 pub mod dtype;

@@ -493,14 +493,60 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(move || std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)))
         .await
         .map_err(|e| Error::internal(format!("{what}: task failed: {e}")))?
-        .map_err(|p| {
-            let msg = p
-                .downcast_ref::<String>()
-                .map(String::as_str)
-                .or_else(|| p.downcast_ref::<&str>().copied())
-                .unwrap_or("unknown panic");
-            Error::internal(format!("{what} panicked: {msg}"))
-        })?
+        .map_err(|p| panicked(what, p))?
+}
+
+/// Runs `f` here; a panic becomes an [`ErrorCode::Internal`] error naming
+/// `what`.
+fn guarded<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|p| panicked(what, p))?
+}
+
+fn panicked(what: &str, p: Box<dyn std::any::Any + Send>) -> Error {
+    let msg = p
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| p.downcast_ref::<&str>().copied())
+        .unwrap_or("unknown panic");
+    Error::internal(format!("{what} panicked: {msg}"))
+}
+
+/// Op categories whose output is no larger than their tensor inputs
+/// broadcast together, and whose cost is linear in it.
+const INLINE_CATEGORIES: [&str; 5] = [
+    "arithmetic",
+    "elementwise",
+    "activation",
+    "comparison",
+    "reduction",
+];
+
+/// Whether an exec may run on the I/O thread (see
+/// [`Backend::inline_limit`]): a category of [`INLINE_CATEGORIES`] and
+/// tensor inputs that, broadcast together at 8 bytes an element, fit in
+/// `limit`.
+fn runs_inline(limit: u64, category: &str, inputs: &[(String, crate::tensor::Tensor)]) -> bool {
+    if limit == 0 || !INLINE_CATEGORIES.contains(&category) {
+        return false;
+    }
+    let mut shape: Vec<u64> = Vec::new();
+    for (_, t) in inputs {
+        let s = t.shape();
+        if s.len() > shape.len() {
+            shape.splice(0..0, std::iter::repeat_n(1, s.len() - shape.len()));
+        }
+        let offset = shape.len() - s.len();
+        for (i, &d) in s.iter().enumerate() {
+            let (d, b) = (d as u64, &mut shape[offset + i]);
+            if *b == 1 {
+                *b = d;
+            } else if d != 1 && d != *b {
+                return false; // Not broadcastable: the pool reports it.
+            }
+        }
+    }
+    let elements = shape.iter().try_fold(1u64, |n, &d| n.checked_mul(d));
+    elements.is_some_and(|n| n.saturating_mul(8) <= limit)
 }
 
 async fn infer(
@@ -538,11 +584,16 @@ async fn exec(shared: &Arc<Shared>, id: u64, req: ExecRequest, bufs: Vec<Bytes>)
     let ExecRequest { op, inputs, kwargs } = req;
     let inputs = protocol::tensors_from_wire(inputs, bufs)?;
     let entry = shared.backend.ops().lookup(&op)?;
+    let inline = runs_inline(shared.backend.inline_limit(), entry.spec.category, &inputs);
     let args = ops::bind(&entry.spec, inputs, kwargs)?;
-    let _worker = shared.workers.acquire().await.expect("never closed");
-    let backend = shared.backend.clone();
     let started = Instant::now();
-    let out = blocking(&format!("op '{op}'"), move || backend.exec(entry, args)).await?;
+    let out = if inline {
+        guarded(&format!("op '{op}'"), || shared.backend.exec(entry, args))?
+    } else {
+        let _worker = shared.workers.acquire().await.expect("never closed");
+        let backend = shared.backend.clone();
+        blocking(&format!("op '{op}'"), move || backend.exec(entry, args)).await?
+    };
     let elapsed_s = started.elapsed().as_secs_f64();
     debug!(id, op = %op, elapsed_s, device = %out.device, "exec");
     let (outputs, tensors) = protocol::tensors_to_wire(out.outputs);
@@ -556,4 +607,44 @@ async fn exec(shared: &Arc<Shared>, id: u64, req: ExecRequest, bufs: Vec<Bytes>)
         }),
         tensors,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::runs_inline;
+    use crate::tensor::Tensor;
+
+    fn t(shape: &[usize]) -> (String, Tensor) {
+        let n = shape.iter().product();
+        ("0".into(), Tensor::from_vec(vec![0f32; n], shape).unwrap())
+    }
+
+    #[test]
+    fn only_small_cheap_ops_run_inline() {
+        let limit = 64 * 1024;
+        assert!(runs_inline(limit, "arithmetic", &[t(&[4, 4]), t(&[4, 4])]));
+        assert!(runs_inline(limit, "reduction", &[t(&[8192])]));
+        assert!(!runs_inline(limit, "reduction", &[t(&[8193])]));
+        // Broadcasting two small inputs into a large output.
+        assert!(!runs_inline(
+            limit,
+            "arithmetic",
+            &[t(&[1, 4096]), t(&[4096, 1])]
+        ));
+        assert!(runs_inline(
+            limit,
+            "arithmetic",
+            &[t(&[1, 64]), t(&[64, 1])]
+        ));
+        // Not broadcastable: left to the pool, which reports the error.
+        assert!(!runs_inline(limit, "arithmetic", &[t(&[3]), t(&[4])]));
+        // Categories with unbounded or superlinear work never run inline.
+        for c in [
+            "linalg", "creation", "nn", "fft", "shape", "indexing", "loss",
+        ] {
+            assert!(!runs_inline(limit, c, &[t(&[4, 4])]), "{c}");
+        }
+        assert!(!runs_inline(0, "arithmetic", &[t(&[4, 4])]));
+        assert!(runs_inline(limit, "arithmetic", &[]));
+    }
 }

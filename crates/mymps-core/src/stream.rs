@@ -3,7 +3,8 @@
 //!
 //! Reads go through one buffer for prefixes, headers and small tensors; a
 //! large tensor is read straight into a buffer of its own size, which then
-//! becomes the tensor's storage without another copy. Writes are vectored:
+//! becomes the tensor's storage without another copy (huge-page backed from
+//! 2 MiB on, see [`crate::buffer`]). Writes are vectored:
 //! the frame head and each tensor buffer go to the kernel as they are.
 
 use std::io::{self, IoSlice};
@@ -11,6 +12,7 @@ use std::io::{self, IoSlice};
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
+use crate::buffer::{LARGE, LargeBuf};
 use crate::protocol::{Frame, FrameError, Limits, PREFIX_LEN, Prefix, parse_lengths};
 use crate::transport::{BoxFuture, FrameReader, FrameWriter, Incoming, MemoryBudget, ReadError};
 
@@ -74,14 +76,30 @@ impl<R: AsyncRead + Unpin + Send + 'static> StreamReader<R> {
             self.fill(len).await?;
             return Ok(self.buf.split_to(len).freeze());
         }
+        let eof = || {
+            io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "connection closed in the middle of a tensor",
+            )
+        };
+        if len >= LARGE {
+            let mut t = LargeBuf::new(len)?;
+            let s = t.as_mut_slice();
+            let mut filled = self.buf.len();
+            s[..filled].copy_from_slice(&self.buf.split_to(filled));
+            while filled < len {
+                match self.inner.read(&mut s[filled..]).await? {
+                    0 => return Err(eof()),
+                    n => filled += n,
+                }
+            }
+            return Ok(t.freeze());
+        }
         let mut t = BytesMut::with_capacity(len);
         t.extend_from_slice(&self.buf.split_to(self.buf.len()));
         while t.len() < len {
             if self.inner.read_buf(&mut t).await? == 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "connection closed in the middle of a tensor",
-                ));
+                return Err(eof());
             }
         }
         Ok(t.freeze())

@@ -187,6 +187,10 @@ impl ClientArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if matches!(cli.command, Command::Serve(_)) {
+        // SAFETY: no other thread runs yet.
+        unsafe { mymps::backend_tch::prefer_huge_pages() };
+    }
     let result = match cli.command {
         Command::Serve(a) => serve(a),
         Command::Health(c) => health(&c),
