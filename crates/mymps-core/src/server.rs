@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 use tracing::{debug, info, warn};
 
@@ -25,7 +25,8 @@ use crate::protocol::{
 };
 use crate::stats::HostStats;
 use crate::transport::{
-    Connection, Endpoint, Listener, MemoryBudget, ReadError, TransportOptions, transport_for,
+    Connection, Endpoint, FrameWriter, Listener, MemoryBudget, ReadError, TransportOptions,
+    transport_for,
 };
 
 /// Server settings.
@@ -268,19 +269,10 @@ fn error_frame(id: u64, e: &Error) -> Frame {
 async fn serve_connection(shared: Arc<Shared>, conn: Connection, mut stop: watch::Receiver<bool>) {
     let Connection {
         mut reader,
-        mut writer,
+        writer,
         peer,
     } = conn;
-    let (tx, mut rx) = mpsc::channel::<Frame>(256);
-    let writer_task = tokio::spawn(async move {
-        while let Some(frame) = rx.recv().await {
-            if let Err(e) = writer.write_frame(frame).await {
-                debug!(error = %e, "write failed");
-                return;
-            }
-        }
-        let _ = writer.shutdown().await;
-    });
+    let tx = Replies::new(writer);
 
     // Handshake.
     let hello = tokio::time::timeout(
@@ -291,14 +283,12 @@ async fn serve_connection(shared: Arc<Shared>, conn: Connection, mut stop: watch
     let hello = match hello {
         Err(_) => {
             debug!(%peer, "handshake timed out");
-            let _ = tx
-                .send(error_frame(
-                    0,
-                    &Error::protocol("no Hello within the handshake timeout"),
-                ))
-                .await;
-            drop(tx);
-            let _ = writer_task.await;
+            tx.send(error_frame(
+                0,
+                &Error::protocol("no Hello within the handshake timeout"),
+            ))
+            .await;
+            tx.close().await;
             return;
         }
         Ok(Ok(Some(inc))) if inc.frame.kind == FrameKind::Hello => {
@@ -335,16 +325,15 @@ async fn serve_connection(shared: Arc<Shared>, conn: Connection, mut stop: watch
             let v = w.protocol;
             let frame =
                 protocol::encode(FrameKind::Welcome, 0, &w, vec![]).expect("welcome encodes");
-            if tx.send(frame).await.is_err() {
+            if !tx.send(frame).await {
                 return;
             }
             v
         }
         Err(e) => {
             warn!(%peer, error = %e, "handshake refused");
-            let _ = tx.send(error_frame(0, &e)).await;
-            drop(tx);
-            let _ = writer_task.await;
+            tx.send(error_frame(0, &e)).await;
+            tx.close().await;
             return;
         }
     };
@@ -365,16 +354,28 @@ async fn serve_connection(shared: Arc<Shared>, conn: Connection, mut stop: watch
             Ok(None) => break,
             Ok(Some(inc)) => match inc.frame.kind {
                 FrameKind::Request => {
+                    let id = inc.frame.id;
+                    let request = protocol::decode_header::<Request>(&inc.frame);
+                    let tensors = inc.frame.tensors;
+                    // A small cheap op is answered here, without a task or
+                    // a thread hand-off; the rest run concurrently.
+                    let (request, tensors) = match request {
+                        Ok(Request::Exec(req)) if exec_inline(&shared, &req, &tensors) => {
+                            let reply = exec(&shared, id, req, tensors, true).await;
+                            tx.send(reply.unwrap_or_else(|e| error_frame(id, &e))).await;
+                            drop(inc.permit);
+                            continue;
+                        }
+                        other => (other, tensors),
+                    };
                     let shared = shared.clone();
                     let tx = tx.clone();
                     handlers.spawn(async move {
-                        let id = inc.frame.id;
-                        let reply = handle(&shared, inc.frame, protocol_version).await;
-                        let frame = match reply {
-                            Ok(f) => f,
-                            Err(e) => error_frame(id, &e),
+                        let reply = match request {
+                            Ok(r) => handle(&shared, id, r, tensors, protocol_version).await,
+                            Err(e) => Err(e),
                         };
-                        let _ = tx.send(frame).await;
+                        tx.send(reply.unwrap_or_else(|e| error_frame(id, &e))).await;
                         drop(inc.permit);
                         drop(permit);
                     });
@@ -384,7 +385,7 @@ async fn serve_connection(shared: Arc<Shared>, conn: Connection, mut stop: watch
                 }
                 kind => {
                     let e = Error::protocol(format!("unexpected {kind:?} frame from a client"));
-                    let _ = tx.send(error_frame(inc.frame.id, &e)).await;
+                    tx.send(error_frame(inc.frame.id, &e)).await;
                 }
             },
             Err(ReadError::Frame(e @ FrameError::TooLarge { .. })) => {
@@ -392,11 +393,11 @@ async fn serve_connection(shared: Arc<Shared>, conn: Connection, mut stop: watch
                     unreachable!()
                 };
                 warn!(%peer, id, error = %e, "frame refused");
-                let _ = tx.send(error_frame(id, &e.to_error())).await;
+                tx.send(error_frame(id, &e.to_error())).await;
             }
             Err(ReadError::Frame(e)) => {
                 warn!(%peer, error = %e, "unframeable input; closing the connection");
-                let _ = tx.send(error_frame(0, &e.to_error())).await;
+                tx.send(error_frame(0, &e.to_error())).await;
                 break;
             }
             Err(ReadError::Io(e)) => {
@@ -407,14 +408,74 @@ async fn serve_connection(shared: Arc<Shared>, conn: Connection, mut stop: watch
     }
     // Let requests in flight finish; their replies go out before the close.
     while handlers.join_next().await.is_some() {}
-    drop(tx);
-    let _ = writer_task.await;
+    tx.close().await;
     debug!(%peer, "connection closed");
 }
 
-async fn handle(shared: &Arc<Shared>, frame: Frame, protocol_version: u32) -> Result<Frame> {
-    let id = frame.id;
-    let request: Request = protocol::decode_header(&frame)?;
+/// The sending half of a connection, shared by the tasks that answer its
+/// requests: each writes its reply itself, so that no hand-off to a writer
+/// task lies on the way out.
+#[derive(Clone)]
+struct Replies {
+    writer: Arc<tokio::sync::Mutex<Option<Box<dyn FrameWriter>>>>,
+}
+
+impl Replies {
+    fn new(writer: Box<dyn FrameWriter>) -> Replies {
+        Replies {
+            writer: Arc::new(tokio::sync::Mutex::new(Some(writer))),
+        }
+    }
+
+    /// Writes one frame; `false` once the connection cannot be written to
+    /// (later frames are dropped).
+    async fn send(&self, frame: Frame) -> bool {
+        let mut w = self.writer.lock().await;
+        let Some(writer) = w.as_mut() else {
+            return false;
+        };
+        match writer.write_frame(frame).await {
+            Ok(()) => true,
+            Err(e) => {
+                debug!(error = %e, "write failed");
+                *w = None;
+                false
+            }
+        }
+    }
+
+    /// Flushes and closes the sending direction.
+    async fn close(&self) {
+        if let Some(mut writer) = self.writer.lock().await.take() {
+            let _ = writer.shutdown().await;
+        }
+    }
+}
+
+/// Whether an exec request runs inline (see [`runs_inline`]), judged from
+/// its tensor specs before they are checked against the buffers.
+fn exec_inline(shared: &Shared, req: &ExecRequest, bufs: &[Bytes]) -> bool {
+    let limit = shared.backend.inline_limit();
+    if limit == 0 || bufs.iter().map(|b| b.len() as u64).sum::<u64>() > limit {
+        return false;
+    }
+    match shared.backend.ops().lookup(&req.op) {
+        Ok(entry) => runs_inline(
+            limit,
+            entry.spec.category,
+            req.inputs.iter().map(|t| t.shape.as_slice()),
+        ),
+        Err(_) => true, // Answered at once with an error.
+    }
+}
+
+async fn handle(
+    shared: &Arc<Shared>,
+    id: u64,
+    request: Request,
+    tensors: Vec<Bytes>,
+    protocol_version: u32,
+) -> Result<Frame> {
     let kind = request.kind_name();
     let response = match request {
         Request::Health => {
@@ -445,8 +506,8 @@ async fn handle(shared: &Arc<Shared>, frame: Frame, protocol_version: u32) -> Re
             ops: shared.backend.ops().summaries(),
         },
         Request::DescribeOp { op } => Response::Op(shared.backend.ops().lookup(&op)?.spec.info()),
-        Request::Exec(req) => return exec(shared, id, req, frame.tensors).await,
-        Request::Infer(req) => return infer(shared, id, req, frame.tensors).await,
+        Request::Exec(req) => return exec(shared, id, req, tensors, false).await,
+        Request::Infer(req) => return infer(shared, id, req, tensors).await,
         Request::LoadModel(req) => {
             let s = shared.clone();
             let device = shared.backend.info().device;
@@ -525,19 +586,22 @@ const INLINE_CATEGORIES: [&str; 5] = [
 /// [`Backend::inline_limit`]): a category of [`INLINE_CATEGORIES`] and
 /// tensor inputs that, broadcast together at 8 bytes an element, fit in
 /// `limit`.
-fn runs_inline(limit: u64, category: &str, inputs: &[(String, crate::tensor::Tensor)]) -> bool {
+fn runs_inline<'a>(
+    limit: u64,
+    category: &str,
+    shapes: impl IntoIterator<Item = &'a [u64]>,
+) -> bool {
     if limit == 0 || !INLINE_CATEGORIES.contains(&category) {
         return false;
     }
     let mut shape: Vec<u64> = Vec::new();
-    for (_, t) in inputs {
-        let s = t.shape();
+    for s in shapes {
         if s.len() > shape.len() {
             shape.splice(0..0, std::iter::repeat_n(1, s.len() - shape.len()));
         }
         let offset = shape.len() - s.len();
         for (i, &d) in s.iter().enumerate() {
-            let (d, b) = (d as u64, &mut shape[offset + i]);
+            let b = &mut shape[offset + i];
             if *b == 1 {
                 *b = d;
             } else if d != 1 && d != *b {
@@ -580,11 +644,18 @@ async fn infer(
     )
 }
 
-async fn exec(shared: &Arc<Shared>, id: u64, req: ExecRequest, bufs: Vec<Bytes>) -> Result<Frame> {
+/// Runs an op: `inline` on this task (for small cheap ops, see
+/// [`exec_inline`]), else on the blocking pool.
+async fn exec(
+    shared: &Arc<Shared>,
+    id: u64,
+    req: ExecRequest,
+    bufs: Vec<Bytes>,
+    inline: bool,
+) -> Result<Frame> {
     let ExecRequest { op, inputs, kwargs } = req;
     let inputs = protocol::tensors_from_wire(inputs, bufs)?;
     let entry = shared.backend.ops().lookup(&op)?;
-    let inline = runs_inline(shared.backend.inline_limit(), entry.spec.category, &inputs);
     let args = ops::bind(&entry.spec, inputs, kwargs)?;
     let started = Instant::now();
     let out = if inline {
@@ -612,39 +683,27 @@ async fn exec(shared: &Arc<Shared>, id: u64, req: ExecRequest, bufs: Vec<Bytes>)
 #[cfg(test)]
 mod tests {
     use super::runs_inline;
-    use crate::tensor::Tensor;
-
-    fn t(shape: &[usize]) -> (String, Tensor) {
-        let n = shape.iter().product();
-        ("0".into(), Tensor::from_vec(vec![0f32; n], shape).unwrap())
-    }
 
     #[test]
     fn only_small_cheap_ops_run_inline() {
         let limit = 64 * 1024;
-        assert!(runs_inline(limit, "arithmetic", &[t(&[4, 4]), t(&[4, 4])]));
-        assert!(runs_inline(limit, "reduction", &[t(&[8192])]));
-        assert!(!runs_inline(limit, "reduction", &[t(&[8193])]));
+        let yes = |c: &str, shapes: &[&[u64]]| runs_inline(limit, c, shapes.iter().copied());
+        assert!(yes("arithmetic", &[&[4, 4], &[4, 4]]));
+        assert!(yes("reduction", &[&[8192]]));
+        assert!(!yes("reduction", &[&[8193]]));
         // Broadcasting two small inputs into a large output.
-        assert!(!runs_inline(
-            limit,
-            "arithmetic",
-            &[t(&[1, 4096]), t(&[4096, 1])]
-        ));
-        assert!(runs_inline(
-            limit,
-            "arithmetic",
-            &[t(&[1, 64]), t(&[64, 1])]
-        ));
+        assert!(!yes("arithmetic", &[&[1, 4096], &[4096, 1]]));
+        assert!(yes("arithmetic", &[&[1, 64], &[64, 1]]));
+        assert!(yes("arithmetic", &[&[3, 1, 5], &[7, 1]]));
         // Not broadcastable: left to the pool, which reports the error.
-        assert!(!runs_inline(limit, "arithmetic", &[t(&[3]), t(&[4])]));
+        assert!(!yes("arithmetic", &[&[3], &[4]]));
         // Categories with unbounded or superlinear work never run inline.
         for c in [
             "linalg", "creation", "nn", "fft", "shape", "indexing", "loss",
         ] {
-            assert!(!runs_inline(limit, c, &[t(&[4, 4])]), "{c}");
+            assert!(!yes(c, &[&[4, 4]]), "{c}");
         }
-        assert!(!runs_inline(0, "arithmetic", &[t(&[4, 4])]));
-        assert!(runs_inline(limit, "arithmetic", &[]));
+        assert!(!runs_inline(0, "arithmetic", [[4u64, 4].as_slice()]));
+        assert!(yes("arithmetic", &[]));
     }
 }
