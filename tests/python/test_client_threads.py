@@ -171,7 +171,9 @@ def test_ctrl_c_interrupts_a_waiting_call(server_factory):
         t0 = time.monotonic()
         timer.start()
         with pytest.raises(KeyboardInterrupt):
-            c.exec("neg", {"0": np.ones(3)})
+            # A tiny matmul: it needs the worker (tiny element-wise ops are
+            # answered at once, without one).
+            c.exec("matmul", {"0": np.ones((2, 2)), "1": np.ones((2, 2))})
         elapsed = time.monotonic() - t0
         still_running = not long_done()
         assert still_running, "the tiny call was not interrupted before the long one ended"

@@ -20,12 +20,13 @@
 //! ```
 
 use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::Serialize;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use crate::error::{Error, ErrorCode, Result};
 use crate::model::{LoadRequest, ModelInfo};
@@ -35,7 +36,7 @@ use crate::protocol::{
     Request, Response, StatsInfo, Welcome,
 };
 use crate::tensor::Tensor;
-use crate::transport::{Endpoint, ReadError, TransportOptions, transport_for};
+use crate::transport::{Endpoint, FrameWriter, ReadError, TransportOptions, transport_for};
 use crate::value::Value;
 
 /// The default port, as in the first mymps.
@@ -77,9 +78,14 @@ struct Inner {
     options: ClientOptions,
     next_id: AtomicU64,
     pending: Pending,
-    outgoing: mpsc::Sender<Frame>,
+    writer: SharedWriter,
+    fail_all: Arc<dyn Fn(Error) + Send + Sync>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
+
+/// The sending half, written to by the callers themselves (no hand-off to
+/// a writer task); `None` once closed or failed.
+type SharedWriter = Arc<tokio::sync::Mutex<Option<Box<dyn FrameWriter>>>>;
 
 impl Drop for Inner {
     fn drop(&mut self) {
@@ -245,7 +251,7 @@ impl Client {
             };
             Ok((reader, writer, welcome))
         };
-        let (mut reader, mut writer, welcome) = tokio::time::timeout(timeout, handshake)
+        let (mut reader, writer, welcome) = tokio::time::timeout(timeout, handshake)
             .await
             .map_err(|_| {
             Error::new(
@@ -255,7 +261,6 @@ impl Client {
         })??;
 
         let pending: Pending = Arc::new(Mutex::new(Some(HashMap::new())));
-        let (tx, mut rx) = mpsc::channel::<Frame>(256);
         let fail_all = {
             let pending = pending.clone();
             move |e: Error| {
@@ -265,18 +270,7 @@ impl Client {
                 }
             }
         };
-        let fail_on_write = fail_all.clone();
-        let writer_task = tokio::spawn(async move {
-            while let Some(frame) = rx.recv().await {
-                if let Err(e) = writer.write_frame(frame).await {
-                    fail_on_write(Error::connection(format!(
-                        "connection lost while sending: {e}"
-                    )));
-                    return;
-                }
-            }
-            let _ = writer.shutdown().await;
-        });
+        let fail_on_write: Arc<dyn Fn(Error) + Send + Sync> = Arc::new(fail_all.clone());
         let reader_pending = pending.clone();
         let limits = Limits {
             max_header_len: u32::MAX,
@@ -331,8 +325,9 @@ impl Client {
                 options,
                 next_id: AtomicU64::new(1),
                 pending,
-                outgoing: tx,
-                tasks: Mutex::new(vec![writer_task, reader_task]),
+                writer: Arc::new(tokio::sync::Mutex::new(Some(writer))),
+                fail_all: fail_on_write,
+                tasks: Mutex::new(vec![reader_task]),
             }),
         })
     }
@@ -382,12 +377,8 @@ impl Client {
             };
         }
         let timeout = self.inner.options.timeout;
+        self.send(frame).await;
         let wait = async {
-            self.inner
-                .outgoing
-                .send(frame)
-                .await
-                .map_err(|_| Error::connection("the connection is closed"))?;
             rx.await
                 .map_err(|_| Error::connection("the connection is closed"))?
         };
@@ -413,6 +404,34 @@ impl Client {
         match protocol::decode_header::<Response>(&frame)? {
             Response::Error(e) => Err(e),
             r => Ok((r, frame.tensors)),
+        }
+    }
+
+    /// Writes a frame. The write is started here, on the caller's task: a
+    /// small frame usually goes out in this first poll, with no thread
+    /// hand-off. A write that has to wait (a full socket buffer, another
+    /// frame being written) finishes in a task of its own, so that a caller
+    /// that gives up (a timeout, Ctrl-C) never leaves half a frame on the
+    /// connection. A failed write fails every pending request.
+    async fn send(&self, frame: Frame) {
+        let writer = self.inner.writer.clone();
+        let fail_all = self.inner.fail_all.clone();
+        let mut job: std::pin::Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(async move {
+            let mut w = writer.lock_owned().await;
+            let Some(out) = w.as_mut() else {
+                return; // Closed: the pending request has been failed.
+            };
+            if let Err(e) = out.write_frame(frame).await {
+                *w = None;
+                drop(w);
+                fail_all(Error::connection(format!(
+                    "connection lost while sending: {e}"
+                )));
+            }
+        });
+        let first = std::future::poll_fn(|cx| std::task::Poll::Ready(job.as_mut().poll(cx))).await;
+        if first.is_pending() {
+            tokio::spawn(job);
         }
     }
 
@@ -583,6 +602,11 @@ impl Client {
             .drain(..)
         {
             t.abort();
+        }
+        // Close the sending side now, unless a write is under way (it ends
+        // soon; the half closes when the last clone is dropped).
+        if let Ok(mut w) = self.inner.writer.try_lock() {
+            w.take();
         }
     }
 
