@@ -37,15 +37,19 @@ struct Served {
 
 impl Served {
     /// Starts a server on 127.0.0.1:`port` (0: the system chooses) that
-    /// loads the model loaders and reads models under `model_root`.
-    fn start(port: u16, model_root: &Path) -> Served {
-        let mut child = Command::new(bin())
-            .args(["serve", "--device", "cpu", "--log", "error"])
+    /// reads models under `model_root` (`None`: no model loaders).
+    fn start(port: u16, model_root: Option<&Path>) -> Served {
+        let mut cmd = Command::new(bin());
+        cmd.args(["serve", "--device", "cpu", "--log", "error"])
             .args(["--listen", &format!("tcp://127.0.0.1:{port}")])
-            .args(["--plugin-dir", "/nonexistent", "--plugin"])
-            .arg(artefact("libmymps_models.so"))
-            .arg("--model-root")
-            .arg(model_root)
+            .args(["--plugin-dir", "/nonexistent"]);
+        if let Some(root) = model_root {
+            cmd.arg("--plugin")
+                .arg(artefact("libmymps_models.so"))
+                .arg("--model-root")
+                .arg(root);
+        }
+        let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -65,7 +69,7 @@ impl Served {
 
     /// Starts a server on the port a killed one had (retrying briefly while
     /// the port is still being released).
-    fn restart(port: u16, model_root: &Path) -> Served {
+    fn restart(port: u16, model_root: Option<&Path>) -> Served {
         for _ in 0..50 {
             let r = std::panic::catch_unwind(|| Served::start(port, model_root));
             if let Ok(s) = r {
@@ -160,8 +164,7 @@ where
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_host_killed_mid_run_loses_no_request_and_comes_back() {
-    let root = tempfile::tempdir().unwrap();
-    let servers: Vec<Served> = (0..3).map(|_| Served::start(0, root.path())).collect();
+    let servers: Vec<Served> = (0..3).map(|_| Served::start(0, None)).collect();
     let cluster = Cluster::connect(config(&servers.iter().collect::<Vec<_>>()))
         .await
         .unwrap();
@@ -213,7 +216,7 @@ async fn a_host_killed_mid_run_loses_no_request_and_comes_back() {
     assert!(status.iter().all(|h| h.served > 0), "{status:#?}");
 
     // A new server on the victim's port: the health checks bring it back.
-    let revived = Served::restart(victim_port, root.path());
+    let revived = Served::restart(victim_port, None);
     servers.lock().unwrap()[1] = revived;
     let status = cluster
         .wait_for(Duration::from_secs(30), |s| {
@@ -237,7 +240,7 @@ async fn a_host_killed_mid_run_loses_no_request_and_comes_back() {
 
 /// A linear model 4 → 3 saved as safetensors under `dir`; returns its path
 /// and the forward function.
-fn write_linear(dir: &Path) -> (PathBuf, impl Fn(&[f32]) -> Vec<f32> + Clone) {
+fn write_linear(dir: &Path) -> (PathBuf, impl Fn(&[f32]) -> Vec<f32> + Clone + use<>) {
     let w: Vec<f32> = (0..12).map(|k| (k as f32 - 5.5) * 0.25).collect();
     let b: Vec<f32> = vec![0.5, -1.0, 2.0];
     let path = dir.join("linear.safetensors");
@@ -256,7 +259,9 @@ fn write_linear(dir: &Path) -> (PathBuf, impl Fn(&[f32]) -> Vec<f32> + Clone) {
 async fn infer_goes_to_hosts_with_the_model_and_survives_losing_one() {
     let root = tempfile::tempdir().unwrap();
     let (path, forward) = write_linear(root.path());
-    let servers: Vec<Served> = (0..3).map(|_| Served::start(0, root.path())).collect();
+    let servers: Vec<Served> = (0..3)
+        .map(|_| Served::start(0, Some(root.path())))
+        .collect();
     let (a, b, c) = (
         servers[0].addr.clone(),
         servers[1].addr.clone(),
@@ -335,7 +340,7 @@ async fn infer_goes_to_hosts_with_the_model_and_survives_losing_one() {
     assert!(e.message.contains("not loaded on any host"), "{e}");
 
     // The host restarts without models; the cluster loads its model again.
-    let revived = Served::restart(port_a, root.path());
+    let revived = Served::restart(port_a, Some(root.path()));
     servers.lock().unwrap()[0] = revived;
     let status = cluster
         .wait_for(Duration::from_secs(30), |s| {
@@ -368,8 +373,7 @@ async fn infer_goes_to_hosts_with_the_model_and_survives_losing_one() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn op_errors_are_not_retried_and_dead_clusters_fail_clearly() {
-    let root = tempfile::tempdir().unwrap();
-    let mut servers: Vec<Served> = (0..2).map(|_| Served::start(0, root.path())).collect();
+    let mut servers: Vec<Served> = (0..2).map(|_| Served::start(0, None)).collect();
     let mut cfg = config(&servers.iter().collect::<Vec<_>>());
     cfg.timeout = Duration::from_secs(3);
     let cluster = Cluster::connect(cfg).await.unwrap();
@@ -436,8 +440,8 @@ async fn op_errors_are_not_retried_and_dead_clusters_fail_clearly() {
 #[test]
 fn cluster_status_command() {
     let root = tempfile::tempdir().unwrap();
-    let up = Served::start(0, root.path());
-    let mut down = Served::start(0, root.path());
+    let up = Served::start(0, None);
+    let mut down = Served::start(0, None);
     down.kill();
     let run = |args: &[&str]| {
         Command::new(bin())
