@@ -1027,6 +1027,11 @@ impl Cluster {
                 }
             }
         }
+        // Hosts that are down forget it too: one that comes back reports
+        // its models anew, and no request should wait for it.
+        for h in &shared.hosts {
+            h.slot().models.remove(name);
+        }
         shared.notify();
         if let Some((host, e)) = first_error {
             return Err(Error::new(
