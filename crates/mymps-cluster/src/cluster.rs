@@ -532,8 +532,7 @@ impl Shared {
     async fn connect(self: &Arc<Shared>, i: usize) -> Result<()> {
         let h = &self.hosts[i];
         let t = self.config.connect_timeout;
-        let timed_out =
-            || Error::new(ErrorCode::Timeout, format!("no answer within {}", secs(t)));
+        let timed_out = || Error::new(ErrorCode::Timeout, format!("no answer within {}", secs(t)));
         let client = tokio::time::timeout(
             t,
             Client::connect_endpoint(h.endpoint.clone(), h.options.clone()),
@@ -899,7 +898,11 @@ impl Cluster {
         for &i in &chosen {
             if let Some((c, g)) = shared.hosts[i].conn() {
                 let request = request.clone();
-                loads.push((i, g, tokio::spawn(async move { c.load_model(request).await })));
+                loads.push((
+                    i,
+                    g,
+                    tokio::spawn(async move { c.load_model(request).await }),
+                ));
             }
         }
         if loads.is_empty() {
@@ -1001,7 +1004,11 @@ impl Cluster {
         for i in 0..shared.hosts.len() {
             if let Some((c, g)) = shared.hosts[i].conn() {
                 let name = name.to_owned();
-                unloads.push((i, g, tokio::spawn(async move { c.unload_model(&name).await })));
+                unloads.push((
+                    i,
+                    g,
+                    tokio::spawn(async move { c.unload_model(&name).await }),
+                ));
             }
         }
         let mut done = Vec::new();
@@ -1091,7 +1098,11 @@ impl Cluster {
         for (i, h) in shared.hosts.iter().enumerate() {
             if let Some((c, g)) = h.conn() {
                 let t = shared.config.health_timeout;
-                asks.push((i, g, tokio::spawn(async move { tokio::time::timeout(t, c.stats()).await })));
+                asks.push((
+                    i,
+                    g,
+                    tokio::spawn(async move { tokio::time::timeout(t, c.stats()).await }),
+                ));
             }
         }
         let mut out = Vec::new();

@@ -416,7 +416,10 @@ token = "other"
         assert_eq!(b.transport.tls_ca, None);
         // Secrets stay out of debug output.
         let debug = format!("{c:?}");
-        assert!(!debug.contains("s3cret") && !debug.contains("other"), "{debug}");
+        assert!(
+            !debug.contains("s3cret") && !debug.contains("other"),
+            "{debug}"
+        );
     }
 
     #[test]
@@ -444,9 +447,7 @@ token = "other"
         assert!(bad(r#"hosts = ["a"]"#).contains("missing port"));
         assert!(bad("hosts = [\"a:1\"]\ntimeout = -1").contains("positive"));
         assert!(bad("hosts = [\"a:1\"]\ntimeot = 1").contains("unknown field"));
-        assert!(
-            bad("hosts = [\"a:1\"]\ntoken = \"x\"\ntoken_file = \"f\"").contains("not both")
-        );
+        assert!(bad("hosts = [\"a:1\"]\ntoken = \"x\"\ntoken_file = \"f\"").contains("not both"));
         assert!(bad("hosts = [\"a:1\"]\ntoken_file = \"/nonexistent/t\"").contains("cannot read"));
         assert!(
             bad("[[hosts]]\naddr = \"a:1\"\nname = \"x\"\n[[hosts]]\naddr = \"b:1\"\nname = \"x\"")

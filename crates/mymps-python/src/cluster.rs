@@ -148,9 +148,7 @@ impl MympsCluster {
         let mut cfg = match (addrs.filter(|a| !a.is_none()), config) {
             (Some(a), None) => {
                 if a.extract::<String>().is_ok() {
-                    return Err(bad_argument(
-                        "addrs is a list of addresses, not one string",
-                    ));
+                    return Err(bad_argument("addrs is a list of addresses, not one string"));
                 }
                 let mut hosts = Vec::new();
                 for item in a.try_iter()? {

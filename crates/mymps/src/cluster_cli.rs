@@ -106,10 +106,20 @@ fn status(args: &ClusterArgs) -> Result<(), Error> {
                 .expect("serialisable")
         );
     } else {
-        let mut table = vec![[
-            "HOST", "STATE", "IN-FLIGHT", "LATENCY", "DEVICE", "LOAD-1M", "CPU%", "ACCEL-MEM", "MODELS",
-        ]
-        .map(String::from)];
+        let mut table = vec![
+            [
+                "HOST",
+                "STATE",
+                "IN-FLIGHT",
+                "LATENCY",
+                "DEVICE",
+                "LOAD-1M",
+                "CPU%",
+                "ACCEL-MEM",
+                "MODELS",
+            ]
+            .map(String::from),
+        ];
         for h in &hosts {
             let s = stats_of(&h.name);
             let dash = || "-".to_owned();
@@ -138,7 +148,13 @@ fn status(args: &ClusterArgs) -> Result<(), Error> {
             ]);
         }
         let widths: Vec<usize> = (0..table[0].len())
-            .map(|c| table.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
+            .map(|c| {
+                table
+                    .iter()
+                    .map(|r| r[c].chars().count())
+                    .max()
+                    .unwrap_or(0)
+            })
             .collect();
         for row in &table {
             let line: Vec<String> = row

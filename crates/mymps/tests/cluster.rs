@@ -24,7 +24,11 @@ fn bin() -> String {
 fn artefact(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let p = exe.parent().and_then(Path::parent).unwrap().join(name);
-    assert!(p.exists(), "{} is missing: build the workspace first", p.display());
+    assert!(
+        p.exists(),
+        "{} is missing: build the workspace first",
+        p.display()
+    );
     p
 }
 
@@ -78,6 +82,16 @@ impl Served {
             std::thread::sleep(Duration::from_millis(100));
         }
         panic!("cannot restart a server on port {port}");
+    }
+
+    /// Sends `signal` (STOP, CONT) to the server.
+    fn signal(&self, signal: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{signal}");
     }
 
     /// SIGKILL, as a crash would.
@@ -136,8 +150,12 @@ where
     };
     let mut workers = Vec::new();
     for _ in 0..concurrency {
-        let (answered, done, next, request) =
-            (answered.clone(), done.clone(), next.clone(), request.clone());
+        let (answered, done, next, request) = (
+            answered.clone(),
+            done.clone(),
+            next.clone(),
+            request.clone(),
+        );
         workers.push(tokio::spawn(async move {
             loop {
                 let i = next.fetch_add(1, Ordering::SeqCst);
@@ -228,14 +246,65 @@ async fn a_host_killed_mid_run_loses_no_request_and_comes_back() {
     assert_eq!(host(&status, &victim_addr).connections, 2);
     for i in 0..30i64 {
         let x = Tensor::from_vec(vec![i], &[1]).unwrap();
-        let out = cluster
-            .call(Call::new("neg").arg(x))
-            .await
-            .unwrap();
+        let out = cluster.call(Call::new("neg").arg(x)).await.unwrap();
         assert_eq!(out.output().unwrap().to_vec::<i64>().unwrap(), vec![-i]);
     }
     let after = host(&cluster.status(), &victim_addr).served;
-    assert!(after > before, "the revived host serves again: {before} → {after}");
+    assert!(
+        after > before,
+        "the revived host serves again: {before} → {after}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_host_that_stops_answering_is_marked_down_by_the_health_checks() {
+    // SIGSTOP freezes the server with its connections open, as a network
+    // cut would: only the health checks can tell.
+    let servers: Vec<Served> = (0..3).map(|_| Served::start(0, None)).collect();
+    let mut cfg = config(&servers.iter().collect::<Vec<_>>());
+    cfg.health_timeout = Duration::from_secs(1);
+    let cluster = Cluster::connect(cfg).await.unwrap();
+    let victim = servers[2].addr.clone();
+    let servers = Arc::new(servers);
+    let s = servers.clone();
+    let c = cluster.clone();
+    const N: usize = 600;
+    let answered = run_all(
+        N,
+        12,
+        N / 4,
+        move |i| {
+            let c = c.clone();
+            async move {
+                let x = Tensor::from_vec(vec![i as f64 * 0.5], &[1])?;
+                let out = c.call(Call::new("mul").arg(x.clone()).arg(x)).await?;
+                let want = (i as f64 * 0.5).powi(2);
+                Ok(out.output()?.to_vec::<f64>()? == vec![want])
+            }
+        },
+        move || s[2].signal("STOP"),
+    )
+    .await;
+    assert!(answered.iter().all(|&a| a == 1), "not exactly once");
+    let status = cluster.status();
+    let v = host(&status, &victim);
+    assert_eq!(v.state, HostState::Down, "{v:?}");
+    assert!(
+        v.error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("health check"),
+        "{v:?}"
+    );
+    assert!(v.failovers >= 1, "{v:?}");
+    // Thawed, it answers again and is marked up.
+    servers[2].signal("CONT");
+    cluster
+        .wait_for(Duration::from_secs(30), |s| {
+            host(s, &victim).state == HostState::Up
+        })
+        .await
+        .unwrap();
 }
 
 /// A linear model 4 → 3 saved as safetensors under `dir`; returns its path
@@ -280,12 +349,18 @@ async fn infer_goes_to_hosts_with_the_model_and_survives_losing_one() {
     };
     // Unknown host names are refused before anything is loaded.
     let e = cluster
-        .load_model(request.clone(), Placement::Hosts(vec!["tcp://127.0.0.1:1".into()]))
+        .load_model(
+            request.clone(),
+            Placement::Hosts(vec!["tcp://127.0.0.1:1".into()]),
+        )
         .await
         .unwrap_err();
     assert_eq!(e.code, ErrorCode::BadArgument);
     let loaded = cluster
-        .load_model(request.clone(), Placement::Hosts(vec![a.clone(), b.clone()]))
+        .load_model(
+            request.clone(),
+            Placement::Hosts(vec![a.clone(), b.clone()]),
+        )
         .await
         .unwrap();
     let mut where_: Vec<&str> = loaded.iter().map(|(h, _)| h.as_str()).collect();
@@ -398,10 +473,18 @@ async fn op_errors_are_not_retried_and_dead_clusters_fail_clearly() {
     assert_eq!(e.code, ErrorCode::BadArgument, "{e}");
     let status = cluster.status();
     assert!(
-        status.iter().all(|h| h.failovers == 0 && h.state == HostState::Up),
+        status
+            .iter()
+            .all(|h| h.failovers == 0 && h.state == HostState::Up),
         "{status:#?}"
     );
-    assert!(cluster.list_ops().await.unwrap().contains(&"add".to_owned()));
+    assert!(
+        cluster
+            .list_ops()
+            .await
+            .unwrap()
+            .contains(&"add".to_owned())
+    );
     assert_eq!(cluster.stats().await.len(), 2);
 
     // Every host dead: the request fails after the timeout, naming each.
@@ -457,9 +540,15 @@ fn cluster_status_command() {
     assert!(!out.status.success(), "a host is down: {text}");
     assert!(err.contains("1 of 2 hosts are not up"), "{err}");
     let lines: Vec<&str> = text.lines().collect();
-    assert!(lines[0].starts_with("HOST") && lines[0].contains("IN-FLIGHT"), "{text}");
+    assert!(
+        lines[0].starts_with("HOST") && lines[0].contains("IN-FLIGHT"),
+        "{text}"
+    );
     let row = |addr: &str| *lines.iter().find(|l| l.starts_with(addr)).unwrap();
-    assert!(row(&up.addr).contains(" up ") && row(&up.addr).contains("cpu"), "{text}");
+    assert!(
+        row(&up.addr).contains(" up ") && row(&up.addr).contains("cpu"),
+        "{text}"
+    );
     assert!(row(&down.addr).contains(" down"), "{text}");
 
     // From a TOML file, as JSON.
@@ -470,7 +559,11 @@ fn cluster_status_command() {
     )
     .unwrap();
     let out = run(&["--config", file.to_str().unwrap(), "--json"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let h = &v["hosts"][0];
     assert_eq!(h["name"], "alpha");
