@@ -514,11 +514,13 @@ impl Shared {
         for i in 0..self.hosts.len() {
             if let Some((c, g)) = self.hosts[i].conn() {
                 let t = self.config.health_timeout;
-                waits.push(async move { (i, g, tokio::time::timeout(t, c.list_models()).await) });
+                waits.push(tokio::spawn(async move {
+                    (i, g, tokio::time::timeout(t, c.list_models()).await)
+                }));
             }
         }
         for w in waits {
-            if let (i, g, Ok(Ok(models))) = w.await {
+            if let Ok((i, g, Ok(Ok(models)))) = w.await {
                 let mut s = self.hosts[i].slot();
                 if s.conn.as_ref().map(|c| c.1) == Some(g) {
                     s.models = models.into_iter().map(|m| m.name).collect();

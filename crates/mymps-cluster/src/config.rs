@@ -150,11 +150,23 @@ impl Default for ClusterConfig {
 }
 
 /// A host in a TOML file: an address, or a table.
-#[derive(Deserialize)]
-#[serde(untagged)]
 enum HostEntry {
     Addr(String),
     Table(HostTable),
+}
+
+impl<'de> Deserialize<'de> for HostEntry {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<HostEntry, D::Error> {
+        // Not `#[serde(untagged)]`: its error would hide which field of a
+        // host table is wrong.
+        match toml::Value::deserialize(d)? {
+            toml::Value::String(addr) => Ok(HostEntry::Addr(addr)),
+            other => other
+                .try_into::<HostTable>()
+                .map(HostEntry::Table)
+                .map_err(serde::de::Error::custom),
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -446,7 +458,12 @@ token = "other"
         assert!(bad(r#"hosts = ["a:1", "tcp://a:1"]"#).contains("listed twice"));
         assert!(bad(r#"hosts = ["a"]"#).contains("missing port"));
         assert!(bad("hosts = [\"a:1\"]\ntimeout = -1").contains("positive"));
-        assert!(bad("hosts = [\"a:1\"]\ntimeot = 1").contains("unknown field"));
+        assert!(bad("hosts = [\"a:1\"]\ntimeot = 1").contains("unknown field `timeot`"));
+        assert!(
+            bad("[[hosts]]\naddr = \"a:1\"\nfingerprnt = \"x\"")
+                .contains("unknown field `fingerprnt`")
+        );
+        assert!(bad("hosts = [1]").contains("invalid type"));
         assert!(bad("hosts = [\"a:1\"]\ntoken = \"x\"\ntoken_file = \"f\"").contains("not both"));
         assert!(bad("hosts = [\"a:1\"]\ntoken_file = \"/nonexistent/t\"").contains("cannot read"));
         assert!(
