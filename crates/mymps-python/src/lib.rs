@@ -6,6 +6,7 @@
 //! numpy only: no libtorch, no torch.
 //!
 //! - [`client`]: the `MympsClient` class (the API of `client-api.md`).
+//! - [`cluster`]: the `MympsCluster` class (one client over several servers).
 //! - [`convert`]: numpy arrays ⇄ tensors without copies, kwargs → values.
 //! - [`errors`]: error codes → the exception classes of `mymps.errors`.
 //!
@@ -14,6 +15,7 @@
 #![warn(missing_docs)]
 
 pub mod client;
+pub mod cluster;
 pub mod convert;
 pub mod errors;
 
@@ -40,6 +42,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     // that registers it (a `pub use` alone references nothing).
     std::hint::black_box(&mymps::tcp::TRANSPORT);
     m.add_class::<client::MympsClient>()?;
+    m.add_class::<cluster::MympsCluster>()?;
     m.add_class::<convert::ResultBuffer>()?;
     m.add_function(wrap_pyfunction!(_copy_counters, m)?)?;
     m.add_function(wrap_pyfunction!(transports, m)?)?;

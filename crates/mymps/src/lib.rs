@@ -12,6 +12,8 @@
 //! - `server` (default): the libtorch backend ([`backend_tch`]) and the op
 //!   whitelist ([`ops`]); needs libtorch at build time. A client-only build
 //!   (`default-features = false, features = ["tcp"]`) needs no libtorch.
+//! - `cluster` (default): [`cluster`], one client over several servers
+//!   (least-busy routing, health checks, failover); no libtorch.
 //!
 //! ## Client
 //! ```no_run
@@ -45,6 +47,11 @@ pub mod npy;
 /// registers `tcp://` for every program that uses this facade.
 #[cfg(feature = "tcp")]
 pub use mymps_transport_tcp as tcp;
+
+/// The cluster client (feature `cluster`): one client over several
+/// servers, whatever their transports.
+#[cfg(feature = "cluster")]
+pub use mymps_cluster as cluster;
 
 /// The libtorch backend (feature `server`).
 #[cfg(feature = "server")]

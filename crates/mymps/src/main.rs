@@ -1,6 +1,8 @@
 //! The `mymps` command: `mymps serve` runs the server; the other
 //! subcommands are a client for shells and scripts.
 
+mod cluster_cli;
+
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
@@ -77,6 +79,13 @@ enum Command {
         out: Option<PathBuf>,
         #[command(flatten)]
         client: ClientArgs,
+    },
+    /// Several servers as one: `mymps cluster status --hosts tcp://a:5555,tcp://b:5555`.
+    Cluster {
+        #[command(subcommand)]
+        command: cluster_cli::ClusterCommand,
+        #[command(flatten)]
+        cluster: cluster_cli::ClusterArgs,
     },
 }
 
@@ -210,6 +219,7 @@ fn main() -> ExitCode {
             out,
             client,
         } => exec(&client, &op, &inputs, &kwargs, out.as_deref()),
+        Command::Cluster { command, cluster } => cluster_cli::run(&cluster, command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -16,7 +16,7 @@ A client may be shared between threads; calls release the GIL.
 """
 
 from . import errors
-from ._native import DEFAULT_HOST, DEFAULT_PORT, MympsClient, __version__, transports
+from ._native import DEFAULT_HOST, DEFAULT_PORT, MympsClient, MympsCluster, __version__, transports
 from ._types import HealthInfo, ModelInfo, OpInfo, ParamInfo, StatsInfo
 from .errors import (
     AuthenticationError,
@@ -41,6 +41,7 @@ from .errors import (
 
 __all__ = [
     "MympsClient",
+    "MympsCluster",
     "DEFAULT_HOST",
     "DEFAULT_PORT",
     "__version__",

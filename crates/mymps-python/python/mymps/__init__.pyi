@@ -3,6 +3,7 @@ from ._native import (
     DEFAULT_HOST as DEFAULT_HOST,
     DEFAULT_PORT as DEFAULT_PORT,
     MympsClient as MympsClient,
+    MympsCluster as MympsCluster,
     __version__ as __version__,
     transports as transports,
 )
@@ -30,6 +31,7 @@ from .errors import (
 
 __all__ = [
     "MympsClient",
+    "MympsCluster",
     "DEFAULT_HOST",
     "DEFAULT_PORT",
     "__version__",

@@ -11,6 +11,7 @@ from ._types import HealthInfo, ModelInfo, OpInfo, StatsInfo
 
 __all__ = [
     "MympsClient",
+    "MympsCluster",
     "_ResultBuffer",
     "_copy_counters",
     "transports",
@@ -84,6 +85,55 @@ class MympsClient:
     def device(self) -> str: ...
     @property
     def server_version(self) -> str: ...
+    def __enter__(self) -> Self: ...
+    def __exit__(
+        self,
+        exc_type: Optional[Type[BaseException]],
+        exc: Optional[BaseException],
+        tb: Optional[TracebackType],
+    ) -> bool: ...
+
+class MympsCluster:
+    """A client of several mymps servers, used like one MympsClient: exec
+    to the least busy host that is up, infer to a host that has the model,
+    failover when a host dies. Safe to share between threads."""
+
+    def __new__(
+        cls,
+        addrs: Optional[Sequence[Union[str, Tuple[str, int]]]] = None,
+        *,
+        config: Optional[str] = None,
+        timeout: Optional[float] = None,
+        token: Optional[str] = None,
+        ca: Optional[str] = None,
+        fingerprint: Optional[str] = None,
+        health_interval: Optional[float] = None,
+    ) -> Self: ...
+    def exec(
+        self, op: str, inputs: Optional[_Inputs] = None, **kwargs: _Scalar
+    ) -> Dict[str, np.ndarray]:
+        """Run one whitelisted torch op on the least busy host that is up."""
+    def infer(self, name: str, inputs: Optional[_Inputs] = None) -> Dict[str, np.ndarray]:
+        """A forward pass on the least busy host that has the model."""
+    def load_model(
+        self,
+        name: str,
+        model_type: str = "huggingface",
+        model_path: Optional[str] = None,
+        model_class: Optional[str] = None,
+        dtype: Optional[str] = None,
+        trust_remote_code: bool = False,
+        config: Optional[Union[Mapping[str, Any], str]] = None,
+        *,
+        hosts: Optional[Sequence[str]] = None,
+    ) -> Dict[str, Dict[str, Any]]:
+        """Load a model on `hosts` (names or addresses), or on all; {host: info}."""
+    def unload_model(self, name: str) -> Dict[str, Any]: ...
+    def list_models(self) -> Dict[str, List[ModelInfo]]: ...
+    def list_ops(self) -> List[str]: ...
+    def status(self) -> List[Dict[str, Any]]:
+        """Each host: name, addr, state, in_flight, latency_ms, device, models, ..."""
+    def close(self) -> None: ...
     def __enter__(self) -> Self: ...
     def __exit__(
         self,

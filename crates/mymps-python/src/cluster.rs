@@ -1,0 +1,389 @@
+//! `MympsCluster`: the Python face of [`mymps::cluster::blocking::Cluster`].
+
+use std::mem::ManuallyDrop;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use mymps::Value;
+use mymps::cluster::{ClusterConfig, HostConfig, Placement, blocking};
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyList, PyTuple};
+
+use crate::convert;
+use crate::errors::{bad_argument, to_py};
+
+/// A client of several mymps servers, used like one MympsClient.
+///
+/// Args:
+///     addrs: the servers: addresses ("tcp://10.0.0.1:5555",
+///         "quic://gpu-b:5556"; "host:port" means TCP) or (host, port)
+///         pairs. Give addrs or config, not both.
+///     config: a cluster TOML file (hosts with per-host token, ca,
+///         fingerprint; timeouts; see docs/deployment.md).
+///     timeout: seconds a request may take, failovers and waiting for a
+///         host to come back included (default: the file's, else 300).
+///     token: authentication token for hosts that have none of their own.
+///     ca: CA or server certificate (PEM) for TLS hosts without their own.
+///     fingerprint: pinned certificate fingerprint for hosts without their
+///         own.
+///     health_interval: seconds between health checks of each host
+///         (default: the file's, else 2).
+///
+/// Raises:
+///     MympsConnectionError: no host can be reached.
+///     BadArgumentError: a bad address or configuration.
+///
+/// exec() goes to the least busy host that is up; infer() to the least
+/// busy host that has the model (load_model(..., hosts=[...]) chooses
+/// where). Hosts are health-checked in the background: a host that fails
+/// is marked down and its requests are tried again on other hosts, so each
+/// call returns exactly one answer; only the request's own errors (bad
+/// arguments, unknown op) are raised at once. A host that comes back is
+/// used again, with its models loaded again.
+///
+/// Threads: share one cluster between any number of threads; calls release
+/// the GIL and run concurrently.
+#[pyclass(module = "mymps", name = "MympsCluster", frozen)]
+pub struct MympsCluster {
+    /// Dropped by hand (see `Drop`): never in a forked child.
+    inner: ManuallyDrop<blocking::Cluster>,
+    pid: u32,
+}
+
+/// How often a waiting call wakes up to let Python handle signals (Ctrl-C).
+const SIGNAL_CHECK: Duration = Duration::from_millis(50);
+
+impl Drop for MympsCluster {
+    fn drop(&mut self) {
+        if std::process::id() != self.pid {
+            // A forked child has the runtime's memory but not its threads.
+            return;
+        }
+        // SAFETY: `inner` is not used after this.
+        unsafe { ManuallyDrop::drop(&mut self.inner) };
+    }
+}
+
+fn seconds(what: &str, t: f64) -> PyResult<Duration> {
+    if t.is_finite() && t > 0.0 {
+        Duration::try_from_secs_f64(t).map_err(|e| bad_argument(format!("{what} {t}: {e}")))
+    } else {
+        Err(bad_argument(format!(
+            "{what} must be a positive number of seconds, not {t}"
+        )))
+    }
+}
+
+fn model_dict<'py>(py: Python<'py>, m: &mymps::model::ModelInfo) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    d.set_item("name", &m.name)?;
+    d.set_item("model_type", &m.model_type)?;
+    d.set_item("device", &m.device)?;
+    d.set_item("loaded_at", &m.loaded_at)?;
+    d.set_item("metadata", m.metadata.clone())?;
+    Ok(d)
+}
+
+/// An address: a string, or a (host, port) pair.
+fn addr_of(item: &Bound<'_, PyAny>) -> PyResult<String> {
+    if let Ok(s) = item.extract::<String>() {
+        return Ok(s);
+    }
+    if let Ok((host, port)) = item.extract::<(String, u16)>() {
+        let ep = mymps::transport::Endpoint::new("tcp", &host, port);
+        return Ok(ep.to_string());
+    }
+    Err(bad_argument(format!(
+        "a host is an address string or a (host, port) pair, not {}",
+        item.repr()?
+    )))
+}
+
+impl MympsCluster {
+    /// Runs one request to completion with the GIL released, waking every
+    /// [`SIGNAL_CHECK`] to let Ctrl-C through (as `MympsClient` does).
+    fn wait<F, T>(&self, py: Python<'_>, request: F) -> PyResult<T>
+    where
+        F: std::future::Future<Output = mymps::Result<T>> + Send,
+        T: Send,
+    {
+        if std::process::id() != self.pid {
+            return Err(to_py(mymps::Error::connection(
+                "this cluster client was created in another process (before a fork) and \
+                 cannot be used in this one; create a new MympsCluster here",
+            )));
+        }
+        let mut request = std::pin::pin!(request);
+        loop {
+            let step = py.detach(|| {
+                self.inner
+                    .block_on(async { tokio::time::timeout(SIGNAL_CHECK, request.as_mut()).await })
+            });
+            match step {
+                Ok(done) => return done.map_err(to_py),
+                Err(_elapsed) => py.check_signals()?,
+            }
+        }
+    }
+}
+
+#[pymethods]
+impl MympsCluster {
+    #[new]
+    #[pyo3(
+        signature = (addrs = None, *, config = None, timeout = None, token = None, ca = None, fingerprint = None, health_interval = None),
+        text_signature = "(addrs=None, *, config=None, timeout=None, token=None, ca=None, fingerprint=None, health_interval=None)"
+    )]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        py: Python<'_>,
+        addrs: Option<&Bound<'_, PyAny>>,
+        config: Option<PathBuf>,
+        timeout: Option<f64>,
+        token: Option<String>,
+        ca: Option<PathBuf>,
+        fingerprint: Option<String>,
+        health_interval: Option<f64>,
+    ) -> PyResult<Self> {
+        let mut cfg = match (addrs.filter(|a| !a.is_none()), config) {
+            (Some(a), None) => {
+                if a.extract::<String>().is_ok() {
+                    return Err(bad_argument("addrs is a list of addresses, not one string"));
+                }
+                let mut hosts = Vec::new();
+                for item in a.try_iter()? {
+                    hosts.push(HostConfig::new(addr_of(&item?)?));
+                }
+                let c = ClusterConfig {
+                    hosts,
+                    ..ClusterConfig::default()
+                };
+                c.validate().map_err(to_py)?;
+                c
+            }
+            (None, Some(path)) => ClusterConfig::from_toml_file(path).map_err(to_py)?,
+            (Some(_), Some(_)) => return Err(bad_argument("give addrs or config, not both")),
+            (None, None) => {
+                return Err(bad_argument(
+                    "name the hosts: MympsCluster([\"tcp://a:5555\", ...]) or config=\"cluster.toml\"",
+                ));
+            }
+        };
+        if let Some(t) = timeout {
+            cfg.timeout = seconds("timeout", t)?;
+        }
+        if let Some(t) = health_interval {
+            cfg.health_interval = seconds("health_interval", t)?;
+        }
+        cfg.token = cfg.token.or(token);
+        cfg.ca = cfg.ca.or(ca);
+        cfg.fingerprint = cfg.fingerprint.or(fingerprint);
+        let inner = py
+            .detach(|| blocking::Cluster::connect(cfg))
+            .map_err(to_py)?;
+        Ok(MympsCluster {
+            inner: ManuallyDrop::new(inner),
+            pid: std::process::id(),
+        })
+    }
+
+    /// Run one whitelisted torch op on the least busy host that is up.
+    /// Arguments, results and errors as MympsClient.exec; a host that fails
+    /// meanwhile is replaced by another (MympsConnectionError only when no
+    /// host can serve within the timeout).
+    #[pyo3(signature = (op, inputs = None, **kwargs))]
+    fn exec<'py>(
+        &self,
+        py: Python<'py>,
+        op: &str,
+        inputs: Option<&Bound<'py, PyAny>>,
+        kwargs: Option<&Bound<'py, PyDict>>,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let inputs = convert::inputs(inputs)?;
+        let mut kwargs = convert::kwargs(kwargs)?;
+        for name in inputs.none {
+            if kwargs.iter().any(|(k, _)| *k == name) {
+                return Err(bad_argument(format!(
+                    "argument '{name}' is given both in inputs and as a keyword argument"
+                )));
+            }
+            kwargs.push((name, Value::None));
+        }
+        let out = self.wait(py, self.inner.as_async().exec(op, inputs.tensors, kwargs))?;
+        convert::outputs(py, out.tensors)
+    }
+
+    /// A forward pass of a loaded model on the least busy host that has it.
+    /// Arguments and results as MympsClient.infer. Raises
+    /// ModelNotFoundError when no host has the model.
+    #[pyo3(signature = (name, inputs = None))]
+    fn infer<'py>(
+        &self,
+        py: Python<'py>,
+        name: &str,
+        inputs: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let inputs = convert::inputs(inputs)?;
+        if let Some(n) = inputs.none.first() {
+            return Err(bad_argument(format!(
+                "input '{n}' is None; infer takes arrays only"
+            )));
+        }
+        let out = self.wait(py, self.inner.as_async().infer(name, inputs.tensors))?;
+        convert::outputs(py, out.tensors)
+    }
+
+    /// Load a model on the hosts named in `hosts` (names or addresses), or
+    /// on every host when None. Arguments as MympsClient.load_model. Hosts
+    /// of the placement that are down, or restart later, get the model when
+    /// they come up.
+    ///
+    /// Returns:
+    ///     {host: {"status": "ok", "name", "model_type", "device",
+    ///     "loaded_at", "metadata"}} for each host that loaded it.
+    ///
+    /// Raises:
+    ///     ModelError: a host could not load it (the message lists each
+    ///         host's outcome).
+    ///     BadArgumentError: a host that is not in the cluster.
+    #[pyo3(signature = (name, model_type = "huggingface".to_owned(), model_path = None, model_class = None, dtype = None, trust_remote_code = false, config = None, *, hosts = None))]
+    #[allow(clippy::too_many_arguments)]
+    fn load_model<'py>(
+        &self,
+        py: Python<'py>,
+        name: String,
+        model_type: String,
+        model_path: Option<String>,
+        model_class: Option<String>,
+        dtype: Option<String>,
+        trust_remote_code: bool,
+        config: Option<&Bound<'py, PyAny>>,
+        hosts: Option<Vec<String>>,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        let config = match config {
+            None => None,
+            Some(c) if c.is_none() => None,
+            Some(c) => match c.extract::<String>() {
+                Ok(s) => Some(s),
+                Err(_) => Some(
+                    py.import("json")?
+                        .call_method1("dumps", (c,))
+                        .and_then(|s| s.extract::<String>())
+                        .map_err(|e| {
+                            bad_argument(format!("config must be a JSON-serialisable dict: {e}"))
+                        })?,
+                ),
+            },
+        };
+        let request = mymps::model::LoadRequest {
+            name,
+            model_type,
+            model_path,
+            model_class,
+            dtype,
+            trust_remote_code,
+            config,
+        };
+        let placement = match hosts {
+            None => Placement::All,
+            Some(h) => Placement::Hosts(h),
+        };
+        let loaded = self.wait(py, self.inner.as_async().load_model(request, placement))?;
+        let out = PyDict::new(py);
+        for (host, info) in &loaded {
+            let d = model_dict(py, info)?;
+            d.set_item("status", "ok")?;
+            out.set_item(host, d)?;
+        }
+        Ok(out)
+    }
+
+    /// Unload a model from every host: {"status": "ok", "name", "hosts":
+    /// [hosts it was unloaded from]}. Raises ModelNotFoundError if no host
+    /// had it.
+    fn unload_model<'py>(&self, py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyDict>> {
+        let hosts = self.wait(py, self.inner.as_async().unload_model(name))?;
+        let d = PyDict::new(py);
+        d.set_item("status", "ok")?;
+        d.set_item("name", name)?;
+        d.set_item("hosts", hosts)?;
+        Ok(d)
+    }
+
+    /// The models of each host that is up: {host: [{"name", "model_type",
+    /// "device", "loaded_at", "metadata"}, ...]}.
+    fn list_models<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let lists = self.wait(py, self.inner.as_async().list_models())?;
+        let out = PyDict::new(py);
+        for h in &lists {
+            let l = PyList::empty(py);
+            for m in &h.models {
+                l.append(model_dict(py, m)?)?;
+            }
+            out.set_item(&h.host, l)?;
+        }
+        Ok(out)
+    }
+
+    /// The op whitelist, sorted (from a host that is up).
+    fn list_ops(&self, py: Python<'_>) -> PyResult<Vec<String>> {
+        let mut ops = self.wait(py, self.inner.as_async().list_ops())?;
+        ops.sort_unstable();
+        Ok(ops)
+    }
+
+    /// Each host's state, in the configuration's order: a list of
+    /// {"name", "addr", "state" ("up", "down" or "connecting"),
+    /// "state_for_s", "in_flight", "latency_ms", "device",
+    /// "server_version", "models", "served", "failovers", "connections",
+    /// "error"}.
+    fn status<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let l = PyList::empty(py);
+        for h in self.inner.status() {
+            let d = PyDict::new(py);
+            d.set_item("name", &h.name)?;
+            d.set_item("addr", &h.addr)?;
+            d.set_item("state", h.state.to_string())?;
+            d.set_item("state_for_s", h.state_for_s)?;
+            d.set_item("in_flight", h.in_flight)?;
+            d.set_item("latency_ms", h.latency_ms)?;
+            d.set_item("device", &h.device)?;
+            d.set_item("server_version", &h.server_version)?;
+            d.set_item("models", &h.models)?;
+            d.set_item("served", h.served)?;
+            d.set_item("failovers", h.failovers)?;
+            d.set_item("connections", h.connections)?;
+            d.set_item("error", &h.error)?;
+            l.append(d)?;
+        }
+        Ok(l)
+    }
+
+    /// Close every connection and stop the health checks; later calls
+    /// raise MympsConnectionError. Closing twice is harmless.
+    fn close(&self) {
+        if std::process::id() == self.pid {
+            self.inner.close();
+        }
+    }
+
+    fn __enter__(slf: Bound<'_, Self>) -> Bound<'_, Self> {
+        slf
+    }
+
+    #[pyo3(signature = (*_exc))]
+    fn __exit__(&self, _exc: &Bound<'_, PyTuple>) -> bool {
+        self.close();
+        false
+    }
+
+    fn __repr__(&self) -> String {
+        let hosts: Vec<String> = self
+            .inner
+            .status()
+            .iter()
+            .map(|h| format!("'{}' ({})", h.name, h.state))
+            .collect();
+        format!("MympsCluster([{}])", hosts.join(", "))
+    }
+}
