@@ -50,7 +50,7 @@ struct Llama {
 }
 
 /// The rotary inverse frequencies as transformers computes them (float32).
-fn rope(cfg: &Config, head_dim: i64, device: Device) -> Result<(Tensor, f64)> {
+pub(super) fn rope(cfg: &Config, head_dim: i64, device: Device) -> Result<(Tensor, f64)> {
     let partial = cfg.float("partial_rotary_factor", 1.0)?;
     if partial != 1.0 {
         return Err(model_error(

@@ -30,6 +30,9 @@ mod layers;
 mod llama;
 mod vit;
 
+#[cfg(test)]
+mod tests;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
