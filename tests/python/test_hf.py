@@ -176,6 +176,10 @@ def decoder_cases(client, name, model, outs, pad=0):
     ids that generate() would use."""
     ids, _ = token_ids(pad_id=pad)
     compare(client, name, model, {"input_ids": ids}, outs)
+    # Position ids alone (one row for the batch), restarting mid-sequence:
+    # with transformers' default use_cache this is no packed-sequence mask.
+    restart = np.concatenate([np.arange(4), np.arange(SEQ - 4)]).astype(np.int64)[None]
+    compare(client, name, model, {"input_ids": ids, "position_ids": restart}, outs)
     for side in ["right", "left"]:
         ids, mask = token_ids(pad_id=pad, side=side)
         compare(client, name, model, {"input_ids": ids, "attention_mask": mask}, outs)

@@ -8,6 +8,9 @@
 //! `use_sliding_window` with `max_window_layers`) mask keys outside the
 //! window as transformers does.
 
+use std::collections::BTreeMap;
+use std::collections::btree_map::Entry;
+
 use mymps_core::Result;
 use serde_json::Value as Json;
 use tch::{Device, Kind, Tensor};
@@ -318,19 +321,16 @@ impl Arch for Llama {
         let mut h = self.embed.forward(&ids)?;
         let (cos, sin) = self.rotary(&pos, h.kind())?;
         let full = Mask::causal(s, dev, mask.as_ref(), None)?;
-        let mut sliding: Vec<(i64, Mask)> = Vec::new();
+        let mut masks = BTreeMap::new();
         for w in self.layers.iter().filter_map(|l| l.window) {
-            if !sliding.iter().any(|(x, _)| *x == w) {
-                sliding.push((w, Mask::causal(s, dev, mask.as_ref(), Some(w))?));
+            if let Entry::Vacant(e) = masks.entry(w) {
+                e.insert(Mask::causal(s, dev, mask.as_ref(), Some(w))?);
             }
         }
         let rep = self.heads / self.kv_heads;
         let scale = (self.head_dim as f64).powf(-0.5);
         for l in &self.layers {
-            let m = match l.window {
-                None => &full,
-                Some(w) => &sliding.iter().find(|(x, _)| *x == w).expect("built").1,
-            };
+            let m = l.window.and_then(|w| masks.get(&w)).unwrap_or(&full);
             let x = l.input_norm.forward(&h)?;
             let q = split_heads(&l.q.forward(&x)?, self.heads, self.head_dim)?;
             let k = split_heads(&l.k.forward(&x)?, self.kv_heads, self.head_dim)?;

@@ -485,15 +485,7 @@ fn read_weights(dir: &Path) -> Result<(BTreeMap<String, Tensor>, String)> {
     let mut map = BTreeMap::new();
     for f in files {
         let path = f.display().to_string();
-        let sd = read_state_dict(&path, Device::Cpu).map_err(|e| {
-            Error::new(
-                e.code,
-                e.message.replace(
-                    "torch.save state_dict",
-                    "torch.save state_dict (pytorch_model.bin)",
-                ),
-            )
-        })?;
+        let sd = read_state_dict(&path, Device::Cpu)?;
         map.extend(sd);
     }
     Ok((map, source))
@@ -589,7 +581,7 @@ impl ModelLoader for HuggingFaceLoader {
             "gpt2" => gpt2::build(&mut b),
             "llama" | "mistral" | "qwen2" => llama::build(&mut b),
             "vit" => vit::build(&mut b),
-            _ => unreachable!("checked against ARCHITECTURES"),
+            other => Err(model_error(format!("no implementation of '{other}'"))),
         })?;
         let dtype = mymps_ops::dtype_of(kind).map_or("other", |d| d.name());
         let metadata = BTreeMap::from([
