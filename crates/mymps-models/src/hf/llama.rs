@@ -19,7 +19,7 @@ use super::layers::{
     Activation, Embedding, Linear, Mask, RmsNorm, Tx, attention, merge_heads, repeat_kv,
     split_heads,
 };
-use super::{Arch, Build, Config, Inputs};
+use super::{Arch, Build, Config, Inputs, check_size};
 use crate::convert::{Weight, model_error};
 
 struct Layer {
@@ -192,7 +192,7 @@ pub(super) fn build(b: &mut Build) -> Result<Box<dyn Arch>> {
         )));
     }
     let head_dim = match cfg.opt_int("head_dim")? {
-        Some(d) if d > 0 => d,
+        Some(d) if d > 0 => check_size("head_dim", d)?,
         _ => {
             if hidden % heads != 0 {
                 return Err(model_error(format!(
@@ -202,6 +202,11 @@ pub(super) fn build(b: &mut Build) -> Result<Box<dyn Arch>> {
             hidden / heads
         }
     };
+    if head_dim % 2 != 0 {
+        return Err(model_error(format!(
+            "config.json: the head size {head_dim} is odd; rotary embeddings need an even one"
+        )));
+    }
     let vocab = cfg.size("vocab_size", Some(vocab_d))?;
     let eps = cfg.float("rms_norm_eps", 1e-6)?;
     let act = Activation::from_config(cfg, "hidden_act", "silu")?;

@@ -64,6 +64,19 @@ pub const ARCHITECTURES: &[(&str, &str)] = &[
 #[derive(Debug, Clone, Copy, Default)]
 pub struct HuggingFaceLoader;
 
+/// The largest size a config may give (2³¹).
+pub(crate) const MAX_SIZE: i64 = 1 << 31;
+
+/// `v` if it is a size in `1..=MAX_SIZE`.
+pub(crate) fn check_size(key: &str, v: i64) -> Result<i64> {
+    if v <= 0 || v > MAX_SIZE {
+        return Err(model_error(format!(
+            "config.json: '{key}' must be positive and at most 2^31, not {v}"
+        )));
+    }
+    Ok(v)
+}
+
 /// A model's `config.json`, with typed accessors whose errors name the key.
 pub(crate) struct Config {
     json: Json,
@@ -85,15 +98,10 @@ impl Config {
         }
     }
 
-    /// A positive integer (a size).
+    /// A positive integer (a size), at most [`MAX_SIZE`] so that products
+    /// of two sizes cannot overflow.
     pub fn size(&self, key: &str, default: Option<i64>) -> Result<i64> {
-        let v = self.int(key, default)?;
-        if v <= 0 {
-            return Err(model_error(format!(
-                "config.json: '{key}' must be positive, not {v}"
-            )));
-        }
-        Ok(v)
+        check_size(key, self.int(key, default)?)
     }
 
     /// The first of `keys` that the config has, as a positive integer

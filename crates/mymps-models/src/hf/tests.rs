@@ -53,6 +53,9 @@ fn config_accessors_name_the_key() {
             .message
             .contains("must be positive")
     );
+    let huge = cfg(json!({"hidden_size": 1i64 << 40}));
+    let e = huge.size("hidden_size", None).unwrap_err();
+    assert!(e.message.contains("at most 2^31"), "{e}");
     assert_eq!(c.size_any(&["n_embd", "hidden_size"], 1).unwrap(), 32);
     assert_eq!(c.size_any(&["n_embd"], 5).unwrap(), 5);
 }

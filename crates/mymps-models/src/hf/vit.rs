@@ -10,7 +10,7 @@ use tch::Tensor;
 use super::layers::{
     Activation, LayerNorm, Linear, Mask, Tx, attention, head_dim, merge_heads, split_heads,
 };
-use super::{Arch, Build, Config, Inputs};
+use super::{Arch, Build, Config, Inputs, check_size};
 use crate::convert::{Weight, model_error};
 
 struct Layer {
@@ -58,9 +58,8 @@ fn pair(cfg: &Config, key: &str, default: i64) -> Result<[i64; 2]> {
             [n, n]
         }
     };
-    if v.iter().any(|x| *x <= 0) {
-        return Err(bad());
-    }
+    check_size(key, v[0])?;
+    check_size(key, v[1])?;
     Ok(v)
 }
 
