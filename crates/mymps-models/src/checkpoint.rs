@@ -36,7 +36,7 @@ use mymps_ops::torch_error;
 use serde_json::Value as Json;
 use tch::{Device, Kind, Tensor};
 
-use crate::convert::{device, download, float_kind, model_error, upload};
+use crate::convert::{Weight, device, download, float_kind, model_error, upload};
 
 /// Parameters by state_dict key.
 pub type StateDict = BTreeMap<String, Tensor>;
@@ -342,21 +342,6 @@ fn numbered(sd: &StateDict, prefix: &str) -> Vec<usize> {
         .collect();
     v.sort_unstable();
     v
-}
-
-/// A parameter tensor shared by concurrent forward passes.
-struct Weight(Tensor);
-
-// SAFETY: a `Weight` is never written after the model is built; libtorch
-// tensors may be read from several threads at once (reference counts are
-// atomic), which is all a forward pass does with them.
-unsafe impl Sync for Weight {}
-
-impl std::ops::Deref for Weight {
-    type Target = Tensor;
-    fn deref(&self) -> &Tensor {
-        &self.0
-    }
 }
 
 fn take(sd: &mut StateDict, key: &str) -> Result<Weight> {

@@ -58,3 +58,18 @@ pub fn download(
         .map(|(n, t)| Ok((n, conv.download(t)?)))
         .collect()
 }
+
+/// A parameter tensor shared by concurrent forward passes.
+pub struct Weight(pub Tensor);
+
+// SAFETY: a `Weight` is never written after the model is built; libtorch
+// tensors may be read from several threads at once (reference counts are
+// atomic), which is all a forward pass does with them.
+unsafe impl Sync for Weight {}
+
+impl std::ops::Deref for Weight {
+    type Target = Tensor;
+    fn deref(&self) -> &Tensor {
+        &self.0
+    }
+}

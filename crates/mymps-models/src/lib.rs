@@ -1,6 +1,10 @@
 //! # mymps-models
 //!
 //! Model loaders for mymps:
+//! - [`hf`]: HuggingFace model directories (`config.json` plus safetensors
+//!   or `pytorch_model.bin` weights), run by Rust implementations of their
+//!   architectures (bert, roberta, distilbert, gpt2, llama, mistral, qwen2,
+//!   vit, ...).
 //! - [`torchscript`]: `torch.jit.save` files, loaded on the server's device.
 //! - [`checkpoint`]: a state_dict (`torch.save(model.state_dict())` as
 //!   `.pt`/`.bin`, or `.safetensors`) loaded into a registered
@@ -19,18 +23,21 @@ use mymps_core::plugin::PluginRegistrar;
 
 pub mod checkpoint;
 mod convert;
+pub mod hf;
 mod torch_pickle;
 pub mod torchscript;
 
 /// Every loader of this crate, for applications that link it.
 pub fn loaders() -> Vec<Arc<dyn ModelLoader>> {
     vec![
+        Arc::new(hf::HuggingFaceLoader),
         Arc::new(torchscript::TorchScriptLoader),
         Arc::new(checkpoint::CheckpointLoader::all()),
     ]
 }
 
 fn register(r: &mut PluginRegistrar) -> Result<()> {
+    r.add_loader(hf::HuggingFaceLoader);
     r.add_loader(torchscript::TorchScriptLoader);
     r.add_loader(checkpoint::CheckpointLoader::all());
     Ok(())

@@ -57,6 +57,117 @@ fn write_mlp(path: &Path, x: &tch::Tensor) -> tch::Tensor {
     x.linear(&w0, Some(&b0)).gelu("none").linear(&w1, Some(&b1))
 }
 
+/// A tiny GPT2LMHeadModel directory as `save_pretrained` writes it (random
+/// weights; the comparison with transformers is in tests/python/test_hf.py).
+fn write_gpt2(dir: &Path) -> usize {
+    let (v, e, n_pos) = (30, 8, 16);
+    std::fs::write(
+        dir.join("config.json"),
+        format!(
+            r#"{{"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "vocab_size": {v},
+                "n_embd": {e}, "n_layer": 1, "n_head": 2, "n_positions": {n_pos}}}"#
+        ),
+    )
+    .unwrap();
+    let mut shapes: Vec<(String, Vec<i64>)> = vec![
+        ("transformer.wte.weight".into(), vec![v, e]),
+        ("transformer.wpe.weight".into(), vec![n_pos, e]),
+        ("transformer.ln_f.weight".into(), vec![e]),
+        ("transformer.ln_f.bias".into(), vec![e]),
+    ];
+    for (n, s) in [
+        ("ln_1.weight", vec![e]),
+        ("ln_1.bias", vec![e]),
+        ("attn.c_attn.weight", vec![e, 3 * e]),
+        ("attn.c_attn.bias", vec![3 * e]),
+        ("attn.c_proj.weight", vec![e, e]),
+        ("attn.c_proj.bias", vec![e]),
+        ("ln_2.weight", vec![e]),
+        ("ln_2.bias", vec![e]),
+        ("mlp.c_fc.weight", vec![e, 4 * e]),
+        ("mlp.c_fc.bias", vec![4 * e]),
+        ("mlp.c_proj.weight", vec![4 * e, e]),
+        ("mlp.c_proj.bias", vec![e]),
+    ] {
+        shapes.push((format!("transformer.h.0.{n}"), s));
+    }
+    tch::manual_seed(11);
+    let ts: Vec<(String, tch::Tensor)> = shapes
+        .iter()
+        .map(|(n, s)| {
+            (
+                n.clone(),
+                tch::Tensor::randn(s.as_slice(), (Kind::Float, Device::Cpu)),
+            )
+        })
+        .collect();
+    tch::Tensor::write_safetensors(&ts, dir.join("model.safetensors")).unwrap();
+    shapes
+        .iter()
+        .map(|(_, s)| s.iter().product::<i64>() as usize)
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn huggingface_models_with_linked_loaders() {
+    let (server, addr) = common::start_with_models(mymps_models::loaders()).await;
+    let c = mymps::client::Client::connect(&addr).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let params = write_gpt2(dir.path());
+    let info = c
+        .load_model(LoadRequest {
+            name: "org/gpt2".into(),
+            model_type: "huggingface".into(),
+            model_path: Some(dir.path().display().to_string()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(info.metadata["architecture"], "GPT2LMHeadModel");
+    assert_eq!(info.metadata["parameters"], params.to_string());
+    assert_eq!(info.metadata["dtype"], "float32");
+    assert_eq!(info.metadata["weights"], "model.safetensors");
+    let ids = Tensor::from_vec(vec![1i64, 2, 3, 4, 0, 0, 5, 6], &[2, 4]).unwrap();
+    let mask = Tensor::from_vec(vec![1i64, 1, 1, 1, 0, 0, 1, 1], &[2, 4]).unwrap();
+    let out = c
+        .infer(
+            "org/gpt2",
+            [("input_ids", ids.clone()), ("attention_mask", mask)],
+        )
+        .await
+        .unwrap()
+        .into_map();
+    assert_eq!(
+        out.keys().collect::<Vec<_>>(),
+        ["last_hidden_state", "logits"]
+    );
+    assert_eq!(out["last_hidden_state"].shape(), [2, 4, 8]);
+    assert_eq!(out["logits"].shape(), [2, 4, 30]);
+    assert_eq!(out["logits"].dtype(), DType::Float32);
+    // A forward pass refuses bad inputs and the server goes on.
+    let e = c
+        .infer("org/gpt2", [("inputs_embeds", ids.clone())])
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, ErrorCode::BadArgument);
+    assert!(e.message.contains("unknown input 'inputs_embeds'"), "{e}");
+    let e = c
+        .load_model(LoadRequest {
+            name: "x".into(),
+            model_type: "huggingface".into(),
+            model_path: Some(dir.path().join("model.safetensors").display().to_string()),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, ErrorCode::Model);
+    assert!(e.message.contains("is not a directory"), "{e}");
+    assert_eq!(c.health().await.unwrap().models_loaded, 1);
+    c.unload_model("org/gpt2").await.unwrap();
+    drop(c);
+    server.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn checkpoint_models_with_linked_loaders() {
     let (server, addr) = common::start_with_models(mymps_models::loaders()).await;
@@ -138,7 +249,7 @@ async fn checkpoint_models_with_linked_loaders() {
     let e = c.load_model(unknown).await.unwrap_err();
     assert!(
         e.message
-            .contains("this server loads: checkpoint, torchscript"),
+            .contains("this server loads: checkpoint, huggingface, torchscript"),
         "{e}"
     );
     let e = c.infer("nope", [("0", to_host(&x))]).await.unwrap_err();

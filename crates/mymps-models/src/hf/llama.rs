@@ -1,0 +1,361 @@
+//! Llama and its close relatives (`LlamaModel`, `MistralModel`,
+//! `Qwen2Model`, and `logits` for their `...ForCausalLM` checkpoints):
+//! RMSNorm, rotary position embeddings (`rope_theta`; `rope_scaling` of type
+//! `default`, `linear` or `llama3`), grouped-query attention
+//! (`num_key_value_heads`), a SwiGLU-style MLP. Qwen2 has biases on q/k/v;
+//! Llama's `attention_bias` and `mlp_bias` are honoured; Mistral's
+//! `sliding_window` and Qwen2's sliding layers (`layer_types`, or
+//! `use_sliding_window` with `max_window_layers`) mask keys outside the
+//! window as transformers does.
+
+use std::collections::BTreeMap;
+use std::collections::btree_map::Entry;
+
+use mymps_core::Result;
+use serde_json::Value as Json;
+use tch::{Device, Kind, Tensor};
+
+use super::layers::{
+    Activation, Embedding, Linear, Mask, RmsNorm, Tx, attention, merge_heads, repeat_kv,
+    split_heads,
+};
+use super::{Arch, Build, Config, Inputs, check_size};
+use crate::convert::{Weight, model_error};
+
+struct Layer {
+    input_norm: RmsNorm,
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    post_norm: RmsNorm,
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+    /// The sliding window of this layer, if it has one.
+    window: Option<i64>,
+}
+
+struct Llama {
+    vocab: i64,
+    heads: i64,
+    kv_heads: i64,
+    head_dim: i64,
+    act: Activation,
+    /// Rotary inverse frequencies `[head_dim / 2]`, float32, on the device.
+    inv_freq: Weight,
+    /// `attention_scaling` of the rope type (1 for those supported).
+    rope_scale: f64,
+    embed: Embedding,
+    layers: Vec<Layer>,
+    norm: RmsNorm,
+    lm_head: Option<Linear>,
+}
+
+/// The rotary inverse frequencies as transformers computes them (float32).
+pub(super) fn rope(cfg: &Config, head_dim: i64, device: Device) -> Result<(Tensor, f64)> {
+    let partial = cfg.float("partial_rotary_factor", 1.0)?;
+    if partial != 1.0 {
+        return Err(model_error(
+            "config.json: partial_rotary_factor other than 1 is not supported",
+        ));
+    }
+    let theta = cfg.float("rope_theta", 10000.0)?;
+    let base = Tensor::f_arange_start_step(0, head_dim, 2, (Kind::Int64, Device::Cpu))
+        .and_then(|a| a.f_to_kind(Kind::Float))
+        .and_then(|a| a.f_div_scalar(head_dim as f64))
+        .and_then(|e| Tensor::f_pow_scalar(theta, &e))
+        .and_then(|p| p.f_reciprocal())
+        .tx()?;
+    let scaling = match cfg.value("rope_scaling") {
+        None => None,
+        Some(Json::Object(o)) => Some(o),
+        Some(_) => return Err(model_error("config.json: rope_scaling must be an object")),
+    };
+    let rope_type = scaling
+        .and_then(|o| o.get("rope_type").or_else(|| o.get("type")))
+        .and_then(Json::as_str)
+        .unwrap_or("default");
+    let num = |key: &str| -> Result<f64> {
+        scaling
+            .and_then(|o| o.get(key))
+            .and_then(Json::as_f64)
+            .ok_or_else(|| model_error(format!("config.json: rope_scaling needs a number '{key}'")))
+    };
+    let inv = match rope_type {
+        "default" => base,
+        "linear" => base.f_div_scalar(num("factor")?).tx()?,
+        "llama3" => {
+            let factor = num("factor")?;
+            let low = num("low_freq_factor")?;
+            let high = num("high_freq_factor")?;
+            let old_ctx = num("original_max_position_embeddings")?;
+            let (low_wl, high_wl) = (old_ctx / low, old_ctx / high);
+            let wavelen = base
+                .f_reciprocal()
+                .and_then(|r| r.f_mul_scalar(2.0 * std::f64::consts::PI))
+                .tx()?;
+            let scaled = base.f_div_scalar(factor).tx()?;
+            let long = wavelen.f_gt(low_wl).tx()?;
+            let inv_llama = scaled.f_where_self(&long, &base).tx()?;
+            let smooth = wavelen
+                .f_reciprocal()
+                .and_then(|r| r.f_mul_scalar(old_ctx))
+                .and_then(|t| t.f_sub_scalar(low))
+                .and_then(|t| t.f_div_scalar(high - low))
+                .tx()?;
+            let smoothed = smooth
+                .f_rsub_scalar(1.0)
+                .and_then(|t| t.f_mul(&inv_llama))
+                .and_then(|t| t.f_div_scalar(factor))
+                .and_then(|t| t.f_add(&smooth.f_mul(&inv_llama)?))
+                .tx()?;
+            let medium = wavelen
+                .f_lt(high_wl)
+                .and_then(|s| s.f_logical_not())
+                .and_then(|s| s.f_logical_and(&long.f_logical_not()?))
+                .tx()?;
+            smoothed.f_where_self(&medium, &inv_llama).tx()?
+        }
+        other => {
+            return Err(model_error(format!(
+                "config.json: rope_scaling type '{other}' is not supported (default, linear, llama3)"
+            )));
+        }
+    };
+    Ok((inv.f_to_device(device).tx()?, 1.0))
+}
+
+/// The sliding window of each layer, as transformers decides it.
+fn windows(cfg: &Config, model_type: &str, n_layers: i64) -> Result<Vec<Option<i64>>> {
+    let n = n_layers as usize;
+    match model_type {
+        "mistral" => Ok(vec![cfg.opt_int("sliding_window")?; n]),
+        "qwen2" => {
+            let window = if cfg.boolean("use_sliding_window", false)? {
+                cfg.opt_int("sliding_window")?
+            } else {
+                None
+            };
+            if let Some(Json::Array(types)) = cfg.value("layer_types") {
+                if types.len() != n {
+                    return Err(model_error(format!(
+                        "config.json: layer_types has {} entries for {n} layers",
+                        types.len()
+                    )));
+                }
+                return types
+                    .iter()
+                    .map(|t| match t.as_str() {
+                        Some("full_attention") => Ok(None),
+                        Some("sliding_attention") => Ok(window),
+                        _ => Err(model_error(format!(
+                            "config.json: unsupported layer type {t} (full_attention, sliding_attention)"
+                        ))),
+                    })
+                    .collect();
+            }
+            let full = cfg.int("max_window_layers", Some(28))?;
+            Ok((0..n_layers)
+                .map(|i| {
+                    if window.is_some() && i >= full {
+                        window
+                    } else {
+                        None
+                    }
+                })
+                .collect())
+        }
+        _ => Ok(vec![None; n]),
+    }
+}
+
+pub(super) fn build(b: &mut Build) -> Result<Box<dyn Arch>> {
+    let cfg = b.cfg;
+    let mt = b.model_type;
+    let (vocab_d, inter_d) = match mt {
+        "mistral" => (32000, 14336),
+        "qwen2" => (151936, 22016),
+        _ => (32000, 11008),
+    };
+    let hidden = cfg.size("hidden_size", Some(4096))?;
+    let inter = cfg.size("intermediate_size", Some(inter_d))?;
+    let n_layers = cfg.size("num_hidden_layers", Some(32))?;
+    let heads = cfg.size("num_attention_heads", Some(32))?;
+    let kv_heads = cfg.size(
+        "num_key_value_heads",
+        Some(if mt == "mistral" { 8 } else { heads }),
+    )?;
+    if heads % kv_heads != 0 {
+        return Err(model_error(format!(
+            "config.json: num_attention_heads ({heads}) is not a multiple of num_key_value_heads ({kv_heads})"
+        )));
+    }
+    let head_dim = match cfg.opt_int("head_dim")? {
+        Some(d) if d > 0 => check_size("head_dim", d)?,
+        _ => {
+            if hidden % heads != 0 {
+                return Err(model_error(format!(
+                    "config.json: hidden_size {hidden} is not a multiple of num_attention_heads {heads} (and there is no head_dim)"
+                )));
+            }
+            hidden / heads
+        }
+    };
+    if head_dim % 2 != 0 {
+        return Err(model_error(format!(
+            "config.json: the head size {head_dim} is odd; rotary embeddings need an even one"
+        )));
+    }
+    let vocab = cfg.size("vocab_size", Some(vocab_d))?;
+    let eps = cfg.float("rms_norm_eps", 1e-6)?;
+    let act = Activation::from_config(cfg, "hidden_act", "silu")?;
+    let (qkv_bias, o_bias, mlp_bias) = match mt {
+        "qwen2" => (true, false, false),
+        "mistral" => (false, false, false),
+        _ => {
+            let a = cfg.boolean("attention_bias", false)?;
+            (a, a, cfg.boolean("mlp_bias", false)?)
+        }
+    };
+    let windows = windows(cfg, mt, n_layers)?;
+    let (inv_freq, rope_scale) = rope(cfg, head_dim, b.ws.device)?;
+    let ws = &mut *b.ws;
+    let embed = Embedding::load(ws, "embed_tokens.weight", vocab, hidden)?;
+    let (qd, kvd) = (heads * head_dim, kv_heads * head_dim);
+    let layers = windows
+        .into_iter()
+        .enumerate()
+        .map(|(i, window)| {
+            let p = format!("layers.{i}");
+            Ok(Layer {
+                input_norm: RmsNorm::load(ws, &format!("{p}.input_layernorm"), hidden, eps)?,
+                q: Linear::load(ws, &format!("{p}.self_attn.q_proj"), hidden, qd, qkv_bias)?,
+                k: Linear::load(ws, &format!("{p}.self_attn.k_proj"), hidden, kvd, qkv_bias)?,
+                v: Linear::load(ws, &format!("{p}.self_attn.v_proj"), hidden, kvd, qkv_bias)?,
+                o: Linear::load(ws, &format!("{p}.self_attn.o_proj"), qd, hidden, o_bias)?,
+                post_norm: RmsNorm::load(
+                    ws,
+                    &format!("{p}.post_attention_layernorm"),
+                    hidden,
+                    eps,
+                )?,
+                gate: Linear::load(ws, &format!("{p}.mlp.gate_proj"), hidden, inter, mlp_bias)?,
+                up: Linear::load(ws, &format!("{p}.mlp.up_proj"), hidden, inter, mlp_bias)?,
+                down: Linear::load(ws, &format!("{p}.mlp.down_proj"), inter, hidden, mlp_bias)?,
+                window,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let norm = RmsNorm::load(ws, "norm", hidden, eps)?;
+    let lm_head = if !b.lm_head {
+        None
+    } else if cfg.boolean("tie_word_embeddings", false)? {
+        Some(Linear::from_weight(embed.shared()))
+    } else {
+        ws.opt("lm_head.weight", &[vocab, hidden])?
+            .map(Linear::from_weight)
+    };
+    Ok(Box::new(Llama {
+        vocab,
+        heads,
+        kv_heads,
+        head_dim,
+        act,
+        inv_freq: Weight(inv_freq),
+        rope_scale,
+        embed,
+        layers,
+        norm,
+        lm_head,
+    }))
+}
+
+/// `x * cos + rotate_half(x) * sin`, `rotate_half(x) = cat(-x2, x1)`.
+fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let half = x.size()[3] / 2;
+    let x1 = x.f_narrow(3, 0, half).tx()?;
+    let x2 = x.f_narrow(3, half, half).tx()?;
+    let rot = Tensor::f_cat(&[x2.f_neg().tx()?, x1], 3).tx()?;
+    x.f_mul(cos).and_then(|a| a.f_add(&rot.f_mul(sin)?)).tx()
+}
+
+impl Llama {
+    /// cos and sin `[batch or 1, 1, seq, head_dim]` for the positions.
+    fn rotary(&self, pos: &Tensor, kind: Kind) -> Result<(Tensor, Tensor)> {
+        let freqs = pos
+            .f_to_kind(Kind::Float)
+            .and_then(|p| p.f_unsqueeze(-1))
+            .and_then(|p| p.f_mul(&self.inv_freq))
+            .tx()?;
+        let emb = Tensor::f_cat(&[&freqs, &freqs], -1).tx()?;
+        let f = |t: Tensor| -> Result<Tensor> {
+            t.f_mul_scalar(self.rope_scale)
+                .and_then(|t| t.f_to_kind(kind))
+                .and_then(|t| t.f_unsqueeze(1))
+                .tx()
+        };
+        Ok((f(emb.f_cos().tx()?)?, f(emb.f_sin().tx()?)?))
+    }
+}
+
+impl Arch for Llama {
+    fn inputs(&self) -> &'static [&'static str] {
+        &["input_ids", "attention_mask", "position_ids"]
+    }
+
+    fn outputs(&self) -> Vec<&'static str> {
+        let mut v = vec!["last_hidden_state"];
+        if self.lm_head.is_some() {
+            v.push("logits");
+        }
+        v
+    }
+
+    fn forward(&self, inputs: &mut Inputs) -> Result<Vec<(String, Tensor)>> {
+        let ids = inputs.token_ids("input_ids", self.vocab)?;
+        let (b, s) = (ids.size()[0], ids.size()[1]);
+        let dev = ids.device();
+        let mask = inputs.attention_mask(b, s)?;
+        let pos = match inputs.index_like("position_ids", b, s, None)? {
+            Some(p) => p,
+            None => Tensor::f_arange(s, (Kind::Int64, dev))
+                .and_then(|a| a.f_unsqueeze(0))
+                .tx()?,
+        };
+        let mut h = self.embed.forward(&ids)?;
+        let (cos, sin) = self.rotary(&pos, h.kind())?;
+        let full = Mask::causal(s, dev, mask.as_ref(), None)?;
+        let mut masks = BTreeMap::new();
+        for w in self.layers.iter().filter_map(|l| l.window) {
+            if let Entry::Vacant(e) = masks.entry(w) {
+                e.insert(Mask::causal(s, dev, mask.as_ref(), Some(w))?);
+            }
+        }
+        let rep = self.heads / self.kv_heads;
+        let scale = (self.head_dim as f64).powf(-0.5);
+        for l in &self.layers {
+            let m = l.window.and_then(|w| masks.get(&w)).unwrap_or(&full);
+            let x = l.input_norm.forward(&h)?;
+            let q = split_heads(&l.q.forward(&x)?, self.heads, self.head_dim)?;
+            let k = split_heads(&l.k.forward(&x)?, self.kv_heads, self.head_dim)?;
+            let v = split_heads(&l.v.forward(&x)?, self.kv_heads, self.head_dim)?;
+            let q = apply_rope(&q, &cos, &sin)?;
+            let k = repeat_kv(&apply_rope(&k, &cos, &sin)?, rep)?;
+            let v = repeat_kv(&v, rep)?;
+            let ctx = merge_heads(&attention(&q, &k, &v, m, scale)?)?;
+            h = h.f_add(&l.o.forward(&ctx)?).tx()?;
+            let x = l.post_norm.forward(&h)?;
+            let g = self.act.forward(&l.gate.forward(&x)?)?;
+            let f = l.down.forward(&g.f_mul(&l.up.forward(&x)?).tx()?)?;
+            h = h.f_add(&f).tx()?;
+        }
+        let h = self.norm.forward(&h)?;
+        let mut out = Vec::new();
+        if let Some(head) = &self.lm_head {
+            out.push(("logits".to_owned(), head.forward(&h)?));
+        }
+        out.insert(0, ("last_hidden_state".to_owned(), h));
+        Ok(out)
+    }
+}

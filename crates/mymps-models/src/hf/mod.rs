@@ -1,0 +1,664 @@
+//! The `huggingface` loader: a model directory as `save_pretrained` writes
+//! it, run by architectures written in Rust on tch (no Python, no hub).
+//!
+//! The directory holds `config.json` and the weights: `model.safetensors`,
+//! a sharded `model.safetensors.index.json`, `pytorch_model.bin` or a
+//! sharded `pytorch_model.bin.index.json` (searched in that order). Every
+//! file read must lie inside the directory (a symlink that leads out is
+//! refused). The architecture is chosen by the config's `model_type`:
+//!
+//! | `model_type` | base class | inputs | outputs |
+//! |---|---|---|---|
+//! | `bert` | `BertModel` | `input_ids`, `attention_mask`, `token_type_ids`, `position_ids` | `last_hidden_state`, `pooler_output` |
+//! | `roberta`, `xlm-roberta` | `RobertaModel`, `XLMRobertaModel` | as bert | as bert |
+//! | `distilbert` | `DistilBertModel` | `input_ids`, `attention_mask` | `last_hidden_state` |
+//! | `gpt2` | `GPT2Model` | `input_ids`, `attention_mask`, `token_type_ids`, `position_ids` | `last_hidden_state` (+ `logits`) |
+//! | `llama`, `mistral`, `qwen2` | `LlamaModel`, ... | `input_ids`, `attention_mask`, `position_ids` | `last_hidden_state` (+ `logits`) |
+//! | `vit` | `ViTModel` | `pixel_values` | `last_hidden_state`, `pooler_output` |
+//!
+//! `pooler_output` comes when the checkpoint has the pooler's weights;
+//! `logits` when `architectures` names a causal LM (`...ForCausalLM`,
+//! `...LMHeadModel`) and the output projection is in the checkpoint or tied
+//! to the input embeddings. Inputs may also be given by position, in the
+//! order of transformers' `forward` (`"0"` is `input_ids` or
+//! `pixel_values`).
+
+mod bert;
+mod distilbert;
+mod gpt2;
+mod layers;
+mod llama;
+mod vit;
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use mymps_backend_tch::Converter;
+use mymps_core::model::{LoadRequest, Model, ModelLoader};
+use mymps_core::{Error, Result};
+use mymps_ops::torch_error;
+use serde_json::Value as Json;
+use tch::{Device, Kind, Tensor};
+
+use crate::checkpoint::read_state_dict;
+use crate::convert::{Weight, device, download, float_kind, model_error};
+use layers::{Tx, bad_input};
+
+/// The `model_type` values this loader runs, with their base class, sorted.
+pub const ARCHITECTURES: &[(&str, &str)] = &[
+    ("bert", "BertModel"),
+    ("distilbert", "DistilBertModel"),
+    ("gpt2", "GPT2Model"),
+    ("llama", "LlamaModel"),
+    ("mistral", "MistralModel"),
+    ("qwen2", "Qwen2Model"),
+    ("roberta", "RobertaModel"),
+    ("vit", "ViTModel"),
+    ("xlm-roberta", "XLMRobertaModel"),
+];
+
+/// Loads HuggingFace model directories.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HuggingFaceLoader;
+
+/// The largest size a config may give (2³¹).
+pub(crate) const MAX_SIZE: i64 = 1 << 31;
+
+/// `v` if it is a size in `1..=MAX_SIZE`.
+pub(crate) fn check_size(key: &str, v: i64) -> Result<i64> {
+    if v <= 0 || v > MAX_SIZE {
+        return Err(model_error(format!(
+            "config.json: '{key}' must be positive and at most 2^31, not {v}"
+        )));
+    }
+    Ok(v)
+}
+
+/// A model's `config.json`, with typed accessors whose errors name the key.
+pub(crate) struct Config {
+    json: Json,
+}
+
+impl Config {
+    fn get(&self, key: &str) -> Option<&Json> {
+        self.json.get(key).filter(|v| !v.is_null())
+    }
+
+    /// An integer; `default` when absent (or null), an error when absent
+    /// without a default.
+    pub fn int(&self, key: &str, default: Option<i64>) -> Result<i64> {
+        match self.get(key) {
+            None => default.ok_or_else(|| model_error(format!("config.json has no '{key}'"))),
+            Some(v) => v
+                .as_i64()
+                .ok_or_else(|| model_error(format!("config.json: '{key}' must be an integer"))),
+        }
+    }
+
+    /// A positive integer (a size), at most [`MAX_SIZE`] so that products
+    /// of two sizes cannot overflow.
+    pub fn size(&self, key: &str, default: Option<i64>) -> Result<i64> {
+        check_size(key, self.int(key, default)?)
+    }
+
+    /// The first of `keys` that the config has, as a positive integer
+    /// (configs may use a class's own name or the common one).
+    pub fn size_any(&self, keys: &[&str], default: i64) -> Result<i64> {
+        match keys.iter().find(|k| self.get(k).is_some()) {
+            Some(k) => self.size(k, None),
+            None => Ok(default),
+        }
+    }
+
+    /// An optional integer.
+    pub fn opt_int(&self, key: &str) -> Result<Option<i64>> {
+        self.get(key).map(|_| self.int(key, None)).transpose()
+    }
+
+    /// A number.
+    pub fn float(&self, key: &str, default: f64) -> Result<f64> {
+        match self.get(key) {
+            None => Ok(default),
+            Some(v) => v
+                .as_f64()
+                .ok_or_else(|| model_error(format!("config.json: '{key}' must be a number"))),
+        }
+    }
+
+    /// A string.
+    pub fn string(&self, key: &str, default: &str) -> Result<String> {
+        match self.get(key) {
+            None => Ok(default.to_owned()),
+            Some(v) => v
+                .as_str()
+                .map(str::to_owned)
+                .ok_or_else(|| model_error(format!("config.json: '{key}' must be a string"))),
+        }
+    }
+
+    /// A boolean.
+    pub fn boolean(&self, key: &str, default: bool) -> Result<bool> {
+        match self.get(key) {
+            None => Ok(default),
+            Some(v) => v
+                .as_bool()
+                .ok_or_else(|| model_error(format!("config.json: '{key}' must be true or false"))),
+        }
+    }
+
+    /// A raw value (objects and lists).
+    pub fn value(&self, key: &str) -> Option<&Json> {
+        self.get(key)
+    }
+
+    /// The first entry of `architectures`, if any.
+    fn architecture(&self) -> Option<String> {
+        self.get("architectures")?
+            .as_array()?
+            .first()?
+            .as_str()
+            .map(str::to_owned)
+    }
+}
+
+/// The checkpoint's tensors, handed to the architectures by name.
+///
+/// A name is looked up under the base model's prefix first (`bert.`,
+/// `model.`, `transformer.`, ...: the keys of a `...ForXxx` checkpoint),
+/// then as is (a base model's own checkpoint). Each tensor is checked
+/// against the shape the config implies, converted to the model's dtype and
+/// moved to its device when first taken; the parameter count is the sum over
+/// distinct tensors taken.
+pub(crate) struct Weights {
+    map: BTreeMap<String, Tensor>,
+    prefix: &'static str,
+    taken: BTreeSet<String>,
+    params: usize,
+    kind: Kind,
+    device: Device,
+}
+
+impl Weights {
+    fn key(&self, name: &str) -> Option<String> {
+        let prefixed = format!("{}{name}", self.prefix);
+        if self.map.contains_key(&prefixed) {
+            Some(prefixed)
+        } else if self.map.contains_key(name) {
+            Some(name.to_owned())
+        } else {
+            None
+        }
+    }
+
+    /// Whether the checkpoint has `name` (under the prefix or not).
+    pub fn has(&self, name: &str) -> bool {
+        self.key(name).is_some()
+    }
+
+    /// The tensor `name` of shape `shape`.
+    pub fn get(&mut self, name: &str, shape: &[i64]) -> Result<Weight> {
+        self.opt(name, shape)?.ok_or_else(|| {
+            let also = if self.prefix.is_empty() {
+                String::new()
+            } else {
+                format!(" (nor '{}{name}')", self.prefix)
+            };
+            model_error(format!(
+                "missing weight '{name}'{also} in the checkpoint; its keys start with: {}",
+                self.sample_keys()
+            ))
+        })
+    }
+
+    /// The tensor `name` of shape `shape`, if the checkpoint has it.
+    pub fn opt(&mut self, name: &str, shape: &[i64]) -> Result<Option<Weight>> {
+        let Some(key) = self.key(name) else {
+            return Ok(None);
+        };
+        let t = &self.map[&key];
+        if t.size() != shape {
+            return Err(model_error(format!(
+                "weight '{key}' has shape {:?} in the checkpoint, the config implies {shape:?}",
+                t.size()
+            )));
+        }
+        if self.taken.insert(key.clone()) {
+            let mut t = self.map.remove(&key).expect("present");
+            if matches!(
+                t.kind(),
+                Kind::Float | Kind::Double | Kind::Half | Kind::BFloat16
+            ) {
+                t = t.f_to_kind(self.kind).tx()?;
+            }
+            t = t.f_to_device(self.device).tx()?;
+            self.params += t.numel();
+            self.map.insert(key.clone(), t);
+        }
+        Ok(Some(Weight(self.map[&key].shallow_clone())))
+    }
+
+    fn sample_keys(&self) -> String {
+        let mut roots: Vec<&str> = self
+            .map
+            .keys()
+            .map(|k| k.split('.').next().unwrap_or(k))
+            .collect();
+        roots.dedup();
+        roots.truncate(12);
+        roots.join(", ")
+    }
+}
+
+/// A built architecture.
+pub(crate) trait Arch: Send + Sync {
+    /// The inputs it takes, in the order of transformers' `forward` (the
+    /// order of positional inputs `"0"`, `"1"`, ...).
+    fn inputs(&self) -> &'static [&'static str];
+    /// How many of [`Arch::inputs`] may be given by position (transformers'
+    /// `forward` may have other parameters in between).
+    fn positional(&self) -> usize {
+        self.inputs().len()
+    }
+    /// The outputs it returns.
+    fn outputs(&self) -> Vec<&'static str>;
+    /// A forward pass (autograd is off).
+    fn forward(&self, inputs: &mut Inputs) -> Result<Vec<(String, Tensor)>>;
+}
+
+/// What an architecture is built from.
+pub(crate) struct Build<'a> {
+    pub cfg: &'a Config,
+    pub ws: &'a mut Weights,
+    /// `model_type`.
+    pub model_type: &'a str,
+    /// Whether `architectures` names a causal LM (give `logits`).
+    pub lm_head: bool,
+}
+
+/// The inputs of one forward pass, on the model's device, with checks that
+/// name the input.
+pub(crate) struct Inputs {
+    map: BTreeMap<String, Tensor>,
+    accepted: &'static [&'static str],
+}
+
+fn is_int(k: Kind) -> bool {
+    matches!(
+        k,
+        Kind::Int64 | Kind::Int | Kind::Int16 | Kind::Int8 | Kind::Uint8
+    )
+}
+
+impl Inputs {
+    fn missing(&self, name: &str) -> Error {
+        bad_input(format!(
+            "missing input '{name}' (this model takes: {})",
+            self.accepted.join(", ")
+        ))
+    }
+
+    /// Token ids `[batch, seq]` (required), as int64, each in `[0, vocab)`.
+    pub fn token_ids(&mut self, name: &str, vocab: i64) -> Result<Tensor> {
+        let t = self.map.remove(name).ok_or_else(|| self.missing(name))?;
+        let s = t.size();
+        if s.len() != 2 || !is_int(t.kind()) {
+            return Err(bad_input(format!(
+                "'{name}' must be a 2-D integer array (batch, sequence); got shape {s:?} of {:?}",
+                t.kind()
+            )));
+        }
+        if s[0] == 0 || s[1] == 0 {
+            return Err(bad_input(format!("'{name}' is empty (shape {s:?})")));
+        }
+        let t = t.f_to_kind(Kind::Int64).tx()?;
+        check_range(&t, name, 0, vocab, "the vocabulary size")?;
+        Ok(t)
+    }
+
+    /// An optional integer input shaped like the ids, `[batch, seq]` or
+    /// `[1, seq]` (broadcast over the batch), as int64; values in
+    /// `[0, limit)` when a limit is given.
+    pub fn index_like(
+        &mut self,
+        name: &str,
+        batch: i64,
+        seq: i64,
+        limit: Option<(i64, &str)>,
+    ) -> Result<Option<Tensor>> {
+        let Some(t) = self.map.remove(name) else {
+            return Ok(None);
+        };
+        let s = t.size();
+        if !is_int(t.kind()) || s.len() != 2 || s[1] != seq || (s[0] != batch && s[0] != 1) {
+            return Err(bad_input(format!(
+                "'{name}' must be an integer array of shape [{batch}, {seq}] (like input_ids); got {s:?} of {:?}",
+                t.kind()
+            )));
+        }
+        let t = t
+            .f_to_kind(Kind::Int64)
+            .and_then(|t| t.f_expand([batch, seq], false))
+            .tx()?;
+        if let Some((limit, what)) = limit {
+            check_range(&t, name, 0, limit, what)?;
+        }
+        Ok(Some(t))
+    }
+
+    /// The optional `attention_mask` `[batch, seq]` of any numeric dtype,
+    /// as booleans (nonzero = attend).
+    pub fn attention_mask(&mut self, batch: i64, seq: i64) -> Result<Option<Tensor>> {
+        let Some(t) = self.map.remove("attention_mask") else {
+            return Ok(None);
+        };
+        if t.size() != [batch, seq] {
+            return Err(bad_input(format!(
+                "'attention_mask' must have the shape of input_ids, [{batch}, {seq}]; got {:?}",
+                t.size()
+            )));
+        }
+        Ok(Some(t.f_ne(0).tx()?))
+    }
+
+    /// A float input (already in the model's dtype) of shape `shape`.
+    pub fn float(&mut self, name: &str, shape: &[i64]) -> Result<Tensor> {
+        let t = self.map.remove(name).ok_or_else(|| self.missing(name))?;
+        let ok = t.size().len() == shape.len()
+            && t.size().iter().zip(shape).all(|(a, b)| *b < 0 || a == b);
+        if !ok || !t.is_floating_point() {
+            let want: Vec<String> = shape
+                .iter()
+                .map(|d| if *d < 0 { "N".into() } else { d.to_string() })
+                .collect();
+            return Err(bad_input(format!(
+                "'{name}' must be a float array of shape [{}]; got {:?} of {:?}",
+                want.join(", "),
+                t.size(),
+                t.kind()
+            )));
+        }
+        Ok(t)
+    }
+}
+
+/// Errors unless every value of `t` lies in `[lo, hi)`.
+fn check_range(t: &Tensor, name: &str, lo: i64, hi: i64, what: &str) -> Result<()> {
+    let min = t.f_min().and_then(|m| m.f_int64_value(&[])).tx()?;
+    let max = t.f_max().and_then(|m| m.f_int64_value(&[])).tx()?;
+    if min < lo || max >= hi {
+        return Err(bad_input(format!(
+            "'{name}' has values in [{min}, {max}], outside [{lo}, {hi}) ({what} is {hi})"
+        )));
+    }
+    Ok(())
+}
+
+struct HfModel {
+    arch: Box<dyn Arch>,
+    device: Device,
+    kind: Kind,
+    metadata: BTreeMap<String, String>,
+}
+
+/// A file of the model directory; it must resolve inside it.
+fn inside(dir: &Path, name: &str) -> Result<Option<PathBuf>> {
+    let p = Path::new(name);
+    if p.components().count() != 1
+        || !matches!(p.components().next(), Some(std::path::Component::Normal(_)))
+    {
+        return Err(model_error(format!(
+            "'{name}' is not a file name in the model directory"
+        )));
+    }
+    let joined = dir.join(p);
+    if !joined.exists() {
+        return Ok(None);
+    }
+    let real = std::fs::canonicalize(&joined)
+        .map_err(|e| model_error(format!("'{}' cannot be opened: {e}", joined.display())))?;
+    if !real.starts_with(dir) {
+        return Err(model_error(format!(
+            "'{}' leads out of the model directory (to '{}'); copy the files in (e.g. cp -L)",
+            joined.display(),
+            real.display()
+        )));
+    }
+    if !real.is_file() {
+        return Err(model_error(format!("'{}' is not a file", joined.display())));
+    }
+    Ok(Some(real))
+}
+
+/// The shard files of a `*.index.json`, in order, each once.
+fn shards(dir: &Path, index: &Path) -> Result<Vec<PathBuf>> {
+    let text = std::fs::read_to_string(index)
+        .map_err(|e| model_error(format!("cannot read '{}': {e}", index.display())))?;
+    let json: Json = serde_json::from_str(&text)
+        .map_err(|e| model_error(format!("'{}' is not JSON: {e}", index.display())))?;
+    let map = json
+        .get("weight_map")
+        .and_then(Json::as_object)
+        .ok_or_else(|| model_error(format!("'{}' has no weight_map", index.display())))?;
+    let mut files: Vec<&str> = Vec::new();
+    for v in map.values() {
+        let f = v.as_str().ok_or_else(|| {
+            model_error(format!(
+                "'{}': weight_map values must be file names",
+                index.display()
+            ))
+        })?;
+        if !files.contains(&f) {
+            files.push(f);
+        }
+    }
+    files.sort_unstable();
+    files
+        .into_iter()
+        .map(|f| {
+            inside(dir, f)?.ok_or_else(|| {
+                model_error(format!(
+                    "shard '{f}' named by '{}' is missing",
+                    index.display()
+                ))
+            })
+        })
+        .collect()
+}
+
+/// Reads the weights of a model directory (on the CPU) and says where from.
+fn read_weights(dir: &Path) -> Result<(BTreeMap<String, Tensor>, String)> {
+    let files: Vec<PathBuf>;
+    let source: String;
+    if let Some(f) = inside(dir, "model.safetensors")? {
+        files = vec![f];
+        source = "model.safetensors".into();
+    } else if let Some(i) = inside(dir, "model.safetensors.index.json")? {
+        files = shards(dir, &i)?;
+        source = format!("model.safetensors.index.json ({} shards)", files.len());
+    } else if let Some(f) = inside(dir, "pytorch_model.bin")? {
+        files = vec![f];
+        source = "pytorch_model.bin".into();
+    } else if let Some(i) = inside(dir, "pytorch_model.bin.index.json")? {
+        files = shards(dir, &i)?;
+        source = format!("pytorch_model.bin.index.json ({} shards)", files.len());
+    } else {
+        return Err(model_error(format!(
+            "no weights in '{}': expected model.safetensors, model.safetensors.index.json (sharded), pytorch_model.bin or pytorch_model.bin.index.json",
+            dir.display()
+        )));
+    }
+    let mut map = BTreeMap::new();
+    for f in files {
+        let path = f.display().to_string();
+        let sd = read_state_dict(&path, Device::Cpu)?;
+        map.extend(sd);
+    }
+    Ok((map, source))
+}
+
+/// The key prefix of the base model inside `...ForXxx` checkpoints.
+fn base_prefix(model_type: &str) -> &'static str {
+    match model_type {
+        "bert" => "bert.",
+        "roberta" | "xlm-roberta" => "roberta.",
+        "distilbert" => "distilbert.",
+        "gpt2" => "transformer.",
+        "llama" | "mistral" | "qwen2" => "model.",
+        "vit" => "vit.",
+        _ => "",
+    }
+}
+
+fn supported() -> String {
+    ARCHITECTURES
+        .iter()
+        .map(|(t, c)| format!("{t} ({c})"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+impl ModelLoader for HuggingFaceLoader {
+    fn model_type(&self) -> &str {
+        "huggingface"
+    }
+
+    fn load(&self, request: &LoadRequest, device_name: &str) -> Result<Box<dyn Model>> {
+        let dir = Path::new(request.path());
+        if !dir.is_dir() {
+            return Err(model_error(format!(
+                "'{}' is not a directory: a huggingface model is a directory with config.json and model.safetensors (or pytorch_model.bin); models are not downloaded from a hub",
+                dir.display()
+            )));
+        }
+        let config_path = inside(dir, "config.json")?.ok_or_else(|| {
+            model_error(format!(
+                "no config.json in '{}' (a huggingface model directory, as save_pretrained writes it, has config.json and the weights; models are not downloaded from a hub)",
+                dir.display()
+            ))
+        })?;
+        let text = std::fs::read_to_string(&config_path)
+            .map_err(|e| model_error(format!("cannot read '{}': {e}", config_path.display())))?;
+        let json: Json = serde_json::from_str(&text)
+            .map_err(|e| model_error(format!("config.json is not JSON: {e}")))?;
+        if !json.is_object() {
+            return Err(model_error("config.json must hold a JSON object"));
+        }
+        let cfg = Config { json };
+        let model_type = cfg.string("model_type", "")?;
+        let architecture = cfg.architecture();
+        let Some((_, base_class)) = ARCHITECTURES.iter().find(|(t, _)| *t == model_type) else {
+            return Err(model_error(format!(
+                "unsupported architecture: model_type '{model_type}'{}; this server runs: {}",
+                architecture
+                    .as_deref()
+                    .map(|a| format!(" ({a})"))
+                    .unwrap_or_default(),
+                supported()
+            )));
+        };
+        let dev = device(device_name)?;
+        let kind = float_kind(request.dtype.as_deref())?.unwrap_or(if dev == Device::Cpu {
+            Kind::Float
+        } else {
+            Kind::Half
+        });
+        let lm_head = architecture
+            .as_deref()
+            .is_some_and(|a| a.ends_with("ForCausalLM") || a.ends_with("LMHeadModel"));
+        let (map, source) = read_weights(dir)?;
+        let mut ws = Weights {
+            map,
+            prefix: base_prefix(&model_type),
+            taken: BTreeSet::new(),
+            params: 0,
+            kind,
+            device: dev,
+        };
+        let mut b = Build {
+            cfg: &cfg,
+            ws: &mut ws,
+            model_type: &model_type,
+            lm_head,
+        };
+        let arch: Box<dyn Arch> = tch::no_grad(|| match model_type.as_str() {
+            "bert" | "roberta" | "xlm-roberta" => bert::build(&mut b),
+            "distilbert" => distilbert::build(&mut b),
+            "gpt2" => gpt2::build(&mut b),
+            "llama" | "mistral" | "qwen2" => llama::build(&mut b),
+            "vit" => vit::build(&mut b),
+            other => Err(model_error(format!("no implementation of '{other}'"))),
+        })?;
+        let dtype = mymps_ops::dtype_of(kind).map_or("other", |d| d.name());
+        let metadata = BTreeMap::from([
+            (
+                "architecture".to_owned(),
+                architecture.unwrap_or_else(|| (*base_class).to_owned()),
+            ),
+            ("hf_model_type".to_owned(), model_type.clone()),
+            ("parameters".to_owned(), ws.params.to_string()),
+            ("dtype".to_owned(), dtype.to_owned()),
+            ("device".to_owned(), device_name.to_owned()),
+            ("path".to_owned(), request.path().to_owned()),
+            ("weights".to_owned(), source),
+            ("inputs".to_owned(), arch.inputs().join(", ")),
+            ("outputs".to_owned(), arch.outputs().join(", ")),
+        ]);
+        Ok(Box::new(HfModel {
+            arch,
+            device: dev,
+            kind,
+            metadata,
+        }))
+    }
+}
+
+impl Model for HfModel {
+    fn forward(
+        &self,
+        inputs: Vec<(String, mymps_core::Tensor)>,
+    ) -> Result<Vec<(String, mymps_core::Tensor)>> {
+        let accepted = self.arch.inputs();
+        let mut conv = Converter::new(self.device);
+        let mut map = BTreeMap::new();
+        for (name, t) in inputs {
+            let key = match name.parse::<usize>() {
+                Ok(i) if name == i.to_string() => {
+                    let positional = &accepted[..self.arch.positional()];
+                    *positional.get(i).ok_or_else(|| {
+                        bad_input(format!(
+                            "positional input \"{i}\": this model takes {} positional input(s) ({}); name the others",
+                            positional.len(),
+                            positional.join(", ")
+                        ))
+                    })?
+                }
+                _ => *accepted.iter().find(|a| **a == name).ok_or_else(|| {
+                    bad_input(format!(
+                        "unknown input '{name}'; this model takes: {}",
+                        accepted.join(", ")
+                    ))
+                })?,
+            };
+            let is_float = t.dtype().is_float();
+            let mut x = conv.upload(t)?;
+            if is_float {
+                x = x.f_to_kind(self.kind).map_err(torch_error)?;
+            }
+            if map.insert(key.to_owned(), x).is_some() {
+                return Err(bad_input(format!(
+                    "input '{key}' is given twice (by name and by position)"
+                )));
+            }
+        }
+        let mut inputs = Inputs { map, accepted };
+        let out = tch::no_grad(|| self.arch.forward(&mut inputs))?;
+        download(&conv, out)
+    }
+
+    fn metadata(&self) -> BTreeMap<String, String> {
+        self.metadata.clone()
+    }
+}
