@@ -274,13 +274,20 @@ struct QuicReader {
 
 impl QuicReader {
     fn new(conn: quinn::Connection, source: Source, replies: Option<Replies>) -> QuicReader {
+        // A server bounds the frames it reads at once; a client reads every
+        // reply as it comes (a slow reply must not hold up a quick one).
+        let reading = if replies.is_some() {
+            MAX_READING
+        } else {
+            Semaphore::MAX_PERMITS
+        };
         QuicReader {
             conn,
             source,
             replies,
             handshaken: false,
             tasks: JoinSet::new(),
-            reading: Arc::new(Semaphore::new(MAX_READING)),
+            reading: Arc::new(Semaphore::new(reading)),
             ended: None,
         }
     }

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{matmul_ref, max_diff, randn, start};
+use common::{randn, start};
 use mymps::client::{Call, Client};
 use mymps::{DType, ErrorCode, Tensor};
 
