@@ -188,17 +188,14 @@ impl MympsClient {
             return Err(bad_argument("host must not be empty"));
         }
         let transport = transport.to_ascii_lowercase();
-        let options = ClientOptions {
+        let mut options = ClientOptions {
             timeout: timeout_duration(timeout)?,
             token,
             agent: format!("mymps-python/{}", mymps::VERSION),
-            transport: mymps::transport::TransportOptions {
-                tls_ca,
-                tls_fingerprint,
-                ..Default::default()
-            },
             ..ClientOptions::default()
         };
+        options.transport.tls_ca = tls_ca;
+        options.transport.tls_fingerprint = tls_fingerprint;
         let endpoint = Endpoint::new(&transport, host_bare, port);
         let inner = py
             .detach(|| blocking::Client::connect_endpoint(endpoint, options))

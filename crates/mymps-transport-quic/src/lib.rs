@@ -397,7 +397,7 @@ impl StreamContext {
                     debug!(error = %e, "quic: reply stream failed");
                     None
                 }
-                other => Some(other.transpose()?),
+                other => other.transpose(),
             };
         };
         let send = send.expect("server streams are bidirectional");
@@ -405,7 +405,7 @@ impl StreamContext {
             Ok(None) => return None,
             Ok(Some(inc)) if inc.frame.kind == FrameKind::Cancel => {
                 // No answer comes to a cancel; its stream is done.
-                return Some(read.transpose()?);
+                return read.transpose();
             }
             Ok(Some(inc)) => inc.frame.id,
             Err(ReadError::Frame(FrameError::TooLarge { id, .. })) => *id,
@@ -425,9 +425,9 @@ impl StreamContext {
         };
         {
             let mut map = replies.lock().unwrap_or_else(|p| p.into_inner());
-            if !map.contains_key(&id) {
-                map.insert(id, send);
-                return Some(read.transpose()?);
+            if let std::collections::hash_map::Entry::Vacant(slot) = map.entry(id) {
+                slot.insert(send);
+                return read.transpose();
             }
         }
         let e = mymps_core::Error::protocol(format!(

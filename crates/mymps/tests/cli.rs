@@ -238,7 +238,10 @@ fn a_client_without_a_server_gets_a_clear_error() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("quic://127.0.0.1") && err.contains("timed out"), "{err}");
+    assert!(
+        err.contains("quic://127.0.0.1") && err.contains("timed out"),
+        "{err}"
+    );
 }
 
 fn example(name: &str) -> PathBuf {
