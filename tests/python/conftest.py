@@ -80,6 +80,8 @@ class ServerProcess:
         except BaseException:
             self.stop()
             raise
+        self.lines: List[str] = [line]
+        self._lines_changed = threading.Condition()
         self.addr: str = m.group(1)
         self.host: str = m.group(2)
         self.port: int = int(m.group(3))
@@ -109,8 +111,28 @@ class ServerProcess:
 
     def _drain_stdout(self) -> None:
         assert self.proc.stdout is not None
-        for _ in self.proc.stdout:
-            pass
+        for line in self.proc.stdout:
+            with self._lines_changed:
+                self.lines.append(line)
+                self._lines_changed.notify_all()
+
+    def wait_line(self, pattern: str, timeout: float = STARTUP_TIMEOUT_S) -> "re.Match[str]":
+        """The first stdout line matching ``pattern`` (waiting for it)."""
+        rx = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        with self._lines_changed:
+            while True:
+                for line in self.lines:
+                    m = rx.match(line)
+                    if m:
+                        return m
+                left = deadline - time.monotonic()
+                if left <= 0 or not self.alive():
+                    raise RuntimeError(
+                        f"no line matching {pattern!r} from the server; lines: {self.lines}; "
+                        f"log: {self.log_text()}"
+                    )
+                self._lines_changed.wait(min(left, 0.5))
 
     def log_text(self) -> str:
         """The server's stderr so far."""

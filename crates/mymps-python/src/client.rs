@@ -21,9 +21,15 @@ use crate::errors::{bad_argument, to_py};
 ///     timeout: seconds to wait for each reply (connecting included), or
 ///         None for no limit. A request that takes longer raises
 ///         MympsTimeoutError; the client stays usable.
-///     transport: "tcp" (the only one in this build; "quic" and "zmq"
-///         come later). An unknown one raises UnsupportedError.
+///     transport: "tcp" or "quic" (`mymps.transports()` lists those of
+///         this build). An unknown one raises UnsupportedError.
 ///     token: authentication token, for servers that require one.
+///     tls_ca: quic: the server's certificate or its CA (a PEM file) to
+///         verify the server with.
+///     tls_fingerprint: quic: the SHA-256 fingerprint of the server's
+///         certificate (hex, as `mymps serve` prints it) to pin. A quic
+///         client needs tls_ca or tls_fingerprint (or both: then both must
+///         match); with neither it raises MympsConnectionError.
 ///
 /// Raises:
 ///     MympsConnectionError: the server cannot be reached.
@@ -159,9 +165,10 @@ impl MympsClient {
 impl MympsClient {
     #[new]
     #[pyo3(
-        signature = (host = "127.0.0.1".to_owned(), port = 5555, timeout = Some(300.0), *, transport = "tcp".to_owned(), token = None),
-        text_signature = "(host='127.0.0.1', port=5555, timeout=300.0, *, transport='tcp', token=None)"
+        signature = (host = "127.0.0.1".to_owned(), port = 5555, timeout = Some(300.0), *, transport = "tcp".to_owned(), token = None, tls_ca = None, tls_fingerprint = None),
+        text_signature = "(host='127.0.0.1', port=5555, timeout=300.0, *, transport='tcp', token=None, tls_ca=None, tls_fingerprint=None)"
     )]
+    #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
         host: String,
@@ -169,6 +176,8 @@ impl MympsClient {
         timeout: Option<f64>,
         transport: String,
         token: Option<String>,
+        tls_ca: Option<std::path::PathBuf>,
+        tls_fingerprint: Option<String>,
     ) -> PyResult<Self> {
         let port = u16::try_from(port)
             .ok()
@@ -179,12 +188,14 @@ impl MympsClient {
             return Err(bad_argument("host must not be empty"));
         }
         let transport = transport.to_ascii_lowercase();
-        let options = ClientOptions {
+        let mut options = ClientOptions {
             timeout: timeout_duration(timeout)?,
             token,
             agent: format!("mymps-python/{}", mymps::VERSION),
             ..ClientOptions::default()
         };
+        options.transport.tls_ca = tls_ca;
+        options.transport.tls_fingerprint = tls_fingerprint;
         let endpoint = Endpoint::new(&transport, host_bare, port);
         let inner = py
             .detach(|| blocking::Client::connect_endpoint(endpoint, options))
@@ -505,7 +516,7 @@ impl MympsClient {
         self.timeout
     }
 
-    /// The transport ("tcp").
+    /// The transport ("tcp", "quic").
     #[getter]
     fn transport(&self) -> &str {
         &self.transport

@@ -9,6 +9,9 @@
 //!
 //! ## Features
 //! - `tcp` (default): the TCP transport, `tcp://host:port`.
+//! - `quic` (default): the QUIC transport, `quic://host:port`: TLS 1.3
+//!   (verified with a CA file or a pinned fingerprint), one stream per
+//!   request; see [`quic`].
 //! - `server` (default): the libtorch backend ([`backend_tch`]) and the op
 //!   whitelist ([`ops`]); needs libtorch at build time. A client-only build
 //!   (`default-features = false, features = ["tcp"]`) needs no libtorch.
@@ -52,6 +55,10 @@ pub use mymps_transport_tcp as tcp;
 /// servers, whatever their transports.
 #[cfg(feature = "cluster")]
 pub use mymps_cluster as cluster;
+/// The QUIC transport (feature `quic`). Naming the crate here links it,
+/// which registers `quic://`.
+#[cfg(feature = "quic")]
+pub use mymps_transport_quic as quic;
 
 /// The libtorch backend (feature `server`).
 #[cfg(feature = "server")]

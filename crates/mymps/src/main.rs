@@ -13,7 +13,7 @@ use std::time::Duration;
 use clap::{Args as ClapArgs, Parser, Subcommand};
 use mymps::client::{ClientOptions, blocking::Client};
 use mymps::server::{Server, ServerConfig};
-use mymps::transport::Endpoint;
+use mymps::transport::{Endpoint, TransportOptions};
 use mymps::{Error, ErrorCode, Tensor, Value, npy};
 
 #[derive(Parser)]
@@ -157,6 +157,18 @@ struct ServeArgs {
     /// whitespace ignored). Without it, no authentication.
     #[arg(long, value_name = "PATH", env = "MYMPS_AUTH_TOKEN_FILE")]
     auth_token_file: Option<PathBuf>,
+    /// quic://: the certificate chain to present (PEM), with --tls-key.
+    /// Without both, a self-signed certificate is generated at every start.
+    #[arg(long, value_name = "PEM", env = "MYMPS_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// quic://: the private key of --tls-cert (PEM).
+    #[arg(long, value_name = "PEM", env = "MYMPS_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// quic://: where to write the generated self-signed certificate for
+    /// clients (default: ./mymps-quic-cert.pem; a file mymps did not write
+    /// is never overwritten).
+    #[arg(long, value_name = "PATH", env = "MYMPS_TLS_CERT_OUT")]
+    tls_cert_out: Option<PathBuf>,
     /// Log filter (error, warn, info, debug, trace, or a tracing filter).
     #[arg(long, default_value = "info", env = "MYMPS_LOG")]
     log: String,
@@ -181,6 +193,13 @@ struct ClientArgs {
     /// Authentication token, for servers started with --auth-token-file.
     #[arg(long, env = "MYMPS_TOKEN", global = true, hide_env_values = true)]
     token: Option<String>,
+    /// quic://: the server's certificate or its CA (PEM) to verify it with.
+    #[arg(long, value_name = "PEM", env = "MYMPS_CA", global = true)]
+    ca: Option<PathBuf>,
+    /// quic://: the server certificate's pinned SHA-256 fingerprint (hex, as
+    /// `mymps serve` prints it).
+    #[arg(long, value_name = "SHA256", env = "MYMPS_FINGERPRINT", global = true)]
+    fingerprint: Option<String>,
 }
 
 impl ClientArgs {
@@ -188,6 +207,11 @@ impl ClientArgs {
         let options = ClientOptions {
             timeout: Duration::from_secs_f64(self.timeout),
             token: self.token.clone(),
+            transport: TransportOptions {
+                tls_ca: self.ca.clone(),
+                tls_fingerprint: self.fingerprint.clone(),
+                ..TransportOptions::default()
+            },
             ..ClientOptions::default()
         };
         Client::connect_with(&self.addr, options)
@@ -273,6 +297,12 @@ fn serve(a: ServeArgs) -> Result<(), Error> {
     if let Some(path) = &a.auth_token_file {
         config.auth_token = Some(read_token_file(path)?);
     }
+    config.transport = TransportOptions {
+        tls_cert: a.tls_cert.clone(),
+        tls_key: a.tls_key.clone(),
+        tls_cert_out: a.tls_cert_out.clone(),
+        ..TransportOptions::default()
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("mymps-io")
@@ -306,6 +336,20 @@ fn serve(a: ServeArgs) -> Result<(), Error> {
         let mut out = std::io::stdout().lock();
         for ep in server.local_endpoints() {
             let _ = writeln!(out, "mymps: listening on {ep}");
+        }
+        // Then, for quic://, the certificate clients verify the server with.
+        #[cfg(feature = "quic")]
+        if server.local_endpoints().iter().any(|ep| ep.scheme == "quic") {
+            let path = a.tls_cert.clone().unwrap_or_else(|| {
+                a.tls_cert_out
+                    .clone()
+                    .unwrap_or_else(|| mymps::quic::DEFAULT_CERT_FILE.into())
+            });
+            let fp = mymps::quic::fingerprint_of_pem_file(&path)
+                .map_err(|e| Error::internal(e.to_string()))?;
+            let shown = std::fs::canonicalize(&path).unwrap_or(path);
+            let _ = writeln!(out, "mymps: quic certificate {} sha256 {fp}", shown.display());
+            tracing::info!(cert = %shown.display(), sha256 = %fp, "quic certificate for clients (--ca FILE or --fingerprint SHA256)");
         }
         let _ = out.flush();
         drop(out);

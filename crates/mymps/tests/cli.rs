@@ -226,10 +226,22 @@ fn a_client_without_a_server_gets_a_clear_error() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("cannot connect to tcp://127.0.0.1"), "{err}");
     let out = Command::new(bin())
-        .args(["health", "--addr", "quic://127.0.0.1:1"])
+        .args(["health", "--addr", "sctp://127.0.0.1:1"])
         .output()
         .unwrap();
-    assert!(String::from_utf8_lossy(&out.stderr).contains("no transport for 'quic://'"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no transport for 'sctp://'"));
+    // QUIC (UDP) has no refusal to wait for: the timeout says it.
+    let out = Command::new(bin())
+        .args(["health", "--addr", &format!("quic://127.0.0.1:{port}")])
+        .args(["--fingerprint", &"ab".repeat(32), "--timeout", "1"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("quic://127.0.0.1") && err.contains("timed out"),
+        "{err}"
+    );
 }
 
 fn example(name: &str) -> PathBuf {
@@ -261,4 +273,117 @@ fn the_examples_run() {
     assert!(out.contains("-> [1.0, 0.0, 3.0, 0.0]"), "{out}");
     assert!(out.contains("stopped"));
     assert!(s.terminate().success());
+}
+
+/// `mymps serve` on quic://127.0.0.1:0 in `cwd`: the child, its address and
+/// the certificate line (path, fingerprint).
+fn serve_quic(cwd: &Path, args: &[&str]) -> (Served, PathBuf, String) {
+    let mut child = Command::new(bin())
+        .args(["serve", "--device", &test_device(), "--log", "warn"])
+        .args(["--listen", "quic://127.0.0.1:0"])
+        .args(args)
+        .current_dir(cwd)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn mymps serve");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().expect("a first line").unwrap();
+    let addr = first
+        .strip_prefix("mymps: listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {first:?}"))
+        .to_owned();
+    let second = lines.next().expect("a certificate line").unwrap();
+    let rest = second
+        .strip_prefix("mymps: quic certificate ")
+        .unwrap_or_else(|| panic!("unexpected second line {second:?}"));
+    let (path, fp) = rest.split_once(" sha256 ").expect("path sha256 hex");
+    (Served { child, addr }, PathBuf::from(path), fp.to_owned())
+}
+
+#[test]
+fn quic_serve_prints_its_certificate_and_clients_verify_it() {
+    let dir = tmpdir();
+    let d = dir.path();
+    // Default: ./mymps-quic-cert.pem, regenerated at each start.
+    let (s, path, fp) = serve_quic(d, &[]);
+    assert!(s.addr.starts_with("quic://127.0.0.1:"), "{}", s.addr);
+    assert_eq!(path, d.canonicalize().unwrap().join("mymps-quic-cert.pem"));
+    assert_eq!(mymps::quic::fingerprint_of_pem_file(&path).unwrap(), fp);
+
+    let health = |extra: &[&str], env: &[(&str, &str)]| {
+        let mut cmd = Command::new(bin());
+        cmd.args(["health", "--addr", &s.addr]).args(extra);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        cmd.output().unwrap()
+    };
+    let text = ok(&health(&["--fingerprint", &fp], &[]));
+    assert!(text.contains(&test_device()), "{text}");
+    ok(&health(&["--ca", path.to_str().unwrap()], &[]));
+    ok(&health(&[], &[("MYMPS_CA", path.to_str().unwrap())]));
+    ok(&health(&[], &[("MYMPS_FINGERPRINT", &fp)]));
+
+    let out = health(&[], &[]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--ca FILE") && err.contains("--fingerprint SHA256"),
+        "{err}"
+    );
+    let wrong = format!("{}{}", &fp[..63], if fp.ends_with('0') { "1" } else { "0" });
+    let out = health(&["--fingerprint", &wrong], &[]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("does not match the pinned fingerprint"),
+        "{err}"
+    );
+    assert!(s.terminate().success());
+
+    // A restart makes a new certificate in the same (mymps-written) file.
+    let (s, path2, fp2) = serve_quic(d, &[]);
+    assert_eq!(path2, path);
+    assert_ne!(fp2, fp);
+    drop(s);
+
+    // A file mymps did not write is never overwritten.
+    let mine = d.join("mine.pem");
+    std::fs::write(&mine, "precious\n").unwrap();
+    let out = Command::new(bin())
+        .args(["serve", "--device", "cpu", "--listen", "quic://127.0.0.1:0"])
+        .args(["--tls-cert-out", mine.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("refusing to overwrite"), "{err}");
+    assert_eq!(std::fs::read_to_string(&mine).unwrap(), "precious\n");
+
+    // Tokens over quic://, from the command line.
+    let token_file = d.join("token");
+    std::fs::write(&token_file, "t0ken\n").unwrap();
+    let out_cert = d.join("c.pem");
+    let (s, path, _) = serve_quic(
+        d,
+        &[
+            "--auth-token-file",
+            token_file.to_str().unwrap(),
+            "--tls-cert-out",
+            out_cert.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(path, out_cert.canonicalize().unwrap());
+    let run = |token: &str| {
+        Command::new(bin())
+            .args(["health", "--addr", &s.addr, "--ca", path.to_str().unwrap()])
+            .args(["--token", token])
+            .output()
+            .unwrap()
+    };
+    ok(&run("t0ken"));
+    let out = run("nope");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("wrong authentication token"));
 }

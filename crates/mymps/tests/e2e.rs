@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{matmul_ref, max_diff, randn, start};
+use common::{randn, start};
 use mymps::client::{Call, Client};
 use mymps::{DType, ErrorCode, Tensor};
 
@@ -14,119 +14,9 @@ fn f32s(v: Vec<f32>, shape: &[usize]) -> Tensor {
 async fn the_four_examples_of_the_client_contract() {
     let (server, addr) = start().await;
     let c = Client::connect(&addr).await.unwrap();
-
-    // matmul 64×128 @ 128×32
-    let (a, b) = (randn(64 * 128, 1), randn(128 * 32, 2));
-    let out = c
-        .call(
-            Call::new("matmul")
-                .arg(f32s(a.clone(), &[64, 128]))
-                .arg(f32s(b.clone(), &[128, 32])),
-        )
-        .await
-        .unwrap();
-    let o = out.output().unwrap();
-    assert_eq!((o.dtype(), o.shape()), (DType::Float32, &[64usize, 32][..]));
-    assert!(
-        max_diff(
-            &o.to_vec::<f32>().unwrap(),
-            &matmul_ref(&a, &b, 64, 128, 32)
-        ) < 1e-4
-    );
-    assert_eq!(out.device, common::device());
-
-    // softmax with dim=-1: rows sum to 1, order preserved
-    let x = randn(8 * 10, 3);
-    let out = c
-        .call(
-            Call::new("softmax")
-                .arg(f32s(x.clone(), &[8, 10]))
-                .kwarg("dim", -1),
-        )
-        .await
-        .unwrap();
-    let p = out.output().unwrap().to_vec::<f32>().unwrap();
-    for r in 0..8 {
-        let row = &p[r * 10..(r + 1) * 10];
-        assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-5);
-        let (imax_x, imax_p) = (argmax(&x[r * 10..(r + 1) * 10]), argmax(row));
-        assert_eq!(imax_x, imax_p);
-    }
-
-    // svd gives "0", "1", "2" = U, S, Vh that reconstruct M
-    let (m, n) = (6, 4);
-    let mat = randn(m * n, 4);
-    let out = c
-        .call(
-            Call::new("svd")
-                .arg(f32s(mat.clone(), &[m, n]))
-                .kwarg("full_matrices", false),
-        )
-        .await
-        .unwrap();
-    let names: Vec<&str> = out.tensors.iter().map(|(k, _)| k.as_str()).collect();
-    assert_eq!(names, ["0", "1", "2"]);
-    let u = out.get("0").unwrap().to_vec::<f32>().unwrap();
-    let s = out.get("1").unwrap().to_vec::<f32>().unwrap();
-    let vh = out.get("2").unwrap().to_vec::<f32>().unwrap();
-    let k = s.len();
-    assert_eq!(k, 4);
-    for i in 0..m {
-        for j in 0..n {
-            let r: f32 = (0..k).map(|p| u[i * k + p] * s[p] * vh[p * n + j]).sum();
-            assert!(
-                (r - mat[i * n + j]).abs() < 1e-4,
-                "reconstruction at ({i},{j})"
-            );
-        }
-    }
-
-    // conv2d (1,3,32,32) with (16,3,3,3) → (1,16,30,30)
-    let (x, w) = (randn(3 * 32 * 32, 5), randn(16 * 3 * 3 * 3, 6));
-    let out = c
-        .call(
-            Call::new("conv2d")
-                .arg(f32s(x.clone(), &[1, 3, 32, 32]))
-                .arg(f32s(w.clone(), &[16, 3, 3, 3])),
-        )
-        .await
-        .unwrap();
-    let y = out.output().unwrap();
-    assert_eq!(y.shape(), &[1, 16, 30, 30]);
-    let y = y.to_vec::<f32>().unwrap();
-    // One output element by hand: channel 5, position (7, 11).
-    let mut want = 0.0f64;
-    for ci in 0..3 {
-        for di in 0..3 {
-            for dj in 0..3 {
-                want += x[ci * 1024 + (7 + di) * 32 + 11 + dj] as f64
-                    * w[((5 * 3 + ci) * 3 + di) * 3 + dj] as f64;
-            }
-        }
-    }
-    assert!((y[5 * 900 + 7 * 30 + 11] as f64 - want).abs() < 1e-4);
-
-    // The same with padding="same" and an int stride, as torch spells them.
-    let out = c
-        .call(
-            Call::new("conv2d")
-                .arg(f32s(x, &[1, 3, 32, 32]))
-                .input("weight", f32s(w, &[16, 3, 3, 3]))
-                .kwarg("padding", "same"),
-        )
-        .await
-        .unwrap();
-    assert_eq!(out.output().unwrap().shape(), &[1, 16, 32, 32]);
+    common::check_the_four_examples(&c).await;
     c.close();
     server.shutdown().await;
-}
-
-fn argmax(v: &[f32]) -> usize {
-    v.iter()
-        .enumerate()
-        .max_by(|a, b| a.1.total_cmp(b.1))
-        .unwrap()
-        .0
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -278,32 +168,7 @@ fn bytemuck_cast(v: &[f32]) -> &[u8] {
 async fn hundreds_of_requests_in_flight_on_one_connection() {
     let (server, addr) = start().await;
     let c = Client::connect(&addr).await.unwrap();
-    let mut tasks = tokio::task::JoinSet::new();
-    for i in 0..300i64 {
-        let c = c.clone();
-        tasks.spawn(async move {
-            // Mixed sizes so that replies overtake each other.
-            let n = if i % 10 == 0 { 200_000 } else { 4 };
-            let x = Tensor::from_vec(vec![i as f32; n], &[n]).unwrap();
-            let out = c
-                .call(Call::new("mul").arg(x).kwarg("other", 2))
-                .await
-                .unwrap();
-            let v = out.output().unwrap().to_vec::<f32>().unwrap();
-            assert_eq!(v.len(), n);
-            assert!(
-                v.iter().all(|&y| y == 2.0 * i as f32),
-                "request {i} got another's reply"
-            );
-            i
-        });
-    }
-    let mut seen = Vec::new();
-    while let Some(r) = tasks.join_next().await {
-        seen.push(r.unwrap());
-    }
-    seen.sort();
-    assert_eq!(seen, (0..300).collect::<Vec<_>>());
+    common::check_300_requests_in_flight(&c).await;
     server.shutdown().await;
 }
 

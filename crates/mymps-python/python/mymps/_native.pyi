@@ -1,5 +1,6 @@
 """Type stubs of the native module ``mymps._native`` (Rust, PyO3)."""
 
+import os
 from types import TracebackType
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Type, Union, final
 
@@ -45,6 +46,8 @@ class MympsClient:
         *,
         transport: str = "tcp",
         token: Optional[str] = None,
+        tls_ca: Optional[Union[str, "os.PathLike[str]"]] = None,
+        tls_fingerprint: Optional[str] = None,
     ) -> Self: ...
     def exec(
         self, op: str, inputs: Optional[_Inputs] = None, **kwargs: _Scalar
