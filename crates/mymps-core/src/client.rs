@@ -563,6 +563,15 @@ impl Client {
         }
     }
 
+    /// The server's metrics: request counts, latency histograms, errors and
+    /// gauges ([`crate::metrics::render_prometheus`] renders them).
+    pub async fn metrics(&self) -> Result<crate::metrics::MetricsSnapshot> {
+        match self.request(&Request::Metrics, vec![]).await? {
+            (Response::Metrics(m), _) => Ok(m),
+            (other, _) => Err(unexpected("metrics", &other)),
+        }
+    }
+
     /// Closes the connection: requests still waiting fail with a connection
     /// error, and every clone of this client is closed too.
     pub fn close(&self) {
@@ -733,6 +742,11 @@ pub mod blocking {
         /// See [`super::Client::stats`].
         pub fn stats(&self) -> Result<StatsInfo> {
             self.runtime.block_on(self.inner.stats())
+        }
+
+        /// See [`super::Client::metrics`].
+        pub fn metrics(&self) -> Result<crate::metrics::MetricsSnapshot> {
+            self.runtime.block_on(self.inner.metrics())
         }
 
         /// See [`super::Client::close`].

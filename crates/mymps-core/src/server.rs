@@ -17,6 +17,7 @@ use tracing::{debug, info, warn};
 
 use crate::backend::Backend;
 use crate::error::{Error, ErrorCode, Result};
+use crate::metrics::{self, Metrics};
 use crate::model::ModelRegistry;
 use crate::ops;
 use crate::protocol::{
@@ -88,6 +89,7 @@ struct Shared {
     started: Instant,
     stats: HostStats,
     models: Arc<ModelRegistry>,
+    metrics: Metrics,
 }
 
 /// A server with its listeners bound.
@@ -142,6 +144,7 @@ impl Server {
                 .map_err(|e| Error::connection(format!("cannot listen on {ep}: {e}")))?;
             listeners.push(l);
         }
+        let metrics = Metrics::new(backend.ops().iter().map(|e| e.spec.name));
         Ok(Server {
             shared: Arc::new(Shared {
                 budget: MemoryBudget::new(config.memory_budget),
@@ -151,6 +154,7 @@ impl Server {
                 started: Instant::now(),
                 stats: HostStats::new(),
                 models,
+                metrics,
             }),
             listeners,
         })
@@ -271,6 +275,7 @@ async fn serve_connection(shared: Arc<Shared>, conn: Connection, mut stop: watch
         mut writer,
         peer,
     } = conn;
+    let _counted = shared.metrics.connection();
     let (tx, mut rx) = mpsc::channel::<Frame>(256);
     let writer_task = tokio::spawn(async move {
         while let Some(frame) = rx.recv().await {
@@ -341,6 +346,7 @@ async fn serve_connection(shared: Arc<Shared>, conn: Connection, mut stop: watch
             v
         }
         Err(e) => {
+            shared.metrics.handshake_refused(e.code);
             warn!(%peer, error = %e, "handshake refused");
             let _ = tx.send(error_frame(0, &e)).await;
             drop(tx);
@@ -369,11 +375,15 @@ async fn serve_connection(shared: Arc<Shared>, conn: Connection, mut stop: watch
                     let tx = tx.clone();
                     handlers.spawn(async move {
                         let id = inc.frame.id;
-                        let reply = handle(&shared, inc.frame, protocol_version).await;
+                        let timer = shared.metrics.start(&inc.frame);
+                        let mut label = metrics::Label::default();
+                        let reply = handle(&shared, inc.frame, protocol_version, &mut label).await;
+                        let error = reply.as_ref().err().map(|e| e.code);
                         let frame = match reply {
                             Ok(f) => f,
                             Err(e) => error_frame(id, &e),
                         };
+                        shared.metrics.finish(timer, label, error, &frame);
                         let _ = tx.send(frame).await;
                         drop(inc.permit);
                         drop(permit);
@@ -392,6 +402,7 @@ async fn serve_connection(shared: Arc<Shared>, conn: Connection, mut stop: watch
                     unreachable!()
                 };
                 warn!(%peer, id, error = %e, "frame refused");
+                shared.metrics.frame_refused(ErrorCode::PayloadTooLarge);
                 let _ = tx.send(error_frame(id, &e.to_error())).await;
             }
             Err(ReadError::Frame(e)) => {
@@ -412,9 +423,15 @@ async fn serve_connection(shared: Arc<Shared>, conn: Connection, mut stop: watch
     debug!(%peer, "connection closed");
 }
 
-async fn handle(shared: &Arc<Shared>, frame: Frame, protocol_version: u32) -> Result<Frame> {
+async fn handle(
+    shared: &Arc<Shared>,
+    frame: Frame,
+    protocol_version: u32,
+    label: &mut metrics::Label,
+) -> Result<Frame> {
     let id = frame.id;
     let request: Request = protocol::decode_header(&frame)?;
+    *label = shared.metrics.label(&request);
     let kind = request.kind_name();
     let response = match request {
         Request::Health => {
@@ -473,6 +490,7 @@ async fn handle(shared: &Arc<Shared>, frame: Frame, protocol_version: u32) -> Re
             tracing::info!(%name, "model unloaded");
             Response::Unloaded { name }
         }
+        Request::Metrics => Response::Metrics(metrics_snapshot(shared).await?),
         Request::Unknown => {
             return Err(Error::new(
                 ErrorCode::Unsupported,
@@ -482,6 +500,27 @@ async fn handle(shared: &Arc<Shared>, frame: Frame, protocol_version: u32) -> Re
     };
     debug!(id, kind, "answered");
     protocol::encode(FrameKind::Response, id, &response, vec![])
+}
+
+/// Reads the metrics with the gauges of the moment (accelerator memory is
+/// asked of the backend on the blocking pool: drivers may block).
+async fn metrics_snapshot(shared: &Arc<Shared>) -> Result<metrics::MetricsSnapshot> {
+    let s = shared.clone();
+    let accelerator = blocking("reading accelerator memory", move || {
+        Ok(s.backend.accelerator_memory())
+    })
+    .await?;
+    let info = shared.backend.info();
+    Ok(shared.metrics.snapshot(metrics::Gauges {
+        version: crate::VERSION.into(),
+        backend: info.name,
+        device: info.device,
+        uptime_s: shared.started.elapsed().as_secs_f64(),
+        models_loaded: shared.models.len() as u64,
+        memory_budget_bytes: shared.budget.capacity(),
+        memory_budget_used_bytes: shared.budget.in_use(),
+        accelerator_memory: accelerator.map(|m| (m.total, m.free)),
+    }))
 }
 
 /// Runs blocking work on the blocking pool; a panic becomes an

@@ -119,6 +119,12 @@ impl MemoryBudget {
         self.capacity_kib as u64 * 1024
     }
 
+    /// Bytes held by requests in flight now (KiB granularity).
+    pub fn in_use(&self) -> u64 {
+        let free = self.semaphore.available_permits() as u64;
+        (self.capacity_kib as u64).saturating_sub(free) * 1024
+    }
+
     /// Waits until `bytes` fit in the budget; `None` if they never can.
     pub async fn acquire(&self, bytes: u64) -> Option<OwnedSemaphorePermit> {
         let kib = bytes.div_ceil(1024);
