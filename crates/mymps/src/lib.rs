@@ -9,6 +9,10 @@
 //!
 //! ## Features
 //! - `tcp` (default): the TCP transport, `tcp://host:port`.
+//! - `http` (default): the HTTP listener, `http://host:port`: the first
+//!   mymps's REST API (JSON + msgpack), a live dashboard at `/` and
+//!   Prometheus metrics at `/metrics` (see `docs/http.md`). Server side
+//!   only: mymps clients connect with `tcp://`.
 //! - `server` (default): the libtorch backend ([`backend_tch`]) and the op
 //!   whitelist ([`ops`]); needs libtorch at build time. A client-only build
 //!   (`default-features = false, features = ["tcp"]`) needs no libtorch.
@@ -45,6 +49,11 @@ pub mod npy;
 /// registers `tcp://` for every program that uses this facade.
 #[cfg(feature = "tcp")]
 pub use mymps_transport_tcp as tcp;
+
+/// The HTTP listener (feature `http`). Naming the crate here links it,
+/// which registers `http://`.
+#[cfg(feature = "http")]
+pub use mymps_transport_http as http;
 
 /// The libtorch backend (feature `server`).
 #[cfg(feature = "server")]
