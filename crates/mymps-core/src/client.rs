@@ -320,6 +320,9 @@ impl Client {
                     Err(ReadError::Frame(e)) => {
                         break Error::protocol(format!("bad frame from server: {e}"));
                     }
+                    Err(ReadError::Refused { error, .. }) => {
+                        break Error::protocol(format!("bad frame from server: {error}"));
+                    }
                 }
             };
             fail_all(err);

@@ -246,7 +246,8 @@ impl Metrics {
         self.errors[error_slot(code)].fetch_add(1, Relaxed);
     }
 
-    /// A frame was refused before it became a request (over the limits).
+    /// A frame was refused before it became a request (over the limits, or
+    /// refused by its transport, e.g. an HTTP body that is not msgpack).
     pub fn frame_refused(&self, code: ErrorCode) {
         self.frames_refused.fetch_add(1, Relaxed);
         self.errors[error_slot(code)].fetch_add(1, Relaxed);
@@ -491,7 +492,8 @@ pub struct MetricsSnapshot {
     pub connections_open: u64,
     /// Handshakes refused (bad version, magic or token).
     pub handshakes_refused: u64,
-    /// Frames refused before they became requests (over the limits).
+    /// Frames refused before they became requests (over the limits, or
+    /// refused by their transport, e.g. HTTP bodies that are not msgpack).
     pub frames_refused: u64,
     /// Requests being handled now.
     pub requests_in_flight: u64,
@@ -727,7 +729,7 @@ pub fn render_prometheus(s: &MetricsSnapshot) -> String {
         (
             "mymps_frames_refused_total",
             "counter",
-            "Frames refused before they became requests (over the limits).",
+            "Frames refused before they reached a handler (over the limits, or untranslatable by their transport).",
             s.frames_refused as f64,
         ),
         (

@@ -319,6 +319,7 @@ async fn serve_connection(shared: Arc<Shared>, conn: Connection, mut stop: watch
             return;
         }
         Ok(Err(ReadError::Frame(e))) => Err(e.to_error()),
+        Ok(Err(ReadError::Refused { error, .. })) => Err(error),
     };
     let welcome = hello.and_then(|h| {
         check_token(shared.config.auth_token.as_deref(), h.token.as_deref())?;
@@ -404,6 +405,11 @@ async fn serve_connection(shared: Arc<Shared>, conn: Connection, mut stop: watch
                 warn!(%peer, id, error = %e, "frame refused");
                 shared.metrics.frame_refused(ErrorCode::PayloadTooLarge);
                 let _ = tx.send(error_frame(id, &e.to_error())).await;
+            }
+            Err(ReadError::Refused { id, error }) => {
+                debug!(%peer, id, %error, "request refused by the transport");
+                shared.metrics.frame_refused(error.code);
+                let _ = tx.send(error_frame(id, &error)).await;
             }
             Err(ReadError::Frame(e)) => {
                 warn!(%peer, error = %e, "unframeable input; closing the connection");

@@ -30,6 +30,10 @@ use tokio::sync::{mpsc, oneshot};
 /// it and answering the handshake).
 const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Room for the msgpack descriptions of a tensor body's tensors (names,
+/// shapes, dtypes), beyond the server's largest tensor payload.
+const MAX_DESCRIPTIONS: u64 = 1 << 20;
+
 /// Largest JSON body (`/models/load`).
 pub const MAX_JSON_BODY: u64 = 64 * 1024;
 
@@ -67,13 +71,21 @@ impl From<Error> for CallError {
     }
 }
 
+/// The reply frame, and whether the request's body was left unread.
+type Reply = oneshot::Sender<Result<(Frame, bool), Error>>;
+
 struct Job {
     body: BodySpec,
     build: Build,
-    reply: oneshot::Sender<Result<Frame, CallError>>,
+    reply: Reply,
 }
 
-type Pending = Arc<Mutex<Option<HashMap<u64, oneshot::Sender<Result<Frame, CallError>>>>>>;
+struct Waiter {
+    reply: Reply,
+    body_unread: bool,
+}
+
+type Pending = Arc<Mutex<Option<HashMap<u64, Waiter>>>>;
 
 /// The HTTP side of a virtual connection.
 #[derive(Clone)]
@@ -144,9 +156,9 @@ impl VirtualConn {
             })
             .await
             .map_err(|_| closed())?;
-        let frame = rx.await.map_err(|_| closed())??;
+        let (frame, body_unread) = rx.await.map_err(|_| closed())??;
         match protocol::decode_header::<Response>(&frame)? {
-            Response::Error(e) => Err(e.into()),
+            Response::Error(error) => Err(CallError { error, body_unread }),
             _ => Ok(frame),
         }
     }
@@ -210,9 +222,11 @@ async fn read_small(body: Body, max: u64) -> Result<Bytes, CallError> {
 
 impl VirtualReader {
     /// Reads a job's body and builds its frame, within the limits and the
-    /// budget. `Err` is answered to the HTTP side directly.
+    /// budget. An `Err` goes to the server as [`ReadError::Refused`]: it
+    /// answers it and counts it.
     async fn prepare(
         &mut self,
+        id: u64,
         body: BodySpec,
         build: Build,
         limits: &Limits,
@@ -233,7 +247,7 @@ impl VirtualReader {
                 // The tensors plus their msgpack descriptions.
                 let cap = limits
                     .max_payload
-                    .saturating_add(u64::from(limits.max_header_len));
+                    .saturating_add(u64::from(limits.max_header_len).min(MAX_DESCRIPTIONS));
                 if len > cap {
                     return Err(too_large(format!(
                         "the request body is {len} bytes; this server accepts at most {cap}"
@@ -274,8 +288,6 @@ impl VirtualReader {
             )
             .into());
         }
-        let id = self.next_id;
-        self.next_id += 1;
         let frame = protocol::encode(FrameKind::Request, id, &request, tensors)?;
         if frame.header.len() > limits.max_header_len as usize {
             return Err(Error::new(
@@ -305,26 +317,22 @@ impl FrameReader for VirtualReader {
                     permit: None,
                 }));
             }
-            loop {
-                let Some(job) = self.jobs.recv().await else {
-                    return Ok(None);
-                };
-                let Job { body, build, reply } = job;
-                match self.prepare(body, build, limits, budget).await {
-                    Ok(inc) => {
-                        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-                        match pending.as_mut() {
-                            Some(p) => {
-                                p.insert(inc.frame.id, reply);
-                                return Ok(Some(inc));
-                            }
-                            None => return Ok(None),
-                        }
-                    }
-                    Err(e) => {
-                        let _ = reply.send(Err(e));
-                    }
-                }
+            let Some(Job { body, build, reply }) = self.jobs.recv().await else {
+                return Ok(None);
+            };
+            let id = self.next_id;
+            self.next_id += 1;
+            let prepared = self.prepare(id, body, build, limits, budget).await;
+            let body_unread = prepared.as_ref().err().is_some_and(|e| e.body_unread);
+            let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            let Some(p) = pending.as_mut() else {
+                return Ok(None);
+            };
+            p.insert(id, Waiter { reply, body_unread });
+            // A refused request is answered by the server, which counts it.
+            match prepared {
+                Ok(inc) => Ok(Some(inc)),
+                Err(e) => Err(ReadError::Refused { id, error: e.error }),
             }
         })
     }
@@ -343,7 +351,7 @@ impl VirtualWriter {
             .unwrap_or_else(|p| p.into_inner())
             .take();
         for (_, w) in waiting.into_iter().flatten() {
-            let _ = w.send(Err(e.clone().into()));
+            let _ = w.reply.send(Err(e.clone()));
         }
     }
 }
@@ -382,7 +390,7 @@ impl FrameWriter for VirtualWriter {
                 .and_then(|p| p.remove(&frame.id));
             if let Some(w) = waiter {
                 // The HTTP side may be gone (client disconnected): nothing to do.
-                let _ = w.send(Ok(frame));
+                let _ = w.reply.send(Ok((frame, w.body_unread)));
             }
             Ok(())
         })
