@@ -15,7 +15,7 @@ use hyper::{Method, StatusCode};
 use mymps_core::metrics::{self, ErrorCount, MetricsSnapshot};
 use mymps_core::model::{LoadRequest, ModelInfo};
 use mymps_core::protocol::{
-    self, ExecRequest, ExecResponse, HealthInfo, InferRequest, Request, Response, StatsInfo,
+    ExecRequest, ExecResponse, HealthInfo, InferRequest, Request, Response, StatsInfo,
 };
 use mymps_core::transport::Connection;
 use mymps_core::{Error, ErrorCode, Value};
@@ -470,13 +470,13 @@ async fn dispatch(
         },
         Route::LoadModel => {
             let body = BodySpec::Json(req.into_body());
-            let frame = conn
+            let (response, _) = conn
                 .call(
                     body,
                     Box::new(|b| Ok((Request::LoadModel(load_request(b)?), vec![]))),
                 )
                 .await?;
-            match protocol::decode_header::<Response>(&frame)? {
+            match response {
                 Response::Model(m) => json(
                     ok,
                     &serde_json::json!({ "status": "ok", "name": m.name, "device": m.device }),
@@ -512,11 +512,11 @@ async fn dispatch(
                     Ok((Request::Infer(InferRequest { name, inputs }), bufs))
                 })
             };
-            let frame = conn
+            let (response, tensors) = conn
                 .call(BodySpec::Tensors(req.into_body(), len), build)
                 .await?;
-            match protocol::decode_header::<Response>(&frame)? {
-                Response::Exec(r) => tensor_response(r, frame.tensors),
+            match response {
+                Response::Exec(r) => tensor_response(r, tensors),
                 r => return Err(unexpected("exec", &r)),
             }
         }

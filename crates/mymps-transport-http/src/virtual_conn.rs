@@ -143,9 +143,13 @@ impl VirtualConn {
         self.jobs.is_closed()
     }
 
-    /// Sends one request and waits for its reply frame (an error reply
-    /// becomes `Err`).
-    pub async fn call(&self, body: BodySpec, build: Build) -> Result<Frame, CallError> {
+    /// Sends one request and waits for its reply: the decoded header and
+    /// the tensor buffers (an error reply becomes `Err`).
+    pub async fn call(
+        &self,
+        body: BodySpec,
+        build: Build,
+    ) -> Result<(Response, Vec<Bytes>), CallError> {
         let (tx, rx) = oneshot::channel();
         let closed = || Error::new(ErrorCode::Busy, "the server closed the connection");
         self.jobs
@@ -159,16 +163,16 @@ impl VirtualConn {
         let (frame, body_unread) = rx.await.map_err(|_| closed())??;
         match protocol::decode_header::<Response>(&frame)? {
             Response::Error(error) => Err(CallError { error, body_unread }),
-            _ => Ok(frame),
+            r => Ok((r, frame.tensors)),
         }
     }
 
     /// A request without a body.
     pub async fn simple(&self, request: Request) -> Result<Response, CallError> {
-        let frame = self
+        let (response, _) = self
             .call(BodySpec::None, Box::new(move |_| Ok((request, vec![]))))
             .await?;
-        Ok(protocol::decode_header(&frame)?)
+        Ok(response)
     }
 }
 
