@@ -220,7 +220,7 @@ enum Route {
 }
 
 /// The route for a method and path, or the 404 / 405 answer.
-fn route(method: &Method, path: &str) -> Result<Route, Resp> {
+fn route(method: &Method, path: &str) -> Result<Route, Box<Resp>> {
     let (allowed, route): (&str, Option<Route>) = match path {
         "/" | "/dashboard" => ("GET", (method == Method::GET).then_some(Route::Dashboard)),
         "/api/dashboard" => (
@@ -237,7 +237,8 @@ fn route(method: &Method, path: &str) -> Result<Route, Resp> {
         "/models/load" if method == Method::POST => ("POST", Some(Route::LoadModel)),
         p if p.starts_with("/models/") && p.len() > "/models/".len() => {
             let rest = &p["/models/".len()..];
-            let decode = |s: &str| percent_decode(s).map_err(|e| error_response(&e.into()));
+            let decode =
+                |s: &str| percent_decode(s).map_err(|e| Box::new(error_response(&e.into())));
             match (method, rest.strip_suffix("/info")) {
                 (&Method::DELETE, _) => ("DELETE", Some(Route::UnloadModel(decode(rest)?))),
                 (&Method::GET, Some(name)) if !name.is_empty() => {
@@ -249,11 +250,11 @@ fn route(method: &Method, path: &str) -> Result<Route, Resp> {
             }
         }
         _ => {
-            return Err(plain_error(
+            return Err(Box::new(plain_error(
                 StatusCode::NOT_FOUND,
                 ErrorCode::BadArgument,
                 format!("no route {method} {path}"),
-            ));
+            )));
         }
     };
     route.ok_or_else(|| {
@@ -264,7 +265,7 @@ fn route(method: &Method, path: &str) -> Result<Route, Resp> {
         );
         r.headers_mut()
             .insert(header::ALLOW, HeaderValue::from_static(allowed));
-        r
+        Box::new(r)
     })
 }
 
@@ -272,7 +273,7 @@ fn route(method: &Method, path: &str) -> Result<Route, Resp> {
 pub async fn serve(ctx: Arc<ConnCtx>, req: hyper::Request<Incoming>) -> Result<Resp, Infallible> {
     let route = match route(req.method(), req.uri().path()) {
         Ok(r) => r,
-        Err(resp) => return Ok(resp),
+        Err(resp) => return Ok(*resp),
     };
     if let Route::Dashboard = route {
         let mut r = response(
