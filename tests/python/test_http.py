@@ -264,6 +264,12 @@ def test_bearer_token(tmp_path):
         ok = LegacyClient(s.host, s.port, token="s3cret")
         assert ok.health()["status"] == "ok"
         good(ok)
+        # A token over the handshake's limits is refused, not read.
+        huge = LegacyClient(s.host, s.port, token="x" * 100_000)
+        with pytest.raises(LegacyError) as e:
+            huge.health()
+        assert e.value.status == 413
+        huge.close()
         # A token change on the same connection is checked again.
         ok.token = "nope"
         with pytest.raises(LegacyError):

@@ -316,6 +316,16 @@ impl FrameReader for VirtualReader {
     ) -> BoxFuture<'a, Result<Option<Incoming>, ReadError>> {
         Box::pin(async move {
             if let Some(frame) = self.hello.take() {
+                // The handshake's limits hold here too (a huge bearer token).
+                if frame.header.len() > limits.max_header_len as usize {
+                    return Err(ReadError::Refused {
+                        id: 0,
+                        error: Error::new(
+                            ErrorCode::PayloadTooLarge,
+                            "the authentication token is too long",
+                        ),
+                    });
+                }
                 return Ok(Some(Incoming {
                     frame,
                     permit: None,
