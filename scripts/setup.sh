@@ -11,6 +11,16 @@ cd "$(dirname "$0")/.."
 
 say() { printf '\033[1mmymps setup:\033[0m %s\n' "$*" >&2; }
 
+# 0. System packages: headless Chromium renders the HTTP dashboard in its
+#    test (tests/python/test_http_dashboard.py). Debian's `chromium`.
+if command -v apt-get >/dev/null 2>&1 && ! dpkg -s chromium >/dev/null 2>&1; then
+    as_root=()
+    [ "$(id -u)" -ne 0 ] && as_root=(sudo)
+    say "installing chromium (apt-get; for the dashboard test)"
+    "${as_root[@]}" apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive "${as_root[@]}" apt-get install -y -qq chromium >/dev/null
+fi
+
 # 1. Python virtualenv with torch 2.11.0 and the test dependencies.
 if [ ! -x .venv/bin/python ]; then
     say "creating .venv"
@@ -18,7 +28,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 stamp=.venv/.mymps-requirements
 if ! cmp -s scripts/requirements-dev.txt "$stamp" 2>/dev/null \
-   || ! .venv/bin/python -c "import torch, numpy, ml_dtypes, pytest, transformers; assert torch.__version__.split('+')[0] == '2.11.0'" 2>/dev/null; then
+   || ! .venv/bin/python -c "import torch, numpy, ml_dtypes, pytest, transformers, msgpack; assert torch.__version__.split('+')[0] == '2.11.0'" 2>/dev/null; then
     say "installing torch 2.11.0 and test dependencies into .venv (first time: a few minutes)"
     .venv/bin/python -m pip install -q --upgrade pip
     .venv/bin/python -m pip install -q -r scripts/requirements-dev.txt

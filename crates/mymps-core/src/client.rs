@@ -254,11 +254,11 @@ impl Client {
         let (mut reader, writer, welcome) = tokio::time::timeout(timeout, handshake)
             .await
             .map_err(|_| {
-            Error::new(
-                ErrorCode::Timeout,
-                format!("connecting to {endpoint} timed out after {timeout:?}"),
-            )
-        })??;
+                Error::new(
+                    ErrorCode::Timeout,
+                    format!("connecting to {endpoint} timed out after {timeout:?}"),
+                )
+            })??;
 
         let pending: Pending = Arc::new(Mutex::new(Some(HashMap::new())));
         let fail_all = {
@@ -313,6 +313,9 @@ impl Client {
                     }
                     Err(ReadError::Frame(e)) => {
                         break Error::protocol(format!("bad frame from server: {e}"));
+                    }
+                    Err(ReadError::Refused { error, .. }) => {
+                        break Error::protocol(format!("bad frame from server: {error}"));
                     }
                 }
             };
@@ -582,6 +585,15 @@ impl Client {
         }
     }
 
+    /// The server's metrics: request counts, latency histograms, errors and
+    /// gauges ([`crate::metrics::render_prometheus`] renders them).
+    pub async fn metrics(&self) -> Result<crate::metrics::MetricsSnapshot> {
+        match self.request(&Request::Metrics, vec![]).await? {
+            (Response::Metrics(m), _) => Ok(m),
+            (other, _) => Err(unexpected("metrics", &other)),
+        }
+    }
+
     /// Closes the connection: requests still waiting fail with a connection
     /// error, and every clone of this client is closed too.
     pub fn close(&self) {
@@ -757,6 +769,11 @@ pub mod blocking {
         /// See [`super::Client::stats`].
         pub fn stats(&self) -> Result<StatsInfo> {
             self.runtime.block_on(self.inner.stats())
+        }
+
+        /// See [`super::Client::metrics`].
+        pub fn metrics(&self) -> Result<crate::metrics::MetricsSnapshot> {
+            self.runtime.block_on(self.inner.metrics())
         }
 
         /// See [`super::Client::close`].

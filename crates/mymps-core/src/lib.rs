@@ -9,6 +9,8 @@
 //! - [`Backend`], [`Transport`](transport::Transport),
 //!   [`ModelLoader`](model::ModelLoader): the plug-in points.
 //! - [`ops`]: op signatures, argument binding and the `inventory` registry.
+//! - [`metrics`]: request counters and latency histograms the server
+//!   records for every transport, and their Prometheus rendering.
 //! - [`plugin`]: dynamically loadable plugins (model loaders and ops).
 //! - [`server`] (feature `server`) and [`client`] (feature `client`).
 //!
@@ -26,6 +28,7 @@ pub mod buffer;
 pub mod client;
 pub mod dtype;
 pub mod error;
+pub mod metrics;
 pub mod model;
 pub mod ops;
 pub mod plugin;

@@ -17,6 +17,7 @@ use tracing::{debug, info, warn};
 
 use crate::backend::Backend;
 use crate::error::{Error, ErrorCode, Result};
+use crate::metrics::{self, Metrics};
 use crate::model::ModelRegistry;
 use crate::ops;
 use crate::protocol::{
@@ -89,6 +90,7 @@ struct Shared {
     started: Instant,
     stats: HostStats,
     models: Arc<ModelRegistry>,
+    metrics: Metrics,
 }
 
 /// A server with its listeners bound.
@@ -143,6 +145,7 @@ impl Server {
                 .map_err(|e| Error::connection(format!("cannot listen on {ep}: {e}")))?;
             listeners.push(l);
         }
+        let metrics = Metrics::new(backend.ops().iter().map(|e| e.spec.name));
         Ok(Server {
             shared: Arc::new(Shared {
                 budget: MemoryBudget::new(config.memory_budget),
@@ -152,6 +155,7 @@ impl Server {
                 started: Instant::now(),
                 stats: HostStats::new(),
                 models,
+                metrics,
             }),
             listeners,
         })
@@ -272,6 +276,7 @@ async fn serve_connection(shared: Arc<Shared>, conn: Connection, mut stop: watch
         writer,
         peer,
     } = conn;
+    let _counted = shared.metrics.connection();
     let tx = Replies::new(writer);
 
     // Handshake.
@@ -304,6 +309,7 @@ async fn serve_connection(shared: Arc<Shared>, conn: Connection, mut stop: watch
             return;
         }
         Ok(Err(ReadError::Frame(e))) => Err(e.to_error()),
+        Ok(Err(ReadError::Refused { error, .. })) => Err(error),
     };
     let welcome = hello.and_then(|h| {
         check_token(shared.config.auth_token.as_deref(), h.token.as_deref())?;
@@ -331,6 +337,7 @@ async fn serve_connection(shared: Arc<Shared>, conn: Connection, mut stop: watch
             v
         }
         Err(e) => {
+            shared.metrics.handshake_refused(e.code);
             warn!(%peer, error = %e, "handshake refused");
             tx.send(error_frame(0, &e)).await;
             tx.close().await;
@@ -355,14 +362,19 @@ async fn serve_connection(shared: Arc<Shared>, conn: Connection, mut stop: watch
             Ok(Some(inc)) => match inc.frame.kind {
                 FrameKind::Request => {
                     let id = inc.frame.id;
+                    let timer = shared.metrics.start(&inc.frame);
                     let request = protocol::decode_header::<Request>(&inc.frame);
+                    let label = match &request {
+                        Ok(r) => shared.metrics.label(r),
+                        Err(_) => metrics::Label::default(),
+                    };
                     let tensors = inc.frame.tensors;
                     // A small cheap op is answered here, without a task or
                     // a thread hand-off; the rest run concurrently.
                     let (request, tensors) = match request {
                         Ok(Request::Exec(req)) if exec_inline(&shared, &req, &tensors) => {
                             let reply = exec(&shared, id, req, tensors, true).await;
-                            tx.send(reply.unwrap_or_else(|e| error_frame(id, &e))).await;
+                            answer(&shared, &tx, id, reply, timer, label).await;
                             drop(inc.permit);
                             continue;
                         }
@@ -375,7 +387,7 @@ async fn serve_connection(shared: Arc<Shared>, conn: Connection, mut stop: watch
                             Ok(r) => handle(&shared, id, r, tensors, protocol_version).await,
                             Err(e) => Err(e),
                         };
-                        tx.send(reply.unwrap_or_else(|e| error_frame(id, &e))).await;
+                        answer(&shared, &tx, id, reply, timer, label).await;
                         drop(inc.permit);
                         drop(permit);
                     });
@@ -393,7 +405,13 @@ async fn serve_connection(shared: Arc<Shared>, conn: Connection, mut stop: watch
                     unreachable!()
                 };
                 warn!(%peer, id, error = %e, "frame refused");
+                shared.metrics.frame_refused(ErrorCode::PayloadTooLarge);
                 tx.send(error_frame(id, &e.to_error())).await;
+            }
+            Err(ReadError::Refused { id, error }) => {
+                debug!(%peer, id, %error, "request refused by the transport");
+                shared.metrics.frame_refused(error.code);
+                tx.send(error_frame(id, &error)).await;
             }
             Err(ReadError::Frame(e)) => {
                 warn!(%peer, error = %e, "unframeable input; closing the connection");
@@ -450,6 +468,21 @@ impl Replies {
             let _ = writer.shutdown().await;
         }
     }
+}
+
+/// Sends a request's reply (an error reply for an error) and counts it.
+async fn answer(
+    shared: &Shared,
+    tx: &Replies,
+    id: u64,
+    reply: Result<Frame>,
+    timer: metrics::RequestTimer,
+    label: metrics::Label,
+) {
+    let error = reply.as_ref().err().map(|e| e.code);
+    let frame = reply.unwrap_or_else(|e| error_frame(id, &e));
+    shared.metrics.finish(timer, label, error, &frame);
+    tx.send(frame).await;
 }
 
 /// Whether an exec request runs inline (see [`runs_inline`]), judged from
@@ -534,6 +567,7 @@ async fn handle(
             tracing::info!(%name, "model unloaded");
             Response::Unloaded { name }
         }
+        Request::Metrics => Response::Metrics(metrics_snapshot(shared).await?),
         Request::Unknown => {
             return Err(Error::new(
                 ErrorCode::Unsupported,
@@ -543,6 +577,27 @@ async fn handle(
     };
     debug!(id, kind, "answered");
     protocol::encode(FrameKind::Response, id, &response, vec![])
+}
+
+/// Reads the metrics with the gauges of the moment (accelerator memory is
+/// asked of the backend on the blocking pool: drivers may block).
+async fn metrics_snapshot(shared: &Arc<Shared>) -> Result<metrics::MetricsSnapshot> {
+    let s = shared.clone();
+    let accelerator = blocking("reading accelerator memory", move || {
+        Ok(s.backend.accelerator_memory())
+    })
+    .await?;
+    let info = shared.backend.info();
+    Ok(shared.metrics.snapshot(metrics::Gauges {
+        version: crate::VERSION.into(),
+        backend: info.name,
+        device: info.device,
+        uptime_s: shared.started.elapsed().as_secs_f64(),
+        models_loaded: shared.models.len() as u64,
+        memory_budget_bytes: shared.budget.capacity(),
+        memory_budget_used_bytes: shared.budget.in_use(),
+        accelerator_memory: accelerator.map(|m| (m.total, m.free)),
+    }))
 }
 
 /// Runs blocking work on the blocking pool; a panic becomes an

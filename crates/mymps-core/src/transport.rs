@@ -119,6 +119,12 @@ impl MemoryBudget {
         self.capacity_kib as u64 * 1024
     }
 
+    /// Bytes held by requests in flight now (KiB granularity).
+    pub fn in_use(&self) -> u64 {
+        let free = self.semaphore.available_permits() as u64;
+        (self.capacity_kib as u64).saturating_sub(free) * 1024
+    }
+
     /// Waits until `bytes` fit in the budget; `None` if they never can.
     pub async fn acquire(&self, bytes: u64) -> Option<OwnedSemaphorePermit> {
         let kib = bytes.div_ceil(1024);
@@ -151,6 +157,17 @@ pub enum ReadError {
     /// skipped and the connection is usable; [`FrameError::Malformed`] means
     /// the stream is lost.
     Frame(FrameError),
+    /// The transport received a request but refused it before it became a
+    /// frame (a message-based transport's request that does not translate,
+    /// e.g. an HTTP body that is not msgpack). It has been consumed and the
+    /// connection is usable: the server answers `id` with `error` and
+    /// counts it in its metrics.
+    Refused {
+        /// The id the answer goes to.
+        id: u64,
+        /// Why it was refused.
+        error: Error,
+    },
 }
 
 impl From<io::Error> for ReadError {
@@ -164,6 +181,7 @@ impl fmt::Display for ReadError {
         match self {
             ReadError::Io(e) => write!(f, "{e}"),
             ReadError::Frame(e) => write!(f, "{e}"),
+            ReadError::Refused { error, .. } => write!(f, "{error}"),
         }
     }
 }

@@ -409,6 +409,7 @@ impl StreamContext {
             }
             Ok(Some(inc)) => inc.frame.id,
             Err(ReadError::Frame(FrameError::TooLarge { id, .. })) => *id,
+            Err(ReadError::Refused { id, .. }) => *id,
             Err(ReadError::Frame(e)) => {
                 // Unframeable bytes: only this stream is lost.
                 warn!(peer = %self.conn.remote_address(), error = %e, "quic: unframeable input on a stream; answered on that stream");

@@ -12,6 +12,10 @@
 //! - `quic` (default): the QUIC transport, `quic://host:port`: TLS 1.3
 //!   (verified with a CA file or a pinned fingerprint), one stream per
 //!   request; see [`quic`].
+//! - `http` (default): the HTTP listener, `http://host:port`: the first
+//!   mymps's REST API (JSON + msgpack), a live dashboard at `/` and
+//!   Prometheus metrics at `/metrics` (see `docs/http.md`). Server side
+//!   only: mymps clients connect with `tcp://`.
 //! - `server` (default): the libtorch backend ([`backend_tch`]) and the op
 //!   whitelist ([`ops`]); needs libtorch at build time. A client-only build
 //!   (`default-features = false, features = ["tcp"]`) needs no libtorch.
@@ -55,6 +59,10 @@ pub use mymps_transport_tcp as tcp;
 /// servers, whatever their transports.
 #[cfg(feature = "cluster")]
 pub use mymps_cluster as cluster;
+/// The HTTP listener (feature `http`). Naming the crate here links it,
+/// which registers `http://`.
+#[cfg(feature = "http")]
+pub use mymps_transport_http as http;
 /// The QUIC transport (feature `quic`). Naming the crate here links it,
 /// which registers `quic://`.
 #[cfg(feature = "quic")]

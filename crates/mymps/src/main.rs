@@ -35,6 +35,8 @@ enum Command {
     Health(ClientArgs),
     /// Host, process and accelerator statistics of the server.
     Stats(ClientArgs),
+    /// The server's metrics in the Prometheus text format (--json: as JSON).
+    Metrics(ClientArgs),
     /// List the op whitelist, or describe one op.
     Ops {
         /// Show this op's signature and doc.
@@ -127,7 +129,8 @@ enum ModelsCommand {
 
 #[derive(ClapArgs)]
 struct ServeArgs {
-    /// Where to listen (repeat for several listeners). Default:
+    /// Where to listen, tcp://HOST:PORT or http://HOST:PORT (the REST API,
+    /// dashboard and /metrics); repeat for several listeners. Default:
     /// tcp://$MYMPS_HOST:$MYMPS_PORT, else tcp://127.0.0.1:5555.
     #[arg(long, value_name = "URL")]
     listen: Vec<String>,
@@ -228,6 +231,7 @@ fn main() -> ExitCode {
         Command::Serve(a) => serve(a),
         Command::Health(c) => health(&c),
         Command::Stats(c) => stats(&c),
+        Command::Metrics(c) => metrics(&c),
         Command::Ops { describe, client } => ops(&client, describe.as_deref()),
         Command::Models { command, client } => models(&client, command),
         Command::Infer {
@@ -468,6 +472,16 @@ fn stats(c: &ClientArgs) -> Result<(), Error> {
         print_json(&s)
     } else {
         print_fields(&s)
+    }
+    Ok(())
+}
+
+fn metrics(c: &ClientArgs) -> Result<(), Error> {
+    let m = c.connect()?.metrics()?;
+    if c.json {
+        print_json(&m)
+    } else {
+        print!("{}", mymps::metrics::render_prometheus(&m));
     }
     Ok(())
 }

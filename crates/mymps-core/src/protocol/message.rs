@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
+pub use crate::metrics::MetricsSnapshot;
 use crate::model::{LoadRequest, ModelInfo};
 use crate::ops::OpInfo;
 use crate::value::Value;
@@ -146,6 +147,8 @@ pub enum Request {
         /// Model name.
         name: String,
     },
+    /// The server's metrics (request counts, latencies, errors, gauges).
+    Metrics,
     /// A kind this build does not know.
     #[serde(other)]
     Unknown,
@@ -165,6 +168,7 @@ impl Request {
             Request::ListModels => "list_models",
             Request::ModelInfo { .. } => "model_info",
             Request::UnloadModel { .. } => "unload_model",
+            Request::Metrics => "metrics",
             Request::Unknown => "unknown",
         }
     }
@@ -278,6 +282,8 @@ pub enum Response {
         /// The model's name.
         name: String,
     },
+    /// Answer to `metrics`.
+    Metrics(MetricsSnapshot),
     /// The request failed.
     Error(Error),
     /// A kind this build does not know.

@@ -78,6 +78,68 @@ fn golden_health_request() {
 }
 
 #[test]
+fn golden_metrics_request() {
+    golden(
+        "metrics_request",
+        &encode(FrameKind::Request, 2, &Request::Metrics, vec![]).unwrap(),
+    );
+}
+
+#[test]
+fn golden_metrics_response() {
+    use crate::metrics::{ErrorCount, HistogramSnapshot, KindSnapshot, OpSnapshot};
+    let latency = HistogramSnapshot {
+        counts: vec![1, 2, 0],
+        sum_s: 0.25,
+    };
+    let m = MetricsSnapshot {
+        version: "0.1.0".into(),
+        backend: "tch".into(),
+        device: "cpu".into(),
+        uptime_s: 12.5,
+        latency_buckets_s: vec![0.001, 0.01],
+        requests: vec![KindSnapshot {
+            kind: "exec".into(),
+            count: 3,
+            errors: 1,
+            bytes_in: 300,
+            bytes_out: 200,
+            latency: latency.clone(),
+        }],
+        ops: vec![OpSnapshot {
+            op: "matmul".into(),
+            count: 3,
+            errors: 1,
+            latency,
+        }],
+        errors: vec![ErrorCount {
+            code: 1,
+            name: "unknown_op".into(),
+            count: 1,
+        }],
+        connections_total: 2,
+        connections_open: 1,
+        handshakes_refused: 0,
+        frames_refused: 0,
+        requests_in_flight: 1,
+        models_loaded: 0,
+        memory_budget_bytes: 1 << 30,
+        memory_budget_used_bytes: 4096,
+        accelerator_memory_total_bytes: Some(80 << 30),
+        accelerator_memory_free_bytes: Some(70 << 30),
+    };
+    let f = encode(
+        FrameKind::Response,
+        2,
+        &Response::Metrics(m.clone()),
+        vec![],
+    )
+    .unwrap();
+    golden("metrics_response", &f);
+    assert_eq!(decode_header::<Response>(&f).unwrap(), Response::Metrics(m));
+}
+
+#[test]
 fn headers_round_trip_and_unknown_kinds_are_tolerated() {
     let f = encode(
         FrameKind::Request,

@@ -1,0 +1,729 @@
+//! The routes: the first mymps's REST API, the dashboard and `/metrics`,
+//! each translated to the core's requests over the connection's
+//! [`VirtualConn`] and back.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::{Method, StatusCode};
+use mymps_core::metrics::{self, ErrorCount, MetricsSnapshot};
+use mymps_core::model::{LoadRequest, ModelInfo};
+use mymps_core::protocol::{
+    ExecRequest, ExecResponse, HealthInfo, InferRequest, Request, Response, StatsInfo,
+};
+use mymps_core::transport::Connection;
+use mymps_core::{Error, ErrorCode, Value};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Mutex, mpsc};
+
+use crate::msgpack;
+use crate::virtual_conn::{BodySpec, CallError, VirtualConn};
+
+const DASHBOARD: &str = include_str!("dashboard.html");
+const MSGPACK: &str = "application/msgpack";
+const JSON: &str = "application/json";
+const PROMETHEUS: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// A response body of ready chunks: JSON in one, msgpack results as their
+/// small msgpack parts between the result tensors' own buffers.
+pub struct Chunks {
+    chunks: VecDeque<Bytes>,
+    len: u64,
+}
+
+impl Chunks {
+    fn new(chunks: impl IntoIterator<Item = Bytes>) -> Chunks {
+        let chunks: VecDeque<Bytes> = chunks.into_iter().filter(|c| !c.is_empty()).collect();
+        let len = chunks.iter().map(|c| c.len() as u64).sum();
+        Chunks { chunks, len }
+    }
+}
+
+impl Body for Chunks {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        let this = self.get_mut();
+        Poll::Ready(this.chunks.pop_front().map(|c| {
+            this.len -= c.len() as u64;
+            Ok(Frame::data(c))
+        }))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.chunks.is_empty()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.len)
+    }
+}
+
+type Resp = hyper::Response<Chunks>;
+
+/// One HTTP connection's state: its virtual connection to the server,
+/// opened on first use and again when the request's token changes.
+pub struct ConnCtx {
+    accept: mpsc::Sender<Connection>,
+    peer: String,
+    conn: Mutex<Option<(Option<String>, VirtualConn)>>,
+}
+
+impl ConnCtx {
+    pub fn new(accept: mpsc::Sender<Connection>, peer: String) -> ConnCtx {
+        ConnCtx {
+            accept,
+            peer,
+            conn: Mutex::new(None),
+        }
+    }
+
+    async fn conn(&self, token: Option<String>) -> Result<VirtualConn, Error> {
+        let mut st = self.conn.lock().await;
+        if let Some((t, c)) = st.as_ref()
+            && *t == token
+            && !c.is_closed()
+        {
+            return Ok(c.clone());
+        }
+        *st = None;
+        let c = VirtualConn::open(&self.accept, token.clone(), self.peer.clone()).await?;
+        *st = Some((token, c.clone()));
+        Ok(c)
+    }
+}
+
+fn response(status: StatusCode, content_type: &'static str, body: Chunks) -> Resp {
+    let mut r = hyper::Response::new(body);
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r
+}
+
+fn json(status: StatusCode, value: &impl Serialize) -> Resp {
+    let body = serde_json::to_vec(value).expect("JSON values serialise");
+    response(status, JSON, Chunks::new([Bytes::from(body)]))
+}
+
+/// The HTTP status for an error: 4xx for the client's mistakes, 5xx for
+/// the server's.
+fn status_for(code: ErrorCode) -> StatusCode {
+    match code {
+        ErrorCode::UnknownOp
+        | ErrorCode::BadArgument
+        | ErrorCode::InvalidTensor
+        | ErrorCode::Backend
+        | ErrorCode::Protocol
+        | ErrorCode::UnsupportedVersion
+        | ErrorCode::Model => StatusCode::BAD_REQUEST,
+        ErrorCode::Unauthenticated => StatusCode::UNAUTHORIZED,
+        ErrorCode::ModelNotFound => StatusCode::NOT_FOUND,
+        ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        ErrorCode::Unsupported => StatusCode::NOT_IMPLEMENTED,
+        ErrorCode::Busy | ErrorCode::Connection => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorCode::Timeout => StatusCode::GATEWAY_TIMEOUT,
+        _ => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: &'a str,
+    code: &'static str,
+}
+
+fn error_response(e: &CallError) -> Resp {
+    let code = e.error.code;
+    let mut r = json(
+        status_for(code),
+        &ErrorBody {
+            error: &e.error.message,
+            code: code.name(),
+        },
+    );
+    if code == ErrorCode::Unauthenticated {
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"mymps\""),
+        );
+    }
+    if e.body_unread {
+        // The unread body cannot be skipped: the connection ends here.
+        r.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    r
+}
+
+fn plain_error(status: StatusCode, code: ErrorCode, msg: String) -> Resp {
+    let mut r = error_response(&Error::new(code, msg).into());
+    *r.status_mut() = status;
+    r
+}
+
+/// `Authorization: Bearer TOKEN`.
+fn bearer(headers: &HeaderMap) -> Option<String> {
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?.trim();
+    let (scheme, token) = v.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim().to_owned())
+        .filter(|t| !t.is_empty())
+}
+
+/// Decodes `%XX` escapes (model names with `/` or spaces).
+fn percent_decode(s: &str) -> Result<String, Error> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = b
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok())
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .ok_or_else(|| Error::bad_argument(format!("bad %-escape in the path '{s}'")))?;
+            out.push(hex);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).map_err(|_| Error::bad_argument("the path is not UTF-8"))
+}
+
+enum Route {
+    Dashboard,
+    DashboardData,
+    Metrics,
+    Health,
+    Stats,
+    Ops,
+    Models,
+    LoadModel,
+    UnloadModel(String),
+    ModelInfo(String),
+    Infer,
+    Exec,
+}
+
+/// The route for a method and path, or the 404 / 405 answer.
+fn route(method: &Method, path: &str) -> Result<Route, Box<Resp>> {
+    let (allowed, route): (&str, Option<Route>) = match path {
+        "/" | "/dashboard" => ("GET", (method == Method::GET).then_some(Route::Dashboard)),
+        "/api/dashboard" => (
+            "GET",
+            (method == Method::GET).then_some(Route::DashboardData),
+        ),
+        "/metrics" => ("GET", (method == Method::GET).then_some(Route::Metrics)),
+        "/health" => ("GET", (method == Method::GET).then_some(Route::Health)),
+        "/stats" => ("GET", (method == Method::GET).then_some(Route::Stats)),
+        "/ops" => ("GET", (method == Method::GET).then_some(Route::Ops)),
+        "/models" => ("GET", (method == Method::GET).then_some(Route::Models)),
+        "/infer" => ("POST", (method == Method::POST).then_some(Route::Infer)),
+        "/exec" => ("POST", (method == Method::POST).then_some(Route::Exec)),
+        "/models/load" if method == Method::POST => ("POST", Some(Route::LoadModel)),
+        p if p.starts_with("/models/") && p.len() > "/models/".len() => {
+            let rest = &p["/models/".len()..];
+            let decode =
+                |s: &str| percent_decode(s).map_err(|e| Box::new(error_response(&e.into())));
+            match (method, rest.strip_suffix("/info")) {
+                (&Method::DELETE, _) => ("DELETE", Some(Route::UnloadModel(decode(rest)?))),
+                (&Method::GET, Some(name)) if !name.is_empty() => {
+                    ("GET", Some(Route::ModelInfo(decode(name)?)))
+                }
+                (_, Some(_)) => ("GET, DELETE", None),
+                (_, None) if rest == "load" => ("POST, DELETE", None),
+                (_, None) => ("DELETE", None),
+            }
+        }
+        _ => {
+            return Err(Box::new(plain_error(
+                StatusCode::NOT_FOUND,
+                ErrorCode::BadArgument,
+                format!("no route {method} {path}"),
+            )));
+        }
+    };
+    route.ok_or_else(|| {
+        let mut r = plain_error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            ErrorCode::BadArgument,
+            format!("{method} is not allowed on {path} (allowed: {allowed})"),
+        );
+        r.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static(allowed));
+        Box::new(r)
+    })
+}
+
+/// Serves one HTTP request; every failure is a JSON error response.
+pub async fn serve(ctx: Arc<ConnCtx>, req: hyper::Request<Incoming>) -> Result<Resp, Infallible> {
+    let route = match route(req.method(), req.uri().path()) {
+        Ok(r) => r,
+        Err(resp) => return Ok(*resp),
+    };
+    if let Route::Dashboard = route {
+        let mut r = response(
+            StatusCode::OK,
+            "text/html; charset=utf-8",
+            Chunks::new([Bytes::from_static(DASHBOARD.as_bytes())]),
+        );
+        r.headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        return Ok(r);
+    }
+    let result = async {
+        let conn = ctx.conn(bearer(req.headers())).await?;
+        dispatch(&conn, route, req).await
+    }
+    .await;
+    Ok(result.unwrap_or_else(|e| error_response(&e)))
+}
+
+fn unexpected(what: &str, r: &Response) -> CallError {
+    Error::internal(format!("unexpected answer to {what}: {r:?}")).into()
+}
+
+fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, Error> {
+    headers
+        .get(name)
+        .map(|v| {
+            v.to_str()
+                .map_err(|_| Error::bad_argument(format!("the {name} header is not ASCII")))
+        })
+        .transpose()
+}
+
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+/// `x-kwargs`: a JSON object of scalars and lists of scalars.
+fn parse_kwargs(text: Option<&str>) -> Result<BTreeMap<String, Value>, Error> {
+    fn value(v: serde_json::Value, key: &str) -> Result<Value, Error> {
+        Ok(match v {
+            serde_json::Value::Null => Value::None,
+            serde_json::Value::Bool(b) => Value::Bool(b),
+            serde_json::Value::Number(n) => match n.as_i64() {
+                Some(i) => Value::Int(i),
+                None => Value::Float(n.as_f64().ok_or_else(|| {
+                    Error::bad_argument(format!("x-kwargs: '{key}' is out of range"))
+                })?),
+            },
+            serde_json::Value::String(s) => Value::Str(s),
+            serde_json::Value::Array(a) => Value::List(
+                a.into_iter()
+                    .map(|x| value(x, key))
+                    .collect::<Result<_, _>>()?,
+            ),
+            serde_json::Value::Object(_) => {
+                return Err(Error::bad_argument(format!(
+                    "x-kwargs: '{key}' is an object; values are numbers, bools, strings, null or lists of them"
+                )));
+            }
+        })
+    }
+    let Some(text) = text.map(str::trim).filter(|t| !t.is_empty()) else {
+        return Ok(BTreeMap::new());
+    };
+    let parsed: serde_json::Value = serde_json::from_str(text)
+        .map_err(|e| Error::bad_argument(format!("x-kwargs is not JSON: {e}")))?;
+    let serde_json::Value::Object(map) = parsed else {
+        return Err(Error::bad_argument("x-kwargs must be a JSON object"));
+    };
+    map.into_iter()
+        .map(|(k, v)| {
+            let v = value(v, &k)?;
+            Ok((k, v))
+        })
+        .collect()
+}
+
+/// The legacy `/models` entry.
+#[derive(Serialize)]
+struct ModelEntry<'a> {
+    name: &'a str,
+    model_type: &'a str,
+    device: &'a str,
+    loaded_at: &'a str,
+}
+
+impl<'a> From<&'a ModelInfo> for ModelEntry<'a> {
+    fn from(m: &'a ModelInfo) -> ModelEntry<'a> {
+        ModelEntry {
+            name: &m.name,
+            model_type: &m.model_type,
+            device: &m.device,
+            loaded_at: &m.loaded_at,
+        }
+    }
+}
+
+/// The body of `POST /models/load`.
+#[derive(Deserialize)]
+struct LoadBody {
+    name: String,
+    #[serde(default)]
+    model_type: Option<String>,
+    #[serde(default)]
+    dtype: Option<String>,
+    #[serde(default)]
+    trust_remote_code: Option<bool>,
+    #[serde(default)]
+    model_path: Option<String>,
+    #[serde(default)]
+    model_class: Option<String>,
+    /// Ours: loader options (a model class's config), an object or its
+    /// JSON text.
+    #[serde(default)]
+    config: Option<serde_json::Value>,
+}
+
+fn load_request(body: Bytes) -> Result<LoadRequest, Error> {
+    let b: LoadBody = serde_json::from_slice(&body)
+        .map_err(|e| Error::bad_argument(format!("the body is not a load request: {e}")))?;
+    Ok(LoadRequest {
+        name: b.name,
+        model_type: b.model_type.unwrap_or_else(|| "huggingface".into()),
+        model_path: b.model_path,
+        model_class: b.model_class,
+        dtype: b.dtype,
+        trust_remote_code: b.trust_remote_code.unwrap_or(false),
+        config: match b.config {
+            None | Some(serde_json::Value::Null) => None,
+            Some(serde_json::Value::String(s)) => Some(s),
+            Some(v) => Some(v.to_string()),
+        },
+    })
+}
+
+fn tensor_response(r: ExecResponse, tensors: Vec<Bytes>) -> Resp {
+    let chunks = msgpack::encode_tensors(&r.outputs, tensors);
+    let mut resp = response(StatusCode::OK, MSGPACK, Chunks::new(chunks));
+    let h = resp.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&r.elapsed_s.to_string()) {
+        h.insert("x-time", v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&r.device) {
+        h.insert("x-device", v);
+    }
+    resp
+}
+
+async fn dispatch(
+    conn: &VirtualConn,
+    route: Route,
+    req: hyper::Request<Incoming>,
+) -> Result<Resp, CallError> {
+    let ok = StatusCode::OK;
+    Ok(match route {
+        Route::Dashboard => {
+            return Err(Error::internal("the dashboard page is served without the server").into());
+        }
+        Route::Health => match conn.simple(Request::Health).await? {
+            Response::Health(h) => json(ok, &h),
+            r => return Err(unexpected("health", &r)),
+        },
+        Route::Stats => match conn.simple(Request::Stats).await? {
+            Response::Stats(s) => json(ok, &s),
+            r => return Err(unexpected("stats", &r)),
+        },
+        Route::Ops => match conn.simple(Request::ListOps).await? {
+            Response::Ops { ops } => {
+                let names: Vec<&str> = ops.iter().map(|o| o.name.as_str()).collect();
+                json(ok, &serde_json::json!({ "ops": names }))
+            }
+            r => return Err(unexpected("list_ops", &r)),
+        },
+        Route::Models => match conn.simple(Request::ListModels).await? {
+            Response::Models { models } => {
+                json(ok, &models.iter().map(ModelEntry::from).collect::<Vec<_>>())
+            }
+            r => return Err(unexpected("list_models", &r)),
+        },
+        Route::ModelInfo(name) => match conn.simple(Request::ModelInfo { name }).await? {
+            Response::Model(m) => json(ok, &m),
+            r => return Err(unexpected("model_info", &r)),
+        },
+        Route::UnloadModel(name) => match conn.simple(Request::UnloadModel { name }).await? {
+            Response::Unloaded { name } => {
+                json(ok, &serde_json::json!({ "status": "ok", "name": name }))
+            }
+            r => return Err(unexpected("unload_model", &r)),
+        },
+        Route::LoadModel => {
+            let body = BodySpec::Json(req.into_body());
+            let (response, _) = conn
+                .call(
+                    body,
+                    Box::new(|b| Ok((Request::LoadModel(load_request(b)?), vec![]))),
+                )
+                .await?;
+            match response {
+                Response::Model(m) => json(
+                    ok,
+                    &serde_json::json!({ "status": "ok", "name": m.name, "device": m.device }),
+                ),
+                r => return Err(unexpected("load_model", &r)),
+            }
+        }
+        Route::Exec | Route::Infer => {
+            let headers = req.headers();
+            let len = content_length(headers);
+            // Header problems are reported after the body is read, so that
+            // the connection stays usable.
+            let build: crate::virtual_conn::Build = if let Route::Exec = route {
+                let op = header_str(headers, "x-op").and_then(|o| {
+                    o.map(str::to_owned)
+                        .ok_or_else(|| Error::bad_argument("missing x-op header (the op to run)"))
+                });
+                let kwargs = header_str(headers, "x-kwargs").and_then(parse_kwargs);
+                Box::new(move |body| {
+                    let (op, kwargs) = (op?, kwargs?);
+                    let (inputs, bufs) = msgpack::decode_tensors(&body)?;
+                    Ok((Request::Exec(ExecRequest { op, inputs, kwargs }), bufs))
+                })
+            } else {
+                let name = header_str(headers, "x-model").and_then(|o| {
+                    o.map(str::to_owned).ok_or_else(|| {
+                        Error::bad_argument("missing x-model header (the model's name)")
+                    })
+                });
+                Box::new(move |body| {
+                    let name = name?;
+                    let (inputs, bufs) = msgpack::decode_tensors(&body)?;
+                    Ok((Request::Infer(InferRequest { name, inputs }), bufs))
+                })
+            };
+            let (response, tensors) = conn
+                .call(BodySpec::Tensors(req.into_body(), len), build)
+                .await?;
+            match response {
+                Response::Exec(r) => tensor_response(r, tensors),
+                r => return Err(unexpected("exec", &r)),
+            }
+        }
+        Route::Metrics => {
+            let m = metrics_of(conn).await?;
+            response(
+                ok,
+                PROMETHEUS,
+                Chunks::new([Bytes::from(metrics::render_prometheus(&m))]),
+            )
+        }
+        Route::DashboardData => json(ok, &dashboard(conn).await?),
+    })
+}
+
+async fn metrics_of(conn: &VirtualConn) -> Result<MetricsSnapshot, CallError> {
+    match conn.simple(Request::Metrics).await? {
+        Response::Metrics(m) => Ok(m),
+        r => Err(unexpected("metrics", &r)),
+    }
+}
+
+/// Latency figures of one row of the dashboard, milliseconds.
+#[derive(Serialize)]
+struct Row {
+    name: String,
+    count: u64,
+    errors: u64,
+    bytes_in: u64,
+    bytes_out: u64,
+    mean_ms: Option<f64>,
+    p50_ms: Option<f64>,
+    p90_ms: Option<f64>,
+    p99_ms: Option<f64>,
+}
+
+impl Row {
+    fn new(
+        name: &str,
+        count: u64,
+        errors: u64,
+        bytes: (u64, u64),
+        h: &metrics::HistogramSnapshot,
+        bounds: &[f64],
+    ) -> Row {
+        let ms = |q: f64| h.quantile(bounds, q).map(|s| s * 1e3);
+        Row {
+            name: name.to_owned(),
+            count,
+            errors,
+            bytes_in: bytes.0,
+            bytes_out: bytes.1,
+            mean_ms: (count > 0).then(|| h.sum_s * 1e3 / count as f64),
+            p50_ms: ms(0.5),
+            p90_ms: ms(0.9),
+            p99_ms: ms(0.99),
+        }
+    }
+}
+
+/// What `/api/dashboard` returns: everything the page shows, in one poll.
+#[derive(Serialize)]
+struct Dashboard {
+    health: HealthInfo,
+    stats: StatsInfo,
+    models: Vec<ModelInfo>,
+    requests: Vec<Row>,
+    ops: Vec<Row>,
+    errors: Vec<ErrorCount>,
+    connections_open: u64,
+    connections_total: u64,
+    requests_in_flight: u64,
+    memory_budget_bytes: u64,
+    memory_budget_used_bytes: u64,
+    uptime_s: f64,
+}
+
+/// Ops shown on the dashboard (the busiest).
+const DASHBOARD_OPS: usize = 12;
+
+async fn dashboard(conn: &VirtualConn) -> Result<Dashboard, CallError> {
+    let health = match conn.simple(Request::Health).await? {
+        Response::Health(h) => h,
+        r => return Err(unexpected("health", &r)),
+    };
+    let stats = match conn.simple(Request::Stats).await? {
+        Response::Stats(s) => s,
+        r => return Err(unexpected("stats", &r)),
+    };
+    let models = match conn.simple(Request::ListModels).await? {
+        Response::Models { models } => models,
+        r => return Err(unexpected("list_models", &r)),
+    };
+    let m = metrics_of(conn).await?;
+    let b = &m.latency_buckets_s;
+    let requests = m
+        .requests
+        .iter()
+        .map(|k| {
+            Row::new(
+                &k.kind,
+                k.count,
+                k.errors,
+                (k.bytes_in, k.bytes_out),
+                &k.latency,
+                b,
+            )
+        })
+        .collect();
+    let mut ops: Vec<Row> = m
+        .ops
+        .iter()
+        .map(|o| Row::new(&o.op, o.count, o.errors, (0, 0), &o.latency, b))
+        .collect();
+    ops.sort_by(|a, b| b.count.cmp(&a.count).then_with(|| a.name.cmp(&b.name)));
+    ops.truncate(DASHBOARD_OPS);
+    Ok(Dashboard {
+        health,
+        stats,
+        models,
+        requests,
+        ops,
+        errors: m.errors,
+        connections_open: m.connections_open,
+        connections_total: m.connections_total,
+        requests_in_flight: m.requests_in_flight,
+        memory_budget_bytes: m.memory_budget_bytes,
+        memory_budget_used_bytes: m.memory_budget_used_bytes,
+        uptime_s: m.uptime_s,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kwargs_from_json() {
+        let k = parse_kwargs(Some(r#"{"dim": -1, "keepdim": true, "dims": [0, 2, 1], "alpha": 0.5, "equation": "ij->ji", "dtype": null}"#)).unwrap();
+        assert_eq!(k["dim"], Value::Int(-1));
+        assert_eq!(k["keepdim"], Value::Bool(true));
+        assert_eq!(
+            k["dims"],
+            Value::List(vec![Value::Int(0), Value::Int(2), Value::Int(1)])
+        );
+        assert_eq!(k["alpha"], Value::Float(0.5));
+        assert_eq!(k["dtype"], Value::None);
+        assert!(parse_kwargs(None).unwrap().is_empty());
+        for bad in ["{", "[1]", r#"{"a": {"b": 1}}"#, "dim=1"] {
+            assert_eq!(
+                parse_kwargs(Some(bad)).unwrap_err().code,
+                ErrorCode::BadArgument,
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn routes_and_names() {
+        assert!(matches!(
+            route(&Method::DELETE, "/models/org/model"),
+            Ok(Route::UnloadModel(n)) if n == "org/model"
+        ));
+        assert!(matches!(
+            route(&Method::GET, "/models/org%2Fmy%20model/info"),
+            Ok(Route::ModelInfo(n)) if n == "org/my model"
+        ));
+        assert!(matches!(
+            route(&Method::POST, "/models/load"),
+            Ok(Route::LoadModel)
+        ));
+        let r = route(&Method::GET, "/exec").err().unwrap();
+        assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(r.headers()[header::ALLOW], "POST");
+        let r = route(&Method::GET, "/nope").err().unwrap();
+        assert_eq!(r.status(), StatusCode::NOT_FOUND);
+        let r = route(&Method::GET, "/models/x").err().unwrap();
+        assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
+        let r = route(&Method::DELETE, "/models/%zz").err().unwrap();
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    }
+
+    #[test]
+    fn bearer_tokens() {
+        let mut h = HeaderMap::new();
+        assert_eq!(bearer(&h), None);
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer  s3cret "),
+        );
+        assert_eq!(bearer(&h).as_deref(), Some("s3cret"));
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic abc"));
+        assert_eq!(bearer(&h), None);
+    }
+
+    #[test]
+    fn load_bodies() {
+        let r = load_request(Bytes::from_static(
+            br#"{"name": "m", "model_type": null, "dtype": "float16", "trust_remote_code": false, "model_path": "/x", "model_class": null, "config": {"sizes": [2, 3]}}"#,
+        ))
+        .unwrap();
+        assert_eq!(r.model_type, "huggingface");
+        assert_eq!(r.config.as_deref(), Some(r#"{"sizes":[2,3]}"#));
+        assert_eq!(
+            load_request(Bytes::from_static(b"{}")).unwrap_err().code,
+            ErrorCode::BadArgument
+        );
+    }
+}

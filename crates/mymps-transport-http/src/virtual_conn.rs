@@ -1,0 +1,422 @@
+//! In-memory connections between the HTTP front and the generic server.
+//!
+//! Each HTTP connection gets a [`VirtualConn`]: a [`Connection`] handed to
+//! the server through the listener's `accept`, whose reader yields the
+//! frames the HTTP side asks for and whose writer routes the replies back
+//! by id. The server handles them as it handles any transport's frames:
+//! handshake (the token comes from `Authorization: Bearer`), limits, memory
+//! budget, metrics.
+//!
+//! Request bodies are read by the reader, inside the server's read loop,
+//! after the server's limits and memory budget have been checked against
+//! their declared length: nothing is buffered before it is allowed.
+
+use std::collections::HashMap;
+use std::io;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http_body_util::BodyExt;
+use hyper::body::Incoming as Body;
+use mymps_core::protocol::{self, Frame, FrameKind, Limits, Request, Response, Welcome};
+use mymps_core::transport::{
+    BoxFuture, Connection, FrameReader, FrameWriter, Incoming, MemoryBudget, ReadError,
+};
+use mymps_core::{Error, ErrorCode};
+use tokio::sync::{mpsc, oneshot};
+
+/// How long opening a virtual connection may take (the server accepting
+/// it and answering the handshake).
+const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Room for the msgpack descriptions of a tensor body's tensors (names,
+/// shapes, dtypes), beyond the server's largest tensor payload.
+const MAX_DESCRIPTIONS: u64 = 1 << 20;
+
+/// Largest JSON body (`/models/load`).
+pub const MAX_JSON_BODY: u64 = 64 * 1024;
+
+/// A request body, as the reader must read it.
+pub enum BodySpec {
+    /// No body is used.
+    None,
+    /// A small JSON body, read up to [`MAX_JSON_BODY`] bytes.
+    Json(Body),
+    /// A tensor body: its declared length is checked against the server's
+    /// limits and taken from its memory budget before it is read.
+    Tensors(Body, Option<u64>),
+}
+
+/// Builds the request (header and tensor buffers) once the body is read.
+pub type Build = Box<dyn FnOnce(Bytes) -> Result<(Request, Vec<Bytes>), Error> + Send>;
+
+/// Why a call failed: an error the server answered (or the HTTP side
+/// found), and whether the body was left unread (the HTTP connection must
+/// then close).
+#[derive(Debug)]
+pub struct CallError {
+    /// The error.
+    pub error: Error,
+    /// The body was not read.
+    pub body_unread: bool,
+}
+
+impl From<Error> for CallError {
+    fn from(error: Error) -> CallError {
+        CallError {
+            error,
+            body_unread: false,
+        }
+    }
+}
+
+/// The reply frame, and whether the request's body was left unread.
+type Reply = oneshot::Sender<Result<(Frame, bool), Error>>;
+
+struct Job {
+    body: BodySpec,
+    build: Build,
+    reply: Reply,
+}
+
+struct Waiter {
+    reply: Reply,
+    body_unread: bool,
+}
+
+type Pending = Arc<Mutex<Option<HashMap<u64, Waiter>>>>;
+
+/// The HTTP side of a virtual connection.
+#[derive(Clone)]
+pub struct VirtualConn {
+    jobs: mpsc::Sender<Job>,
+}
+
+impl VirtualConn {
+    /// Hands a new connection to the server and does the handshake.
+    pub async fn open(
+        accept: &mpsc::Sender<Connection>,
+        token: Option<String>,
+        peer: String,
+    ) -> Result<VirtualConn, Error> {
+        let (jobs_tx, jobs_rx) = mpsc::channel(4);
+        let (hs_tx, hs_rx) = oneshot::channel();
+        let pending: Pending = Arc::new(Mutex::new(Some(HashMap::new())));
+        let hello = protocol::encode(
+            FrameKind::Hello,
+            0,
+            &protocol::hello(concat!("mymps-http/", env!("CARGO_PKG_VERSION")), token),
+            vec![],
+        )?;
+        let conn = Connection {
+            reader: Box::new(VirtualReader {
+                hello: Some(hello),
+                jobs: jobs_rx,
+                pending: pending.clone(),
+                next_id: 1,
+            }),
+            writer: Box::new(VirtualWriter {
+                handshake: Some(hs_tx),
+                pending,
+            }),
+            peer,
+        };
+        let unavailable = || Error::new(ErrorCode::Busy, "the server is shutting down");
+        let handshake = async {
+            accept.send(conn).await.map_err(|_| unavailable())?;
+            hs_rx.await.map_err(|_| unavailable())?
+        };
+        let _welcome: Welcome = tokio::time::timeout(OPEN_TIMEOUT, handshake)
+            .await
+            .map_err(|_| {
+                Error::new(
+                    ErrorCode::Busy,
+                    "the server did not take the connection in time",
+                )
+            })??;
+        Ok(VirtualConn { jobs: jobs_tx })
+    }
+
+    /// Whether the server has closed this connection.
+    pub fn is_closed(&self) -> bool {
+        self.jobs.is_closed()
+    }
+
+    /// Sends one request and waits for its reply: the decoded header and
+    /// the tensor buffers (an error reply becomes `Err`).
+    pub async fn call(
+        &self,
+        body: BodySpec,
+        build: Build,
+    ) -> Result<(Response, Vec<Bytes>), CallError> {
+        let (tx, rx) = oneshot::channel();
+        let closed = || Error::new(ErrorCode::Busy, "the server closed the connection");
+        self.jobs
+            .send(Job {
+                body,
+                build,
+                reply: tx,
+            })
+            .await
+            .map_err(|_| closed())?;
+        let (frame, body_unread) = rx.await.map_err(|_| closed())??;
+        match protocol::decode_header::<Response>(&frame)? {
+            Response::Error(error) => Err(CallError { error, body_unread }),
+            r => Ok((r, frame.tensors)),
+        }
+    }
+
+    /// A request without a body.
+    pub async fn simple(&self, request: Request) -> Result<Response, CallError> {
+        let (response, _) = self
+            .call(BodySpec::None, Box::new(move |_| Ok((request, vec![]))))
+            .await?;
+        Ok(response)
+    }
+}
+
+struct VirtualReader {
+    hello: Option<Frame>,
+    jobs: mpsc::Receiver<Job>,
+    pending: Pending,
+    next_id: u64,
+}
+
+fn too_large(msg: String) -> CallError {
+    CallError {
+        error: Error::new(ErrorCode::PayloadTooLarge, msg),
+        body_unread: true,
+    }
+}
+
+/// Reads `body` into one buffer of `len` bytes (the length it declared).
+async fn read_exact(mut body: Body, len: u64) -> Result<Bytes, Error> {
+    let mut buf = BytesMut::with_capacity(len as usize);
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
+            Error::new(
+                ErrorCode::BadArgument,
+                format!("cannot read the request body: {e}"),
+            )
+        })?;
+        if let Ok(data) = frame.into_data() {
+            if (buf.len() + data.len()) as u64 > len {
+                return Err(Error::bad_argument(
+                    "the request body is longer than its Content-Length",
+                ));
+            }
+            buf.extend_from_slice(&data);
+        }
+    }
+    Ok(buf.freeze())
+}
+
+/// Reads a body of unknown length, up to `max` bytes.
+async fn read_small(body: Body, max: u64) -> Result<Bytes, CallError> {
+    let limited = http_body_util::Limited::new(body, max as usize);
+    match limited.collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            Err(too_large(format!("the request body is over {max} bytes")))
+        }
+        Err(e) => Err(Error::bad_argument(format!("cannot read the request body: {e}")).into()),
+    }
+}
+
+impl VirtualReader {
+    /// Reads a job's body and builds its frame, within the limits and the
+    /// budget. An `Err` goes to the server as [`ReadError::Refused`]: it
+    /// answers it and counts it.
+    async fn prepare(
+        &mut self,
+        id: u64,
+        body: BodySpec,
+        build: Build,
+        limits: &Limits,
+        budget: Option<&MemoryBudget>,
+    ) -> Result<Incoming, CallError> {
+        let (bytes, permit) = match body {
+            BodySpec::None => (Bytes::new(), None),
+            BodySpec::Json(b) => (read_small(b, MAX_JSON_BODY).await?, None),
+            BodySpec::Tensors(b, len) => {
+                let Some(len) = len else {
+                    return Err(CallError {
+                        error: Error::bad_argument(
+                            "a tensor body needs a Content-Length header (chunked bodies are not accepted)",
+                        ),
+                        body_unread: true,
+                    });
+                };
+                // The tensors plus their msgpack descriptions.
+                let cap = limits
+                    .max_payload
+                    .saturating_add(u64::from(limits.max_header_len).min(MAX_DESCRIPTIONS));
+                if len > cap {
+                    return Err(too_large(format!(
+                        "the request body is {len} bytes; this server accepts at most {cap}"
+                    )));
+                }
+                let permit = match budget {
+                    Some(b) => Some(b.acquire(len).await.ok_or_else(|| {
+                        too_large(format!(
+                            "the request body is {len} bytes, more than the server's memory budget ({} bytes)",
+                            b.capacity()
+                        ))
+                    })?),
+                    None => None,
+                };
+                (read_exact(b, len).await?, permit)
+            }
+        };
+        let (request, tensors) = build(bytes)?;
+        if tensors.len() > limits.max_tensors as usize {
+            return Err(Error::new(
+                ErrorCode::PayloadTooLarge,
+                format!(
+                    "{} tensors in one request; this server accepts at most {}",
+                    tensors.len(),
+                    limits.max_tensors
+                ),
+            )
+            .into());
+        }
+        let payload: u64 = tensors.iter().map(|t| t.len() as u64).sum();
+        if payload > limits.max_payload {
+            return Err(Error::new(
+                ErrorCode::PayloadTooLarge,
+                format!(
+                    "{payload} bytes of tensors in one request; this server accepts at most {}",
+                    limits.max_payload
+                ),
+            )
+            .into());
+        }
+        let frame = protocol::encode(FrameKind::Request, id, &request, tensors)?;
+        if frame.header.len() > limits.max_header_len as usize {
+            return Err(Error::new(
+                ErrorCode::PayloadTooLarge,
+                format!(
+                    "request header of {} bytes; this server accepts at most {}",
+                    frame.header.len(),
+                    limits.max_header_len
+                ),
+            )
+            .into());
+        }
+        Ok(Incoming { frame, permit })
+    }
+}
+
+impl FrameReader for VirtualReader {
+    fn read_frame<'a>(
+        &'a mut self,
+        limits: &'a Limits,
+        budget: Option<&'a MemoryBudget>,
+    ) -> BoxFuture<'a, Result<Option<Incoming>, ReadError>> {
+        Box::pin(async move {
+            if let Some(frame) = self.hello.take() {
+                // The handshake's limits hold here too (a huge bearer token).
+                if frame.header.len() > limits.max_header_len as usize {
+                    return Err(ReadError::Refused {
+                        id: 0,
+                        error: Error::new(
+                            ErrorCode::PayloadTooLarge,
+                            "the authentication token is too long",
+                        ),
+                    });
+                }
+                return Ok(Some(Incoming {
+                    frame,
+                    permit: None,
+                }));
+            }
+            let Some(Job { body, build, reply }) = self.jobs.recv().await else {
+                return Ok(None);
+            };
+            let id = self.next_id;
+            self.next_id += 1;
+            let prepared = self.prepare(id, body, build, limits, budget).await;
+            let body_unread = prepared.as_ref().err().is_some_and(|e| e.body_unread);
+            let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            let Some(p) = pending.as_mut() else {
+                return Ok(None);
+            };
+            p.insert(id, Waiter { reply, body_unread });
+            // A refused request is answered by the server, which counts it.
+            match prepared {
+                Ok(inc) => Ok(Some(inc)),
+                Err(e) => Err(ReadError::Refused { id, error: e.error }),
+            }
+        })
+    }
+}
+
+struct VirtualWriter {
+    handshake: Option<oneshot::Sender<Result<Welcome, Error>>>,
+    pending: Pending,
+}
+
+impl VirtualWriter {
+    fn fail_all(&mut self, e: &Error) {
+        let waiting = self
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        for (_, w) in waiting.into_iter().flatten() {
+            let _ = w.reply.send(Err(e.clone()));
+        }
+    }
+}
+
+impl FrameWriter for VirtualWriter {
+    fn write_frame(&mut self, frame: Frame) -> BoxFuture<'_, io::Result<()>> {
+        Box::pin(async move {
+            if let Some(hs) = self.handshake.take() {
+                let result = match frame.kind {
+                    FrameKind::Welcome => protocol::decode_header::<Welcome>(&frame),
+                    _ => match protocol::decode_header::<Response>(&frame) {
+                        Ok(Response::Error(e)) => Err(e),
+                        Ok(other) => Err(Error::protocol(format!(
+                            "unexpected handshake reply {other:?}"
+                        ))),
+                        Err(e) => Err(e),
+                    },
+                };
+                let _ = hs.send(result);
+                return Ok(());
+            }
+            if frame.id == 0 {
+                // A connection-level error: the server closes after it.
+                let e = match protocol::decode_header::<Response>(&frame) {
+                    Ok(Response::Error(e)) => e,
+                    _ => Error::protocol("unexpected frame from the server"),
+                };
+                self.fail_all(&e);
+                return Ok(());
+            }
+            let waiter = self
+                .pending
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_mut()
+                .and_then(|p| p.remove(&frame.id));
+            if let Some(w) = waiter {
+                // The HTTP side may be gone (client disconnected): nothing to do.
+                let _ = w.reply.send(Ok((frame, w.body_unread)));
+            }
+            Ok(())
+        })
+    }
+
+    fn shutdown(&mut self) -> BoxFuture<'_, io::Result<()>> {
+        Box::pin(async move {
+            self.fail_all(&Error::new(
+                ErrorCode::Busy,
+                "the server closed the connection",
+            ));
+            Ok(())
+        })
+    }
+}

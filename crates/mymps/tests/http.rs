@@ -1,0 +1,187 @@
+//! End to end over `http://`: a real server with an HTTP and a TCP
+//! listener, a hand-written HTTP/1.1 client on one keep-alive socket, and
+//! the metrics read back over TCP (they count both).
+
+mod common;
+
+use mymps::client::Client;
+use mymps::server::ServerConfig;
+use mymps::transport::Endpoint;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+struct Reply {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Reply {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn json(&self) -> serde_json::Value {
+        assert_eq!(self.header("content-type"), Some("application/json"));
+        serde_json::from_slice(&self.body).unwrap()
+    }
+}
+
+/// Sends one request on `s` and reads its response (Content-Length bodies).
+async fn request(
+    s: &mut BufReader<TcpStream>,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Reply {
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: test\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    s.get_mut().write_all(head.as_bytes()).await.unwrap();
+    s.get_mut().write_all(body).await.unwrap();
+    let mut line = String::new();
+    s.read_line(&mut line).await.unwrap();
+    let status = line.split(' ').nth(1).unwrap().parse().unwrap();
+    let mut headers = Vec::new();
+    loop {
+        line.clear();
+        s.read_line(&mut line).await.unwrap();
+        let l = line.trim_end();
+        if l.is_empty() {
+            break;
+        }
+        let (k, v) = l.split_once(':').unwrap();
+        headers.push((k.to_owned(), v.trim().to_owned()));
+    }
+    let len: usize = headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+        .map(|(_, v)| v.parse().unwrap())
+        .expect("a content-length");
+    let mut body = vec![0; len];
+    s.read_exact(&mut body).await.unwrap();
+    Reply {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// The legacy msgpack body for one float32 vector named "0".
+fn msgpack_vector(v: &[f32]) -> Vec<u8> {
+    let data: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+    let mut b = vec![0x81, 0xa1, b'0', 0x83];
+    b.extend(b"\xa5shape\x91");
+    b.push(v.len() as u8);
+    b.extend(b"\xa5dtype\xa7float32\xa4data\xc4");
+    b.push(data.len() as u8);
+    b.extend(data);
+    b
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn legacy_routes_on_one_keep_alive_connection_and_metrics_over_tcp() {
+    let (server, _) = common::start_with(|c: &mut ServerConfig| {
+        c.listen = vec![
+            Endpoint::new("http", "127.0.0.1", 0),
+            Endpoint::new("tcp", "127.0.0.1", 0),
+        ];
+    })
+    .await;
+    let (http, tcp) = (&server.endpoints()[0], &server.endpoints()[1]);
+    assert_eq!(http.scheme, "http");
+    let mut s = BufReader::new(TcpStream::connect(http.host_port()).await.unwrap());
+
+    let h = request(&mut s, "GET", "/health", &[], b"").await;
+    assert_eq!(h.status, 200);
+    let h = h.json();
+    assert_eq!(h["status"], "ok");
+    assert_eq!(h["device"], common::device());
+
+    let r = request(
+        &mut s,
+        "POST",
+        "/exec",
+        &[("x-op", "neg")],
+        &msgpack_vector(&[1.0, 2.0]),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("content-type"), Some("application/msgpack"));
+    assert!(r.header("x-time").unwrap().parse::<f64>().unwrap() >= 0.0);
+    // The result is {"output": {"shape": [2], "dtype": "float32", "data": <8 bytes>}}.
+    let want: Vec<u8> = [-1.0f32, -2.0]
+        .iter()
+        .flat_map(|x| x.to_le_bytes())
+        .collect();
+    assert!(r.body.ends_with(&want));
+    assert!(r.body.windows(7).any(|w| w == b"float32"));
+    assert!(r.body.windows(6).any(|w| w == b"output"));
+
+    // Errors are JSON 4xx, and the same socket goes on.
+    let bad = request(&mut s, "POST", "/exec", &[("x-op", "neg")], b"garbage").await;
+    assert_eq!(bad.status, 400);
+    assert!(bad.json()["error"].as_str().unwrap().contains("msgpack"));
+    let bad = request(
+        &mut s,
+        "POST",
+        "/exec",
+        &[("x-op", "neg"), ("x-kwargs", "{oops")],
+        &msgpack_vector(&[1.0]),
+    )
+    .await;
+    assert_eq!(bad.status, 400);
+    let unknown = request(
+        &mut s,
+        "POST",
+        "/exec",
+        &[("x-op", "nope")],
+        &msgpack_vector(&[1.0]),
+    )
+    .await;
+    assert_eq!(unknown.status, 400);
+    assert_eq!(unknown.json()["code"], "unknown_op");
+    let missing = request(&mut s, "GET", "/models/ghost/info", &[], b"").await;
+    assert_eq!(missing.status, 404);
+    assert_eq!(request(&mut s, "GET", "/ops", &[], b"").await.status, 200);
+
+    let page = request(&mut s, "GET", "/", &[], b"").await;
+    assert_eq!(page.status, 200);
+    assert!(String::from_utf8_lossy(&page.body).contains("api/dashboard"));
+    let text = request(&mut s, "GET", "/metrics", &[], b"").await;
+    assert!(
+        String::from_utf8_lossy(&text.body).contains("mymps_requests_total{kind=\"exec\"} 2\n")
+    );
+
+    // Over TCP: the metrics count the HTTP requests (the two that reached
+    // a handler and the two refused by the HTTP front).
+    let c = Client::connect(&tcp.to_string()).await.unwrap();
+    let m = c.metrics().await.unwrap();
+    let exec = m.kind("exec").unwrap();
+    assert_eq!((exec.count, exec.errors), (2, 1));
+    assert_eq!(m.frames_refused, 2);
+    assert_eq!(m.kind("health").unwrap().count, 1);
+    assert_eq!(m.kind("metrics").unwrap().count, 1);
+    assert_eq!(
+        m.ops
+            .iter()
+            .map(|o| (o.op.as_str(), o.count))
+            .collect::<Vec<_>>(),
+        [("neg", 1)]
+    );
+    assert!(m.connections_open >= 2);
+
+    // mymps clients cannot connect to http:// (it serves HTTP clients).
+    let e = Client::connect(&http.to_string()).await.unwrap_err();
+    assert!(e.message.contains("tcp://"), "{e}");
+    server.shutdown().await;
+}
