@@ -226,6 +226,15 @@ fn main() -> ExitCode {
     if matches!(cli.command, Command::Serve(_)) {
         // SAFETY: no other thread runs yet.
         unsafe { mymps::backend_tch::prefer_huge_pages() };
+    } else {
+        // A client command whose output goes to a closed pipe (`| head`)
+        // ends quietly, as command-line tools do, instead of panicking in
+        // println!. (Not the server: its sockets must not raise SIGPIPE.)
+        #[cfg(unix)]
+        // SAFETY: restoring the default disposition of a signal.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
     }
     let result = match cli.command {
         Command::Serve(a) => serve(a),
@@ -335,6 +344,9 @@ fn serve(a: ServeArgs) -> Result<(), Error> {
             }
         }
         tracing::info!(model_types = ?server.models().model_types(), "model loaders");
+        // The signal handlers go in before the lines below: a script may
+        // send SIGTERM as soon as it has read them.
+        let shutdown = shutdown_signal()?;
         // One line per listener on stdout, for scripts and tests that ask
         // for port 0.
         let mut out = std::io::stdout().lock();
@@ -357,7 +369,7 @@ fn serve(a: ServeArgs) -> Result<(), Error> {
         }
         let _ = out.flush();
         drop(out);
-        server.serve(shutdown_signal()).await;
+        server.serve(shutdown).await;
         Ok(())
     })
 }
@@ -419,20 +431,34 @@ fn load_plugins(
     Ok(loaded)
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// Installs the SIGINT and SIGTERM handlers now, and returns what resolves
+/// when either signal comes.
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, Error> {
     #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler");
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
+    let wait = {
+        use tokio::signal::unix::{SignalKind, signal};
+        let handler = |kind: SignalKind| {
+            signal(kind).map_err(|e| Error::internal(format!("cannot handle signals: {e}")))
+        };
+        let (mut int, mut term) = (
+            handler(SignalKind::interrupt())?,
+            handler(SignalKind::terminate())?,
+        );
+        async move {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
         }
-    }
+    };
     #[cfg(not(unix))]
-    let _ = ctrl_c.await;
-    tracing::info!("shutting down: finishing requests in flight");
+    let wait = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    Ok(async move {
+        wait.await;
+        tracing::info!("shutting down: finishing requests in flight");
+    })
 }
 
 fn print_json(v: &impl serde::Serialize) {
