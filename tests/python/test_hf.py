@@ -12,6 +12,7 @@ there).
 """
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -20,7 +21,13 @@ import transformers as tf
 
 from mymps import BadArgumentError, ModelError
 
-ATOL = 1e-4
+# The server's device (conftest starts it there). On an accelerator the
+# models are loaded as float32 explicitly (its default is float16), and the
+# bound allows for the device's float32 arithmetic (TF32 convolutions).
+DEVICE = os.environ.get("MYMPS_TEST_DEVICE", "cpu")
+ON_CPU = DEVICE == "cpu"
+ATOL = 1e-4 if ON_CPU else 2e-3
+FLOAT32 = {} if ON_CPU else {"dtype": "float32"}
 VOCAB = 99
 BATCH, SEQ = 3, 9
 LENGTHS = [SEQ, 6, 3]  # tokens per row; the rest is padding
@@ -84,7 +91,7 @@ def compare(client, name, model, inputs, outputs, atol=ATOL):
 
 def load(client, name, model, path, **save_kw):
     model.save_pretrained(str(path), **save_kw)
-    info = client.load_model(name, model_type="huggingface", model_path=str(path))
+    info = client.load_model(name, model_type="huggingface", model_path=str(path), **FLOAT32)
     assert info["status"] == "ok" and info["name"] == name
     return info
 
@@ -291,6 +298,19 @@ def test_vit_matches_transformers(client, tmp_path):
 
 # ---- dtypes ---------------------------------------------------------------
 
+def test_default_dtype_is_float32_on_the_cpu_and_float16_on_accelerators(client, tmp_path):
+    m = tiny(tf.BertConfig, model=tf.BertModel, **ENCODER_KW)
+    m.save_pretrained(str(tmp_path / "m"))
+    info = client.load_model("default-dtype", model_type="huggingface", model_path=str(tmp_path / "m"))
+    device = client.health()["device"]
+    want = "float32" if device == "cpu" else "float16"
+    assert info["metadata"]["dtype"] == want, (device, info["metadata"])
+    ids, mask = token_ids()
+    out = client.infer("default-dtype", {"input_ids": ids, "attention_mask": mask})
+    assert out["last_hidden_state"].dtype == np.dtype(want)
+    client.unload_model("default-dtype")
+
+
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 def test_half_precision_loads(client, tmp_path, dtype):
     import ml_dtypes
@@ -420,7 +440,7 @@ def test_model_directories_resolve_under_the_model_root(server_factory, tmp_path
     server = server_factory("--model-root", str(root))
     with MympsClient(server.host, server.port) as c:
         # The name is the directory, relative to the root; the default model_type is huggingface.
-        info = c.load_model("org/tiny")
+        info = c.load_model("org/tiny", **FLOAT32)
         assert info["metadata"]["path"] == str(root / "org" / "tiny")
         ids, mask = token_ids()
         compare(c, "org/tiny", model, {"input_ids": ids, "attention_mask": mask}, ["last_hidden_state"])
