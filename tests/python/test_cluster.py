@@ -178,3 +178,44 @@ def test_errors_and_configuration(server_factory, tmp_path):
     s2.kill()
     with pytest.raises(MympsConnectionError, match="cannot reach any host"):
         MympsCluster([s2.addr], timeout=5)
+
+
+def test_a_quic_cluster_with_per_host_fingerprints_and_a_token(server_factory, tmp_path):
+    """Two QUIC hosts, each with its own generated certificate, from a TOML
+    file with a pinned fingerprint per host and a shared token; a keyword
+    fingerprint applies to a host without one of its own."""
+    token = tmp_path / "token"
+    token.write_text("cluster-secret\n")
+    hosts = []
+    for i in range(2):
+        s = server_factory(
+            "--listen", "quic://127.0.0.1:0",
+            "--tls-cert-out", str(tmp_path / f"cert{i}.pem"),
+            "--auth-token-file", str(token),
+        )
+        m = s.wait_line(r"^mymps: listening on (quic://\S+)\s*$")
+        fp = s.wait_line(r"^mymps: quic certificate .+ sha256 ([0-9a-f]{64})\s*$").group(1)
+        hosts.append((m.group(1), fp))
+    toml = tmp_path / "cluster.toml"
+    toml.write_text(
+        'token = "cluster-secret"\n'
+        + "".join(f'\n[[hosts]]\naddr = "{a}"\nfingerprint = "{fp}"\n' for a, fp in hosts)
+    )
+    with MympsCluster(config=str(toml), timeout=60) as cluster:
+        x = np.arange(12, dtype=np.float32).reshape(3, 4)
+        for i in range(40):
+            out = cluster.exec("add", {"0": x, "1": np.float32(i) * np.ones_like(x)})["output"]
+            np.testing.assert_array_equal(out, x + i)
+        status = cluster.status()
+        assert [h["state"] for h in status] == ["up", "up"], status
+        assert sum(h["served"] for h in status) >= 40, status
+    # Keywords: the token and the second host's pin given as arguments.
+    (addr0, fp0), (addr1, fp1) = hosts
+    toml.write_text(f'[[hosts]]\naddr = "{addr0}"\nfingerprint = "{fp0}"\n\n[[hosts]]\naddr = "{addr1}"\n')
+    with MympsCluster(config=str(toml), token="cluster-secret", tls_fingerprint=fp1, timeout=60) as cluster:
+        wait_until(cluster, lambda st: all(h["state"] == "up" for h in st))
+    # A wrong pin leaves that host down (never trusted), with the reason.
+    toml.write_text(f'[[hosts]]\naddr = "{addr0}"\nfingerprint = "{fp1}"\n')
+    with pytest.raises(MympsConnectionError) as e:
+        MympsCluster(config=str(toml), token="cluster-secret", timeout=10)
+    assert "fingerprint" in str(e.value), e.value

@@ -131,8 +131,8 @@ impl MympsCluster {
 impl MympsCluster {
     #[new]
     #[pyo3(
-        signature = (addrs = None, *, config = None, timeout = None, token = None, ca = None, fingerprint = None, health_interval = None),
-        text_signature = "(addrs=None, *, config=None, timeout=None, token=None, ca=None, fingerprint=None, health_interval=None)"
+        signature = (addrs = None, *, config = None, timeout = None, token = None, tls_ca = None, tls_fingerprint = None, health_interval = None),
+        text_signature = "(addrs=None, *, config=None, timeout=None, token=None, tls_ca=None, tls_fingerprint=None, health_interval=None)"
     )]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -141,8 +141,8 @@ impl MympsCluster {
         config: Option<PathBuf>,
         timeout: Option<f64>,
         token: Option<String>,
-        ca: Option<PathBuf>,
-        fingerprint: Option<String>,
+        tls_ca: Option<PathBuf>,
+        tls_fingerprint: Option<String>,
         health_interval: Option<f64>,
     ) -> PyResult<Self> {
         let mut cfg = match (addrs.filter(|a| !a.is_none()), config) {
@@ -176,8 +176,8 @@ impl MympsCluster {
             cfg.health_interval = seconds("health_interval", t)?;
         }
         cfg.token = cfg.token.or(token);
-        cfg.ca = cfg.ca.or(ca);
-        cfg.fingerprint = cfg.fingerprint.or(fingerprint);
+        cfg.ca = cfg.ca.or(tls_ca);
+        cfg.fingerprint = cfg.fingerprint.or(tls_fingerprint);
         let inner = py
             .detach(|| blocking::Cluster::connect(cfg))
             .map_err(to_py)?;

@@ -108,8 +108,8 @@ class MympsCluster:
         config: Optional[str] = None,
         timeout: Optional[float] = None,
         token: Optional[str] = None,
-        ca: Optional[str] = None,
-        fingerprint: Optional[str] = None,
+        tls_ca: Optional[Union[str, "os.PathLike[str]"]] = None,
+        tls_fingerprint: Optional[str] = None,
         health_interval: Optional[float] = None,
     ) -> Self: ...
     def exec(
