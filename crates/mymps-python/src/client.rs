@@ -21,8 +21,9 @@ use crate::errors::{bad_argument, to_py};
 ///     timeout: seconds to wait for each reply (connecting included), or
 ///         None for no limit. A request that takes longer raises
 ///         MympsTimeoutError; the client stays usable.
-///     transport: "tcp" (the only one in this build; "quic" and "zmq"
-///         come later). An unknown one raises UnsupportedError.
+///     transport: "tcp" or "zmq" (ZeroMQ: the server must listen on
+///         zmq://). `mymps.transports()` lists those in this build; an
+///         unknown one raises UnsupportedError.
 ///     token: authentication token, for servers that require one.
 ///
 /// Raises:
@@ -505,7 +506,7 @@ impl MympsClient {
         self.timeout
     }
 
-    /// The transport ("tcp").
+    /// The transport ("tcp" or "zmq").
     #[getter]
     fn transport(&self) -> &str {
         &self.transport

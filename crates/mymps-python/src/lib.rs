@@ -27,7 +27,7 @@ fn _copy_counters() -> (u64, u64) {
     convert::copy_counters()
 }
 
-/// The transports compiled into this build (`["tcp"]`).
+/// The transports compiled into this build (`["tcp", "zmq"]`).
 #[pyfunction]
 fn transports() -> Vec<&'static str> {
     mymps::transport::available_schemes()
@@ -39,6 +39,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     // Naming the TCP transport's static makes the linker keep the object
     // that registers it (a `pub use` alone references nothing).
     std::hint::black_box(&mymps::tcp::TRANSPORT);
+    std::hint::black_box(&mymps::zmq::TRANSPORT);
     m.add_class::<client::MympsClient>()?;
     m.add_class::<convert::ResultBuffer>()?;
     m.add_function(wrap_pyfunction!(_copy_counters, m)?)?;

@@ -9,9 +9,15 @@
 //!
 //! ## Features
 //! - `tcp` (default): the TCP transport, `tcp://host:port`.
+//! - `zmq` (default): the ZeroMQ transport, `zmq://host:port` (a ROUTER
+//!   socket on the server, DEALER on the client; any ZeroMQ binding can
+//!   speak it, see `docs/protocol.md`). libzmq is compiled from the
+//!   source the `zmq` crate ships (a C++ compiler is needed, no system
+//!   package). On by default so that the `mymps` command speaks it.
 //! - `server` (default): the libtorch backend ([`backend_tch`]) and the op
 //!   whitelist ([`ops`]); needs libtorch at build time. A client-only build
-//!   (`default-features = false, features = ["tcp"]`) needs no libtorch.
+//!   (`default-features = false, features = ["tcp"]`, plus `"zmq"` for
+//!   ZeroMQ) needs no libtorch.
 //!
 //! ## Client
 //! ```no_run
@@ -45,6 +51,11 @@ pub mod npy;
 /// registers `tcp://` for every program that uses this facade.
 #[cfg(feature = "tcp")]
 pub use mymps_transport_tcp as tcp;
+
+/// The ZeroMQ transport (feature `zmq`). Naming the crate here links it,
+/// which registers `zmq://`.
+#[cfg(feature = "zmq")]
+pub use mymps_transport_zmq as zmq;
 
 /// The libtorch backend (feature `server`).
 #[cfg(feature = "server")]

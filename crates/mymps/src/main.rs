@@ -118,8 +118,9 @@ enum ModelsCommand {
 
 #[derive(ClapArgs)]
 struct ServeArgs {
-    /// Where to listen (repeat for several listeners). Default:
-    /// tcp://$MYMPS_HOST:$MYMPS_PORT, else tcp://127.0.0.1:5555.
+    /// Where to listen (repeat for several listeners): tcp://HOST:PORT or
+    /// zmq://HOST:PORT (ZeroMQ). Default: tcp://$MYMPS_HOST:$MYMPS_PORT,
+    /// else tcp://127.0.0.1:5555.
     #[arg(long, value_name = "URL")]
     listen: Vec<String>,
     /// Device: auto (MPS, then CUDA, then CPU), cpu, cuda, cuda:N, mps.
@@ -155,7 +156,7 @@ struct ServeArgs {
 
 #[derive(ClapArgs)]
 struct ClientArgs {
-    /// Server address.
+    /// Server address: tcp://HOST:PORT or zmq://HOST:PORT.
     #[arg(
         long,
         env = "MYMPS_ADDR",

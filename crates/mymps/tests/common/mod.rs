@@ -16,8 +16,17 @@ pub fn device() -> String {
 
 /// Starts a server on `tcp://127.0.0.1:0` with `tweak` applied to its config.
 pub async fn start_with(tweak: impl FnOnce(&mut ServerConfig)) -> (ServerHandle, String) {
+    start_on("tcp", tweak).await
+}
+
+/// Starts a server on `SCHEME://127.0.0.1:0` (`tcp`, `zmq`, ...) with
+/// `tweak` applied to its config; returns it and its address.
+pub async fn start_on(
+    scheme: &str,
+    tweak: impl FnOnce(&mut ServerConfig),
+) -> (ServerHandle, String) {
     let mut config = ServerConfig {
-        listen: vec![Endpoint::new("tcp", "127.0.0.1", 0)],
+        listen: vec![Endpoint::new(scheme, "127.0.0.1", 0)],
         ..ServerConfig::default()
     };
     tweak(&mut config);
