@@ -18,7 +18,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 stamp=.venv/.mymps-requirements
 if ! cmp -s scripts/requirements-dev.txt "$stamp" 2>/dev/null \
-   || ! .venv/bin/python -c "import torch, numpy, ml_dtypes, pytest; assert torch.__version__.split('+')[0] == '2.11.0'" 2>/dev/null; then
+   || ! .venv/bin/python -c "import torch, numpy, ml_dtypes, pytest, zmq, msgpack; assert torch.__version__.split('+')[0] == '2.11.0'" 2>/dev/null; then
     say "installing torch 2.11.0 and test dependencies into .venv (first time: a few minutes)"
     .venv/bin/python -m pip install -q --upgrade pip
     .venv/bin/python -m pip install -q -r scripts/requirements-dev.txt

@@ -23,8 +23,8 @@
 //! queue of received frames not yet read by the server (excess frames are
 //! answered with `busy`), the idle time after which a silent peer's
 //! session ends, and the largest part libzmq accepts (`ZMQ_MAXMSGSIZE`,
-//! set from the server's limits; a peer that sends a larger part is
-//! disconnected by libzmq).
+//! set from the server's limits in [`TransportOptions::limits`]; a peer
+//! that sends a larger part is disconnected by libzmq).
 //!
 //! Zero copies: received parts become the tensors' `Bytes` in place (the
 //! buffer stays libzmq's until the last `Bytes` is dropped) and tensors
@@ -68,9 +68,9 @@ pub struct ZmqConfig {
     /// Server: a session whose peer sent nothing (not even a heartbeat)
     /// for this long ends; the peer must send a Hello again.
     pub idle_timeout: Duration,
-    /// Server: the largest part libzmq accepts before the server's limits
-    /// are known (then: the largest part those limits allow). `None`: no
-    /// limit.
+    /// Server: the largest part libzmq accepts when the bind options carry
+    /// no limits (with limits: the largest part a frame may have under
+    /// them). `None`: no limit.
     pub max_part_size: Option<u64>,
     /// Messages libzmq queues for one peer before sends to it fail
     /// (`ZMQ_SNDHWM`). The server drops replies to a peer that leaves
@@ -142,14 +142,14 @@ impl Transport for ZmqTransport {
         SCHEME
     }
 
-    /// Binds a ROUTER socket; ZeroMQ over TCP uses none of the options (it
-    /// has no TLS).
+    /// Binds a ROUTER socket. Of the options, only `limits` is used (for
+    /// `ZMQ_MAXMSGSIZE`); ZeroMQ over TCP has no TLS.
     fn bind<'a>(
         &'a self,
         endpoint: &'a Endpoint,
-        _options: &'a TransportOptions,
+        options: &'a TransportOptions,
     ) -> BoxFuture<'a, io::Result<Box<dyn Listener>>> {
-        Box::pin(server::bind(endpoint, &self.config))
+        Box::pin(server::bind(endpoint, &self.config, options.limits.as_ref()))
     }
 
     fn connect<'a>(

@@ -13,7 +13,7 @@
 use std::collections::HashMap;
 use std::io;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -39,22 +39,28 @@ const ACCEPT_QUEUE: usize = 64;
 
 struct Shared {
     waker: Waker,
-    /// The largest part libzmq should accept, as the server's limits say
-    /// (learnt from the first session's reads); applied by the pump.
-    wanted_max_part: AtomicI64,
 }
 
 type Outgoing = (Bytes, Frame);
 
 /// Binds a ROUTER socket at `endpoint` and starts its pump thread.
-pub async fn bind(endpoint: &Endpoint, config: &ZmqConfig) -> io::Result<Box<dyn Listener>> {
+pub async fn bind(
+    endpoint: &Endpoint,
+    config: &ZmqConfig,
+    limits: Option<&Limits>,
+) -> io::Result<Box<dyn Listener>> {
     let host = crate::resolve(endpoint, true).await?;
     let ctx = context();
     let mut router = ctx.socket(zmq::ROUTER).map_err(io_err)?;
     router.set_linger(0).map_err(io_err)?;
     router.set_router_mandatory(true).map_err(io_err)?;
     router.set_sndhwm(config.send_hwm).map_err(io_err)?;
-    let max_part = config.max_part_size.map_or(-1, clamp_i64);
+    // libzmq takes its options when it binds: later changes would not reach
+    // the connections this listener accepts.
+    let max_part = match limits {
+        Some(l) => clamp_i64(wire::max_part(l)),
+        None => config.max_part_size.map_or(-1, clamp_i64),
+    };
     router.set_maxmsgsize(max_part).map_err(io_err)?;
     router.set_ipv6(host.contains(':')).map_err(io_err)?;
     crate::set_heartbeats(&mut router, config)?;
@@ -79,10 +85,7 @@ pub async fn bind(endpoint: &Endpoint, config: &ZmqConfig) -> io::Result<Box<dyn
     let local = Endpoint::new(SCHEME, shown_host, bound_port);
 
     let (waker, wake_rx) = Waker::new()?;
-    let shared = Arc::new(Shared {
-        waker,
-        wanted_max_part: AtomicI64::new(max_part),
-    });
+    let shared = Arc::new(Shared { waker });
     let (out_tx, out_rx) = mpsc::channel(OUTGOING);
     let (accept_tx, accept_rx) = mpsc::channel(ACCEPT_QUEUE);
     let pump = Pump {
@@ -94,7 +97,6 @@ pub async fn bind(endpoint: &Endpoint, config: &ZmqConfig) -> io::Result<Box<dyn
         accept_tx,
         sessions: HashMap::new(),
         config: config.clone(),
-        applied_max_part: max_part,
         local: local.clone(),
     };
     std::thread::Builder::new()
@@ -160,7 +162,6 @@ struct Pump {
     accept_tx: mpsc::Sender<Connection>,
     sessions: HashMap<Bytes, Session>,
     config: ZmqConfig,
-    applied_max_part: i64,
     local: Endpoint,
 }
 
@@ -174,14 +175,6 @@ impl Pump {
         loop {
             if self.accept_tx.is_closed() {
                 break;
-            }
-            let wanted = self.shared.wanted_max_part.load(Ordering::Acquire);
-            if wanted != self.applied_max_part {
-                match self.router.set_maxmsgsize(wanted) {
-                    Ok(()) => debug!(max_part = wanted, "zeromq message size limit set"),
-                    Err(e) => warn!(error = %e, "cannot set the zeromq message size limit"),
-                }
-                self.applied_max_part = wanted;
             }
             let timeout = if more {
                 0
@@ -425,7 +418,6 @@ impl Pump {
             reader: Box::new(SessionReader {
                 rx,
                 queued_bytes: queued_bytes.clone(),
-                shared: self.shared.clone(),
             }),
             writer: Box::new(SessionWriter {
                 identity: identity.clone(),
@@ -465,7 +457,6 @@ fn hex(b: &[u8]) -> String {
 struct SessionReader {
     rx: mpsc::Receiver<Frame>,
     queued_bytes: Arc<AtomicU64>,
-    shared: Arc<Shared>,
 }
 
 impl SessionReader {
@@ -474,13 +465,6 @@ impl SessionReader {
         limits: &Limits,
         budget: Option<&MemoryBudget>,
     ) -> Result<Option<Incoming>, ReadError> {
-        if limits.max_tensors > 0 {
-            // The server's limits after the handshake: let libzmq refuse
-            // parts that no frame may carry.
-            self.shared
-                .wanted_max_part
-                .store(clamp_i64(wire::max_part(limits)), Ordering::Release);
-        }
         let Some(frame) = self.rx.recv().await else {
             return Ok(None);
         };

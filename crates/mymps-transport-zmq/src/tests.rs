@@ -327,3 +327,57 @@ async fn a_client_learns_of_a_refused_or_lost_connection() {
         "{r:?}"
     );
 }
+
+#[tokio::test]
+async fn libzmq_drops_a_peer_that_sends_a_part_larger_than_any_frame() {
+    let limits = Limits {
+        max_header_len: 64,
+        max_tensors: 4,
+        max_payload: 1000,
+    };
+    let options = TransportOptions {
+        limits: Some(limits),
+        ..TransportOptions::default()
+    };
+    let mut l = ZmqTransport::default()
+        .bind(&Endpoint::new("zmq", "127.0.0.1", 0), &options)
+        .await
+        .unwrap();
+    let port = l.local_endpoint().port;
+    let d = dealer(port);
+    let monitor_addr = crate::sock::inproc("test-monitor");
+    d.monitor(&monitor_addr, zmq_sys::ZMQ_EVENT_DISCONNECTED as i32)
+        .unwrap();
+    let monitor = crate::sock::context().socket(zmq::PAIR).unwrap();
+    monitor.set_rcvtimeo(5000).unwrap();
+    monitor.connect(&monitor_addr).unwrap();
+    send(&d, &hello());
+    let mut c = accept(&mut l).await;
+    read(&mut c).await;
+    // 1000 bytes: the largest part allowed; it arrives.
+    let ok = Frame::new(
+        FrameKind::Request,
+        1,
+        Bytes::new(),
+        vec![Bytes::from(vec![1u8; 1000])],
+    );
+    send(&d, &ok);
+    assert_eq!(read(&mut c).await, ok);
+    // 1001 bytes: libzmq drops the connection without delivering it.
+    let big = Frame::new(
+        FrameKind::Request,
+        2,
+        Bytes::new(),
+        vec![Bytes::from(vec![1u8; 1001])],
+    );
+    send(&d, &big);
+    let event = monitor.recv_msg(0).expect("a disconnect within 5 s");
+    let code = u16::from_ne_bytes([event[0], event[1]]);
+    assert_eq!(u32::from(code), zmq_sys::ZMQ_EVENT_DISCONNECTED);
+    let r = tokio::time::timeout(
+        Duration::from_millis(300),
+        c.reader.read_frame(&Limits::DEFAULT, None),
+    )
+    .await;
+    assert!(r.is_err(), "the oversized frame was delivered: {r:?}");
+}
