@@ -123,8 +123,7 @@ impl Pump {
         loop {
             match &self.ready {
                 Some(r) if r.is_closed() => break,
-                Some(r) => {
-                    let _ = r;
+                Some(_) => {
                     if started.elapsed() >= self.config.connect_timeout {
                         let t = self.config.connect_timeout;
                         self.fail_connect(io::Error::new(
@@ -248,10 +247,11 @@ impl Pump {
                     }
                 }
             }
-            if last_send.elapsed() >= self.config.heartbeat && self.backlog.is_empty() {
-                if self.dealer.send(&b""[..], zmq::DONTWAIT).is_ok() {
-                    last_send = Instant::now();
-                }
+            if last_send.elapsed() >= self.config.heartbeat
+                && self.backlog.is_empty()
+                && self.dealer.send(&b""[..], zmq::DONTWAIT).is_ok()
+            {
+                last_send = Instant::now();
             }
         }
         debug!(addr = %self.addr, "zeromq client thread ends");

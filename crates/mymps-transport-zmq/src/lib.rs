@@ -149,7 +149,11 @@ impl Transport for ZmqTransport {
         endpoint: &'a Endpoint,
         options: &'a TransportOptions,
     ) -> BoxFuture<'a, io::Result<Box<dyn Listener>>> {
-        Box::pin(server::bind(endpoint, &self.config, options.limits.as_ref()))
+        Box::pin(server::bind(
+            endpoint,
+            &self.config,
+            options.limits.as_ref(),
+        ))
     }
 
     fn connect<'a>(
