@@ -51,7 +51,7 @@ pub async fn bind(
 ) -> io::Result<Box<dyn Listener>> {
     let host = crate::resolve(endpoint, true).await?;
     let ctx = context();
-    let mut router = ctx.socket(zmq::ROUTER).map_err(io_err)?;
+    let router = ctx.socket(zmq::ROUTER).map_err(io_err)?;
     router.set_linger(0).map_err(io_err)?;
     router.set_router_mandatory(true).map_err(io_err)?;
     router.set_sndhwm(config.send_hwm).map_err(io_err)?;
@@ -63,7 +63,13 @@ pub async fn bind(
     };
     router.set_maxmsgsize(max_part).map_err(io_err)?;
     router.set_ipv6(host.contains(':')).map_err(io_err)?;
-    crate::set_heartbeats(&mut router, config)?;
+    // No ZMTP heartbeats on the ROUTER: with them, libzmq 4.3.4 now and
+    // then leaves a connection open (and answering heartbeats) after the
+    // socket is closed, so that clients never learn that the server went
+    // away. TCP keepalives find dead peers' connections instead; sessions
+    // of silent peers end by the idle timeout.
+    router.set_tcp_keepalive(1).map_err(io_err)?;
+    router.set_tcp_keepalive_idle(60).map_err(io_err)?;
     let port = if endpoint.port == 0 {
         "*".to_owned()
     } else {
@@ -316,7 +322,6 @@ impl Pump {
                 parts.push(message_to_bytes(m));
             }
         }
-        let bytes: u64 = parts.iter().map(|p| p.len() as u64).sum();
         if let Some(s) = self.sessions.get_mut(&identity) {
             s.last_seen = Instant::now();
         }
@@ -334,6 +339,7 @@ impl Pump {
             return true;
         }
         let id = frame.id;
+        let bytes = queued_size(&frame);
         let Some(s) = self.sessions.get(&identity).filter(|s| !s.closed()) else {
             self.sessions.remove(&identity);
             let idle = self.config.idle_timeout.as_secs_f64();
@@ -407,7 +413,7 @@ impl Pump {
             return;
         }
         let (tx, rx) = mpsc::channel(self.config.peer_queue.max(1));
-        let queued_bytes = Arc::new(AtomicU64::new(0));
+        let queued_bytes = Arc::new(AtomicU64::new(queued_size(&hello)));
         tx.try_send(hello).expect("a new queue has room");
         let peer = format!(
             "zmq {} id {}",
@@ -450,6 +456,11 @@ impl Pump {
     }
 }
 
+/// The bytes a frame holds while it waits in a session queue.
+fn queued_size(frame: &Frame) -> u64 {
+    frame.header.len() as u64 + frame.tensors.iter().map(|t| t.len() as u64).sum::<u64>()
+}
+
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
@@ -468,9 +479,8 @@ impl SessionReader {
         let Some(frame) = self.rx.recv().await else {
             return Ok(None);
         };
-        let bytes =
-            frame.header.len() as u64 + frame.tensors.iter().map(|t| t.len() as u64).sum::<u64>();
-        self.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
+        self.queued_bytes
+            .fetch_sub(queued_size(&frame), Ordering::AcqRel);
         let permit = wire::admit(&frame, limits, budget)
             .await
             .map_err(ReadError::Frame)?;
