@@ -11,6 +11,13 @@ cd "$(dirname "$0")/.."
 
 say() { printf '\033[1mmymps setup:\033[0m %s\n' "$*" >&2; }
 
+# 0. A C++ compiler: the `zmq` crate builds libzmq from the source it ships
+#    (no libzmq package needed). Debian's machines usually have one.
+if ! command -v c++ >/dev/null 2>&1; then
+    say "installing a C++ compiler (g++) to build libzmq"
+    apt-get update -qq && apt-get install -y -qq g++ >/dev/null
+fi
+
 # 1. Python virtualenv with torch 2.11.0 and the test dependencies.
 if [ ! -x .venv/bin/python ]; then
     say "creating .venv"
