@@ -13,12 +13,19 @@ say() { printf '\033[1mmymps setup:\033[0m %s\n' "$*" >&2; }
 
 # 0. System packages: headless Chromium renders the HTTP dashboard in its
 #    test (tests/python/test_http_dashboard.py). Debian's `chromium`.
+as_root=()
+[ "$(id -u)" -ne 0 ] && as_root=(sudo)
 if command -v apt-get >/dev/null 2>&1 && ! dpkg -s chromium >/dev/null 2>&1; then
-    as_root=()
-    [ "$(id -u)" -ne 0 ] && as_root=(sudo)
     say "installing chromium (apt-get; for the dashboard test)"
     "${as_root[@]}" apt-get update -qq
     DEBIAN_FRONTEND=noninteractive "${as_root[@]}" apt-get install -y -qq chromium >/dev/null
+fi
+# 0b. A C++ compiler: the `zmq` crate builds libzmq from the source it ships
+#    (no libzmq package needed). Debian's machines usually have one.
+if ! command -v c++ >/dev/null 2>&1; then
+    say "installing a C++ compiler (g++) to build libzmq"
+    "${as_root[@]}" apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive "${as_root[@]}" apt-get install -y -qq g++ >/dev/null
 fi
 
 # 1. Python virtualenv with torch 2.11.0 and the test dependencies.
@@ -28,7 +35,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 stamp=.venv/.mymps-requirements
 if ! cmp -s scripts/requirements-dev.txt "$stamp" 2>/dev/null \
-   || ! .venv/bin/python -c "import torch, numpy, ml_dtypes, pytest, transformers, msgpack; assert torch.__version__.split('+')[0] == '2.11.0'" 2>/dev/null; then
+   || ! .venv/bin/python -c "import torch, numpy, ml_dtypes, pytest, transformers, zmq, msgpack; assert torch.__version__.split('+')[0] == '2.11.0'" 2>/dev/null; then
     say "installing torch 2.11.0 and test dependencies into .venv (first time: a few minutes)"
     .venv/bin/python -m pip install -q --upgrade pip
     .venv/bin/python -m pip install -q -r scripts/requirements-dev.txt

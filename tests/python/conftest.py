@@ -7,9 +7,11 @@
   with ``.host``, ``.port`` and ``.addr`` and is stopped at the end.
 - ``client`` (function): ``MympsClient(host, port)`` connected to it, closed
   afterwards.
+- ``zmq_server`` (session): the same on ``zmq://127.0.0.1:0`` (ZeroMQ).
 - ``server_factory`` (function): ``server_factory("--max-payload", "1000")``
   starts a further server of its own (for tests that kill it or need other
-  settings); all are stopped after the test.
+  settings; ``listen="zmq://127.0.0.1:0"`` for ZeroMQ); all are stopped
+  after the test.
 
 Build first: ``cargo build -p mymps`` and ``scripts/build-python.sh``.
 """
@@ -31,7 +33,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 STARTUP_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 10.0
-_LISTENING = re.compile(r"^mymps: listening on (tcp://(\S+):(\d+))\s*$")
+_LISTENING = re.compile(r"^mymps: listening on ((\w+)://(\S+):(\d+))\s*$")
 
 
 def server_binary() -> Path:
@@ -49,13 +51,15 @@ def server_binary() -> Path:
 class ServerProcess:
     """A running ``mymps serve`` process on 127.0.0.1 with a port the system chose."""
 
-    def __init__(self, *extra_args: str, device: Optional[str] = None) -> None:
+    def __init__(
+        self, *extra_args: str, device: Optional[str] = None, listen: str = "tcp://127.0.0.1:0"
+    ) -> None:
         device = device or os.environ.get("MYMPS_TEST_DEVICE", "cpu")
         self.args = [
             str(server_binary()),
             "serve",
             "--listen",
-            "tcp://127.0.0.1:0",
+            listen,
             "--device",
             device,
             # The tests' model files are made in temporary folders.
@@ -83,8 +87,9 @@ class ServerProcess:
         self.lines: List[str] = [line]
         self._lines_changed = threading.Condition()
         self.addr: str = m.group(1)
-        self.host: str = m.group(2)
-        self.port: int = int(m.group(3))
+        self.scheme: str = m.group(2)
+        self.host: str = m.group(3)
+        self.port: int = int(m.group(4))
         # Keep draining stdout so that the server never blocks on a full pipe.
         self._drain = threading.Thread(target=self._drain_stdout, daemon=True)
         self._drain.start()
@@ -181,6 +186,16 @@ def mymps_server() -> Iterator[ServerProcess]:
         server.stop()
 
 
+@pytest.fixture(scope="session")
+def zmq_server() -> Iterator[ServerProcess]:
+    """One real server on ``zmq://127.0.0.1:0`` for the whole session."""
+    server = ServerProcess(listen="zmq://127.0.0.1:0")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 @pytest.fixture
 def client(mymps_server: ServerProcess):
     """A MympsClient connected to the session's server, closed afterwards."""
@@ -198,8 +213,10 @@ def server_factory():
     """Starts servers of the test's own: ``server_factory(*extra_args)``."""
     started: List[ServerProcess] = []
 
-    def start(*extra_args: str, device: Optional[str] = None) -> ServerProcess:
-        s = ServerProcess(*extra_args, device=device)
+    def start(
+        *extra_args: str, device: Optional[str] = None, listen: str = "tcp://127.0.0.1:0"
+    ) -> ServerProcess:
+        s = ServerProcess(*extra_args, device=device, listen=listen)
         started.append(s)
         return s
 

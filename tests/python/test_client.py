@@ -31,7 +31,20 @@ def check_device(actual):
         assert actual == want
 
 
-def test_matmul_snippet(client):
+@pytest.fixture(params=["tcp", "zmq"])
+def any_client(request):
+    """A client over each transport (the session's TCP and ZeroMQ servers)."""
+    server = request.getfixturevalue("mymps_server" if request.param == "tcp" else "zmq_server")
+    c = MympsClient(server.host, server.port, transport=request.param)
+    assert c.transport == request.param
+    try:
+        yield c
+    finally:
+        c.close()
+
+
+def test_matmul_snippet(any_client):
+    client = any_client
     a = RNG.standard_normal((64, 128)).astype(np.float32)
     b = RNG.standard_normal((128, 32)).astype(np.float32)
     out = client.exec("matmul", {"0": a, "1": b})
@@ -41,7 +54,8 @@ def test_matmul_snippet(client):
     np.testing.assert_allclose(r, a @ b, rtol=1e-4, atol=1e-4)
 
 
-def test_softmax_snippet_rows_sum_to_one(client):
+def test_softmax_snippet_rows_sum_to_one(any_client):
+    client = any_client
     x = RNG.standard_normal((10, 50)).astype(np.float32)
     p = client.exec("softmax", {"0": x}, dim=-1)["output"]
     assert p.shape == x.shape and p.dtype == np.float32
@@ -50,7 +64,8 @@ def test_softmax_snippet_rows_sum_to_one(client):
     np.testing.assert_allclose(p, e / e.sum(axis=-1, keepdims=True), rtol=1e-5, atol=1e-6)
 
 
-def test_svd_snippet_reconstructs(client):
+def test_svd_snippet_reconstructs(any_client):
+    client = any_client
     m = RNG.standard_normal((8, 5))
     out = client.exec("svd", {"0": m}, full_matrices=False)
     assert sorted(out) == ["0", "1", "2"]
@@ -61,7 +76,8 @@ def test_svd_snippet_reconstructs(client):
     np.testing.assert_allclose(s, np.linalg.svd(m, compute_uv=False), rtol=1e-10)
 
 
-def test_conv2d_snippet(client):
+def test_conv2d_snippet(any_client):
+    client = any_client
     x = RNG.standard_normal((1, 3, 32, 32)).astype(np.float32)
     w = RNG.standard_normal((16, 3, 3, 3)).astype(np.float32)
     y = client.exec("conv2d", {"input": x, "weight": w})["output"]

@@ -26,7 +26,8 @@ const MIB: usize = 1 << 20;
 #[derive(Parser, Debug)]
 #[command(name = "mymps-bench", about = "Benchmarks a mymps server")]
 struct Args {
-    /// Use a running server (tcp://host:port) instead of starting one.
+    /// Use a running server (tcp://host:port, zmq://host:port) instead of
+    /// starting one.
     /// Server memory is then read through the `stats` request.
     #[arg(long, value_name = "URL")]
     addr: Option<String>,
@@ -421,8 +422,12 @@ fn run(args: &Args, device: &str) -> Result<(), String> {
     notes.push(server.note.clone());
     let schemes = mymps::transport::available_schemes();
     notes.push(format!(
-        "transports compiled in: {} (the server under test listens on tcp)",
-        schemes.join(", ")
+        "transports compiled in: {}; measured over {}",
+        schemes.join(", "),
+        server
+            .url
+            .split_once("://")
+            .map_or("tcp", |(scheme, _)| scheme)
     ));
     if cfg!(debug_assertions) {
         notes

@@ -137,10 +137,14 @@ impl Server {
         };
         let models = Arc::new(ModelRegistry::new(&root)?);
         let mut listeners = Vec::new();
+        let options = TransportOptions {
+            limits: Some(config.limits),
+            ..config.transport.clone()
+        };
         for ep in &config.listen {
             let t = transport_for(&ep.scheme)?;
             let l = t
-                .bind(ep, &config.transport)
+                .bind(ep, &options)
                 .await
                 .map_err(|e| Error::connection(format!("cannot listen on {ep}: {e}")))?;
             listeners.push(l);

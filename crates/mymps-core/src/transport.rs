@@ -256,6 +256,10 @@ pub struct TransportOptions {
     /// Client: the pinned SHA-256 fingerprint of the server's certificate
     /// (hex, colons and case ignored).
     pub tls_fingerprint: Option<String>,
+    /// Server: the frame limits after the handshake. [`crate::server`]
+    /// sets them from its config when it binds, so that a transport with
+    /// its own message layer (ZeroMQ) can refuse oversized messages there.
+    pub limits: Option<Limits>,
 }
 
 /// A transport: a way to listen and connect for one URL scheme.

@@ -21,8 +21,9 @@ use crate::errors::{bad_argument, to_py};
 ///     timeout: seconds to wait for each reply (connecting included), or
 ///         None for no limit. A request that takes longer raises
 ///         MympsTimeoutError; the client stays usable.
-///     transport: "tcp" or "quic" (`mymps.transports()` lists those of
-///         this build). An unknown one raises UnsupportedError.
+///     transport: "tcp", "quic" or "zmq" (ZeroMQ: the server must listen
+///         on zmq://). `mymps.transports()` lists those in this build; an
+///         unknown one raises UnsupportedError.
 ///     token: authentication token, for servers that require one.
 ///     tls_ca: quic: the server's certificate or its CA (a PEM file) to
 ///         verify the server with.
@@ -516,7 +517,7 @@ impl MympsClient {
         self.timeout
     }
 
-    /// The transport ("tcp", "quic").
+    /// The transport ("tcp", "quic" or "zmq").
     #[getter]
     fn transport(&self) -> &str {
         &self.transport

@@ -29,7 +29,7 @@ fn _copy_counters() -> (u64, u64) {
     convert::copy_counters()
 }
 
-/// The transports compiled into this build (`["quic", "tcp"]`).
+/// The transports compiled into this build (`["quic", "tcp", "zmq"]`).
 #[pyfunction]
 fn transports() -> Vec<&'static str> {
     mymps::transport::available_schemes()
@@ -42,6 +42,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     // that registers it (a `pub use` alone references nothing).
     std::hint::black_box(&mymps::tcp::TRANSPORT);
     std::hint::black_box(&mymps::quic::TRANSPORT);
+    std::hint::black_box(&mymps::zmq::TRANSPORT);
     m.add_class::<client::MympsClient>()?;
     m.add_class::<cluster::MympsCluster>()?;
     m.add_class::<convert::ResultBuffer>()?;

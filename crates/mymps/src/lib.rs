@@ -12,13 +12,19 @@
 //! - `quic` (default): the QUIC transport, `quic://host:port`: TLS 1.3
 //!   (verified with a CA file or a pinned fingerprint), one stream per
 //!   request; see [`quic`].
+//! - `zmq` (default): the ZeroMQ transport, `zmq://host:port` (a ROUTER
+//!   socket on the server, DEALER on the client; any ZeroMQ binding can
+//!   speak it, see `docs/protocol.md`). libzmq is compiled from the
+//!   source the `zmq` crate ships (a C++ compiler is needed, no system
+//!   package).
 //! - `http` (default): the HTTP listener, `http://host:port`: the first
 //!   mymps's REST API (JSON + msgpack), a live dashboard at `/` and
 //!   Prometheus metrics at `/metrics` (see `docs/http.md`). Server side
-//!   only: mymps clients connect with `tcp://`.
+//!   only: mymps clients connect with `tcp://`, `quic://` or `zmq://`.
 //! - `server` (default): the libtorch backend ([`backend_tch`]) and the op
 //!   whitelist ([`ops`]); needs libtorch at build time. A client-only build
-//!   (`default-features = false, features = ["tcp"]`) needs no libtorch.
+//!   (`default-features = false, features = ["tcp"]`, plus `"quic"` or
+//!   `"zmq"` for those) needs no libtorch.
 //! - `cluster` (default): [`cluster`], one client over several servers
 //!   (least-busy routing, health checks, failover); no libtorch.
 //!
@@ -67,6 +73,10 @@ pub use mymps_transport_http as http;
 /// which registers `quic://`.
 #[cfg(feature = "quic")]
 pub use mymps_transport_quic as quic;
+/// The ZeroMQ transport (feature `zmq`). Naming the crate here links it,
+/// which registers `zmq://`.
+#[cfg(feature = "zmq")]
+pub use mymps_transport_zmq as zmq;
 
 /// The libtorch backend (feature `server`).
 #[cfg(feature = "server")]

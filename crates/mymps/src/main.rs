@@ -129,8 +129,9 @@ enum ModelsCommand {
 
 #[derive(ClapArgs)]
 struct ServeArgs {
-    /// Where to listen, tcp://HOST:PORT or http://HOST:PORT (the REST API,
-    /// dashboard and /metrics); repeat for several listeners. Default:
+    /// Where to listen (repeat for several listeners): tcp://HOST:PORT,
+    /// quic://HOST:PORT (TLS), zmq://HOST:PORT (ZeroMQ) or http://HOST:PORT
+    /// (the first mymps's REST API, dashboard and /metrics). Default:
     /// tcp://$MYMPS_HOST:$MYMPS_PORT, else tcp://127.0.0.1:5555.
     #[arg(long, value_name = "URL")]
     listen: Vec<String>,
@@ -179,7 +180,7 @@ struct ServeArgs {
 
 #[derive(ClapArgs)]
 struct ClientArgs {
-    /// Server address.
+    /// Server address: tcp://HOST:PORT or zmq://HOST:PORT.
     #[arg(
         long,
         env = "MYMPS_ADDR",

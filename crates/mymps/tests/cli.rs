@@ -387,3 +387,59 @@ fn quic_serve_prints_its_certificate_and_clients_verify_it() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("wrong authentication token"));
 }
+
+/// `mymps serve --listen zmq://...`, the client commands with `--addr
+/// zmq://...` (token included) and the quickstart example over ZeroMQ.
+#[cfg(feature = "zmq")]
+#[test]
+fn the_cli_and_the_examples_speak_zmq() {
+    let s = Served::start(&[], &["--listen", "zmq://127.0.0.1:0"]);
+    assert!(s.addr.starts_with("zmq://127.0.0.1:"), "{}", s.addr);
+    let h: serde_json::Value = serde_json::from_str(&ok(&s.run(&["health", "--json"]))).unwrap();
+    assert_eq!(h["status"], "ok");
+    assert_eq!(h["device"], test_device());
+    let out = ok(&Command::new(example("quickstart"))
+        .arg(&s.addr)
+        .output()
+        .unwrap());
+    assert!(out.contains("matmul  -> [64, 32]"), "{out}");
+    assert!(out.contains("conv2d  -> [1, 16, 30, 30]"), "{out}");
+    assert!(s.terminate().success());
+
+    let dir = tmpdir();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "zmq-s3cret\n").unwrap();
+    let s = Served::start(
+        &[],
+        &[
+            "--listen",
+            "zmq://127.0.0.1:0",
+            "--auth-token-file",
+            token_file.to_str().unwrap(),
+        ],
+    );
+    let out = s.run(&["health"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("requires an authentication token"), "{err}");
+    let out = ok(&s.run(&["health", "--token", "zmq-s3cret"]));
+    assert!(out.contains("status"), "{out}");
+    assert!(s.terminate().success());
+
+    // No server: a prompt, clear error.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let out = Command::new(bin())
+        .args(["health", "--addr", &format!("zmq://127.0.0.1:{port}")])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot connect to zmq://127.0.0.1") && err.contains("refused"),
+        "{err}"
+    );
+}

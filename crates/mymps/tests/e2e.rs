@@ -3,6 +3,9 @@
 mod common;
 
 use common::{randn, start};
+
+// Tests that say what a client sees run on every transport: one test per
+// transport, one shared body taking the URL scheme.
 use mymps::client::{Call, Client};
 use mymps::{DType, ErrorCode, Tensor};
 
@@ -10,9 +13,8 @@ fn f32s(v: Vec<f32>, shape: &[usize]) -> Tensor {
     Tensor::from_vec(v, shape).unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_four_examples_of_the_client_contract() {
-    let (server, addr) = start().await;
+async fn four_examples(scheme: &str) {
+    let (server, addr) = common::start_on(scheme, |_| {}).await;
     let c = Client::connect(&addr).await.unwrap();
     common::check_the_four_examples(&c).await;
     c.close();
@@ -164,17 +166,15 @@ fn bytemuck_cast(v: &[f32]) -> &[u8] {
     unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, std::mem::size_of_val(v)) }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hundreds_of_requests_in_flight_on_one_connection() {
-    let (server, addr) = start().await;
+async fn hundreds_in_flight(scheme: &str) {
+    let (server, addr) = common::start_on(scheme, |_| {}).await;
     let c = Client::connect(&addr).await.unwrap();
     common::check_300_requests_in_flight(&c).await;
     server.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn typed_errors_and_the_connection_keeps_serving() {
-    let (server, addr) = start().await;
+async fn typed_errors(scheme: &str) {
+    let (server, addr) = common::start_on(scheme, |_| {}).await;
     let c = Client::connect(&addr).await.unwrap();
     let x = || f32s(vec![1.0, 2.0, 3.0, 4.0], &[2, 2]);
     let cases: Vec<(Call, ErrorCode, &str)> = vec![
@@ -276,9 +276,8 @@ async fn typed_errors_and_the_connection_keeps_serving() {
     server.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn payload_over_the_cap_is_refused_by_client_and_server() {
-    let (server, addr) = common::start_with(|c| c.limits.max_payload = 1 << 20).await;
+async fn payload_over_the_cap(scheme: &str) {
+    let (server, addr) = common::start_on(scheme, |c| c.limits.max_payload = 1 << 20).await;
     let c = Client::connect(&addr).await.unwrap();
     assert_eq!(c.welcome().max_payload, 1 << 20);
     let big = Tensor::from_vec(vec![0f32; 300_000], &[300_000]).unwrap();
@@ -340,9 +339,9 @@ async fn a_timeout_is_a_timeout_error_and_the_client_survives_it() {
     server.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_token_server_refuses_missing_and_wrong_tokens_and_serves_the_right_one() {
-    let (server, addr) = common::start_with(|c| c.auth_token = Some("s3cret-token".into())).await;
+async fn token_auth(scheme: &str) {
+    let (server, addr) =
+        common::start_on(scheme, |c| c.auth_token = Some("s3cret-token".into())).await;
     let with = |token: Option<&str>| mymps::client::ClientOptions {
         token: token.map(str::to_owned),
         ..Default::default()
@@ -372,4 +371,109 @@ async fn a_token_server_refuses_missing_and_wrong_tokens_and_serves_the_right_on
         vec![-1.0, 2.0]
     );
     server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_four_examples_of_the_client_contract() {
+    four_examples("tcp").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundreds_of_requests_in_flight_on_one_connection() {
+    hundreds_in_flight("tcp").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typed_errors_and_the_connection_keeps_serving() {
+    typed_errors("tcp").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payload_over_the_cap_is_refused_by_client_and_server() {
+    payload_over_the_cap("tcp").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_server_refuses_missing_and_wrong_tokens_and_serves_the_right_one() {
+    token_auth("tcp").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_clients_at_once() {
+    many_clients("tcp").await;
+}
+
+/// 16 clients × 50 requests, each client with several in flight: every
+/// reply reaches the client and request that asked for it.
+async fn many_clients(scheme: &str) {
+    let (server, addr) = common::start_on(scheme, |_| {}).await;
+    let mut clients = tokio::task::JoinSet::new();
+    for k in 0..16i64 {
+        let addr = addr.clone();
+        clients.spawn(async move {
+            let c = Client::connect(&addr).await.unwrap();
+            let mut calls = tokio::task::JoinSet::new();
+            for i in 0..50i64 {
+                let c = c.clone();
+                calls.spawn(async move {
+                    let v = (k * 1000 + i) as f32;
+                    let n = 1 + (i as usize % 7) * 1000;
+                    let x = Tensor::from_vec(vec![v; n], &[n]).unwrap();
+                    let y = Tensor::from_vec(vec![1.0f32; n], &[n]).unwrap();
+                    let out = c.call(Call::new("add").arg(x).arg(y)).await.unwrap();
+                    let got = out.output().unwrap().to_vec::<f32>().unwrap();
+                    assert_eq!(got.len(), n);
+                    assert!(got.iter().all(|&g| g == v + 1.0), "client {k} request {i}");
+                });
+            }
+            while let Some(r) = calls.join_next().await {
+                r.unwrap();
+            }
+            c.close();
+            k
+        });
+    }
+    let mut done = Vec::new();
+    while let Some(r) = clients.join_next().await {
+        done.push(r.unwrap());
+    }
+    done.sort();
+    assert_eq!(done, (0..16).collect::<Vec<_>>());
+    server.shutdown().await;
+}
+
+/// The same client-visible behaviour over ZeroMQ (`zmq://`).
+#[cfg(feature = "zmq")]
+mod over_zmq {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_four_examples_of_the_client_contract() {
+        four_examples("zmq").await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn hundreds_of_requests_in_flight_on_one_connection() {
+        hundreds_in_flight("zmq").await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn typed_errors_and_the_connection_keeps_serving() {
+        typed_errors("zmq").await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn payload_over_the_cap_is_refused_by_client_and_server() {
+        payload_over_the_cap("zmq").await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_token_server_refuses_missing_and_wrong_tokens_and_serves_the_right_one() {
+        token_auth("zmq").await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn many_clients_at_once() {
+        many_clients("zmq").await;
+    }
 }

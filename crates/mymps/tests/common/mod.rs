@@ -21,8 +21,8 @@ pub async fn start_with(tweak: impl FnOnce(&mut ServerConfig)) -> (ServerHandle,
     start_on("tcp", tweak).await
 }
 
-/// Starts a server on `SCHEME://127.0.0.1:0` with `tweak` applied to its
-/// config.
+/// Starts a server on `SCHEME://127.0.0.1:0` (`tcp`, `zmq`, ...) with
+/// `tweak` applied to its config; returns it and its address.
 pub async fn start_on(
     scheme: &str,
     tweak: impl FnOnce(&mut ServerConfig),

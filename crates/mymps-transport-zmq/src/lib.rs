@@ -1,0 +1,201 @@
+//! # mymps-transport-zmq
+//!
+//! The `zmq://host:port` transport: ZeroMQ over TCP, through libzmq (the
+//! `zmq` crate, which builds libzmq from the source it ships: no system
+//! package is needed and the Python wheel carries it).
+//!
+//! The server binds a ROUTER socket, a client connects a DEALER; one
+//! connection carries many requests in flight, as on TCP. Each frame is
+//! one multipart message: a head part (the 16-byte frame prefix and the
+//! msgpack header), then one part per tensor, so tensor bytes are never
+//! copied into a header. `docs/protocol.md` ("ZeroMQ framing") documents
+//! the layout for clients in other languages (any ZeroMQ binding and a
+//! msgpack library suffice).
+//!
+//! ZeroMQ has no connections to accept: the server keeps a *session* per
+//! peer identity, opened by the peer's Hello, and hands it to the generic
+//! server as a [`Connection`]. One thread per listener (and per client
+//! connection) owns the socket, since ZeroMQ sockets are not thread-safe
+//! and block; it talks to tokio through channels and is woken through an
+//! inproc socket, so no tokio worker ever blocks on ZeroMQ.
+//!
+//! Bounds (see [`ZmqConfig`]): the number of sessions, each session's
+//! queue of received frames not yet read by the server (excess frames are
+//! answered with `busy`), the idle time after which a silent peer's
+//! session ends, and the largest part libzmq accepts (`ZMQ_MAXMSGSIZE`,
+//! set from the server's limits in [`TransportOptions::limits`]; a peer
+//! that sends a larger part is disconnected by libzmq).
+//!
+//! Zero copies: received parts become the tensors' `Bytes` in place (the
+//! buffer stays libzmq's until the last `Bytes` is dropped) and tensors
+//! are sent from their own buffers (`zmq_msg_init_data`).
+//!
+//! Linking this crate registers the transport; [`TRANSPORT`] is also
+//! exported for explicit use.
+#![warn(missing_docs)]
+
+use std::io;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use mymps_core::protocol::Limits;
+use mymps_core::transport::{
+    BoxFuture, Connection, Endpoint, Listener, Transport, TransportOptions, TransportRegistration,
+};
+
+mod client;
+mod server;
+mod sock;
+mod wire;
+
+#[cfg(test)]
+mod tests;
+
+const SCHEME: &str = "zmq";
+
+/// Settings of the ZeroMQ transport.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ZmqConfig {
+    /// Server: most sessions (peers) at once; a Hello beyond it is
+    /// answered with `busy`.
+    pub max_peers: usize,
+    /// Server: frames a session may have waiting for the server to read
+    /// them; the excess is answered with `busy`.
+    pub peer_queue: usize,
+    /// Server: bytes a session may have waiting (beyond one frame, which
+    /// is always taken); the excess is answered with `busy`.
+    pub peer_queue_bytes: u64,
+    /// Server: a session whose peer sent nothing (not even a heartbeat)
+    /// for this long ends; the peer must send a Hello again.
+    pub idle_timeout: Duration,
+    /// Server: the largest part libzmq accepts when the bind options carry
+    /// no limits (with limits: the largest part a frame may have under
+    /// them). `None`: no limit.
+    pub max_part_size: Option<u64>,
+    /// Messages libzmq queues for one peer before sends to it fail
+    /// (`ZMQ_SNDHWM`). The server drops replies to a peer that leaves
+    /// this many unread; the client waits.
+    pub send_hwm: i32,
+    /// Client: a heartbeat (one empty part) goes out after this long
+    /// without sending; ZeroMQ's own heartbeats (`ZMQ_HEARTBEAT_IVL`, on
+    /// the client's socket only) use it too, with a timeout of three times
+    /// it.
+    pub heartbeat: Duration,
+    /// Client: time to complete the ZeroMQ handshake when connecting.
+    pub connect_timeout: Duration,
+}
+
+impl ZmqConfig {
+    /// The defaults: 1024 sessions, 256 frames or 256 MiB queued per
+    /// session, sessions end after 5 minutes of silence, parts up to the
+    /// default frame limits, 100 000 unread replies per peer, heartbeats
+    /// every 10 s (a silent server is dropped after 30 s), 10 s to connect.
+    pub const DEFAULT: ZmqConfig = ZmqConfig {
+        max_peers: 1024,
+        peer_queue: 256,
+        peer_queue_bytes: 256 << 20,
+        idle_timeout: Duration::from_secs(300),
+        max_part_size: Some(Limits::DEFAULT.max_payload),
+        send_hwm: 100_000,
+        heartbeat: Duration::from_secs(10),
+        connect_timeout: Duration::from_secs(10),
+    };
+}
+
+impl Default for ZmqConfig {
+    fn default() -> ZmqConfig {
+        ZmqConfig::DEFAULT
+    }
+}
+
+/// The ZeroMQ transport.
+#[derive(Debug, Clone)]
+pub struct ZmqTransport {
+    config: ZmqConfig,
+}
+
+impl ZmqTransport {
+    /// A transport with these settings (for embedding and tests; the
+    /// registered [`TRANSPORT`] uses [`ZmqConfig::DEFAULT`]).
+    pub const fn new(config: ZmqConfig) -> ZmqTransport {
+        ZmqTransport { config }
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &ZmqConfig {
+        &self.config
+    }
+}
+
+impl Default for ZmqTransport {
+    fn default() -> ZmqTransport {
+        ZmqTransport::new(ZmqConfig::DEFAULT)
+    }
+}
+
+/// The transport instance registered for `zmq://`.
+pub static TRANSPORT: ZmqTransport = ZmqTransport::new(ZmqConfig::DEFAULT);
+
+inventory::submit! { TransportRegistration { transport: &TRANSPORT } }
+
+impl Transport for ZmqTransport {
+    fn scheme(&self) -> &'static str {
+        SCHEME
+    }
+
+    /// Binds a ROUTER socket. Of the options, only `limits` is used (for
+    /// `ZMQ_MAXMSGSIZE`); ZeroMQ over TCP has no TLS.
+    fn bind<'a>(
+        &'a self,
+        endpoint: &'a Endpoint,
+        options: &'a TransportOptions,
+    ) -> BoxFuture<'a, io::Result<Box<dyn Listener>>> {
+        Box::pin(server::bind(
+            endpoint,
+            &self.config,
+            options.limits.as_ref(),
+        ))
+    }
+
+    fn connect<'a>(
+        &'a self,
+        endpoint: &'a Endpoint,
+        _options: &'a TransportOptions,
+    ) -> BoxFuture<'a, io::Result<Connection>> {
+        Box::pin(client::connect(endpoint, &self.config))
+    }
+}
+
+/// The address to give libzmq for `endpoint`'s host: an IP address (names
+/// are resolved here; libzmq's bind takes no names) or `*`.
+async fn resolve(endpoint: &Endpoint, binding: bool) -> io::Result<String> {
+    let host = endpoint.host.as_str();
+    if host.parse::<IpAddr>().is_ok() || (binding && host == "*") {
+        return Ok(host.to_owned());
+    }
+    let addr = tokio::net::lookup_host((host, endpoint.port))
+        .await?
+        .next()
+        .ok_or_else(|| {
+            io::Error::new(io::ErrorKind::NotFound, format!("no address for '{host}'"))
+        })?;
+    Ok(addr.ip().to_string())
+}
+
+/// `host` as it goes in a `tcp://` address: IPv6 in brackets.
+fn bracket(host: &str) -> String {
+    if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.to_owned()
+    }
+}
+
+/// ZeroMQ's connection heartbeats: a peer that stops answering is
+/// disconnected after three intervals.
+fn set_heartbeats(socket: &mut zmq::Socket, config: &ZmqConfig) -> io::Result<()> {
+    let ms = i32::try_from(config.heartbeat.as_millis()).unwrap_or(i32::MAX);
+    sock::set_int_option(socket, zmq_sys::ZMQ_HEARTBEAT_IVL, ms)?;
+    sock::set_int_option(socket, zmq_sys::ZMQ_HEARTBEAT_TIMEOUT, ms.saturating_mul(3))?;
+    Ok(())
+}
