@@ -165,8 +165,15 @@ fn ones(n: usize, shape: &[usize]) -> Tensor {
 
 struct ServerProc {
     child: Option<Child>,
+    /// The first listener (tcp when this program starts the server).
     url: String,
+    /// Every listener, `url` first.
+    urls: Vec<String>,
+    /// The SHA-256 fingerprint of the server's QUIC certificate.
+    quic_fingerprint: Option<String>,
     note: String,
+    /// Where the server writes its generated QUIC certificate.
+    _cert_dir: Option<tempfile::TempDir>,
 }
 
 impl ServerProc {
@@ -201,11 +208,28 @@ fn find_server_bin(args: &Args) -> Option<PathBuf> {
 }
 
 fn start_server(args: &Args, device: &str) -> Result<ServerProc, String> {
+    let schemes = mymps::transport::available_schemes();
+    let mut cert_dir = None;
+    let mut listeners = 1;
     let (mut cmd, note) = match find_server_bin(args) {
         Some(bin) => {
             let mut c = Command::new(&bin);
             c.args(["serve", "--listen", "tcp://127.0.0.1:0", "--log", "warn"]);
             c.args(["--device", device]);
+            // Every other transport both sides have, for the per-transport
+            // table (the server's generated QUIC certificate goes to a
+            // folder of its own).
+            if schemes.contains(&"quic") {
+                let d = tempfile::tempdir().map_err(|e| format!("no temporary folder: {e}"))?;
+                c.args(["--listen", "quic://127.0.0.1:0", "--tls-cert-out"]);
+                c.arg(d.path().join("cert.pem"));
+                cert_dir = Some(d);
+                listeners += 1;
+            }
+            if schemes.contains(&"zmq") {
+                c.args(["--listen", "zmq://127.0.0.1:0"]);
+                listeners += 1;
+            }
             (
                 c,
                 format!("server: {} serve (child process)", bin.display()),
@@ -229,11 +253,17 @@ fn start_server(args: &Args, device: &str) -> Result<ServerProc, String> {
         .map_err(|e| format!("cannot start server: {e}"))?;
     let stdout = child.stdout.take().expect("stdout");
     let mut lines = BufReader::new(stdout).lines();
-    let url = loop {
+    // The listening lines (one per listener), then, for quic, the
+    // certificate line.
+    let mut urls = Vec::new();
+    let mut quic_fingerprint = None;
+    while urls.len() < listeners || (cert_dir.is_some() && quic_fingerprint.is_none()) {
         match lines.next() {
             Some(Ok(l)) => {
                 if let Some(u) = l.strip_prefix("mymps: listening on ") {
-                    break u.trim().to_string();
+                    urls.push(u.trim().to_string());
+                } else if let Some(rest) = l.strip_prefix("mymps: quic certificate ") {
+                    quic_fingerprint = rest.rsplit_once(" sha256 ").map(|(_, fp)| fp.to_owned());
                 }
             }
             _ => {
@@ -241,13 +271,16 @@ fn start_server(args: &Args, device: &str) -> Result<ServerProc, String> {
                 return Err("server exited before listening".into());
             }
         }
-    };
+    }
     // Keep draining stdout so the child never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines {});
     Ok(ServerProc {
         child: Some(child),
-        url,
+        url: urls[0].clone(),
+        urls,
+        quic_fingerprint,
         note,
+        _cert_dir: cert_dir,
     })
 }
 
@@ -415,7 +448,10 @@ fn run(args: &Args, device: &str) -> Result<(), String> {
         Some(a) => ServerProc {
             child: None,
             url: a.clone(),
+            urls: vec![a.clone()],
+            quic_fingerprint: None,
             note: format!("server: {a} (given with --addr)"),
+            _cert_dir: None,
         },
         None => start_server(args, device)?,
     };
@@ -442,7 +478,7 @@ fn run(args: &Args, device: &str) -> Result<(), String> {
         .map_err(|e| format!("cannot connect to {}: {e}", server.url))?;
     let server_device = client.welcome().device.clone();
 
-    let steps = 6 + u64::from(args.gpu);
+    let steps = 7 + u64::from(args.gpu);
     let pb = ProgressBar::new(steps);
     pb.set_style(
         ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}")
@@ -527,6 +563,19 @@ fn run(args: &Args, device: &str) -> Result<(), String> {
         "add_4x4_blocking_client": summary(add_blocking),
         "matmul_256": summary(mm_s),
     }});
+    pb.inc(1);
+
+    // -- every transport the server listens on, measured the same way
+    pb.set_message("transports");
+    let mut transports = serde_json::Map::new();
+    for url in &server.urls {
+        let scheme = url.split_once("://").map_or("tcp", |(s, _)| s);
+        pb.set_message(format!("transports: {scheme}"));
+        let fp = (scheme == "quic")
+            .then(|| server.quic_fingerprint.clone())
+            .flatten();
+        transports.insert(scheme.to_owned(), measure_transport(&rt, url, fp, &plan));
+    }
     pb.inc(1);
 
     // -- throughput
@@ -618,6 +667,7 @@ fn run(args: &Args, device: &str) -> Result<(), String> {
         "server_device": server_device,
         "baselines": baselines,
         "latency": latency,
+        "transports": transports,
         "throughput": {"op": "neg float32", "tcp": thr},
         "concurrency": concurrency,
         "python": python,
@@ -644,6 +694,71 @@ fn run(args: &Args, device: &str) -> Result<(), String> {
     }
     client.close();
     Ok(())
+}
+
+/// The neg size of the per-transport table: the largest of the plan's up
+/// to 64 MiB.
+fn transport_mib(plan: &Plan) -> usize {
+    plan.sizes_mib
+        .iter()
+        .copied()
+        .filter(|&m| m <= 64)
+        .max()
+        .unwrap_or(1)
+}
+
+/// add 4x4, matmul 256 and one neg over the transport of `url` (with its
+/// own connection): the per-transport table.
+fn measure_transport(
+    rt: &tokio::runtime::Runtime,
+    url: &str,
+    quic_fingerprint: Option<String>,
+    plan: &Plan,
+) -> Value {
+    let options = mymps::client::ClientOptions {
+        transport: mymps::transport::TransportOptions {
+            tls_fingerprint: quic_fingerprint,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let c = match rt.block_on(Client::connect_with(url, options)) {
+        Ok(c) => c,
+        Err(e) => return json!({"url": url, "error": e.to_string()}),
+    };
+    let a = ones(16, &[4, 4]);
+    let add = rt.block_on(time_n_async(plan.n_small, 200, || {
+        let (c, a) = (c.clone(), a.clone());
+        async move {
+            c.call(Call::new("add").arg(a.clone()).arg(a))
+                .await
+                .expect("add");
+        }
+    }));
+    let m = ones(256 * 256, &[256, 256]);
+    let mm = rt.block_on(time_n_async(plan.n_matmul, 10, || {
+        let (c, m) = (c.clone(), m.clone());
+        async move {
+            c.call(Call::new("matmul").arg(m.clone()).arg(m))
+                .await
+                .expect("matmul");
+        }
+    }));
+    let mib = transport_mib(plan);
+    let x = ones(mib * MIB / 4, &[mib * MIB / 4]);
+    let neg = median(rt.block_on(time_n_async(plan.iters_large, 1, || {
+        let (c, x) = (c.clone(), x.clone());
+        async move {
+            c.call(Call::new("neg").arg(x)).await.expect("neg");
+        }
+    })));
+    c.close();
+    json!({
+        "url": url,
+        "add_4x4": summary(add),
+        "matmul_256": summary(mm),
+        "neg": {"mib": mib, "median_s": neg, "gb_s": 2.0 * (mib * MIB) as f64 / neg / 1e9},
+    })
 }
 
 /// `clients.len()` tasks each calling add in a loop for `secs`; requests/s.
@@ -1059,6 +1174,29 @@ fn print_table(r: &Value, targets: &[Target]) {
     );
     row("mymps tcp matmul 256 (Python)", &r["python"]["matmul_256"]);
     println!();
+    if let Some(ts) = r["transports"].as_object().filter(|t| !t.is_empty()) {
+        println!(
+            "{:<12} {:>12} {:>12} {:>14} {:>14}",
+            "transport", "add p50 us", "add p99 us", "matmul p50 us", "neg GB/s"
+        );
+        for (scheme, t) in ts {
+            if let Some(e) = t["error"].as_str() {
+                println!("{scheme:<12} error: {e}");
+                continue;
+            }
+            println!(
+                "{:<12} {:>12} {:>12} {:>14} {:>14}",
+                scheme,
+                fmt_us(&t["add_4x4"], "p50_us"),
+                fmt_us(&t["add_4x4"], "p99_us"),
+                fmt_us(&t["matmul_256"], "p50_us"),
+                t["neg"]["gb_s"]
+                    .as_f64()
+                    .map_or("-".into(), |g| format!("{g:.2} ({} MiB)", t["neg"]["mib"])),
+            );
+        }
+        println!();
+    }
     println!(
         "{:<12} {:>12} {:>12} {:>12} {:>12} {:>14}",
         "neg size", "echo GB/s", "Rust GB/s", "Python GB/s", "local ms", "wire ms"
