@@ -3,6 +3,7 @@ of requests from several threads, every request answered correctly exactly
 once; a model on two of the three hosts; the host back after a restart;
 errors that are the request's own raised at once."""
 
+import os
 import threading
 import time
 from collections import Counter
@@ -19,6 +20,9 @@ from mymps import (
     OpError,
     UnknownOpError,
 )
+
+# The device the servers run on (conftest starts them there; "cuda" means cuda:0).
+DEVICE = {"cuda": "cuda:0"}.get(os.environ.get("MYMPS_TEST_DEVICE", "cpu"), os.environ.get("MYMPS_TEST_DEVICE", "cpu"))
 
 
 def wait_until(cluster, predicate, timeout=30.0):
@@ -149,7 +153,7 @@ def test_errors_and_configuration(server_factory, tmp_path):
     )
     with MympsCluster(config=str(toml)) as cluster:
         assert [h["name"] for h in cluster.status()] == ["one", "two"]
-        assert all(h["device"] == "cpu" for h in cluster.status())
+        assert all(h["device"] == DEVICE for h in cluster.status())
         with pytest.raises(UnknownOpError):
             cluster.exec("no_such_op", [np.zeros(2, np.float32)])
         with pytest.raises(BadArgumentError):

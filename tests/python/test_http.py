@@ -8,6 +8,7 @@ HTTP and the TCP listener.
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 
@@ -17,6 +18,9 @@ import pytest
 import torch
 
 from conftest import server_binary
+
+# The device the servers run on (conftest starts them there; "cuda" means cuda:0).
+DEVICE = {"cuda": "cuda:0"}.get(os.environ.get("MYMPS_TEST_DEVICE", "cpu"), os.environ.get("MYMPS_TEST_DEVICE", "cpu"))
 from legacy_http import HttpServer, LegacyClient, LegacyError, pack, parse_prometheus, sample
 
 rng = np.random.default_rng(0)
@@ -43,7 +47,7 @@ def legacy(srv):
 def test_json_routes(legacy):
     h = legacy.health()
     assert h["status"] == "ok"
-    assert h["device"] == "cpu"
+    assert h["device"] == DEVICE
     assert h["torch_version"].startswith("2.11")
     assert h["models_loaded"] == 0
     s = legacy.stats()
@@ -65,7 +69,7 @@ def test_exec_results_keep_their_dtype(legacy):
     np.testing.assert_allclose(out["output"], a @ b, rtol=1e-4, atol=1e-4)
     x_time = float(legacy.last_headers["x-time"])
     assert 0 <= x_time < 60
-    assert legacy.last_headers["x-device"] == "cpu"
+    assert legacy.last_headers["x-device"] == DEVICE
 
     x = rng.standard_normal((3, 5)).astype(np.float32)
     s = legacy.exec("sum", {"input": x}, dim=-1, keepdim=True)["output"]
@@ -118,7 +122,7 @@ def test_model_routes(legacy, tmp_path):
     name = "org/net"
 
     loaded = legacy.load_model(name, model_type="torchscript", model_path=str(path))
-    assert loaded == {"status": "ok", "name": name, "device": "cpu"}
+    assert loaded == {"status": "ok", "name": name, "device": DEVICE}
     models = legacy.list_models()
     assert [set(m) for m in models] == [{"name", "model_type", "device", "loaded_at"}]
     assert models[0]["name"] == name and models[0]["model_type"] == "torchscript"
@@ -343,7 +347,7 @@ def test_metrics_count_http_and_tcp_requests():
         assert sample(m, "mymps_models_loaded") == 0
         assert sample(m, "mymps_memory_budget_bytes") > 0
         assert sample(m, "mymps_memory_budget_used_bytes") == 0
-        assert sample(m, "mymps_info", version="0.1.0", backend="tch", device="cpu") == 1
+        assert sample(m, "mymps_info", version="0.1.0", backend="tch", device=DEVICE) == 1
         # The earlier scrape counts too.
         assert sample(m, "mymps_requests_total", kind="metrics") == 1
 
