@@ -261,18 +261,9 @@ impl MympsClient {
         inputs: Option<&Bound<'py, PyAny>>,
         kwargs: Option<&Bound<'py, PyDict>>,
     ) -> PyResult<Bound<'py, PyDict>> {
-        let inputs = convert::inputs(inputs)?;
-        let mut kwargs = convert::kwargs(kwargs)?;
-        for name in inputs.none {
-            if kwargs.iter().any(|(k, _)| *k == name) {
-                return Err(bad_argument(format!(
-                    "argument '{name}' is given both in inputs and as a keyword argument"
-                )));
-            }
-            kwargs.push((name, Value::None));
-        }
+        let (tensors, kwargs) = convert::exec_args(inputs, kwargs)?;
         let client = self.inner.as_async();
-        let out = self.wait(py, client.exec(op, inputs.tensors, kwargs))?;
+        let out = self.wait(py, client.exec(op, tensors, kwargs))?;
         convert::outputs(py, out.tensors)
     }
 
@@ -446,13 +437,8 @@ impl MympsClient {
         name: &str,
         inputs: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyDict>> {
-        let inputs = convert::inputs(inputs)?;
-        if let Some(n) = inputs.none.first() {
-            return Err(bad_argument(format!(
-                "input '{n}' is None; infer takes arrays only"
-            )));
-        }
-        let out = self.wait(py, self.inner.as_async().infer(name, inputs.tensors))?;
+        let inputs = convert::infer_inputs(inputs)?;
+        let out = self.wait(py, self.inner.as_async().infer(name, inputs))?;
         convert::outputs(py, out.tensors)
     }
 

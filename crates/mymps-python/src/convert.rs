@@ -348,6 +348,39 @@ pub fn to_value(name: &str, v: &Bound<'_, PyAny>, depth: usize) -> PyResult<Valu
     )))
 }
 
+/// Tensors with their argument names.
+pub type NamedTensors = Vec<(String, Tensor)>;
+
+/// The arguments of an `exec`: `inputs`' arrays, and the keyword
+/// arguments with the inputs given as `None` added as `None` keywords.
+pub fn exec_args(
+    inputs: Option<&Bound<'_, PyAny>>,
+    kw: Option<&Bound<'_, PyDict>>,
+) -> PyResult<(NamedTensors, Vec<(String, Value)>)> {
+    let inputs = self::inputs(inputs)?;
+    let mut kwargs = kwargs(kw)?;
+    for name in inputs.none {
+        if kwargs.iter().any(|(k, _)| *k == name) {
+            return Err(bad_argument(format!(
+                "argument '{name}' is given both in inputs and as a keyword argument"
+            )));
+        }
+        kwargs.push((name, Value::None));
+    }
+    Ok((inputs.tensors, kwargs))
+}
+
+/// The inputs of an `infer`: arrays only.
+pub fn infer_inputs(inputs: Option<&Bound<'_, PyAny>>) -> PyResult<NamedTensors> {
+    let inputs = self::inputs(inputs)?;
+    if let Some(n) = inputs.none.first() {
+        return Err(bad_argument(format!(
+            "input '{n}' is None; infer takes arrays only"
+        )));
+    }
+    Ok(inputs.tensors)
+}
+
 /// `**kwargs` as scalar arguments.
 pub fn kwargs(kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<Vec<(String, Value)>> {
     let mut out = Vec::new();
