@@ -208,23 +208,7 @@ fn seconds(field: &str, seconds: f64) -> Result<Duration> {
     }
 }
 
-/// Reads a token file: its content without surrounding whitespace, not empty.
-pub fn read_token_file(path: &Path) -> Result<String> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        Error::bad_argument(format!(
-            "cannot read the token file {}: {e}",
-            path.display()
-        ))
-    })?;
-    let token = text.trim();
-    if token.is_empty() {
-        return Err(Error::bad_argument(format!(
-            "the token file {} is empty",
-            path.display()
-        )));
-    }
-    Ok(token.to_owned())
-}
+pub use mymps_core::auth::read_token_file;
 
 /// `token`, else the content of `token_file`; both is an error.
 fn token(

@@ -22,6 +22,7 @@
 //! - `client` (default): the async client and its blocking wrapper.
 #![warn(missing_docs)]
 
+pub mod auth;
 pub mod backend;
 pub mod buffer;
 #[cfg(feature = "client")]

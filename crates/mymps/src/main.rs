@@ -309,7 +309,7 @@ fn serve(a: ServeArgs) -> Result<(), Error> {
     }
     config.model_root = a.model_root.clone();
     if let Some(path) = &a.auth_token_file {
-        config.auth_token = Some(read_token_file(path)?);
+        config.auth_token = Some(mymps::auth::read_token_file(path)?);
     }
     config.transport = TransportOptions {
         tls_cert: a.tls_cert.clone(),
@@ -373,25 +373,6 @@ fn serve(a: ServeArgs) -> Result<(), Error> {
         server.serve(shutdown).await;
         Ok(())
     })
-}
-
-/// Reads a token file: its content without surrounding whitespace, which
-/// must not be empty.
-fn read_token_file(path: &std::path::Path) -> Result<String, Error> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        Error::bad_argument(format!(
-            "cannot read the token file {}: {e}",
-            path.display()
-        ))
-    })?;
-    let token = text.trim();
-    if token.is_empty() {
-        return Err(Error::bad_argument(format!(
-            "the token file {} is empty",
-            path.display()
-        )));
-    }
-    Ok(token.to_owned())
 }
 
 /// Loads the plugins named with `--plugin` (a failure is fatal) and those
