@@ -17,3 +17,22 @@ extern "C" int mymps_empty_device_cache(int device_type) {
     return 1;
   }
 }
+
+// `nbytes` uninitialised bytes (a uint8 tensor) in pinned (page-locked)
+// host memory from libtorch's caching host allocator: the destination of a
+// device-to-host copy that runs at full DMA speed. (`empty().pin_memory()`
+// through tch would first copy the empty tensor's untouched pages.)
+// Returns a new at::Tensor* (what tch's Tensor wraps and frees), or null
+// with `*err` set to a malloc'd message.
+#include <ATen/ATen.h>
+#include <cstring>
+
+extern "C" void *mymps_empty_pinned_bytes(int64_t nbytes, char **err) {
+  try {
+    auto options = at::TensorOptions().dtype(at::kByte).pinned_memory(true);
+    return new at::Tensor(at::empty({nbytes}, options));
+  } catch (const std::exception &e) {
+    *err = strdup(e.what());
+    return nullptr;
+  }
+}

@@ -202,12 +202,8 @@ impl Converter {
             Device::Cuda(_) => {
                 // Device → pinned host memory: a pageable copy runs at a
                 // fraction of the speed. libtorch's caching host allocator
-                // recycles the pinned blocks. (Pinning a fresh empty tensor
-                // costs one host-side copy of untouched pages; a pool of
-                // pinned buffers would save it.)
-                let mut host = Tensor::f_empty(t.size(), (t.kind(), Device::Cpu))
-                    .and_then(|h| h.f_pin_memory(t.device()))
-                    .map_err(torch_error)?;
+                // recycles the pinned blocks.
+                let mut host = empty_pinned(&t.size(), t.kind(), t.numel() * dtype.itemsize())?;
                 host.f_copy_(&t).map_err(torch_error)?;
                 host
             }
@@ -354,6 +350,46 @@ impl Backend for TchBackend {
             0
         }
     }
+}
+
+/// An uninitialised host tensor of `shape` and `kind` in pinned memory
+/// (`nbytes` = its size), from libtorch's caching host allocator, without
+/// the copy that pinning an ordinary empty tensor makes.
+fn empty_pinned(shape: &[i64], kind: tch::Kind, nbytes: usize) -> Result<Tensor> {
+    unsafe extern "C" {
+        fn mymps_empty_pinned_bytes(
+            nbytes: i64,
+            err: *mut *mut std::ffi::c_char,
+        ) -> *mut torch_sys::C_tensor;
+    }
+    if nbytes == 0 {
+        return Tensor::f_empty(shape, (kind, Device::Cpu)).map_err(torch_error);
+    }
+    let mut err: *mut std::ffi::c_char = std::ptr::null_mut();
+    // SAFETY: the shim catches C++ exceptions; on success it returns a new
+    // at::Tensor*, which `Tensor::from_ptr` owns and frees (tch's at_free
+    // deletes it); on failure a malloc'd message.
+    let bytes = unsafe {
+        let p = mymps_empty_pinned_bytes(nbytes as i64, &mut err);
+        if p.is_null() {
+            let msg = if err.is_null() {
+                "unknown error".to_owned()
+            } else {
+                let m = std::ffi::CStr::from_ptr(err).to_string_lossy().into_owned();
+                libc::free(err.cast());
+                m
+            };
+            return Err(Error::new(
+                ErrorCode::Backend,
+                format!("cannot allocate {nbytes} bytes of pinned host memory: {msg}"),
+            ));
+        }
+        Tensor::from_ptr(p)
+    };
+    bytes
+        .f_view_dtype(kind)
+        .and_then(|t| t.f_reshape(shape))
+        .map_err(torch_error)
 }
 
 /// Returns the device allocator's unused cached blocks to the device.
