@@ -313,3 +313,17 @@ def test_quickstart_example_runs(mymps_server):
     assert "svd reconstructs: True" in out.stdout
     assert "conv2d: (1, 16, 30, 30)" in out.stdout
     assert "libtorch said:" in out.stdout
+
+
+def test_large_tensors_round_trip_exactly(client):
+    """Tensors of several MiB (read into memory of their own on the server:
+    pinned memory on a CUDA server) come back exact."""
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((3, 1 << 21)).astype(np.float32)  # 24 MiB
+    np.testing.assert_array_equal(client.exec("neg", {"0": x})["output"], -x)
+    i = rng.integers(-(1 << 40), 1 << 40, size=(1 << 19) + 3, dtype=np.int64)  # 4 MiB + 24 B
+    out = client.exec("add", {"0": i, "1": i})["output"]
+    assert out.dtype == np.int64
+    np.testing.assert_array_equal(out, i + i)
+    a = rng.standard_normal((1024, 1024)).astype(np.float32)
+    np.testing.assert_allclose(client.exec("matmul", {"0": a, "1": a})["output"], a @ a, rtol=2e-3, atol=2e-3)

@@ -340,6 +340,17 @@ impl Backend for TchBackend {
         empty_device_cache(self.device);
     }
 
+    /// On CUDA, pinned host memory from libtorch's caching host allocator:
+    /// a received tensor then goes to the device by DMA straight from the
+    /// buffer the socket filled, with no staging copy. (The allocator keeps
+    /// freed blocks for reuse, as PyTorch's `pin_memory` does.)
+    fn host_alloc(&self) -> Option<Arc<dyn mymps_core::buffer::HostAlloc>> {
+        match self.device {
+            Device::Cuda(_) => Some(Arc::new(PinnedAlloc)),
+            _ => None,
+        }
+    }
+
     /// 64 KiB on the CPU (an element-wise op on 8K elements takes a few
     /// microseconds); 0 on accelerators, where a call may wait behind
     /// other requests' kernels.
@@ -352,24 +363,60 @@ impl Backend for TchBackend {
     }
 }
 
+/// Pinned host memory for large received tensors (see
+/// [`Backend::host_alloc`]).
+struct PinnedAlloc;
+
+/// A tch tensor as the owner of a host block. The tensor is only kept
+/// alive (dropped on another thread at most), never used.
+struct PinnedOwner(#[allow(dead_code)] Tensor);
+
+impl mymps_core::buffer::HostAlloc for PinnedAlloc {
+    fn alloc(&self, len: usize) -> Option<mymps_core::buffer::HostBlock> {
+        match empty_pinned_bytes(len) {
+            Ok(t) => {
+                let ptr = t.data_ptr() as *mut u8;
+                // SAFETY: `t` is a contiguous uint8 tensor of `len` bytes that
+                // nothing else refers to; the block keeps it alive.
+                Some(unsafe {
+                    mymps_core::buffer::HostBlock::new(ptr, len, Box::new(PinnedOwner(t)))
+                })
+            }
+            Err(e) => {
+                tracing::warn!(len, error = %e, "no pinned host memory; reading into ordinary memory");
+                None
+            }
+        }
+    }
+}
+
 /// An uninitialised host tensor of `shape` and `kind` in pinned memory
 /// (`nbytes` = its size), from libtorch's caching host allocator, without
 /// the copy that pinning an ordinary empty tensor makes.
 fn empty_pinned(shape: &[i64], kind: tch::Kind, nbytes: usize) -> Result<Tensor> {
+    if nbytes == 0 {
+        return Tensor::f_empty(shape, (kind, Device::Cpu)).map_err(torch_error);
+    }
+    empty_pinned_bytes(nbytes)?
+        .f_view_dtype(kind)
+        .and_then(|t| t.f_reshape(shape))
+        .map_err(torch_error)
+}
+
+/// `nbytes` (> 0) uninitialised bytes of pinned host memory, as a uint8
+/// tensor.
+fn empty_pinned_bytes(nbytes: usize) -> Result<Tensor> {
     unsafe extern "C" {
         fn mymps_empty_pinned_bytes(
             nbytes: i64,
             err: *mut *mut std::ffi::c_char,
         ) -> *mut torch_sys::C_tensor;
     }
-    if nbytes == 0 {
-        return Tensor::f_empty(shape, (kind, Device::Cpu)).map_err(torch_error);
-    }
     let mut err: *mut std::ffi::c_char = std::ptr::null_mut();
     // SAFETY: the shim catches C++ exceptions; on success it returns a new
     // at::Tensor*, which `Tensor::from_ptr` owns and frees (tch's at_free
     // deletes it); on failure a malloc'd message.
-    let bytes = unsafe {
+    unsafe {
         let p = mymps_empty_pinned_bytes(nbytes as i64, &mut err);
         if p.is_null() {
             let msg = if err.is_null() {
@@ -384,12 +431,8 @@ fn empty_pinned(shape: &[i64], kind: tch::Kind, nbytes: usize) -> Result<Tensor>
                 format!("cannot allocate {nbytes} bytes of pinned host memory: {msg}"),
             ));
         }
-        Tensor::from_ptr(p)
-    };
-    bytes
-        .f_view_dtype(kind)
-        .and_then(|t| t.f_reshape(shape))
-        .map_err(torch_error)
+        Ok(Tensor::from_ptr(p))
+    }
 }
 
 /// Returns the device allocator's unused cached blocks to the device.

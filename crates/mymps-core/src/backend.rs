@@ -65,6 +65,13 @@ pub trait Backend: Send + Sync + 'static {
         0
     }
 
+    /// Host memory that large received tensors are read into, when the
+    /// backend has memory its device copies from faster than from ordinary
+    /// memory (pinned memory for CUDA). Default: none.
+    fn host_alloc(&self) -> Option<std::sync::Arc<dyn crate::buffer::HostAlloc>> {
+        None
+    }
+
     /// Returns memory the backend keeps cached but no longer uses to the
     /// system or device (called after a model is unloaded). Default: nothing.
     fn release_memory(&self) {}

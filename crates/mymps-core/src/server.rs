@@ -139,6 +139,11 @@ impl Server {
         let mut listeners = Vec::new();
         let options = TransportOptions {
             limits: Some(config.limits),
+            host_alloc: config
+                .transport
+                .host_alloc
+                .clone()
+                .or_else(|| backend.host_alloc().map(crate::buffer::HostAllocRef)),
             ..config.transport.clone()
         };
         for ep in &config.listen {

@@ -8,11 +8,12 @@
 //! the frame head and each tensor buffer go to the kernel as they are.
 
 use std::io::{self, IoSlice};
+use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::buffer::{LARGE, LargeBuf};
+use crate::buffer::{Filler, HostAlloc, LARGE};
 use crate::protocol::{Frame, FrameError, Limits, PREFIX_LEN, Prefix, parse_lengths};
 use crate::transport::{BoxFuture, FrameReader, FrameWriter, Incoming, MemoryBudget, ReadError};
 
@@ -22,10 +23,19 @@ const READ_CHUNK: usize = 64 * 1024;
 const SMALL_TENSOR: usize = 16 * 1024;
 
 /// Reads frames from a byte stream.
-#[derive(Debug)]
 pub struct StreamReader<R> {
     inner: R,
     buf: BytesMut,
+    host_alloc: Option<Arc<dyn HostAlloc>>,
+}
+
+impl<R> std::fmt::Debug for StreamReader<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamReader")
+            .field("buffered", &self.buf.len())
+            .field("host_alloc", &self.host_alloc.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl<R: AsyncRead + Unpin + Send + 'static> StreamReader<R> {
@@ -34,6 +44,16 @@ impl<R: AsyncRead + Unpin + Send + 'static> StreamReader<R> {
         StreamReader {
             inner,
             buf: BytesMut::with_capacity(READ_CHUNK),
+            host_alloc: None,
+        }
+    }
+
+    /// Wraps the receiving half of a stream; large tensors are read into
+    /// memory from `alloc` (a backend's, e.g. pinned memory) when given.
+    pub fn with_host_alloc(inner: R, alloc: Option<Arc<dyn HostAlloc>>) -> StreamReader<R> {
+        StreamReader {
+            host_alloc: alloc,
+            ..StreamReader::new(inner)
         }
     }
 
@@ -83,17 +103,14 @@ impl<R: AsyncRead + Unpin + Send + 'static> StreamReader<R> {
             )
         };
         if len >= LARGE {
-            let mut t = LargeBuf::new(len)?;
-            let s = t.as_mut_slice();
-            let mut filled = self.buf.len();
-            s[..filled].copy_from_slice(&self.buf.split_to(filled));
-            while filled < len {
-                match self.inner.read(&mut s[filled..]).await? {
-                    0 => return Err(eof()),
-                    n => filled += n,
+            let mut t = Filler::new(len, self.host_alloc.as_deref())?;
+            t.put_slice(&self.buf.split_to(self.buf.len()));
+            while t.remaining_mut() > 0 {
+                if self.inner.read_buf(&mut t).await? == 0 {
+                    return Err(eof());
                 }
             }
-            return Ok(t.freeze());
+            return Ok(t.freeze().expect("filled to its length"));
         }
         let mut t = BytesMut::with_capacity(len);
         t.extend_from_slice(&self.buf.split_to(self.buf.len()));

@@ -260,6 +260,10 @@ pub struct TransportOptions {
     /// sets them from its config when it binds, so that a transport with
     /// its own message layer (ZeroMQ) can refuse oversized messages there.
     pub limits: Option<Limits>,
+    /// Server: where large received tensors are read into (the backend's
+    /// memory, e.g. pinned host memory on a CUDA server; set by
+    /// `Server::bind`). Stream transports pass it to their readers.
+    pub host_alloc: Option<crate::buffer::HostAllocRef>,
 }
 
 /// A transport: a way to listen and connect for one URL scheme.

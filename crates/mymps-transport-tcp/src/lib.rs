@@ -9,7 +9,9 @@
 #![warn(missing_docs)]
 
 use std::io;
+use std::sync::Arc;
 
+use mymps_core::buffer::HostAlloc;
 use mymps_core::stream::{StreamReader, StreamWriter};
 use mymps_core::transport::{
     BoxFuture, Connection, Endpoint, Listener, Transport, TransportOptions, TransportRegistration,
@@ -27,14 +29,16 @@ inventory::submit! { TransportRegistration { transport: &TRANSPORT } }
 
 const SCHEME: &str = "tcp";
 
-fn into_connection(stream: TcpStream) -> io::Result<Connection> {
+/// A connection over `stream`; large received tensors go to `alloc`'s
+/// memory when given (the server's backend's, see `TransportOptions`).
+fn into_connection(stream: TcpStream, alloc: Option<Arc<dyn HostAlloc>>) -> io::Result<Connection> {
     stream.set_nodelay(true)?;
     let peer = stream
         .peer_addr()
         .map_or_else(|_| "?".to_owned(), |a| a.to_string());
     let (r, w) = stream.into_split();
     Ok(Connection {
-        reader: Box::new(StreamReader::new(r)),
+        reader: Box::new(StreamReader::with_host_alloc(r, alloc)),
         writer: Box::new(StreamWriter::new(w)),
         peer,
     })
@@ -43,6 +47,7 @@ fn into_connection(stream: TcpStream) -> io::Result<Connection> {
 struct TcpListenerImpl {
     inner: TcpListener,
     local: Endpoint,
+    host_alloc: Option<Arc<dyn HostAlloc>>,
 }
 
 impl Listener for TcpListenerImpl {
@@ -53,7 +58,7 @@ impl Listener for TcpListenerImpl {
     fn accept(&mut self) -> BoxFuture<'_, io::Result<Connection>> {
         Box::pin(async move {
             let (stream, _) = self.inner.accept().await?;
-            into_connection(stream)
+            into_connection(stream, self.host_alloc.clone())
         })
     }
 }
@@ -63,17 +68,21 @@ impl Transport for TcpTransport {
         SCHEME
     }
 
-    /// Binds; TCP uses none of the options (it has no TLS).
+    /// Binds; of the options TCP uses only `host_alloc` (it has no TLS).
     fn bind<'a>(
         &'a self,
         endpoint: &'a Endpoint,
-        _options: &'a TransportOptions,
+        options: &'a TransportOptions,
     ) -> BoxFuture<'a, io::Result<Box<dyn Listener>>> {
         Box::pin(async move {
             let inner = TcpListener::bind(endpoint.host_port()).await?;
             let addr = inner.local_addr()?;
             let local = Endpoint::new(SCHEME, &addr.ip().to_string(), addr.port());
-            Ok(Box::new(TcpListenerImpl { inner, local }) as Box<dyn Listener>)
+            Ok(Box::new(TcpListenerImpl {
+                inner,
+                local,
+                host_alloc: options.host_alloc.as_ref().map(|a| a.0.clone()),
+            }) as Box<dyn Listener>)
         })
     }
 
@@ -82,6 +91,8 @@ impl Transport for TcpTransport {
         endpoint: &'a Endpoint,
         _options: &'a TransportOptions,
     ) -> BoxFuture<'a, io::Result<Connection>> {
-        Box::pin(async move { into_connection(TcpStream::connect(endpoint.host_port()).await?) })
+        Box::pin(
+            async move { into_connection(TcpStream::connect(endpoint.host_port()).await?, None) },
+        )
     }
 }
