@@ -939,10 +939,23 @@ fn measure_gpu(rt: &tokio::runtime::Runtime, client: &Client, device: &str, quic
         back.copy_(&on_dev);
         sync(dev);
     }));
-    // Our transfer path, in this process: the backend's converter moves a
-    // received buffer (ordinary pageable memory, as the socket filled it)
-    // to the device, and a device result back to a host buffer.
-    let received = ones(n, &[n]);
+    // Our transfer path, in this process: a tensor in the memory the server
+    // receives into (the backend's host memory: pinned on CUDA), moved to
+    // the device by the backend's converter, and a device result back to a
+    // host buffer.
+    let received = {
+        let backend = mymps_backend_tch::TchBackend::new(device).expect("backend");
+        let alloc = mymps::Backend::host_alloc(&backend);
+        let mut f = mymps::buffer::Filler::new(bytes, alloc.as_deref()).expect("buffer");
+        let chunk: Vec<u8> = std::iter::repeat_n(1.0f32.to_ne_bytes(), MIB / 4)
+            .flatten()
+            .collect();
+        while bytes::BufMut::remaining_mut(&f) > 0 {
+            let k = bytes::BufMut::remaining_mut(&f).min(chunk.len());
+            bytes::BufMut::put_slice(&mut f, &chunk[..k]);
+        }
+        mymps::Tensor::new(mymps::DType::Float32, &[n], f.freeze().expect("full")).expect("tensor")
+    };
     let mut conv = mymps_backend_tch::Converter::new(dev);
     let ours_h2d = median(time_n(iters, 2, || {
         let _t = conv.upload(received.clone()).expect("upload");
