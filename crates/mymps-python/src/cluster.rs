@@ -245,21 +245,7 @@ impl MympsCluster {
         config: Option<&Bound<'py, PyAny>>,
         hosts: Option<Vec<String>>,
     ) -> PyResult<Bound<'py, PyDict>> {
-        let config = match config {
-            None => None,
-            Some(c) if c.is_none() => None,
-            Some(c) => match c.extract::<String>() {
-                Ok(s) => Some(s),
-                Err(_) => Some(
-                    py.import("json")?
-                        .call_method1("dumps", (c,))
-                        .and_then(|s| s.extract::<String>())
-                        .map_err(|e| {
-                            bad_argument(format!("config must be a JSON-serialisable dict: {e}"))
-                        })?,
-                ),
-            },
-        };
+        let config = convert::model_config(config)?;
         let request = mymps::model::LoadRequest {
             name,
             model_type,

@@ -381,6 +381,23 @@ pub fn infer_inputs(inputs: Option<&Bound<'_, PyAny>>) -> PyResult<NamedTensors>
     Ok(inputs.tensors)
 }
 
+/// A `load_model` `config`: None, a JSON string as it is, or a dict
+/// (anything `json.dumps` takes) as its JSON text.
+pub fn model_config(config: Option<&Bound<'_, PyAny>>) -> PyResult<Option<String>> {
+    let Some(c) = config.filter(|c| !c.is_none()) else {
+        return Ok(None);
+    };
+    if let Ok(s) = c.extract::<String>() {
+        return Ok(Some(s));
+    }
+    c.py()
+        .import("json")?
+        .call_method1("dumps", (c,))
+        .and_then(|s| s.extract::<String>())
+        .map(Some)
+        .map_err(|e| bad_argument(format!("config must be a JSON-serialisable dict: {e}")))
+}
+
 /// `**kwargs` as scalar arguments.
 pub fn kwargs(kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<Vec<(String, Value)>> {
     let mut out = Vec::new();
