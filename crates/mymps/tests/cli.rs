@@ -1,7 +1,8 @@
 //! The `mymps` command end to end: `mymps serve` in a child process, the
 //! client subcommands against it, and the examples in `examples/`.
 
-use std::io::{BufRead, BufReader};
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -31,20 +32,7 @@ impl Served {
         for (k, v) in extra_env {
             cmd.env(k, v);
         }
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn mymps serve");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .expect("first line");
-        let addr = line
-            .trim()
-            .strip_prefix("mymps: listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .to_owned();
+        let (child, addr, _) = common::spawn_serve(cmd.stderr(Stdio::inherit()));
         Served { child, addr }
     }
 
@@ -278,21 +266,14 @@ fn the_examples_run() {
 /// `mymps serve` on quic://127.0.0.1:0 in `cwd`: the child, its address and
 /// the certificate line (path, fingerprint).
 fn serve_quic(cwd: &Path, args: &[&str]) -> (Served, PathBuf, String) {
-    let mut child = Command::new(bin())
-        .args(["serve", "--device", &test_device(), "--log", "warn"])
-        .args(["--listen", "quic://127.0.0.1:0"])
-        .args(args)
-        .current_dir(cwd)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn mymps serve");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let first = lines.next().expect("a first line").unwrap();
-    let addr = first
-        .strip_prefix("mymps: listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {first:?}"))
-        .to_owned();
+    let (child, addr, mut lines) = common::spawn_serve(
+        Command::new(bin())
+            .args(["serve", "--device", &test_device(), "--log", "warn"])
+            .args(["--listen", "quic://127.0.0.1:0"])
+            .args(args)
+            .current_dir(cwd)
+            .stderr(Stdio::inherit()),
+    );
     let second = lines.next().expect("a certificate line").unwrap();
     let rest = second
         .strip_prefix("mymps: quic certificate ")

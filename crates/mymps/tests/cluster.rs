@@ -4,7 +4,8 @@
 //! the host down and up again, models placed on some hosts, op errors
 //! returned without retries, and `mymps cluster status`.
 
-use std::io::{BufRead, BufReader};
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -53,20 +54,7 @@ impl Served {
                 .arg("--model-root")
                 .arg(root);
         }
-        let mut child = cmd
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn mymps serve");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .expect("first line");
-        let addr = line
-            .trim()
-            .strip_prefix("mymps: listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .to_owned();
+        let (child, addr, _) = common::spawn_serve(cmd.stderr(Stdio::inherit()));
         let port = addr.rsplit(':').next().unwrap().parse().unwrap();
         Served { child, addr, port }
     }

@@ -362,38 +362,26 @@ fn mismatched_and_broken_plugins_are_refused() {
 fn plugins_loaded_by_the_server_serve_models_and_ops() {
     let models = artefact("libmymps_models.so");
     let fixture = artefact("libmymps_plugin_fixture.so");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mymps"))
-        .args([
-            "serve",
-            "--listen",
-            "tcp://127.0.0.1:0",
-            "--device",
-            "cpu",
-            "--log",
-            "warn",
-            "--plugin-dir",
-            "/nonexistent",
-        ])
-        .arg("--model-root")
-        .arg(std::env::temp_dir())
-        .arg("--plugin")
-        .arg(&models)
-        .arg("--plugin")
-        .arg(&fixture)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    let addr = line
-        .trim()
-        .strip_prefix("mymps: listening on ")
-        .expect("listening line")
-        .to_owned();
+    let (mut child, addr, _) = common::spawn_serve(
+        Command::new(env!("CARGO_BIN_EXE_mymps"))
+            .args([
+                "serve",
+                "--listen",
+                "tcp://127.0.0.1:0",
+                "--device",
+                "cpu",
+                "--log",
+                "warn",
+                "--plugin-dir",
+                "/nonexistent",
+            ])
+            .arg("--model-root")
+            .arg(std::env::temp_dir())
+            .arg("--plugin")
+            .arg(&models)
+            .arg("--plugin")
+            .arg(&fixture),
+    );
     let result = std::panic::catch_unwind(|| {
         let c = mymps::client::blocking::Client::connect(&addr).unwrap();
         // The plugin's ops are in the whitelist and run.

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+use std::io::{BufRead, BufReader, Lines};
+use std::process::{Child, ChildStdout, Command, Stdio};
 use std::sync::Arc;
 
 use mymps::client::{Call, Client};
@@ -247,4 +249,22 @@ pub async fn check_300_requests_in_flight(c: &Client) {
     }
     seen.sort();
     assert_eq!(seen, (0..300).collect::<Vec<_>>());
+}
+
+/// Spawns `cmd`, a `mymps serve ...` command, with its stdout piped, and
+/// reads its first line, `mymps: listening on URL`: the child, the URL and
+/// the rest of its stdout.
+pub fn spawn_serve(cmd: &mut Command) -> (Child, String, Lines<BufReader<ChildStdout>>) {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn mymps serve");
+    let mut lines = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
+    let first = lines.next().expect("a first line").expect("a line of text");
+    let addr = first
+        .trim()
+        .strip_prefix("mymps: listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {first:?}"))
+        .to_owned();
+    (child, addr, lines)
 }
