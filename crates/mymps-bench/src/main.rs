@@ -157,6 +157,28 @@ where
     out
 }
 
+/// Times `n` calls (after `warmup`) of the call `make` builds, one at a time,
+/// from a task on `rt`'s workers: where an async application's code runs (a
+/// `block_on` caller is woken by a worker, one thread hand-off more a call).
+fn time_calls(
+    rt: &tokio::runtime::Runtime,
+    client: &Client,
+    n: usize,
+    warmup: usize,
+    make: impl Fn() -> Call + Send + 'static,
+) -> Vec<f64> {
+    let c = client.clone();
+    let task = time_n_async(n, warmup, move || {
+        let (c, call) = (c.clone(), make());
+        async move {
+            c.call(call)
+                .await
+                .unwrap_or_else(|e| panic!("benchmark call failed: {e}"));
+        }
+    });
+    rt.block_on(rt.spawn(task)).expect("benchmark task")
+}
+
 fn ones(n: usize, shape: &[usize]) -> Tensor {
     Tensor::from_vec(vec![1.0f32; n], shape).expect("tensor")
 }
@@ -528,25 +550,16 @@ fn run(args: &Args, device: &str) -> Result<(), String> {
     // -- latency
     pb.set_message("latency: add 4x4, matmul 256x256");
     let a = ones(16, &[4, 4]);
-    let add_s = rt.block_on(time_n_async(plan.n_small, 200, || {
-        let c = client.clone();
+    let add_s = {
         let a = a.clone();
-        async move {
-            c.call(Call::new("add").arg(a.clone()).arg(a))
-                .await
-                .expect("add");
-        }
-    }));
+        time_calls(&rt, &client, plan.n_small, 200, move || {
+            Call::new("add").arg(a.clone()).arg(a.clone())
+        })
+    };
     let m = ones(256 * 256, &[256, 256]);
-    let mm_s = rt.block_on(time_n_async(plan.n_matmul, 10, || {
-        let c = client.clone();
-        let m = m.clone();
-        async move {
-            c.call(Call::new("matmul").arg(m.clone()).arg(m))
-                .await
-                .expect("matmul");
-        }
-    }));
+    let mm_s = time_calls(&rt, &client, plan.n_matmul, 10, move || {
+        Call::new("matmul").arg(m.clone()).arg(m.clone())
+    });
     // The blocking client (its own runtime, the caller's thread waits): the
     // path the Python client takes, without Python.
     let blocking = mymps::client::blocking::Client::connect(&server.url)
@@ -584,13 +597,9 @@ fn run(args: &Args, device: &str) -> Result<(), String> {
     for &mib in &plan.sizes_mib {
         pb.set_message(format!("throughput: neg {mib} MiB"));
         let x = ones(mib * MIB / 4, &[mib * MIB / 4]);
-        let s = rt.block_on(time_n_async(plan.iters_large, 1, || {
-            let c = client.clone();
-            let x = x.clone();
-            async move {
-                c.call(Call::new("neg").arg(x)).await.expect("neg");
-            }
-        }));
+        let s = time_calls(&rt, &client, plan.iters_large, 1, move || {
+            Call::new("neg").arg(x.clone())
+        });
         let med = median(s);
         thr.push(
             json!({"mib": mib, "median_s": med, "gb_s": 2.0 * (mib * MIB) as f64 / med / 1e9}),
@@ -727,31 +736,18 @@ fn measure_transport(
         Err(e) => return json!({"url": url, "error": e.to_string()}),
     };
     let a = ones(16, &[4, 4]);
-    let add = rt.block_on(time_n_async(plan.n_small, 200, || {
-        let (c, a) = (c.clone(), a.clone());
-        async move {
-            c.call(Call::new("add").arg(a.clone()).arg(a))
-                .await
-                .expect("add");
-        }
-    }));
+    let add = time_calls(rt, &c, plan.n_small, 200, move || {
+        Call::new("add").arg(a.clone()).arg(a.clone())
+    });
     let m = ones(256 * 256, &[256, 256]);
-    let mm = rt.block_on(time_n_async(plan.n_matmul, 10, || {
-        let (c, m) = (c.clone(), m.clone());
-        async move {
-            c.call(Call::new("matmul").arg(m.clone()).arg(m))
-                .await
-                .expect("matmul");
-        }
-    }));
+    let mm = time_calls(rt, &c, plan.n_matmul, 10, move || {
+        Call::new("matmul").arg(m.clone()).arg(m.clone())
+    });
     let mib = transport_mib(plan);
     let x = ones(mib * MIB / 4, &[mib * MIB / 4]);
-    let neg = median(rt.block_on(time_n_async(plan.iters_large, 1, || {
-        let (c, x) = (c.clone(), x.clone());
-        async move {
-            c.call(Call::new("neg").arg(x)).await.expect("neg");
-        }
-    })));
+    let neg = median(time_calls(rt, &c, plan.iters_large, 1, move || {
+        Call::new("neg").arg(x.clone())
+    }));
     c.close();
     json!({
         "url": url,

@@ -647,9 +647,16 @@ fn unexpected(what: &str, r: &Response) -> Error {
 
 /// A client for programs without an async runtime: the same calls, blocking.
 ///
-/// It owns a small runtime (one worker thread). It is `Send + Sync`: share
-/// it between threads (e.g. behind an `Arc`); calls from several threads
-/// run concurrently over the one connection.
+/// It owns a small runtime. It is `Send + Sync`: share it between threads
+/// (e.g. behind an `Arc`); calls from several threads run concurrently over
+/// the one connection.
+///
+/// Over TCP and ZeroMQ the runtime has no thread of its own: a call runs the
+/// connection on the caller's thread (one of the waiting callers reads the
+/// socket and hands the others their replies), so a reply wakes the caller
+/// directly, with no second thread to wake. Over QUIC, whose connection
+/// needs timers (keep-alives, acknowledgements) served between calls, it has
+/// one worker thread.
 pub mod blocking {
     use super::*;
 
@@ -682,9 +689,14 @@ pub mod blocking {
 
         /// Connects to an endpoint.
         pub fn connect_endpoint(endpoint: Endpoint, options: ClientOptions) -> Result<Client> {
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .thread_name("mymps-client")
+            let mut builder = if endpoint.scheme == "quic" {
+                let mut b = tokio::runtime::Builder::new_multi_thread();
+                b.worker_threads(1).thread_name("mymps-client");
+                b
+            } else {
+                tokio::runtime::Builder::new_current_thread()
+            };
+            let runtime = builder
                 .enable_all()
                 .build()
                 .map_err(|e| Error::internal(format!("cannot start the client runtime: {e}")))?;
