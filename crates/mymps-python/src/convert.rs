@@ -8,8 +8,9 @@
 //! of the stable ABI only from 3.11. numpy's array interface works on every
 //! version and is as direct:
 //!
-//! - **In**: `arr.__array_interface__["data"][0]` is the address of the
-//!   array's first element. The tensor's [`Bytes`] are built with
+//! - **In**: the array's `__array_struct__` capsule (numpy's C-level array
+//!   interface: one attribute fetch, no dict to build) gives its address,
+//!   shape, strides, element kind and byte order. The tensor's [`Bytes`] are built with
 //!   [`Bytes::from_owner`] over an [`ArrayBytes`] that holds a reference to
 //!   the array, so the memory stays alive (numpy refuses to resize an array
 //!   that others reference) until the bytes have been written to the socket.
@@ -20,7 +21,8 @@
 //!   order, and views whose memory span is more than twice their data (a
 //!   sliced `a[::3]` would otherwise send three times the bytes).
 //! - **Out**: a received tensor's buffer becomes a [`ResultBuffer`], a small
-//!   object whose `__array_interface__` points at it; `numpy.asarray` makes
+//!   object whose `__array_struct__` (and `__array_interface__`) points at
+//!   it; `numpy.asarray` makes
 //!   a writable array whose `.base` is that object. Large tensors are read
 //!   from the socket into a buffer of their own, which is taken over as it
 //!   is ([`Bytes::try_into_mut`]); tensors under 64 KiB may be slices of
@@ -37,7 +39,8 @@ use bytes::{Bytes, BytesMut};
 use mymps::{DType, Tensor, Value};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
-use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
+use pyo3::types::{PyBool, PyCapsule, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
+use std::ffi::{c_char, c_int, c_void};
 
 use crate::errors::{bad_argument, invalid_tensor, to_py};
 
@@ -51,11 +54,118 @@ const MAX_DEPTH: usize = 8;
 
 static NUMPY: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
 static ML_DTYPES_BF16: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+static NDARRAY: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
 fn numpy(py: Python<'_>) -> PyResult<&Bound<'_, PyModule>> {
     NUMPY
         .get_or_try_init(py, || py.import("numpy").map(Bound::unbind))
         .map(|m| m.bind(py))
+}
+
+/// `numpy.ndarray`.
+fn ndarray(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
+    NDARRAY
+        .get_or_try_init(py, || numpy(py)?.getattr("ndarray").map(Bound::unbind))
+        .map(|t| t.bind(py))
+}
+
+// numpy's `PyArrayInterface` flags.
+const NPY_ALIGNED: c_int = 0x0100;
+const NPY_NOTSWAPPED: c_int = 0x0200;
+const NPY_WRITEABLE: c_int = 0x0400;
+
+/// numpy's `PyArrayInterface`, the struct an `__array_struct__` capsule
+/// points at (numpy's "array interface, C-struct access").
+#[repr(C)]
+struct ArrayInterface {
+    /// Always 2.
+    two: c_int,
+    nd: c_int,
+    /// `b`, `i`, `u`, `f`, `c`, `V`, ... (the typestr's kind).
+    typekind: c_char,
+    itemsize: c_int,
+    flags: c_int,
+    shape: *mut isize,
+    /// Byte strides; may be null for a C-contiguous array.
+    strides: *mut isize,
+    data: *mut c_void,
+    descr: *mut pyo3::ffi::PyObject,
+}
+
+/// What an ndarray's `__array_struct__` says of it.
+struct ArrayStruct {
+    shape: Vec<usize>,
+    byte_strides: Vec<isize>,
+    ptr: usize,
+    typekind: u8,
+    itemsize: usize,
+    /// Native byte order.
+    native: bool,
+}
+
+/// Reads `arr.__array_struct__` (a numpy array).
+fn array_struct(arr: &Bound<'_, PyAny>) -> PyResult<ArrayStruct> {
+    let py = arr.py();
+    let attr = arr.getattr(pyo3::intern!(py, "__array_struct__"))?;
+    let cap = attr.cast::<PyCapsule>()?;
+    let p = cap.pointer_checked(None)?.cast::<ArrayInterface>();
+    // SAFETY: numpy's `__array_struct__` capsule holds a `PyArrayInterface`
+    // (checked by its `two` field) whose shape and strides have `nd` entries;
+    // it stays valid while the capsule (`attr`) is alive, and no Python code
+    // runs while it is read.
+    unsafe {
+        let i = p.as_ref();
+        if i.two != 2 || i.nd < 0 || i.itemsize <= 0 {
+            return Err(invalid_tensor("the array's __array_struct__ is malformed"));
+        }
+        let nd = i.nd as usize;
+        let shape: Vec<usize> = if nd == 0 {
+            Vec::new()
+        } else {
+            std::slice::from_raw_parts(i.shape, nd)
+                .iter()
+                .map(|&d| d as usize)
+                .collect()
+        };
+        let itemsize = i.itemsize as usize;
+        let byte_strides: Vec<isize> = if nd == 0 {
+            Vec::new()
+        } else if i.strides.is_null() {
+            mymps::tensor::contiguous_strides(&shape)
+                .iter()
+                .map(|&s| (s * itemsize) as isize)
+                .collect()
+        } else {
+            std::slice::from_raw_parts(i.strides, nd).to_vec()
+        };
+        Ok(ArrayStruct {
+            shape,
+            byte_strides,
+            ptr: i.data as usize,
+            typekind: i.typekind as u8,
+            itemsize,
+            native: i.flags & NPY_NOTSWAPPED != 0,
+        })
+    }
+}
+
+/// The dtype of numpy's element kind and size, for the plain numeric kinds
+/// (bfloat16 and unsupported dtypes are looked up by name).
+fn dtype_of_kind(kind: u8, itemsize: usize) -> Option<DType> {
+    Some(match (kind, itemsize) {
+        (b'b', 1) => DType::Bool,
+        (b'u', 1) => DType::UInt8,
+        (b'i', 1) => DType::Int8,
+        (b'i', 2) => DType::Int16,
+        (b'i', 4) => DType::Int32,
+        (b'i', 8) => DType::Int64,
+        (b'f', 2) => DType::Float16,
+        (b'f', 4) => DType::Float32,
+        (b'f', 8) => DType::Float64,
+        (b'c', 8) => DType::Complex64,
+        (b'c', 16) => DType::Complex128,
+        _ => return None,
+    })
 }
 
 fn bfloat16_dtype(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
@@ -115,16 +225,16 @@ struct Layout {
     numel: usize,
 }
 
-/// Reads `arr`'s layout; `None` if it cannot be sent without a copy
+/// An array's layout; `None` if it cannot be sent without a copy
 /// (negative or unaligned strides, or a span over twice the data).
-fn layout(arr: &Bound<'_, PyAny>, itemsize: usize) -> PyResult<Option<Layout>> {
-    let shape: Vec<usize> = arr.getattr("shape")?.extract()?;
-    let byte_strides: Vec<isize> = arr.getattr("strides")?.extract()?;
-    let ptr: usize = arr
-        .getattr("__array_interface__")?
-        .get_item("data")?
-        .get_item(0)?
-        .extract()?;
+fn layout(a: ArrayStruct) -> PyResult<Option<Layout>> {
+    let ArrayStruct {
+        shape,
+        byte_strides,
+        ptr,
+        itemsize,
+        ..
+    } = a;
     let numel = mymps::tensor::checked_numel(&shape)
         .ok_or_else(|| invalid_tensor(format!("shape {shape:?} is too large")))?;
     let contiguous = mymps::tensor::contiguous_strides(&shape);
@@ -164,7 +274,7 @@ fn layout(arr: &Bound<'_, PyAny>, itemsize: usize) -> PyResult<Option<Layout>> {
 pub fn array_to_tensor(name: &str, obj: &Bound<'_, PyAny>) -> PyResult<Tensor> {
     let py = obj.py();
     let np = numpy(py)?;
-    let mut arr = if obj.is_instance(&np.getattr("ndarray")?)? {
+    let mut arr = if obj.is_instance(ndarray(py)?)? {
         obj.clone()
     } else {
         np.call_method1("asarray", (obj,)).map_err(|e| {
@@ -174,37 +284,49 @@ pub fn array_to_tensor(name: &str, obj: &Bound<'_, PyAny>) -> PyResult<Tensor> {
             ))
         })?
     };
-    let dt = arr.getattr("dtype")?;
-    let dname: String = dt.getattr("name")?.extract()?;
-    let dtype = DType::from_name(&dname)
-        .filter(|d| d.name() == dname)
-        .ok_or_else(|| {
-            let shown = dt.str().map_or_else(|_| dname.clone(), |s| s.to_string());
-            invalid_tensor(format!(
-                "input '{name}': dtype {shown} is not supported; supported dtypes: {}",
-                DType::ALL.map(DType::name).join(", ")
-            ))
-        })?;
-    let itemsize: usize = dt.getattr("itemsize")?.extract()?;
-    if itemsize != dtype.itemsize() {
-        return Err(invalid_tensor(format!(
-            "input '{name}': dtype {dname} has itemsize {itemsize}, expected {}",
-            dtype.itemsize()
-        )));
-    }
-    if !dt.getattr("isnative")?.is_truthy()? {
-        let native = dt.call_method1("newbyteorder", ("=",))?;
-        arr = arr.call_method1("astype", (native,))?;
-        INPUT_COPIES.fetch_add(1, Ordering::Relaxed);
-    }
-    let layout = match layout(&arr, itemsize)? {
+    let mut st = array_struct(&arr)?;
+    let fast = dtype_of_kind(st.typekind, st.itemsize).filter(|_| st.native);
+    let dtype = match fast {
+        Some(d) => d,
+        None => {
+            // bfloat16 (ml_dtypes), another byte order, or an unsupported
+            // dtype: by name, as numpy spells it.
+            let dt = arr.getattr("dtype")?;
+            let dname: String = dt.getattr("name")?.extract()?;
+            let dtype = DType::from_name(&dname)
+                .filter(|d| d.name() == dname)
+                .ok_or_else(|| {
+                    let shown = dt.str().map_or_else(|_| dname.clone(), |s| s.to_string());
+                    invalid_tensor(format!(
+                        "input '{name}': dtype {shown} is not supported; supported dtypes: {}",
+                        DType::ALL.map(DType::name).join(", ")
+                    ))
+                })?;
+            if st.itemsize != dtype.itemsize() {
+                return Err(invalid_tensor(format!(
+                    "input '{name}': dtype {dname} has itemsize {}, expected {}",
+                    st.itemsize,
+                    dtype.itemsize()
+                )));
+            }
+            if !st.native {
+                let native = dt.call_method1("newbyteorder", ("=",))?;
+                arr = arr.call_method1("astype", (native,))?;
+                INPUT_COPIES.fetch_add(1, Ordering::Relaxed);
+                st = array_struct(&arr)?;
+            }
+            dtype
+        }
+    };
+    let itemsize = dtype.itemsize();
+    let layout = match layout(st)? {
         Some(l) => l,
         None => {
             let kw = PyDict::new(py);
             kw.set_item("order", "C")?;
             arr = arr.call_method("copy", (), Some(&kw))?;
             INPUT_COPIES.fetch_add(1, Ordering::Relaxed);
-            layout(&arr, itemsize)?
+            layout(array_struct(&arr)?)?
                 .ok_or_else(|| invalid_tensor("a C-contiguous copy has an unexpected layout"))?
         }
     };
@@ -245,7 +367,7 @@ pub fn inputs(inputs: Option<&Bound<'_, PyAny>>) -> PyResult<Inputs> {
     };
     let mut out = Vec::new();
     let mut none = Vec::new();
-    if inputs.is_instance(&numpy(inputs.py())?.getattr("ndarray")?)? {
+    if inputs.is_instance(ndarray(inputs.py())?)? {
         // One array: the one positional argument.
         out.push(("0".to_owned(), array_to_tensor("0", inputs)?));
         return Ok(Inputs { tensors: out, none });
@@ -423,35 +545,58 @@ pub struct ResultBuffer {
     _buf: BytesMut,
     ptr: usize,
     len: usize,
-    typestr: String,
+    dtype: DType,
     shape: Vec<usize>,
     /// Byte strides; `None` for C order.
     strides: Option<Vec<usize>>,
 }
 
+/// A `PyArrayInterface` with the shape and strides it points at, owned by
+/// the capsule `ResultBuffer.__array_struct__` returns.
+#[repr(C)]
+struct OwnedInterface {
+    /// First, so that the capsule's pointer is a `PyArrayInterface*`.
+    iface: ArrayInterface,
+    shape: Vec<isize>,
+    strides: Vec<isize>,
+}
+
+/// The capsule's destructor: frees its [`OwnedInterface`].
+unsafe extern "C" fn free_interface(capsule: *mut pyo3::ffi::PyObject) {
+    // SAFETY: the capsule was made by `ResultBuffer::__array_struct__` with
+    // no name and a pointer from `Box::into_raw(Box<OwnedInterface>)`.
+    unsafe {
+        let p = pyo3::ffi::PyCapsule_GetPointer(capsule, std::ptr::null());
+        if !p.is_null() {
+            drop(Box::from_raw(p.cast::<OwnedInterface>()));
+        }
+    }
+}
+
+/// numpy's element kind (`b`, `u`, `i`, `f`, `c`) and size of a dtype as
+/// it travels to numpy (bfloat16 as uint16, viewed as ml_dtypes.bfloat16).
+fn numpy_kind(dtype: DType) -> (u8, usize) {
+    let kind = match dtype {
+        DType::Bool => b'b',
+        DType::UInt8 | DType::BFloat16 => b'u',
+        d if d.is_complex() => b'c',
+        d if d.is_float() => b'f',
+        _ => b'i',
+    };
+    (kind, dtype.itemsize())
+}
+
+/// The typestr of `__array_interface__` (`<f4`, `|b1`, ...).
 fn typestr(dtype: DType) -> String {
-    let endian = if cfg!(target_endian = "little") {
+    let (kind, size) = numpy_kind(dtype);
+    let order = if size == 1 {
+        '|'
+    } else if cfg!(target_endian = "little") {
         '<'
     } else {
         '>'
     };
-    match dtype {
-        DType::Bool => "|b1".to_owned(),
-        DType::UInt8 => "|u1".to_owned(),
-        DType::Int8 => "|i1".to_owned(),
-        // bfloat16 travels as uint16 and is viewed as ml_dtypes.bfloat16.
-        DType::BFloat16 => format!("{endian}u2"),
-        d => {
-            let kind = if d.is_complex() {
-                'c'
-            } else if d.is_float() {
-                'f'
-            } else {
-                'i'
-            };
-            format!("{endian}{kind}{}", d.itemsize())
-        }
-    }
+    format!("{order}{}{size}", kind as char)
 }
 
 #[pymethods]
@@ -462,13 +607,61 @@ impl ResultBuffer {
         let d = PyDict::new(py);
         d.set_item("version", 3)?;
         d.set_item("shape", PyTuple::new(py, &self.shape)?)?;
-        d.set_item("typestr", &self.typestr)?;
+        d.set_item("typestr", typestr(self.dtype))?;
         d.set_item("data", (self.ptr, false))?;
         match &self.strides {
             Some(s) => d.set_item("strides", PyTuple::new(py, s)?)?,
             None => d.set_item("strides", py.None())?,
         }
         Ok(d)
+    }
+
+    /// numpy's C-level array interface over the received bytes: what
+    /// `numpy.asarray` reads first, without a dict to build or parse.
+    #[getter]
+    fn __array_struct__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let (typekind, itemsize) = numpy_kind(self.dtype);
+        let itemsize = itemsize as c_int;
+        let shape: Vec<isize> = self.shape.iter().map(|&d| d as isize).collect();
+        let strides: Vec<isize> = match &self.strides {
+            Some(s) => s.iter().map(|&x| x as isize).collect(),
+            None => mymps::tensor::contiguous_strides(&self.shape)
+                .iter()
+                .map(|&x| (x as isize) * itemsize as isize)
+                .collect(),
+        };
+        let mut owned = Box::new(OwnedInterface {
+            iface: ArrayInterface {
+                two: 2,
+                nd: shape.len() as c_int,
+                typekind: typekind as c_char,
+                itemsize,
+                flags: NPY_ALIGNED | NPY_NOTSWAPPED | NPY_WRITEABLE,
+                shape: std::ptr::null_mut(),
+                strides: std::ptr::null_mut(),
+                data: self.ptr as *mut c_void,
+                descr: std::ptr::null_mut(),
+            },
+            shape,
+            strides,
+        });
+        owned.iface.shape = owned.shape.as_mut_ptr();
+        owned.iface.strides = owned.strides.as_mut_ptr();
+        let raw = Box::into_raw(owned);
+        // SAFETY: `raw` is a valid pointer that the capsule owns from here
+        // on; `free_interface` frees it with the capsule.
+        unsafe {
+            let cap = pyo3::ffi::PyCapsule_New(
+                raw.cast::<c_void>(),
+                std::ptr::null(),
+                Some(free_interface),
+            );
+            if cap.is_null() {
+                drop(Box::from_raw(raw));
+                return Err(PyErr::fetch(py));
+            }
+            Ok(Bound::from_owned_ptr(py, cap))
+        }
     }
 
     /// Size of the buffer in bytes.
@@ -529,7 +722,7 @@ pub fn tensor_to_array<'py>(py: Python<'py>, t: Tensor) -> PyResult<Bound<'py, P
             _buf: buf,
             ptr,
             len,
-            typestr: typestr(dtype),
+            dtype,
             shape,
             strides,
         },
