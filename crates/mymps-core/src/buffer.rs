@@ -9,6 +9,17 @@
 //! transparent huge pages where it can (32 faults for 64 MiB). Where huge
 //! pages are off, or on other systems, it is ordinary memory.
 //!
+//! Fresh memory still costs zeroing a page at each fault (about 6 ms for
+//! 64 MiB in huge pages here). So a buffer that is dropped goes back to a
+//! small process-wide pool ([`POOL_MAX_BYTES`], [`POOL_MAX_BUFFERS`]) and the
+//! next large tensor of a similar size is read into it, already faulted in:
+//! repeated large calls then touch no fresh memory on either side. A pooled
+//! buffer is marked `MADV_FREE`, so under memory pressure the kernel may
+//! take its pages back (they then fault in again, zeroed); one idle for
+//! [`POOL_IDLE`] is unmapped at the next pool operation. A reused buffer
+//! still holds an earlier tensor's bytes until it is overwritten, and it is
+//! always overwritten in full before it becomes a tensor ([`Filler`]).
+//!
 //! A backend may supply the memory instead ([`HostAlloc`]): a CUDA server's
 //! is pinned host memory, which the device copies from at full DMA speed
 //! with no staging copy. A [`Filler`] is filled from a stream (as
@@ -26,38 +37,53 @@ use bytes::{BufMut, Bytes};
 /// Tensors of at least this many bytes get a [`LargeBuf`].
 pub const LARGE: usize = 2 << 20;
 
-/// Zeroed memory for one large tensor; becomes a [`Bytes`] with
-/// [`LargeBuf::freeze`].
+/// At most this many bytes of free large buffers are kept for reuse.
+pub const POOL_MAX_BYTES: usize = 512 << 20;
+/// At most this many free large buffers are kept for reuse.
+pub const POOL_MAX_BUFFERS: usize = 8;
+/// A free buffer unused this long is unmapped at the next pool operation.
+pub const POOL_IDLE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Memory for one large tensor (bytes of unspecified value: zero, or an
+/// earlier tensor's); becomes a [`Bytes`] with [`LargeBuf::freeze`].
 pub struct LargeBuf {
-    inner: Inner,
+    #[cfg(target_os = "linux")]
+    map: Option<Mapping>,
+    #[cfg(target_os = "linux")]
+    len: usize,
+    #[cfg(not(target_os = "linux"))]
+    inner: BytesMut,
 }
 
+/// A private anonymous mapping with a 2 MiB aligned data area of `cap`
+/// bytes; unmapped on drop.
 #[cfg(target_os = "linux")]
-struct Inner {
+struct Mapping {
     map: *mut libc::c_void,
     map_len: usize,
     data: *mut u8,
-    len: usize,
+    cap: usize,
 }
 
 // SAFETY: the mapping is owned by this value alone, and shared access after
 // `freeze` is read-only.
 #[cfg(target_os = "linux")]
-unsafe impl Send for Inner {}
+unsafe impl Send for Mapping {}
 #[cfg(target_os = "linux")]
-unsafe impl Sync for Inner {}
+unsafe impl Sync for Mapping {}
 
-#[cfg(not(target_os = "linux"))]
-struct Inner(BytesMut);
+#[cfg(target_os = "linux")]
+const HUGE: usize = 2 << 20;
 
-impl LargeBuf {
-    /// `len` zeroed bytes.
-    #[cfg(target_os = "linux")]
-    pub fn new(len: usize) -> std::io::Result<LargeBuf> {
-        const HUGE: usize = 2 << 20;
-        let rounded = len
+#[cfg(target_os = "linux")]
+impl Mapping {
+    /// A fresh mapping for `len` bytes, marked for huge pages.
+    fn new(len: usize) -> std::io::Result<Mapping> {
+        let cap = len
             .checked_next_multiple_of(HUGE)
-            .and_then(|r| r.checked_add(HUGE))
+            .ok_or_else(|| std::io::Error::other("buffer size overflows"))?;
+        let rounded = cap
+            .checked_add(HUGE)
             .ok_or_else(|| std::io::Error::other("buffer size overflows"))?;
         // SAFETY: a fresh private anonymous mapping; the arguments are valid.
         let map = unsafe {
@@ -74,67 +100,24 @@ impl LargeBuf {
             return Err(std::io::Error::last_os_error());
         }
         let offset = (map as usize).next_multiple_of(HUGE) - map as usize;
-        // SAFETY: offset < HUGE, so the data and its rounded length lie
-        // inside the mapping.
+        // SAFETY: offset < HUGE, so the data area of `cap` bytes lies inside
+        // the mapping.
         let data = unsafe { (map as *mut u8).add(offset) };
         // Advice only: without transparent huge pages it fails and the
         // buffer is ordinary memory.
         // SAFETY: the range lies inside the mapping.
-        let _ =
-            unsafe { libc::madvise(data.cast(), len.next_multiple_of(HUGE), libc::MADV_HUGEPAGE) };
-        Ok(LargeBuf {
-            inner: Inner {
-                map,
-                map_len: rounded,
-                data,
-                len,
-            },
+        let _ = unsafe { libc::madvise(data.cast(), cap, libc::MADV_HUGEPAGE) };
+        Ok(Mapping {
+            map,
+            map_len: rounded,
+            data,
+            cap,
         })
-    }
-
-    /// `len` zeroed bytes.
-    #[cfg(not(target_os = "linux"))]
-    pub fn new(len: usize) -> std::io::Result<LargeBuf> {
-        let mut b = BytesMut::new();
-        b.resize(len, 0);
-        Ok(LargeBuf { inner: Inner(b) })
-    }
-
-    /// The bytes, to be filled.
-    pub fn as_mut_slice(&mut self) -> &mut [u8] {
-        #[cfg(target_os = "linux")]
-        // SAFETY: `len` initialised (zeroed by the kernel) bytes, borrowed
-        // uniquely through `&mut self`.
-        unsafe {
-            std::slice::from_raw_parts_mut(self.inner.data, self.inner.len)
-        }
-        #[cfg(not(target_os = "linux"))]
-        &mut self.inner.0[..]
-    }
-
-    /// The buffer as immutable, shareable bytes (no copy).
-    pub fn freeze(self) -> Bytes {
-        #[cfg(target_os = "linux")]
-        return Bytes::from_owner(self);
-        #[cfg(not(target_os = "linux"))]
-        self.inner.0.freeze()
-    }
-}
-
-impl AsRef<[u8]> for LargeBuf {
-    fn as_ref(&self) -> &[u8] {
-        #[cfg(target_os = "linux")]
-        // SAFETY: `len` initialised bytes that live as long as `self`.
-        unsafe {
-            std::slice::from_raw_parts(self.inner.data, self.inner.len)
-        }
-        #[cfg(not(target_os = "linux"))]
-        &self.inner.0[..]
     }
 }
 
 #[cfg(target_os = "linux")]
-impl Drop for Inner {
+impl Drop for Mapping {
     fn drop(&mut self) {
         // SAFETY: the mapping made in `new`, unmapped once.
         unsafe {
@@ -143,17 +126,164 @@ impl Drop for Inner {
     }
 }
 
+/// Free mappings kept for reuse, most recently freed last.
+#[cfg(target_os = "linux")]
+struct Pool {
+    free: Vec<(Mapping, std::time::Instant)>,
+    max_bytes: usize,
+    max_buffers: usize,
+    idle: std::time::Duration,
+}
+
+#[cfg(target_os = "linux")]
+impl Pool {
+    const fn new(max_bytes: usize, max_buffers: usize, idle: std::time::Duration) -> Pool {
+        Pool {
+            free: Vec::new(),
+            max_bytes,
+            max_buffers,
+            idle,
+        }
+    }
+
+    /// Unmaps (drops) the buffers idle for too long.
+    fn expire(&mut self, now: std::time::Instant) -> Vec<Mapping> {
+        let idle = self.idle;
+        let (old, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.free)
+            .into_iter()
+            .partition(|(_, t)| now.duration_since(*t) >= idle);
+        self.free = keep;
+        old.into_iter().map(|(m, _)| m).collect()
+    }
+
+    /// The smallest free mapping that holds `len` bytes and is not over
+    /// four times larger (a small tensor does not take a big buffer).
+    fn take(&mut self, len: usize) -> Option<Mapping> {
+        let i = self
+            .free
+            .iter()
+            .enumerate()
+            .filter(|(_, (m, _))| m.cap >= len && m.cap / 4 <= len)
+            .min_by_key(|(_, (m, _))| m.cap)
+            .map(|(i, _)| i)?;
+        Some(self.free.remove(i).0)
+    }
+
+    /// Keeps `m` for reuse, making room by evicting the least recently
+    /// freed; gives back what is not kept (to be unmapped).
+    fn put(&mut self, m: Mapping, now: std::time::Instant) -> Vec<Mapping> {
+        if m.cap > self.max_bytes || self.max_buffers == 0 {
+            return vec![m];
+        }
+        let mut out = Vec::new();
+        let held = |p: &Pool| p.free.iter().map(|(m, _)| m.cap).sum::<usize>();
+        while !self.free.is_empty()
+            && (self.free.len() >= self.max_buffers || held(self) + m.cap > self.max_bytes)
+        {
+            out.push(self.free.remove(0).0);
+        }
+        self.free.push((m, now));
+        out
+    }
+}
+
+#[cfg(target_os = "linux")]
+static POOL: std::sync::Mutex<Pool> =
+    std::sync::Mutex::new(Pool::new(POOL_MAX_BYTES, POOL_MAX_BUFFERS, POOL_IDLE));
+
+#[cfg(target_os = "linux")]
+fn pool() -> std::sync::MutexGuard<'static, Pool> {
+    POOL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl LargeBuf {
+    /// Memory for `len` bytes: a pooled buffer of a similar size, else a
+    /// fresh mapping.
+    #[cfg(target_os = "linux")]
+    pub fn new(len: usize) -> std::io::Result<LargeBuf> {
+        let (reused, expired) = {
+            let mut p = pool();
+            let expired = p.expire(std::time::Instant::now());
+            (p.take(len), expired)
+        };
+        drop(expired); // Unmapped outside the lock.
+        let map = match reused {
+            Some(m) => m,
+            None => Mapping::new(len)?,
+        };
+        Ok(LargeBuf {
+            map: Some(map),
+            len,
+        })
+    }
+
+    /// `len` zeroed bytes.
+    #[cfg(not(target_os = "linux"))]
+    pub fn new(len: usize) -> std::io::Result<LargeBuf> {
+        let mut b = BytesMut::new();
+        b.resize(len, 0);
+        Ok(LargeBuf { inner: b })
+    }
+
+    /// The bytes, to be filled.
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        #[cfg(target_os = "linux")]
+        {
+            let m = self.map.as_ref().expect("mapped until dropped");
+            // SAFETY: `len <= cap` initialised bytes (zeroed by the kernel or
+            // written before), borrowed uniquely through `&mut self`.
+            unsafe { std::slice::from_raw_parts_mut(m.data, self.len) }
+        }
+        #[cfg(not(target_os = "linux"))]
+        &mut self.inner[..]
+    }
+
+    /// The buffer as immutable, shareable bytes (no copy).
+    pub fn freeze(self) -> Bytes {
+        #[cfg(target_os = "linux")]
+        return Bytes::from_owner(self);
+        #[cfg(not(target_os = "linux"))]
+        self.inner.freeze()
+    }
+}
+
+impl AsRef<[u8]> for LargeBuf {
+    fn as_ref(&self) -> &[u8] {
+        #[cfg(target_os = "linux")]
+        {
+            let m = self.map.as_ref().expect("mapped until dropped");
+            // SAFETY: `len` initialised bytes that live as long as `self`.
+            unsafe { std::slice::from_raw_parts(m.data, self.len) }
+        }
+        #[cfg(not(target_os = "linux"))]
+        &self.inner[..]
+    }
+}
+
+/// Gives the mapping to the pool (see the module docs).
+#[cfg(target_os = "linux")]
+impl Drop for LargeBuf {
+    fn drop(&mut self) {
+        let Some(m) = self.map.take() else { return };
+        // Pages the kernel may reclaim under pressure until written again.
+        // SAFETY: the data area lies inside the mapping, which is not in use.
+        let _ = unsafe { libc::madvise(m.data.cast(), m.cap, libc::MADV_FREE) };
+        let evicted = pool().put(m, std::time::Instant::now());
+        drop(evicted); // Unmapped outside the lock.
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn large_buffers_are_zeroed_writable_and_become_bytes() {
+    fn large_buffers_are_writable_and_become_bytes() {
         for len in [LARGE, LARGE + 1, 3 * LARGE + 12345] {
             let mut b = LargeBuf::new(len).unwrap();
             let s = b.as_mut_slice();
             assert_eq!(s.len(), len);
-            assert!(s.iter().all(|&x| x == 0));
+            s.fill(7);
             s[0] = 1;
             s[len - 1] = 2;
             let bytes = b.freeze();
@@ -164,7 +294,60 @@ mod tests {
             assert_eq!(bytes.as_ptr() as usize % (2 << 20), 0);
             let part = bytes.slice(10..20);
             drop(bytes);
-            assert_eq!(&part[..], &[0; 10]);
+            assert_eq!(&part[..], &[7; 10]);
+        }
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn the_pool_reuses_fits_evicts_the_oldest_and_expires_idle_buffers() {
+        use std::time::{Duration, Instant};
+        const M: usize = 2 << 20;
+        let t0 = Instant::now();
+        let mut p = Pool::new(10 * M, 3, Duration::from_secs(30));
+        let map = |len| Mapping::new(len).unwrap();
+        let (a, b) = (map(4 * M), map(8 * M));
+        let (a_ptr, b_ptr) = (a.data, b.data);
+        assert!(p.put(a, t0).is_empty());
+        // 4 + 8 MiB is over 10 MiB: the oldest (a) goes.
+        let out = p.put(b, t0);
+        assert_eq!(out.iter().map(|m| m.data).collect::<Vec<_>>(), [a_ptr]);
+        drop(out);
+        // Too small a request for an 8 MiB buffer; then one that fits.
+        assert!(p.take(M).is_none());
+        let got = p.take(5 * M).expect("fits");
+        assert_eq!(got.data, b_ptr);
+        assert!(p.take(5 * M).is_none(), "taken once");
+        // Buffers over the byte cap are never kept.
+        assert_eq!(p.put(map(12 * M), t0).len(), 1);
+        // At most 3 buffers.
+        for _ in 0..4 {
+            let _ = p.put(map(M), t0);
+        }
+        assert_eq!(p.free.len(), 3);
+        // Idle ones expire.
+        let _ = p.put(got, t0 + Duration::from_secs(20));
+        let expired = p.expire(t0 + Duration::from_secs(40));
+        assert_eq!(expired.len(), 2);
+        assert_eq!(p.free.len(), 1);
+        assert_eq!(p.free[0].0.data, b_ptr);
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_reused_buffer_holds_old_bytes_or_zeros() {
+        // The process-wide pool: another test may take the buffer first, and
+        // the kernel may reclaim pooled pages (MADV_FREE), which then read
+        // as zeros; every 4 KiB page holds one or the other, never garbage.
+        let len = 5 * LARGE + 3;
+        let mut b = LargeBuf::new(len).unwrap();
+        b.as_mut_slice().fill(9);
+        drop(b);
+        let mut c = LargeBuf::new(len).unwrap();
+        let s = c.as_mut_slice();
+        assert_eq!(s.len(), len);
+        for page in s.chunks(4096) {
+            assert!(page.iter().all(|&x| x == 9) || page.iter().all(|&x| x == 0));
         }
     }
 }
