@@ -197,6 +197,23 @@ def test_large_results_are_not_copied(client):
     assert r.ctypes.data % 16 == 0, "result buffers are aligned"
 
 
+def test_huge_page_results_are_not_copied_and_stay_writable(client):
+    # 2 MiB and more: read into a buffer of the pool, handed to numpy as is.
+    x = RNG.standard_normal((3, 1024, 1024)).astype(np.float32)  # 12 MiB
+    for _ in range(3):  # the second and third reuse pooled buffers
+        before = _copy_counters()
+        r = client.exec("neg", {"0": x})["output"]
+        assert _copy_counters() == before, "neither the input nor the result was copied"
+        np.testing.assert_array_equal(r, -x)
+        assert r.flags.writeable and r.flags.c_contiguous and r.flags.owndata is False
+        r += x  # writes through to the received buffer
+        assert not r.any()
+        keep = r  # alive while the next call receives into other memory
+    r2 = client.exec("neg", {"0": x})["output"]
+    np.testing.assert_array_equal(r2, -x)
+    assert not keep.any(), "a live result's memory is never reused"
+
+
 def test_small_results_are_copied_once(client):
     x = np.ones((4, 4), np.float32)
     before = _copy_counters()[1]

@@ -335,6 +335,14 @@ fn proc_mem(pid: u32, key: &str) -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// A field of /proc/PID/smaps_rollup (`LazyFree:`, ...), bytes.
+fn smaps_rollup(pid: u32, key: &str) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+    let line = s.lines().find(|l| l.starts_with(key))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
 /// Minor page faults of a process so far (/proc/PID/stat field 10).
 fn minor_faults(pid: u32) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -855,6 +863,8 @@ fn measure_memory(
     if let Some(pid) = server.pid() {
         // Reset the high-water mark (Linux: "5" > clear_refs), then read it.
         let before = proc_mem(pid, "VmRSS:").unwrap_or(0) as f64;
+        // Pooled receive buffers (MADV_FREE: the kernel may take them back).
+        let lazy_free = smaps_rollup(pid, "LazyFree:").unwrap_or(0) as f64;
         let reset = std::fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok();
         let faults_before = minor_faults(pid).unwrap_or(0);
         run_once()?;
@@ -864,6 +874,7 @@ fn measure_memory(
             "method": if reset { "VmHWM of the server process (reset before the call)" } else { "VmHWM of the server process (lifetime: reset failed)" },
             "payload_mib": mib,
             "rss_before_mib": before / MIB as f64,
+            "lazy_free_before_mib": lazy_free / MIB as f64,
             "peak_rss_mib": peak / MIB as f64,
             "peak_over_payload": peak / payload,
             "growth_over_payload": (peak - before) / payload,
@@ -1283,6 +1294,11 @@ fn print_table(r: &Value, targets: &[Target]) {
         m["growth_over_payload"].as_f64().unwrap_or(0.0),
         m["method"].as_str().unwrap_or("")
     );
+    if let Some(l) = m["lazy_free_before_mib"].as_f64() {
+        println!(
+            "of the RSS before: {l:.0} MiB of pooled receive buffers the kernel may reclaim (LazyFree)"
+        );
+    }
     if let Some(f) = m["server_minor_faults"].as_u64() {
         println!(
             "server page faults during that call: {f} ({:.0} MiB of freshly touched 4 KiB pages)",

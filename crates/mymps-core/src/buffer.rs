@@ -241,9 +241,57 @@ impl LargeBuf {
     /// The buffer as immutable, shareable bytes (no copy).
     pub fn freeze(self) -> Bytes {
         #[cfg(target_os = "linux")]
-        return Bytes::from_owner(self);
+        {
+            let m = self.map.as_ref().expect("mapped until dropped");
+            frozen().insert(m.data as usize, (WritePtr(m.data), self.len));
+            Bytes::from_owner(self)
+        }
         #[cfg(not(target_os = "linux"))]
         self.inner.freeze()
+    }
+}
+
+/// A frozen buffer's data pointer, as the mapping gave it (so writes
+/// through it are allowed).
+#[cfg(target_os = "linux")]
+struct WritePtr(*mut u8);
+
+// SAFETY: only handed out by `writable`, whose caller owns the bytes.
+#[cfg(target_os = "linux")]
+unsafe impl Send for WritePtr {}
+
+/// Frozen large buffers alive now: data address → (pointer, length).
+#[cfg(target_os = "linux")]
+static FROZEN: std::sync::Mutex<std::collections::BTreeMap<usize, (WritePtr, usize)>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
+
+#[cfg(target_os = "linux")]
+fn frozen() -> std::sync::MutexGuard<'static, std::collections::BTreeMap<usize, (WritePtr, usize)>>
+{
+    FROZEN.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The memory of `bytes` for writing, when they are the whole of a large
+/// buffer this module made (a received tensor of [`LARGE`] bytes or more,
+/// see [`Filler`]); `None` otherwise. A client hands such a result to a
+/// program that writes to it (a numpy array) without copying it.
+///
+/// # Safety
+///
+/// The caller must hold the only handle to these bytes (no clone or slice
+/// of them alive anywhere else), and write through the pointer only while
+/// it keeps `bytes` alive.
+pub unsafe fn writable(bytes: &Bytes) -> Option<*mut u8> {
+    #[cfg(target_os = "linux")]
+    {
+        let f = frozen();
+        let (ptr, len) = f.get(&(bytes.as_ptr() as usize))?;
+        (*len == bytes.len()).then_some(ptr.0)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = bytes;
+        None
     }
 }
 
@@ -265,6 +313,7 @@ impl AsRef<[u8]> for LargeBuf {
 impl Drop for LargeBuf {
     fn drop(&mut self) {
         let Some(m) = self.map.take() else { return };
+        frozen().remove(&(m.data as usize));
         // Pages the kernel may reclaim under pressure until written again.
         // SAFETY: the data area lies inside the mapping, which is not in use.
         let _ = unsafe { libc::madvise(m.data.cast(), m.cap, libc::MADV_FREE) };
@@ -331,6 +380,40 @@ mod tests {
         assert_eq!(expired.len(), 2);
         assert_eq!(p.free.len(), 1);
         assert_eq!(p.free[0].0.data, b_ptr);
+    }
+
+    #[test]
+    fn only_whole_frozen_large_buffers_are_writable() {
+        let mut b = LargeBuf::new(LARGE + 5).unwrap();
+        b.as_mut_slice().fill(1);
+        let bytes = b.freeze();
+        // SAFETY: `bytes` is the only handle; written while alive.
+        let p = unsafe { writable(&bytes) };
+        if cfg!(target_os = "linux") {
+            let p = p.expect("a whole frozen buffer");
+            assert_eq!(p as usize, bytes.as_ptr() as usize);
+            // SAFETY: inside the buffer, which nothing else uses.
+            unsafe { p.add(LARGE + 4).write(7) };
+            assert_eq!(bytes[LARGE + 4], 7);
+        }
+        let part = bytes.slice(1..);
+        // SAFETY: not written through.
+        assert!(unsafe { writable(&part) }.is_none(), "a slice is not");
+        drop(part);
+        let addr = bytes.as_ptr() as usize;
+        drop(bytes);
+        let other = Bytes::from(vec![0u8; 16]);
+        // SAFETY: not written through.
+        assert!(unsafe { writable(&other) }.is_none(), "nor other bytes");
+        // (Another test may have taken the memory from the pool since: the
+        // length, unique to this test, tells.)
+        #[cfg(target_os = "linux")]
+        assert_ne!(
+            frozen().get(&addr).map(|e| e.1),
+            Some(LARGE + 5),
+            "forgotten when dropped"
+        );
+        let _ = addr;
     }
 
     #[cfg(target_os = "linux")]

@@ -25,7 +25,8 @@
 //!   it; `numpy.asarray` makes
 //!   a writable array whose `.base` is that object. Large tensors are read
 //!   from the socket into a buffer of their own, which is taken over as it
-//!   is ([`Bytes::try_into_mut`]); tensors under 64 KiB may be slices of
+//!   is ([`Bytes::try_into_mut`], or [`mymps::buffer::writable`] for the
+//!   huge-page buffers of 2 MiB and more); tensors under 64 KiB may be slices of
 //!   the connection's read buffer, which a long-lived array must not pin,
 //!   and are copied once (a few microseconds, less than the call around
 //!   them).
@@ -542,7 +543,7 @@ pub fn kwargs(kwargs: Option<&Bound<'_, PyDict>>) -> PyResult<Vec<(String, Value
 pub struct ResultBuffer {
     /// Owns the memory; never read or written through this handle after
     /// construction (numpy writes through `ptr`).
-    _buf: BytesMut,
+    _buf: Owned,
     ptr: usize,
     len: usize,
     dtype: DType,
@@ -682,16 +683,38 @@ impl ResultBuffer {
 /// connection's read buffer (64 KiB chunks), which an array must not pin.
 const TAKE_OVER_MIN: usize = 64 * 1024;
 
-/// The received bytes as a buffer of our own without copying, when nothing
-/// else refers to them and they fill (nearly) all of their allocation;
-/// otherwise gives them back, to be copied.
-fn take_over(data: Bytes) -> Result<BytesMut, Bytes> {
+/// The memory of a result array (held, never read: numpy uses the pointer
+/// that comes with it).
+#[allow(dead_code)]
+enum Owned {
+    /// Ordinary memory of our own.
+    Mut(BytesMut),
+    /// A large received buffer (huge pages, pooled): written through the
+    /// pointer [`mymps::buffer::writable`] gave.
+    Large(Bytes),
+}
+
+/// The received bytes as a buffer of our own without copying (with the
+/// address numpy may write to), when nothing else refers to them and they
+/// fill (nearly) all of their allocation; otherwise gives them back, to be
+/// copied.
+fn take_over(data: Bytes) -> Result<(Owned, usize), Bytes> {
     if data.len() < TAKE_OVER_MIN {
         return Err(data);
     }
+    // SAFETY: a received tensor's bytes are moved from the connection's
+    // reader to here (frame, tensor, `into_data`) and never cloned, so this
+    // is the only handle; the pointer is written through only while
+    // `ResultBuffer` keeps the bytes.
+    if let Some(ptr) = unsafe { mymps::buffer::writable(&data) } {
+        return Ok((Owned::Large(data), ptr as usize));
+    }
     let len = data.len();
     match data.try_into_mut() {
-        Ok(b) if b.capacity() - len <= len / 4 => Ok(b),
+        Ok(mut b) if b.capacity() - len <= len / 4 => {
+            let ptr = b.as_mut_ptr() as usize;
+            Ok((Owned::Mut(b), ptr))
+        }
         Ok(b) => Err(b.freeze()),
         Err(b) => Err(b),
     }
@@ -705,17 +728,18 @@ pub fn tensor_to_array<'py>(py: Python<'py>, t: Tensor) -> PyResult<Bound<'py, P
         .strides()
         .map(|s| s.iter().map(|&x| x * dtype.itemsize()).collect());
     let data = t.into_data();
-    let mut buf = match take_over(data) {
+    let len = data.len();
+    let (buf, ptr) = match take_over(data) {
         Ok(b) => b,
         Err(small_or_shared) => {
             if !small_or_shared.is_empty() {
                 RESULT_COPIES.fetch_add(1, Ordering::Relaxed);
             }
-            BytesMut::from(&small_or_shared[..])
+            let mut b = BytesMut::from(&small_or_shared[..]);
+            let ptr = b.as_mut_ptr() as usize;
+            (Owned::Mut(b), ptr)
         }
     };
-    let ptr = buf.as_mut_ptr() as usize;
-    let len = buf.len();
     let owner = Bound::new(
         py,
         ResultBuffer {
