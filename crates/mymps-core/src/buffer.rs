@@ -16,7 +16,8 @@
 //! repeated large calls then touch no fresh memory on either side. A pooled
 //! buffer is marked `MADV_FREE`, so under memory pressure the kernel may
 //! take its pages back (they then fault in again, zeroed); one idle for
-//! [`POOL_IDLE`] is unmapped at the next pool operation. A reused buffer
+//! [`POOL_IDLE`] is unmapped (by a thread that runs while the pool holds
+//! buffers), so an idle process gives the memory back. A reused buffer
 //! still holds an earlier tensor's bytes until it is overwritten, and it is
 //! always overwritten in full before it becomes a tensor ([`Filler`]).
 //!
@@ -41,7 +42,7 @@ pub const LARGE: usize = 2 << 20;
 pub const POOL_MAX_BYTES: usize = 512 << 20;
 /// At most this many free large buffers are kept for reuse.
 pub const POOL_MAX_BUFFERS: usize = 8;
-/// A free buffer unused this long is unmapped at the next pool operation.
+/// A free buffer unused this long is unmapped.
 pub const POOL_IDLE: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Memory for one large tensor (bytes of unspecified value: zero, or an
@@ -133,6 +134,8 @@ struct Pool {
     max_bytes: usize,
     max_buffers: usize,
     idle: std::time::Duration,
+    /// Whether the thread that unmaps idle buffers runs (see [`reap`]).
+    reaper: bool,
 }
 
 #[cfg(target_os = "linux")]
@@ -143,6 +146,7 @@ impl Pool {
             max_bytes,
             max_buffers,
             idle,
+            reaper: false,
         }
     }
 
@@ -194,6 +198,27 @@ static POOL: std::sync::Mutex<Pool> =
 #[cfg(target_os = "linux")]
 fn pool() -> std::sync::MutexGuard<'static, Pool> {
     POOL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The pool's reaper: while the pool holds buffers, unmaps those idle for
+/// [`POOL_IDLE`] every few seconds, so that an idle process gives the
+/// memory back; ends when the pool is empty.
+#[cfg(target_os = "linux")]
+fn reap() {
+    loop {
+        std::thread::sleep(POOL_IDLE / 6);
+        let mut p = pool();
+        let expired = p.expire(std::time::Instant::now());
+        let done = p.free.is_empty();
+        if done {
+            p.reaper = false;
+        }
+        drop(p);
+        drop(expired); // Unmapped outside the lock.
+        if done {
+            return;
+        }
+    }
 }
 
 impl LargeBuf {
@@ -317,8 +342,20 @@ impl Drop for LargeBuf {
         // Pages the kernel may reclaim under pressure until written again.
         // SAFETY: the data area lies inside the mapping, which is not in use.
         let _ = unsafe { libc::madvise(m.data.cast(), m.cap, libc::MADV_FREE) };
-        let evicted = pool().put(m, std::time::Instant::now());
+        let mut p = pool();
+        let evicted = p.put(m, std::time::Instant::now());
+        let start_reaper = !p.reaper && !p.free.is_empty();
+        p.reaper |= start_reaper;
+        drop(p);
         drop(evicted); // Unmapped outside the lock.
+        if start_reaper {
+            let spawned = std::thread::Builder::new()
+                .name("mymps-buffers".into())
+                .spawn(reap);
+            if spawned.is_err() {
+                pool().reaper = false; // Expired at the next pool operation.
+            }
+        }
     }
 }
 
