@@ -214,6 +214,20 @@ def test_huge_page_results_are_not_copied_and_stay_writable(client):
     assert not keep.any(), "a live result's memory is never reused"
 
 
+@pytest.mark.parametrize("op,ref", [("exp", np.exp), ("sqrt", np.sqrt), ("tanh", np.tanh),
+                                    ("sigmoid", lambda v: 1 / (1 + np.exp(-v)))])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_large_unary_ops_give_numpys_values(client, op, ref, dtype):
+    # 4 MiB: on a CPU server these run in place in the received buffer.
+    x = RNG.uniform(0.1, 2.0, size=(1 << 22) // np.dtype(dtype).itemsize).astype(dtype)
+    keep = x.copy()
+    for _ in range(2):
+        r = client.exec(op, {"0": x})["output"]
+        assert r.dtype == dtype and r.shape == x.shape
+        np.testing.assert_allclose(r, ref(x.astype(np.float64)), rtol=2e-6 if dtype == np.float32 else 1e-12)
+    np.testing.assert_array_equal(x, keep)
+
+
 def test_small_results_are_copied_once(client):
     x = np.ones((4, 4), np.float32)
     before = _copy_counters()[1]

@@ -12,6 +12,10 @@
 //!   them without another copy.
 //! - An op the device has no kernel for runs again on the CPU; the reply
 //!   names the device that ran it.
+//! - On the CPU, a unary element-wise op ([`IN_PLACE`]) on a large float
+//!   tensor received into a buffer of its own runs in place, in that buffer
+//!   (torch's `op_` variant): the reply is sent from the request's memory
+//!   and the call allocates nothing.
 //! - Every libtorch call is fallible (`f_*`); errors become error replies.
 #![warn(missing_docs)]
 
@@ -280,6 +284,11 @@ impl TchBackend {
         args: Args<mymps_core::Tensor>,
         device: Device,
     ) -> Result<ExecOutput> {
+        if device == Device::Cpu
+            && let Some(out) = run_in_place(op, &args)?
+        {
+            return Ok(out);
+        }
         let mut conv = Converter::new(device);
         let args = args.try_map_tensors(|t| conv.upload(t))?;
         let out = mymps_ops::run_kernel(op, &args)
@@ -298,6 +307,109 @@ impl TchBackend {
             device: device_name(device),
         })
     }
+}
+
+/// A torch in-place op (`Tensor::f_neg_`, ...).
+pub type InPlaceFn = fn(&mut Tensor) -> std::result::Result<Tensor, tch::TchError>;
+
+/// Unary element-wise ops that may run in place on the CPU (see
+/// [`run_in_place`]): the op's name and torch's in-place variant, which
+/// gives what the op's kernel gives for a real floating-point input.
+pub const IN_PLACE: &[(&str, InPlaceFn)] = &[
+    ("neg", |t| t.f_neg_()),
+    ("abs", |t| t.f_abs_()),
+    ("ceil", |t| t.f_ceil_()),
+    ("floor", |t| t.f_floor_()),
+    ("trunc", |t| t.f_trunc_()),
+    ("frac", |t| t.f_frac_()),
+    ("exp", |t| t.f_exp_()),
+    ("exp2", |t| t.f_exp2_()),
+    ("expm1", |t| t.f_expm1_()),
+    ("log", |t| t.f_log_()),
+    ("log2", |t| t.f_log2_()),
+    ("log10", |t| t.f_log10_()),
+    ("log1p", |t| t.f_log1p_()),
+    ("sqrt", |t| t.f_sqrt_()),
+    ("rsqrt", |t| t.f_rsqrt_()),
+    ("square", |t| t.f_square_()),
+    ("reciprocal", |t| t.f_reciprocal_()),
+    ("sign", |t| t.f_sign_()),
+    ("sin", |t| t.f_sin_()),
+    ("cos", |t| t.f_cos_()),
+    ("tan", |t| t.f_tan_()),
+    ("asin", |t| t.f_asin_()),
+    ("acos", |t| t.f_acos_()),
+    ("atan", |t| t.f_atan_()),
+    ("sinh", |t| t.f_sinh_()),
+    ("cosh", |t| t.f_cosh_()),
+    ("tanh", |t| t.f_tanh_()),
+    ("erf", |t| t.f_erf_()),
+    ("erfc", |t| t.f_erfc_()),
+    ("relu", |t| t.f_relu_()),
+    ("sigmoid", |t| t.f_sigmoid_()),
+];
+
+/// Runs `op` in place when it is in [`IN_PLACE`] and its one argument is a
+/// contiguous real floating-point tensor of [`LARGE`](mymps_core::buffer::LARGE)
+/// bytes or more whose buffer is a whole received buffer
+/// ([`mymps_core::buffer::writable`]); `None` otherwise (the op then runs as
+/// usual). The result is the input's memory.
+fn run_in_place(
+    op: &'static OpEntry,
+    args: &Args<mymps_core::Tensor>,
+) -> Result<Option<ExecOutput>> {
+    use mymps_core::DType;
+    let Some(&(_, f)) = IN_PLACE.iter().find(|(name, _)| *name == op.spec.name) else {
+        return Ok(None);
+    };
+    if op.spec.params.len() != 1 {
+        return Ok(None);
+    }
+    let Ok(t) = args.tensor("input") else {
+        return Ok(None);
+    };
+    let float = matches!(
+        t.dtype(),
+        DType::Float16 | DType::BFloat16 | DType::Float32 | DType::Float64
+    );
+    if !float || !t.is_contiguous() || t.data().len() < mymps_core::buffer::LARGE {
+        return Ok(None);
+    }
+    // SAFETY: the server hands `Backend::exec` the request's tensors, which
+    // its reader made and nothing else holds (on the CPU no copy is kept for
+    // a retry); `data` is kept alive in the result's owner below for as long
+    // as libtorch's view of it is used.
+    let Some(ptr) = (unsafe { mymps_core::buffer::writable(t.data()) }) else {
+        return Ok(None);
+    };
+    let shape: Vec<i64> = t.shape().iter().map(|&d| d as i64).collect();
+    let strides: Vec<i64> = t
+        .strides_or_contiguous()
+        .iter()
+        .map(|&s| s as i64)
+        .collect();
+    // SAFETY: `ptr` is valid for writes of the buffer's length, which the
+    // host tensor's contiguous layout was checked against.
+    let mut x = unsafe {
+        Tensor::f_from_blob(ptr, &shape, &strides, kind_of(t.dtype()), Device::Cpu)
+            .map_err(torch_error)?
+    };
+    let _grad = tch::no_grad_guard();
+    let started = std::time::Instant::now();
+    let y = f(&mut x).map_err(torch_error)?;
+    tracing::trace!(
+        op = op.spec.name,
+        elapsed_s = started.elapsed().as_secs_f64(),
+        "in place"
+    );
+    let conv = Converter {
+        device: Device::Cpu,
+        inputs: vec![t.data().clone()],
+    };
+    Ok(Some(ExecOutput {
+        outputs: vec![("output".to_owned(), conv.download(y)?)],
+        device: device_name(Device::Cpu),
+    }))
 }
 
 impl Backend for TchBackend {
@@ -474,5 +586,103 @@ fn cuda_memory(index: usize) -> Option<AcceleratorMemory> {
             total: total as u64,
             free: free as u64,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::BufMut;
+    use mymps_core::DType;
+    use mymps_core::buffer::{Filler, LARGE};
+
+    /// `n` float32 values in (0.05, 0.95), a valid input for every op of
+    /// `IN_PLACE` (log, sqrt, asin, acos, erf, ...).
+    fn values(n: usize) -> Vec<f32> {
+        (0..n)
+            .map(|i| 0.05 + 0.9 * ((i * 7919) % 1000) as f32 / 1000.0)
+            .collect()
+    }
+
+    fn le_bytes(v: &[f32]) -> Vec<u8> {
+        v.iter().flat_map(|x| x.to_le_bytes()).collect()
+    }
+
+    /// `data` as a whole received buffer, as the server's reader makes it.
+    fn received(data: &[u8]) -> Bytes {
+        let mut f = Filler::new(data.len(), None).unwrap();
+        f.put_slice(data);
+        f.freeze().unwrap()
+    }
+
+    fn exec(b: &TchBackend, op: &str, data: Bytes, n: usize) -> mymps_core::Tensor {
+        let entry = b.ops().lookup(op).unwrap();
+        let t = mymps_core::Tensor::new(DType::Float32, &[n], data).unwrap();
+        let args =
+            mymps_core::ops::bind(&entry.spec, vec![("0".to_owned(), t)], Default::default())
+                .unwrap();
+        let mut out = b.exec(entry, args).unwrap().outputs;
+        assert_eq!(out.len(), 1);
+        out.remove(0).1
+    }
+
+    #[test]
+    fn in_place_ops_are_unary_whitelisted_ops_and_give_what_their_kernels_give() {
+        let b = TchBackend::new("cpu").unwrap();
+        let n = LARGE / 4 + 3;
+        let input = le_bytes(&values(n));
+        for &(name, _) in IN_PLACE {
+            let entry = b
+                .ops()
+                .lookup(name)
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(entry.spec.params.len(), 1, "{name} takes one tensor");
+            // An ordinary buffer: the kernel runs, the input stays.
+            let plain = Bytes::from(input.clone());
+            let expected = exec(&b, name, plain.clone(), n);
+            assert_eq!(&plain[..], &input[..], "{name}: input untouched");
+            assert_ne!(expected.data().as_ptr(), plain.as_ptr());
+            // A received buffer: in place, the same values.
+            let buf = received(&input);
+            let ptr = buf.as_ptr();
+            let got = exec(&b, name, buf, n);
+            assert_eq!(got.data().as_ptr(), ptr, "{name} ran in place");
+            assert_eq!((got.dtype(), got.shape()), (DType::Float32, &[n][..]));
+            assert!(
+                got.data()[..] == expected.data()[..],
+                "{name}: same bytes as the kernel"
+            );
+        }
+    }
+
+    #[test]
+    fn only_large_float_contiguous_received_inputs_run_in_place() {
+        let b = TchBackend::new("cpu").unwrap();
+        // Under LARGE: not a received large buffer, so not in place.
+        let n = 1000;
+        let buf = Bytes::from(le_bytes(&values(n)));
+        let got = exec(&b, "neg", buf.clone(), n);
+        assert_ne!(got.data().as_ptr(), buf.as_ptr());
+        // A slice of a received buffer is not the whole buffer.
+        let n = LARGE / 4;
+        let whole = received(&le_bytes(&values(n + 1)));
+        let part = whole.slice(4..);
+        let got = exec(&b, "neg", part.clone(), n);
+        assert_ne!(got.data().as_ptr(), part.as_ptr());
+        assert_eq!(&part[..], &whole[4..], "input untouched");
+        // An integer input is never changed in place (abs keeps the dtype,
+        // but only floats qualify).
+        let ints: Vec<u8> = (0..LARGE as i32 / 4)
+            .flat_map(|i| (-i).to_le_bytes())
+            .collect();
+        let buf = received(&ints);
+        let entry = b.ops().lookup("abs").unwrap();
+        let t = mymps_core::Tensor::new(DType::Int32, &[LARGE / 4], buf.clone()).unwrap();
+        let args =
+            mymps_core::ops::bind(&entry.spec, vec![("0".to_owned(), t)], Default::default())
+                .unwrap();
+        let out = b.exec(entry, args).unwrap().outputs.remove(0).1;
+        assert_ne!(out.data().as_ptr(), buf.as_ptr());
+        assert_eq!(&buf[..], &ints[..]);
     }
 }

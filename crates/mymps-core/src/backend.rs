@@ -47,6 +47,12 @@ pub trait Backend: Send + Sync + 'static {
     fn ops(&self) -> &OpRegistry;
 
     /// Runs `op` on arguments already checked against its signature.
+    ///
+    /// The tensors are the caller's to give: a backend may compute in place
+    /// in an input whose buffer is a whole received large buffer
+    /// ([`crate::buffer::writable`]), so a caller must not keep another
+    /// handle to such a buffer (the server passes the request's tensors,
+    /// which nothing else holds).
     fn exec(&self, op: &'static OpEntry, args: Args<Tensor>) -> Result<ExecOutput>;
 
     /// Accelerator memory, if the device is an accelerator that reports it.
