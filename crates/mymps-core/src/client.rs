@@ -655,8 +655,8 @@ fn unexpected(what: &str, r: &Response) -> Error {
 /// connection on the caller's thread (one of the waiting callers reads the
 /// socket and hands the others their replies), so a reply wakes the caller
 /// directly, with no second thread to wake. Over QUIC, whose connection
-/// needs timers (keep-alives, acknowledgements) served between calls, it has
-/// one worker thread.
+/// needs timers (keep-alives, acknowledgements) served between calls, and
+/// over any other transport, it has one worker thread.
 pub mod blocking {
     use super::*;
 
@@ -689,12 +689,15 @@ pub mod blocking {
 
         /// Connects to an endpoint.
         pub fn connect_endpoint(endpoint: Endpoint, options: ClientOptions) -> Result<Client> {
-            let mut builder = if endpoint.scheme == "quic" {
+            // Transports known to need nothing between calls run on the
+            // caller's thread; any other (QUIC, a third party's) keeps a
+            // worker for its background work.
+            let mut builder = if matches!(endpoint.scheme.as_str(), "tcp" | "zmq") {
+                tokio::runtime::Builder::new_current_thread()
+            } else {
                 let mut b = tokio::runtime::Builder::new_multi_thread();
                 b.worker_threads(1).thread_name("mymps-client");
                 b
-            } else {
-                tokio::runtime::Builder::new_current_thread()
             };
             let runtime = builder
                 .enable_all()
