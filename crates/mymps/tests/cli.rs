@@ -67,6 +67,22 @@ impl Drop for Served {
     }
 }
 
+/// A loopback TCP port nothing listens on (bound, then released).
+fn unused_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The stderr of `mymps ARGS`, which must fail.
+fn failing(args: &[&str]) -> String {
+    let out = Command::new(bin()).args(args).output().unwrap();
+    assert!(!out.status.success(), "succeeded: mymps {args:?}");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 fn ok(out: &Output) -> String {
     assert!(
         out.status.success(),
@@ -182,12 +198,7 @@ fn exec_matmul_writes_real_npy_files_and_the_server_stops_cleanly() {
 
 #[test]
 fn serve_honours_mymps_host_and_port() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-        .to_string();
+    let port = unused_port().to_string();
     let s = Served::start(&[("MYMPS_HOST", "127.0.0.1"), ("MYMPS_PORT", &port)], &[]);
     assert_eq!(s.addr, format!("tcp://127.0.0.1:{port}"));
     let h = ok(&Command::new(bin())
@@ -201,17 +212,8 @@ fn serve_honours_mymps_host_and_port() {
 
 #[test]
 fn a_client_without_a_server_gets_a_clear_error() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let out = Command::new(bin())
-        .args(["health", "--addr", &format!("tcp://127.0.0.1:{port}")])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let port = unused_port();
+    let err = failing(&["health", "--addr", &format!("tcp://127.0.0.1:{port}")]);
     assert!(err.contains("cannot connect to tcp://127.0.0.1"), "{err}");
     let out = Command::new(bin())
         .args(["health", "--addr", "sctp://127.0.0.1:1"])
@@ -219,13 +221,16 @@ fn a_client_without_a_server_gets_a_clear_error() {
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("no transport for 'sctp://'"));
     // QUIC (UDP) has no refusal to wait for: the timeout says it.
-    let out = Command::new(bin())
-        .args(["health", "--addr", &format!("quic://127.0.0.1:{port}")])
-        .args(["--fingerprint", &"ab".repeat(32), "--timeout", "1"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let fingerprint = "ab".repeat(32);
+    let err = failing(&[
+        "health",
+        "--addr",
+        &format!("quic://127.0.0.1:{port}"),
+        "--fingerprint",
+        &fingerprint,
+        "--timeout",
+        "1",
+    ]);
     assert!(
         err.contains("quic://127.0.0.1") && err.contains("timed out"),
         "{err}"
@@ -332,13 +337,15 @@ fn quic_serve_prints_its_certificate_and_clients_verify_it() {
     // A file mymps did not write is never overwritten.
     let mine = d.join("mine.pem");
     std::fs::write(&mine, "precious\n").unwrap();
-    let out = Command::new(bin())
-        .args(["serve", "--device", "cpu", "--listen", "quic://127.0.0.1:0"])
-        .args(["--tls-cert-out", mine.to_str().unwrap()])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = failing(&[
+        "serve",
+        "--device",
+        "cpu",
+        "--listen",
+        "quic://127.0.0.1:0",
+        "--tls-cert-out",
+        mine.to_str().unwrap(),
+    ]);
     assert!(err.contains("refusing to overwrite"), "{err}");
     assert_eq!(std::fs::read_to_string(&mine).unwrap(), "precious\n");
 
@@ -408,17 +415,8 @@ fn the_cli_and_the_examples_speak_zmq() {
     assert!(s.terminate().success());
 
     // No server: a prompt, clear error.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let out = Command::new(bin())
-        .args(["health", "--addr", &format!("zmq://127.0.0.1:{port}")])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let port = unused_port();
+    let err = failing(&["health", "--addr", &format!("zmq://127.0.0.1:{port}")]);
     assert!(
         err.contains("cannot connect to zmq://127.0.0.1") && err.contains("refused"),
         "{err}"
