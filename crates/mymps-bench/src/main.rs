@@ -327,17 +327,10 @@ fn internal_serve(device: &str) -> Result<(), String> {
     })
 }
 
-/// VmHWM / VmRSS of a process, bytes.
-fn proc_mem(pid: u32, key: &str) -> Option<u64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = s.lines().find(|l| l.starts_with(key))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
-}
-
-/// A field of /proc/PID/smaps_rollup (`LazyFree:`, ...), bytes.
-fn smaps_rollup(pid: u32, key: &str) -> Option<u64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
+/// A "Key: N kB" field of /proc/PID/FILE (`status`: `VmHWM:`, `VmRSS:`;
+/// `smaps_rollup`: `LazyFree:`), bytes.
+fn proc_mem(pid: u32, file: &str, key: &str) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/{file}")).ok()?;
     let line = s.lines().find(|l| l.starts_with(key))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
@@ -862,14 +855,14 @@ fn measure_memory(
     };
     if let Some(pid) = server.pid() {
         // Reset the high-water mark (Linux: "5" > clear_refs), then read it.
-        let before = proc_mem(pid, "VmRSS:").unwrap_or(0) as f64;
+        let before = proc_mem(pid, "status", "VmRSS:").unwrap_or(0) as f64;
         // Pooled receive buffers (MADV_FREE: the kernel may take them back).
-        let lazy_free = smaps_rollup(pid, "LazyFree:").unwrap_or(0) as f64;
+        let lazy_free = proc_mem(pid, "smaps_rollup", "LazyFree:").unwrap_or(0) as f64;
         let reset = std::fs::write(format!("/proc/{pid}/clear_refs"), "5").is_ok();
         let faults_before = minor_faults(pid).unwrap_or(0);
         run_once()?;
         let faults = minor_faults(pid).unwrap_or(0).saturating_sub(faults_before);
-        let peak = proc_mem(pid, "VmHWM:").unwrap_or(0) as f64;
+        let peak = proc_mem(pid, "status", "VmHWM:").unwrap_or(0) as f64;
         Ok(json!({
             "method": if reset { "VmHWM of the server process (reset before the call)" } else { "VmHWM of the server process (lifetime: reset failed)" },
             "payload_mib": mib,
