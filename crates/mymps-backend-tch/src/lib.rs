@@ -135,6 +135,25 @@ impl AsRef<[u8]> for TensorBytes {
     }
 }
 
+/// A CPU libtorch tensor over `ptr` with `t`'s dtype, shape and strides.
+///
+/// # Safety
+///
+/// `ptr` must be the address of `t`'s data, alive (and written only through
+/// this view) for as long as the tensor made here or any view of it is used.
+/// The layout was validated against the buffer's length when `t` was built.
+unsafe fn host_view(t: &mymps_core::Tensor, ptr: *const u8) -> Result<Tensor> {
+    let shape: Vec<i64> = t.shape().iter().map(|&d| d as i64).collect();
+    let strides: Vec<i64> = t
+        .strides_or_contiguous()
+        .iter()
+        .map(|&s| s as i64)
+        .collect();
+    // SAFETY: see the function's contract.
+    unsafe { Tensor::f_from_blob(ptr, &shape, &strides, kind_of(t.dtype()), Device::Cpu) }
+        .map_err(torch_error)
+}
+
 /// Converts host tensors to libtorch tensors on one device, and back.
 pub struct Converter {
     device: Device,
@@ -164,18 +183,9 @@ impl Converter {
             let dense = t.contiguous();
             Tensor::f_from_data_size(dense.data(), &shape, kind).map_err(torch_error)?
         } else {
-            let strides: Vec<i64> = t
-                .strides_or_contiguous()
-                .iter()
-                .map(|&s| s as i64)
-                .collect();
-            // SAFETY: the layout was validated against the buffer's length
-            // when the host tensor was built, and the buffer is kept alive in
-            // `self.inputs` for as long as any tensor made here is used.
-            let view = unsafe {
-                Tensor::f_from_blob(t.data().as_ptr(), &shape, &strides, kind, Device::Cpu)
-                    .map_err(torch_error)?
-            };
+            // SAFETY: the buffer is kept alive in `self.inputs` for as long
+            // as any tensor made here is used, and kernels only read it.
+            let view = unsafe { host_view(&t, t.data().as_ptr())? };
             self.inputs.push(t.into_data());
             view
         };
@@ -382,26 +392,10 @@ fn run_in_place(
     let Some(ptr) = (unsafe { mymps_core::buffer::writable(t.data()) }) else {
         return Ok(None);
     };
-    let shape: Vec<i64> = t.shape().iter().map(|&d| d as i64).collect();
-    let strides: Vec<i64> = t
-        .strides_or_contiguous()
-        .iter()
-        .map(|&s| s as i64)
-        .collect();
-    // SAFETY: `ptr` is valid for writes of the buffer's length, which the
-    // host tensor's contiguous layout was checked against.
-    let mut x = unsafe {
-        Tensor::f_from_blob(ptr, &shape, &strides, kind_of(t.dtype()), Device::Cpu)
-            .map_err(torch_error)?
-    };
-    let _grad = tch::no_grad_guard();
-    let started = std::time::Instant::now();
+    // SAFETY: `ptr` is `t`'s data, valid for writes (above) and kept alive
+    // in the result's owner below.
+    let mut x = unsafe { host_view(t, ptr)? };
     let y = f(&mut x).map_err(torch_error)?;
-    tracing::trace!(
-        op = op.spec.name,
-        elapsed_s = started.elapsed().as_secs_f64(),
-        "in place"
-    );
     let conv = Converter {
         device: Device::Cpu,
         inputs: vec![t.data().clone()],
