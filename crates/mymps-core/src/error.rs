@@ -210,12 +210,31 @@ impl From<std::io::Error> for Error {
     }
 }
 
+/// `s` cut to at most `max` characters (with an ellipsis and the full
+/// length when cut), for quoting client-sent names in error messages
+/// without echoing megabytes back.
+pub fn clip(s: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    match s.char_indices().nth(max) {
+        None => std::borrow::Cow::Borrowed(s),
+        Some((at, _)) => std::borrow::Cow::Owned(format!("{}… ({} bytes)", &s[..at], s.len())),
+    }
+}
+
 /// `Result` with [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn clip_keeps_short_strings_and_cuts_long_ones() {
+        assert_eq!(clip("add", 64), "add");
+        let long = "é".repeat(100);
+        let c = clip(&long, 4);
+        assert!(c.starts_with("éééé…"), "{c}");
+        assert!(c.ends_with("(200 bytes)"), "{c}");
+    }
 
     #[test]
     fn codes_round_trip_and_unknown_codes_survive() {

@@ -520,19 +520,29 @@ impl OpRegistry {
     /// suggests close names.
     pub fn lookup(&self, name: &str) -> Result<&'static OpEntry> {
         self.get(name).ok_or_else(|| {
-            let close: Vec<&str> = self
-                .ops
-                .keys()
-                .copied()
-                .filter(|k| k.contains(name) || name.contains(k) || edit_distance(k, name) <= 2)
-                .take(5)
-                .collect();
+            // Suggestions cost O(ops × len²): only for names that could be a
+            // typo of a real one (within the edit distance of 2 that counts as
+            // close), never for a long name a client made up.
+            let longest = self.ops.keys().map(|k| k.len()).max().unwrap_or(0);
+            let close: Vec<&str> = if name.is_empty() || name.len() > longest + 2 {
+                Vec::new()
+            } else {
+                self.ops
+                    .keys()
+                    .copied()
+                    .filter(|k| k.contains(name) || name.contains(k) || edit_distance(k, name) <= 2)
+                    .take(5)
+                    .collect()
+            };
             let hint = if close.is_empty() {
                 " (`list_ops` gives the whitelist)".to_owned()
             } else {
                 format!("; did you mean {}?", close.join(", "))
             };
-            Error::new(ErrorCode::UnknownOp, format!("unknown op '{name}'{hint}"))
+            Error::new(
+                ErrorCode::UnknownOp,
+                format!("unknown op '{}'{hint}", crate::error::clip(name, 64)),
+            )
         })
     }
 
@@ -1368,5 +1378,19 @@ mod tests {
         let e = r.lookup("ad").unwrap_err();
         assert_eq!(e.code, ErrorCode::UnknownOp);
         assert!(e.message.contains("did you mean add"), "{}", e.message);
+    }
+
+    #[test]
+    fn a_huge_unknown_name_is_answered_at_once_and_not_echoed() {
+        // 16 MiB: an edit distance against every op would take minutes.
+        static E: OpEntry = OpEntry::new(ADD, &());
+        let mut r = OpRegistry::new();
+        r.register(&E).unwrap();
+        let name = "ad".repeat(8 << 20);
+        let started = std::time::Instant::now();
+        let e = r.lookup(&name).unwrap_err();
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+        assert_eq!(e.code, ErrorCode::UnknownOp);
+        assert!(e.message.len() < 200, "{} bytes", e.message.len());
     }
 }
