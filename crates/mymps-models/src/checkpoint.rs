@@ -124,9 +124,11 @@ pub fn read_state_dict(path: &str, dev: Device) -> Result<StateDict> {
             .map(|(k, t)| Ok((k, t.f_to_device(dev).map_err(torch_error)?)))
             .collect::<Result<Vec<_>>>()?
     } else {
-        let bytes =
-            std::fs::read(path).map_err(|e| model_error(format!("cannot read '{path}': {e}")))?;
-        crate::torch_pickle::read_state_dict(&bytes)
+        // Read through the file (the zip's entries one by one), not into
+        // memory whole.
+        let file = std::fs::File::open(path)
+            .map_err(|e| model_error(format!("cannot read '{path}': {e}")))?;
+        crate::torch_pickle::read_state_dict(std::io::BufReader::new(file))
             .map_err(|m| {
                 model_error(format!(
                     "cannot read '{path}' as a torch.save state_dict: {m}"

@@ -12,42 +12,128 @@
 //! location, numel)` whose bytes are the zip entry `<archive>/data/<key>`.
 //! Anything outside that subset is refused with a clear error, never
 //! executed.
+//!
+//! # A hostile file costs what its size allows
+//!
+//! Model files are not trusted: every size and count that a file states is
+//! checked against what the file really holds before anything is
+//! allocated for it, since a failed allocation aborts a Rust process and a
+//! stack overflow cannot be caught.
+//!
+//! - Unpickled objects live in one arena and refer to each other by index,
+//!   so that a memo get (`BINGET`) is a copy of an index, not of the value
+//!   (a "billion laughs" pickle stays as small as its bytes), values may
+//!   nest or refer to themselves without any code recursing over them
+//!   (parsing, dropping and error messages, which quote [`DESCRIBE_DEPTH`]
+//!   levels, are all bounded), and dropping the arena is flat. What
+//!   unpickling allocates is counted, and refused past
+//!   [`MEMORY_PER_PICKLE_BYTE`] times the pickle's size (plus
+//!   [`MEMORY_BASE`]).
+//! - Zip entries must be stored (torch.save does not compress), their
+//!   declared sizes must lie inside the file, `data.pkl` is at most
+//!   [`MAX_PICKLE_BYTES`], a storage's entry must hold exactly its numel ×
+//!   item size, and bytes are read with a bounded `take` into a buffer
+//!   reserved with `try_reserve`.
+//! - Each tensor view must lie inside its storage (checked arithmetic), and
+//!   the tensors together may not exceed [`MAX_VIEW_FACTOR`] times the
+//!   file's size (views that overlap, such as stride 0, or that repeat one
+//!   storage would otherwise multiply it). All of this is checked before any
+//!   storage is read.
 
 use std::collections::HashMap;
-use std::io::Read;
+use std::collections::hash_map::Entry;
+use std::io::{Read, Seek, SeekFrom};
 
 use tch::{Kind, Tensor};
+use zip::CompressionMethod;
 
 type R<T> = std::result::Result<T, String>;
 
-/// A pickled value, as far as state_dicts need. (Some payloads are only
-/// read through `Debug`, in error messages.)
-#[derive(Debug, Clone)]
-#[allow(dead_code)]
+/// The largest `data.pkl` read (16 MiB: a state_dict's pickle takes 100 to
+/// 200 bytes a tensor).
+pub(crate) const MAX_PICKLE_BYTES: u64 = 16 << 20;
+
+/// What unpickling may allocate (as counted, roughly), per byte of the
+/// pickle, on top of [`MEMORY_BASE`]: the state_dicts of torch and
+/// transformers modules take 9 to 13.
+pub(crate) const MEMORY_PER_PICKLE_BYTE: usize = 32;
+
+/// What unpickling may allocate whatever the pickle's size (1 MiB).
+pub(crate) const MEMORY_BASE: usize = 1 << 20;
+
+/// The tensors of a file may add up to this many times its size (tied
+/// weights view one storage twice).
+pub(crate) const MAX_VIEW_FACTOR: u64 = 4;
+
+/// The most dimensions a tensor may have.
+pub(crate) const MAX_DIMS: usize = 64;
+
+/// How many levels of a value an error message quotes.
+pub(crate) const DESCRIBE_DEPTH: usize = 3;
+
+/// How many items of a container, or characters of a string, an error
+/// message quotes.
+const DESCRIBE_WIDTH: usize = 4;
+const DESCRIBE_CHARS: usize = 48;
+
+/// A pickled value: a scalar, or an object of the arena by index. Copying
+/// one never copies an object.
+#[derive(Debug, Clone, Copy, PartialEq)]
 enum Val {
     None,
     Bool(bool),
     Int(i64),
     Float(f64),
-    Str(String),
+    Obj(usize),
+}
+
+/// An object of the arena.
+/// (Boxed payloads keep it at 32 bytes: unpickling's memory is counted.)
+enum Obj {
+    Str(Box<str>),
+    /// A `GLOBAL`: module and name.
+    Global(Box<(String, String)>),
     Tuple(Vec<Val>),
     List(Vec<Val>),
     Dict(Vec<(Val, Val)>),
-    Global(String, String),
-    /// A persistent id: a storage (kind, zip key).
-    Storage(Kind, String),
-    /// A tensor to rebuild: storage, offset, size, stride.
-    Tensor {
+    /// A persistent id: a storage.
+    Storage {
         kind: Kind,
-        key: String,
-        offset: i64,
-        size: Vec<i64>,
-        stride: Vec<i64>,
+        /// The object (a string) that names its zip entry `data/<key>`.
+        key: usize,
+        numel: i64,
     },
+    /// A tensor to rebuild.
+    Tensor(Box<View>),
     /// Something opaque (backward hooks, metadata objects): kept only so
     /// that the stack stays consistent.
     Opaque,
-    Mark,
+}
+
+const _: () = assert!(std::mem::size_of::<Obj>() == 32);
+
+/// A tensor's view of its storage.
+struct View {
+    /// The object (an [`Obj::Storage`]).
+    storage: usize,
+    offset: i64,
+    size: Vec<i64>,
+    stride: Vec<i64>,
+}
+
+impl Obj {
+    /// Its heap bytes, for the memory count.
+    fn heap(&self) -> usize {
+        const V: usize = std::mem::size_of::<Val>();
+        match self {
+            Obj::Str(s) => s.len(),
+            Obj::Global(g) => std::mem::size_of::<(String, String)>() + g.0.len() + g.1.len(),
+            Obj::Tuple(v) | Obj::List(v) => v.len() * V,
+            Obj::Dict(v) => v.len() * 2 * V,
+            Obj::Tensor(v) => std::mem::size_of::<View>() + (v.size.len() + v.stride.len()) * 8,
+            Obj::Storage { .. } | Obj::Opaque => 0,
+        }
+    }
 }
 
 fn storage_kind(name: &str) -> R<Kind> {
@@ -68,16 +154,123 @@ fn storage_kind(name: &str) -> R<Kind> {
     })
 }
 
-fn ints(v: &Val) -> R<Vec<i64>> {
-    match v {
-        Val::Tuple(items) | Val::List(items) => items
-            .iter()
-            .map(|x| match x {
-                Val::Int(i) => Ok(*i),
-                other => Err(format!("expected an int, found {other:?}")),
-            })
-            .collect(),
-        other => Err(format!("expected a tuple of ints, found {other:?}")),
+/// The values of an unpickled file: the arena.
+struct Objects {
+    objs: Vec<Obj>,
+}
+
+impl Objects {
+    fn get(&self, v: Val) -> Option<&Obj> {
+        match v {
+            Val::Obj(i) => self.objs.get(i),
+            _ => None,
+        }
+    }
+
+    fn str(&self, v: Val) -> Option<&str> {
+        match self.get(v) {
+            Some(Obj::Str(s)) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// A few levels of `v`, for error messages: never more than
+    /// [`DESCRIBE_DEPTH`] levels of [`DESCRIBE_WIDTH`] items, whatever
+    /// `v` holds (values may nest deeply or contain themselves).
+    fn describe(&self, v: Val) -> String {
+        let mut out = String::new();
+        self.describe_into(v, DESCRIBE_DEPTH, &mut out);
+        out
+    }
+
+    fn describe_into(&self, v: Val, depth: usize, out: &mut String) {
+        use std::fmt::Write;
+        let obj = match v {
+            Val::None => return out.push_str("None"),
+            Val::Bool(b) => return out.push_str(if b { "True" } else { "False" }),
+            Val::Int(i) => return write!(out, "{i}").expect("a string"),
+            Val::Float(f) => return write!(out, "{f:?}").expect("a string"),
+            Val::Obj(i) => &self.objs[i],
+        };
+        let seq = |items: &mut dyn Iterator<Item = Val>,
+                   len: usize,
+                   (open, close): (&str, &str),
+                   out: &mut String| {
+            out.push_str(open);
+            if depth == 0 {
+                out.push('…');
+            } else {
+                for (n, item) in items.take(DESCRIBE_WIDTH).enumerate() {
+                    if n > 0 {
+                        out.push_str(", ");
+                    }
+                    self.describe_into(item, depth - 1, out);
+                }
+                if len > DESCRIBE_WIDTH {
+                    write!(out, ", … ({len} items)").expect("a string");
+                }
+            }
+            out.push_str(close);
+        };
+        match obj {
+            Obj::Str(s) => {
+                let short: String = s.chars().take(DESCRIBE_CHARS).collect();
+                let more = if short.len() < s.len() { "…" } else { "" };
+                write!(out, "{short:?}{more}").expect("a string");
+            }
+            Obj::Global(g) => {
+                let g: String = format!("{}.{}", g.0, g.1)
+                    .chars()
+                    .take(DESCRIBE_CHARS)
+                    .collect();
+                out.push_str(&g);
+            }
+            Obj::Tuple(v) => seq(&mut v.iter().copied(), v.len(), ("(", ")"), out),
+            Obj::List(v) => seq(&mut v.iter().copied(), v.len(), ("[", "]"), out),
+            Obj::Dict(v) => seq(
+                &mut v.iter().flat_map(|&(k, v)| [k, v]),
+                v.len() * 2,
+                ("{", "}"),
+                out,
+            ),
+            Obj::Storage { .. } => out.push_str("a storage"),
+            Obj::Tensor(_) => out.push_str("a tensor"),
+            Obj::Opaque => out.push_str("an object"),
+        }
+    }
+
+    /// The storage of a view: key, kind, numel.
+    fn storage(&self, view: &View) -> (&str, Kind, i64) {
+        let Obj::Storage { kind, key, numel } = self.objs[view.storage] else {
+            unreachable!("a view's storage is checked when the view is built");
+        };
+        let key = self.str(Val::Obj(key)).expect("checked when built");
+        (key, kind, numel)
+    }
+
+    /// The ints of a tuple or list.
+    fn ints(&self, v: Val) -> R<Vec<i64>> {
+        match self.get(v) {
+            Some(Obj::Tuple(items) | Obj::List(items)) => {
+                if items.len() > MAX_DIMS {
+                    return Err(format!(
+                        "a tensor has {} dimensions, more than {MAX_DIMS}",
+                        items.len()
+                    ));
+                }
+                items
+                    .iter()
+                    .map(|&x| match x {
+                        Val::Int(i) => Ok(i),
+                        other => Err(format!("expected an int, found {}", self.describe(other))),
+                    })
+                    .collect()
+            }
+            _ => Err(format!(
+                "expected a tuple of ints, found {}",
+                self.describe(v)
+            )),
+        }
     }
 }
 
@@ -85,10 +278,64 @@ struct Unpickler<'a> {
     data: &'a [u8],
     pos: usize,
     stack: Vec<Val>,
+    /// Where each open MARK began on the stack; what lies below the last
+    /// one cannot be popped until it is closed (as in Python's pickle).
+    marks: Vec<usize>,
     memo: HashMap<u32, Val>,
+    objects: Objects,
+    /// Bytes allocated so far (approximately) and the most allowed.
+    used: usize,
+    budget: usize,
 }
 
 impl<'a> Unpickler<'a> {
+    fn new(data: &'a [u8]) -> Unpickler<'a> {
+        Unpickler {
+            data,
+            pos: 0,
+            stack: Vec::new(),
+            marks: Vec::new(),
+            memo: HashMap::new(),
+            objects: Objects { objs: Vec::new() },
+            used: 0,
+            budget: data
+                .len()
+                .saturating_mul(MEMORY_PER_PICKLE_BYTE)
+                .saturating_add(MEMORY_BASE),
+        }
+    }
+
+    /// Counts `bytes` more of memory; an error past the budget.
+    fn charge(&mut self, bytes: usize) -> R<()> {
+        self.used = self.used.saturating_add(bytes);
+        if self.used > self.budget {
+            return Err(format!(
+                "unpickling would take more than {} bytes of memory ({MEMORY_PER_PICKLE_BYTE} per byte of the {}-byte pickle, plus {MEMORY_BASE}); refused",
+                self.budget,
+                self.data.len()
+            ));
+        }
+        Ok(())
+    }
+
+    fn push(&mut self, v: Val) -> R<()> {
+        self.charge(std::mem::size_of::<Val>())?;
+        self.stack.push(v);
+        Ok(())
+    }
+
+    /// Puts `obj` in the arena; its value.
+    fn alloc(&mut self, obj: Obj) -> R<Val> {
+        self.charge(std::mem::size_of::<Obj>() + obj.heap())?;
+        self.objects.objs.push(obj);
+        Ok(Val::Obj(self.objects.objs.len() - 1))
+    }
+
+    fn push_obj(&mut self, obj: Obj) -> R<()> {
+        let v = self.alloc(obj)?;
+        self.push(v)
+    }
+
     fn byte(&mut self) -> R<u8> {
         let b = *self.data.get(self.pos).ok_or("truncated pickle")?;
         self.pos += 1;
@@ -123,74 +370,189 @@ impl<'a> Unpickler<'a> {
         Ok(s)
     }
 
+    /// The stack's bottom for pops: the last open MARK.
+    fn floor(&self) -> usize {
+        self.marks.last().copied().unwrap_or(0)
+    }
+
     fn pop(&mut self) -> R<Val> {
-        self.stack
-            .pop()
-            .ok_or_else(|| "pickle stack underflow".to_owned())
+        if self.stack.len() <= self.floor() {
+            return Err("pickle stack underflow".into());
+        }
+        Ok(self.stack.pop().expect("above the floor"))
     }
 
+    fn top(&self) -> R<Val> {
+        if self.stack.len() <= self.floor() {
+            return Err("pickle stack underflow".into());
+        }
+        Ok(*self.stack.last().expect("above the floor"))
+    }
+
+    /// The items above the last MARK, which is closed.
     fn pop_mark(&mut self) -> R<Vec<Val>> {
-        let at = self
-            .stack
-            .iter()
-            .rposition(|v| matches!(v, Val::Mark))
-            .ok_or("pickle MARK missing")?;
-        let items = self.stack.split_off(at + 1);
-        self.stack.pop();
-        Ok(items)
+        let at = self.marks.pop().ok_or("pickle MARK missing")?;
+        Ok(self.stack.split_off(at))
     }
 
-    fn top(&mut self) -> R<&mut Val> {
-        self.stack
-            .last_mut()
-            .ok_or_else(|| "pickle stack underflow".to_owned())
+    fn pairs(items: &[Val]) -> R<Vec<(Val, Val)>> {
+        if items.len() % 2 != 0 {
+            return Err("a pickled dict has an odd number of items".into());
+        }
+        Ok(items.chunks(2).map(|c| (c[0], c[1])).collect())
     }
 
+    fn memo_get(&mut self, i: u32) -> R<()> {
+        let v = *self.memo.get(&i).ok_or("pickle memo miss")?;
+        self.push(v)
+    }
+
+    fn memo_put(&mut self, i: u32) -> R<()> {
+        let v = self.top()?;
+        if let Entry::Vacant(e) = self.memo.entry(i) {
+            e.insert(v);
+            self.charge(32)?;
+        } else {
+            self.memo.insert(i, v);
+        }
+        Ok(())
+    }
+
+    /// `APPEND`/`APPENDS` onto the list below.
+    fn extend_list(&mut self, items: Vec<Val>) -> R<()> {
+        self.charge(items.len() * std::mem::size_of::<Val>())?;
+        let target = self.top()?;
+        match target {
+            Val::Obj(i) => match &mut self.objects.objs[i] {
+                Obj::List(l) => l.extend(items),
+                Obj::Opaque => {}
+                _ => {
+                    return Err(format!(
+                        "the pickle appends to {}, not a list",
+                        self.objects.describe(target)
+                    ));
+                }
+            },
+            other => {
+                return Err(format!(
+                    "the pickle appends to {}, not a list",
+                    self.objects.describe(other)
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// `SETITEM`/`SETITEMS` onto the dict below.
+    fn extend_dict(&mut self, pairs: Vec<(Val, Val)>) -> R<()> {
+        self.charge(pairs.len() * 2 * std::mem::size_of::<Val>())?;
+        let target = self.top()?;
+        match target {
+            Val::Obj(i) => match &mut self.objects.objs[i] {
+                Obj::Dict(d) => d.extend(pairs),
+                Obj::Opaque => {}
+                _ => {
+                    return Err(format!(
+                        "the pickle sets items of {}, not a dict",
+                        self.objects.describe(target)
+                    ));
+                }
+            },
+            other => {
+                return Err(format!(
+                    "the pickle sets items of {}, not a dict",
+                    self.objects.describe(other)
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// `REDUCE`: the few calls a state_dict makes, as values; any other
+    /// call is refused (nothing is ever called).
     fn reduce(&mut self, func: Val, args: Val) -> R<Val> {
-        let Val::Global(module, name) = func else {
-            return Err(format!("cannot call {func:?}"));
+        let o = &self.objects;
+        let Some(Obj::Global(g)) = o.get(func) else {
+            return Err(format!("cannot call {}", o.describe(func)));
         };
-        let args = match args {
-            Val::Tuple(a) => a,
-            other => return Err(format!("call arguments are {other:?}")),
+        let (module, name) = &**g;
+        let Some(Obj::Tuple(args_v)) = o.get(args) else {
+            return Err(format!("call arguments are {}", o.describe(args)));
         };
-        Ok(match (module.as_str(), name.as_str()) {
-            ("collections", "OrderedDict") => Val::Dict(Vec::new()),
+        let obj = match (module.as_str(), name.as_str()) {
+            ("collections", "OrderedDict") => Obj::Dict(Vec::new()),
             ("torch._utils", "_rebuild_tensor_v2") => {
-                let [storage, offset, size, stride, ..] = args.as_slice() else {
+                let &[storage, offset, size, stride, ..] = args_v.as_slice() else {
                     return Err("_rebuild_tensor_v2 with too few arguments".into());
                 };
-                let Val::Storage(kind, key) = storage else {
-                    return Err(format!("tensor storage is {storage:?}"));
+                let storage = match (storage, o.get(storage)) {
+                    (Val::Obj(i), Some(Obj::Storage { .. })) => i,
+                    _ => return Err(format!("tensor storage is {}", o.describe(storage))),
                 };
                 let Val::Int(offset) = offset else {
-                    return Err("tensor offset is not an int".into());
+                    return Err(format!("tensor offset is {}", o.describe(offset)));
                 };
-                Val::Tensor {
-                    kind: *kind,
-                    key: key.clone(),
-                    offset: *offset,
-                    size: ints(size)?,
-                    stride: ints(stride)?,
-                }
+                Obj::Tensor(Box::new(View {
+                    storage,
+                    offset,
+                    size: o.ints(size).map_err(|e| format!("tensor size: {e}"))?,
+                    stride: o.ints(stride).map_err(|e| format!("tensor stride: {e}"))?,
+                }))
             }
+            // A parameter is its tensor.
             ("torch._utils", "_rebuild_parameter")
-            | ("torch._utils", "_rebuild_parameter_with_state") => args
-                .into_iter()
-                .next()
-                .ok_or("_rebuild_parameter without a tensor")?,
+            | ("torch._utils", "_rebuild_parameter_with_state") => {
+                return match args_v.first() {
+                    Some(&t) if matches!(o.get(t), Some(Obj::Tensor(_))) => Ok(t),
+                    _ => Err("_rebuild_parameter without a tensor".into()),
+                };
+            }
             // Hook dicts and the like: values that a state_dict carries but
             // that do not matter for the weights.
-            ("torch._tensor", _) | ("torch", "device") | ("builtins", "set") => Val::Opaque,
+            ("torch._tensor", _) | ("torch", "device") | ("builtins", "set") => Obj::Opaque,
             (m, n) => {
                 return Err(format!(
                     "the file calls {m}.{n}, which a state_dict does not need; refused"
                 ));
             }
-        })
+        };
+        self.alloc(obj)
     }
 
-    fn run(mut self) -> R<Val> {
+    /// `BINPERSID`: a storage, `('storage', torch.XStorage, key, location,
+    /// numel)`.
+    fn persistent_id(&mut self, pid: Val) -> R<Val> {
+        let o = &self.objects;
+        let bad = || format!("persistent id {}", o.describe(pid));
+        let Some(Obj::Tuple(items)) = o.get(pid) else {
+            return Err(bad());
+        };
+        let &[
+            tag,
+            class,
+            key @ Val::Obj(key_id),
+            _location,
+            Val::Int(numel),
+            ..,
+        ] = items.as_slice()
+        else {
+            return Err(bad());
+        };
+        if o.str(tag) != Some("storage") || o.str(key).is_none() {
+            return Err(bad());
+        }
+        let Some(Obj::Global(g)) = o.get(class) else {
+            return Err(format!("storage type {}", o.describe(class)));
+        };
+        let storage = Obj::Storage {
+            kind: storage_kind(&g.1)?,
+            key: key_id,
+            numel,
+        };
+        self.alloc(storage)
+    }
+
+    fn run(&mut self) -> R<Val> {
         loop {
             let op = self.byte()?;
             match op {
@@ -198,21 +560,24 @@ impl<'a> Unpickler<'a> {
                     self.byte()?; // PROTO n
                 }
                 b'.' => return self.pop(),
-                b'(' => self.stack.push(Val::Mark),
-                b'N' => self.stack.push(Val::None),
-                0x88 => self.stack.push(Val::Bool(true)),
-                0x89 => self.stack.push(Val::Bool(false)),
+                b'(' => {
+                    self.charge(std::mem::size_of::<usize>())?;
+                    self.marks.push(self.stack.len());
+                }
+                b'N' => self.push(Val::None)?,
+                0x88 => self.push(Val::Bool(true))?,
+                0x89 => self.push(Val::Bool(false))?,
                 b'K' => {
                     let v = self.byte()? as i64;
-                    self.stack.push(Val::Int(v));
+                    self.push(Val::Int(v))?;
                 }
                 b'M' => {
                     let v = u16::from_le_bytes(self.take(2)?.try_into().expect("2")) as i64;
-                    self.stack.push(Val::Int(v));
+                    self.push(Val::Int(v))?;
                 }
                 b'J' => {
                     let v = i32::from_le_bytes(self.take(4)?.try_into().expect("4")) as i64;
-                    self.stack.push(Val::Int(v));
+                    self.push(Val::Int(v))?;
                 }
                 0x8a => {
                     let n = self.byte()? as usize;
@@ -226,141 +591,100 @@ impl<'a> Unpickler<'a> {
                         [0u8; 8]
                     };
                     buf[..n].copy_from_slice(b);
-                    self.stack.push(Val::Int(i64::from_le_bytes(buf)));
+                    self.push(Val::Int(i64::from_le_bytes(buf)))?;
                 }
                 b'G' => {
                     let v = f64::from_be_bytes(self.take(8)?.try_into().expect("8"));
-                    self.stack.push(Val::Float(v));
+                    self.push(Val::Float(v))?;
                 }
-                b'X' => {
+                b'X' | b'T' => {
                     let n = self.u32()? as usize;
                     let s = String::from_utf8_lossy(self.take(n)?).into_owned();
-                    self.stack.push(Val::Str(s));
+                    self.push_obj(Obj::Str(s.into()))?;
                 }
-                0x8c => {
+                0x8c | b'U' => {
                     let n = self.byte()? as usize;
                     let s = String::from_utf8_lossy(self.take(n)?).into_owned();
-                    self.stack.push(Val::Str(s));
-                }
-                b'U' => {
-                    let n = self.byte()? as usize;
-                    let s = String::from_utf8_lossy(self.take(n)?).into_owned();
-                    self.stack.push(Val::Str(s));
-                }
-                b'T' => {
-                    let n = self.u32()? as usize;
-                    let s = String::from_utf8_lossy(self.take(n)?).into_owned();
-                    self.stack.push(Val::Str(s));
+                    self.push_obj(Obj::Str(s.into()))?;
                 }
                 b'c' => {
                     let module = self.line()?;
                     let name = self.line()?;
-                    self.stack.push(Val::Global(module, name));
+                    self.push_obj(Obj::Global(Box::new((module, name))))?;
                 }
                 b'q' => {
                     let i = self.byte()? as u32;
-                    let v = self.top()?.clone();
-                    self.memo.insert(i, v);
+                    self.memo_put(i)?;
                 }
                 b'r' => {
                     let i = self.u32()?;
-                    let v = self.top()?.clone();
-                    self.memo.insert(i, v);
+                    self.memo_put(i)?;
                 }
                 b'h' => {
                     let i = self.byte()? as u32;
-                    let v = self.memo.get(&i).cloned().ok_or("pickle memo miss")?;
-                    self.stack.push(v);
+                    self.memo_get(i)?;
                 }
                 b'j' => {
                     let i = self.u32()?;
-                    let v = self.memo.get(&i).cloned().ok_or("pickle memo miss")?;
-                    self.stack.push(v);
+                    self.memo_get(i)?;
                 }
-                b')' => self.stack.push(Val::Tuple(Vec::new())),
-                b']' => self.stack.push(Val::List(Vec::new())),
-                b'}' => self.stack.push(Val::Dict(Vec::new())),
+                b')' => self.push_obj(Obj::Tuple(Vec::new()))?,
+                b']' => self.push_obj(Obj::List(Vec::new()))?,
+                b'}' => self.push_obj(Obj::Dict(Vec::new()))?,
                 b't' => {
                     let items = self.pop_mark()?;
-                    self.stack.push(Val::Tuple(items));
+                    self.push_obj(Obj::Tuple(items))?;
                 }
                 0x85..=0x87 => {
                     let n = (op - 0x84) as usize;
-                    let at = self
-                        .stack
-                        .len()
-                        .checked_sub(n)
-                        .ok_or("pickle stack underflow")?;
-                    let items = self.stack.split_off(at);
-                    self.stack.push(Val::Tuple(items));
+                    if self.stack.len() < self.floor() + n {
+                        return Err("pickle stack underflow".into());
+                    }
+                    let items = self.stack.split_off(self.stack.len() - n);
+                    self.push_obj(Obj::Tuple(items))?;
                 }
                 b'l' => {
                     let items = self.pop_mark()?;
-                    self.stack.push(Val::List(items));
+                    self.push_obj(Obj::List(items))?;
                 }
                 b'd' => {
                     let items = self.pop_mark()?;
-                    let pairs = items
-                        .chunks(2)
-                        .filter(|c| c.len() == 2)
-                        .map(|c| (c[0].clone(), c[1].clone()))
-                        .collect();
-                    self.stack.push(Val::Dict(pairs));
+                    let pairs = Self::pairs(&items)?;
+                    self.push_obj(Obj::Dict(pairs))?;
                 }
                 b'a' => {
                     let v = self.pop()?;
-                    if let Val::List(l) = self.top()? {
-                        l.push(v);
-                    }
+                    self.extend_list(vec![v])?;
                 }
                 b'e' => {
                     let items = self.pop_mark()?;
-                    if let Val::List(l) = self.top()? {
-                        l.extend(items);
-                    }
+                    self.extend_list(items)?;
                 }
                 b's' => {
                     let v = self.pop()?;
                     let k = self.pop()?;
-                    if let Val::Dict(d) = self.top()? {
-                        d.push((k, v));
-                    }
+                    self.extend_dict(vec![(k, v)])?;
                 }
                 b'u' => {
                     let items = self.pop_mark()?;
-                    if let Val::Dict(d) = self.top()? {
-                        d.extend(
-                            items
-                                .chunks(2)
-                                .filter(|c| c.len() == 2)
-                                .map(|c| (c[0].clone(), c[1].clone())),
-                        );
-                    }
+                    let pairs = Self::pairs(&items)?;
+                    self.extend_dict(pairs)?;
                 }
                 b'R' => {
                     let args = self.pop()?;
                     let func = self.pop()?;
                     let v = self.reduce(func, args)?;
-                    self.stack.push(v);
+                    self.push(v)?;
                 }
                 b'b' => {
                     // BUILD: object state (a state_dict's `_metadata`); not needed.
                     self.pop()?;
+                    self.top()?;
                 }
                 b'Q' => {
                     let pid = self.pop()?;
-                    let Val::Tuple(items) = pid else {
-                        return Err(format!("persistent id {pid:?}"));
-                    };
-                    match items.as_slice() {
-                        [Val::Str(tag), Val::Global(_, class), Val::Str(key), ..]
-                            if tag == "storage" =>
-                        {
-                            self.stack
-                                .push(Val::Storage(storage_kind(class)?, key.clone()));
-                        }
-                        other => return Err(format!("persistent id {other:?}")),
-                    }
+                    let v = self.persistent_id(pid)?;
+                    self.push(v)?;
                 }
                 other => {
                     return Err(format!(
@@ -372,10 +696,149 @@ impl<'a> Unpickler<'a> {
     }
 }
 
-/// Reads a `torch.save(state_dict)` file's bytes into (name, tensor) pairs,
-/// in the file's order, on the CPU.
-pub fn read_state_dict(bytes: &[u8]) -> R<Vec<(String, Tensor)>> {
-    let mut zip = zip::ZipArchive::new(std::io::Cursor::new(bytes)).map_err(|e| {
+/// `s`, cut to fit an error message.
+fn short(s: &str) -> String {
+    const MAX: usize = 120;
+    match s.char_indices().nth(MAX) {
+        Some((at, _)) => format!("{}…", &s[..at]),
+        None => s.to_owned(),
+    }
+}
+
+/// Unpickles `data`: the root value and the arena it refers to.
+fn unpickle(data: &[u8]) -> R<(Val, Objects)> {
+    let mut u = Unpickler::new(data);
+    let root = u.run()?;
+    Ok((root, u.objects))
+}
+
+/// How much of a zip entry to read.
+enum Span<'a> {
+    /// All of it, which may be at most `max` bytes (`what` says why).
+    Whole { max: u64, what: &'a str },
+    /// Its first `n` bytes (a storage's numel × item size), which it must
+    /// have.
+    Prefix(u64),
+}
+
+/// A zip entry's bytes. It must be stored (not compressed) and its
+/// declared size must lie inside the file and fit `span`; it is read with
+/// a bounded `take` into a buffer reserved with `try_reserve`.
+fn read_entry<Rd: Read + Seek>(
+    zip: &mut zip::ZipArchive<Rd>,
+    name: &str,
+    file_len: u64,
+    span: Span,
+) -> R<Vec<u8>> {
+    let shown = short(name);
+    let mut f = zip.by_name(name).map_err(|e| format!("{shown}: {e}"))?;
+    if f.compression() != CompressionMethod::Stored {
+        return Err(format!(
+            "{shown} is compressed ({}); torch.save stores its entries uncompressed",
+            f.compression()
+        ));
+    }
+    let size = f.size();
+    if size != f.compressed_size() {
+        return Err(format!(
+            "{shown} declares {size} bytes but stores {}",
+            f.compressed_size()
+        ));
+    }
+    if f.data_start()
+        .checked_add(size)
+        .is_none_or(|e| e > file_len)
+    {
+        return Err(format!(
+            "{shown} declares {size} bytes, past the end of the {file_len}-byte file"
+        ));
+    }
+    let n = match span {
+        Span::Whole { max, what } if size > max => {
+            return Err(format!(
+                "{shown} declares {size} bytes, more than {max} ({what})"
+            ));
+        }
+        Span::Whole { .. } => size,
+        Span::Prefix(n) if size < n => {
+            return Err(format!(
+                "{shown} has {size} bytes, fewer than the {n} its numel × item size needs"
+            ));
+        }
+        Span::Prefix(n) => n,
+    };
+    let len = usize::try_from(n).map_err(|_| format!("{shown}: {n} bytes"))?;
+    let mut v = Vec::new();
+    v.try_reserve_exact(len)
+        .map_err(|e| format!("{shown}: cannot reserve {n} bytes ({e})"))?;
+    // One byte more than a whole entry has: the reader then reaches its
+    // end, where the zip crate checks the CRC.
+    let limit = if n == size { n.saturating_add(1) } else { n };
+    (&mut f)
+        .take(limit)
+        .read_to_end(&mut v)
+        .map_err(|e| format!("{shown}: {e}"))?;
+    if v.len() != len {
+        return Err(format!(
+            "{shown} holds {} bytes, not the {size} it declares",
+            v.len()
+        ));
+    }
+    Ok(v)
+}
+
+/// The bytes of `view` into a storage of `numel` items of `item` bytes, if
+/// it lies inside it (checked arithmetic).
+fn view_bytes(view: &View, numel: i64, item: usize) -> R<u64> {
+    let View {
+        offset,
+        size,
+        stride,
+        ..
+    } = view;
+    let offset = *offset;
+    if size.len() != stride.len() {
+        return Err(format!(
+            "size {size:?} and stride {stride:?} have different lengths"
+        ));
+    }
+    if offset < 0 || size.iter().chain(stride).any(|&x| x < 0) {
+        return Err(format!(
+            "negative offset, size or stride ({offset}, {size:?}, {stride:?})"
+        ));
+    }
+    let overflow = || format!("size {size:?} with stride {stride:?} overflows");
+    let count = size
+        .iter()
+        .try_fold(1i64, |a, &s| a.checked_mul(s))
+        .ok_or_else(overflow)?;
+    if offset > numel {
+        return Err(format!(
+            "offset {offset} is past the end of its storage ({numel} items)"
+        ));
+    }
+    if count > 0 {
+        let last = size
+            .iter()
+            .zip(stride)
+            .try_fold(offset, |a, (&s, &t)| a.checked_add((s - 1).checked_mul(t)?))
+            .ok_or_else(overflow)?;
+        if last >= numel {
+            return Err(format!(
+                "size {size:?}, stride {stride:?} from offset {offset} reach item {last} of a storage of {numel}"
+            ));
+        }
+    }
+    (count as u64).checked_mul(item as u64).ok_or_else(overflow)
+}
+
+/// Reads a `torch.save(state_dict)` file into (name, tensor) pairs, in the
+/// file's order, on the CPU. Nothing is allocated for a size that the file
+/// states before it is checked against the file's real size.
+pub fn read_state_dict<Rd: Read + Seek>(mut file: Rd) -> R<Vec<(String, Tensor)>> {
+    let file_len = file.seek(SeekFrom::End(0)).map_err(|e| e.to_string())?;
+    file.rewind().map_err(|e| e.to_string())?;
+    let mut zip = zip::ZipArchive::new(file).map_err(|e| {
         format!("not a torch.save zip file ({e}); legacy (pre-1.6) files are not supported")
     })?;
     let pkl = zip
@@ -384,68 +847,124 @@ pub fn read_state_dict(bytes: &[u8]) -> R<Vec<(String, Tensor)>> {
         .ok_or("no data.pkl in the archive")?
         .to_owned();
     let prefix = pkl.trim_end_matches("data.pkl").to_owned();
-    let read = |zip: &mut zip::ZipArchive<std::io::Cursor<&[u8]>>, name: &str| -> R<Vec<u8>> {
-        let mut f = zip.by_name(name).map_err(|e| format!("{name}: {e}"))?;
-        let mut v = Vec::with_capacity(f.size() as usize);
-        f.read_to_end(&mut v).map_err(|e| format!("{name}: {e}"))?;
-        Ok(v)
-    };
-    if let Ok(order) = read(&mut zip, &format!("{prefix}byteorder"))
-        && order != b"little"
-    {
+    let order_name = format!("{prefix}byteorder");
+    if zip.index_for_name(&order_name).is_some() {
+        let order = read_entry(
+            &mut zip,
+            &order_name,
+            file_len,
+            Span::Whole {
+                max: 16,
+                what: "a byte order",
+            },
+        )?;
+        if order != b"little" {
+            return Err(format!(
+                "byte order {} is not supported",
+                String::from_utf8_lossy(&order)
+            ));
+        }
+    }
+    let pickle = read_entry(
+        &mut zip,
+        &pkl,
+        file_len,
+        Span::Whole {
+            max: MAX_PICKLE_BYTES,
+            what: "the most a state_dict's pickle may have",
+        },
+    )?;
+    let (root, objects) = unpickle(&pickle)?;
+    drop(pickle);
+    let Some(Obj::Dict(entries)) = objects.get(root) else {
         return Err(format!(
-            "byte order {} is not supported",
-            String::from_utf8_lossy(&order)
+            "the file does not hold a dict but {} (save model.state_dict(), not the model)",
+            objects.describe(root)
         ));
-    }
-    let pickle = read(&mut zip, &pkl)?;
-    let root = Unpickler {
-        data: &pickle,
-        pos: 0,
-        stack: Vec::new(),
-        memo: HashMap::new(),
-    }
-    .run()?;
-    let Val::Dict(entries) = root else {
-        return Err(
-            "the file does not hold a dict (save model.state_dict(), not the model)".into(),
-        );
     };
-    let mut storages: HashMap<String, Tensor> = HashMap::new();
-    let mut out = Vec::with_capacity(entries.len());
-    for (k, v) in entries {
-        let Val::Str(name) = k else {
-            return Err(format!("a state_dict key is {k:?}, not a string"));
+
+    // Every entry, checked (names, views, sizes) before any storage is read.
+    let mut plans: Vec<(&str, &View)> = Vec::new();
+    plans
+        .try_reserve_exact(entries.len())
+        .map_err(|e| e.to_string())?;
+    // Each storage by key: its kind and numel, which every view agrees on.
+    let mut storages: HashMap<&str, (Kind, i64)> = HashMap::new();
+    let budget = file_len.saturating_mul(MAX_VIEW_FACTOR);
+    let mut total = 0u64;
+    for &(k, v) in entries {
+        let name = objects
+            .str(k)
+            .ok_or_else(|| format!("a state_dict key is {}, not a string", objects.describe(k)))?;
+        let shown = short(name);
+        let Some(Obj::Tensor(view)) = objects.get(v) else {
+            return Err(format!(
+                "state_dict entry '{shown}' is not a tensor but {}",
+                objects.describe(v)
+            ));
         };
-        let Val::Tensor {
-            kind,
-            key,
-            offset,
-            size,
-            stride,
-        } = v
-        else {
-            return Err(format!("state_dict entry '{name}' is not a tensor"));
-        };
-        if !storages.contains_key(&key) {
-            let bytes = read(&mut zip, &format!("{prefix}data/{key}"))?;
-            let item = kind.elt_size_in_bytes();
-            if bytes.len() % item != 0 {
+        let (key, kind, numel) = objects.storage(view);
+        let key_s = short(key);
+        match storages.entry(key) {
+            Entry::Vacant(e) => {
+                e.insert((kind, numel));
+            }
+            Entry::Occupied(e) if *e.get() != (kind, numel) => {
                 return Err(format!(
-                    "storage {key} has {} bytes, not a multiple of {item}",
-                    bytes.len()
+                    "storage {key_s} is {numel} items of {kind:?} for '{shown}' but {} items of {:?} for another entry",
+                    e.get().1,
+                    e.get().0
                 ));
             }
-            let t = Tensor::f_from_data_size(&bytes, &[(bytes.len() / item) as i64], kind)
-                .map_err(|e| e.to_string())?;
-            storages.insert(key.clone(), t);
+            Entry::Occupied(_) => {}
         }
-        let storage = &storages[&key];
-        let t = storage
-            .f_as_strided(&size, &stride, Some(offset))
+        if numel < 0 {
+            return Err(format!("storage {key_s} has {numel} items"));
+        }
+        let bytes = view_bytes(view, numel, kind.elt_size_in_bytes())
+            .map_err(|e| format!("state_dict entry '{shown}': {e}"))?;
+        total = total.saturating_add(bytes);
+        if total > budget {
+            return Err(format!(
+                "state_dict entry '{shown}' takes the tensors to {total} bytes, more than {MAX_VIEW_FACTOR} × the file's {file_len} (views that overlap or repeat their storage)"
+            ));
+        }
+        plans.push((name, view));
+    }
+    // Each storage's entry must hold exactly its numel × item size, which
+    // the file must be able to hold.
+    for (&key, &(kind, numel)) in &storages {
+        let key_s = short(key);
+        (numel as u64)
+            .checked_mul(kind.elt_size_in_bytes() as u64)
+            .filter(|&b| b <= file_len)
+            .ok_or_else(|| {
+                format!(
+                    "storage {key_s} has {numel} items of {kind:?}, more than the {file_len}-byte file holds"
+                )
+            })?;
+    }
+
+    let mut tensors: HashMap<&str, Tensor> = HashMap::new();
+    let mut out = Vec::new();
+    out.try_reserve_exact(plans.len())
+        .map_err(|e| e.to_string())?;
+    for (name, view) in plans {
+        let (key, kind, numel) = objects.storage(view);
+        let (shown, key_s) = (short(name), short(key));
+        if !tensors.contains_key(key) {
+            let entry = format!("{prefix}data/{key}");
+            let want = numel as u64 * kind.elt_size_in_bytes() as u64;
+            let bytes = read_entry(&mut zip, &entry, file_len, Span::Prefix(want))
+                .map_err(|e| format!("storage {key_s}: {e}"))?;
+            let t = Tensor::f_from_data_size(&bytes, &[numel], kind).map_err(|e| e.to_string())?;
+            tensors.insert(key, t);
+        }
+        let t = tensors[key]
+            .f_as_strided(&view.size, &view.stride, Some(view.offset))
             .and_then(|t| t.f_contiguous())
-            .map_err(|e| format!("state_dict entry '{name}': {e}"))?;
-        out.push((name, t));
+            .map_err(|e| format!("state_dict entry '{shown}': {e}"))?;
+        out.push((name.to_owned(), t));
     }
     Ok(out)
 }
