@@ -9,7 +9,7 @@ use super::layers::{
     Activation, Embedding, LayerNorm, Linear, Mask, Tx, attention, head_dim, merge_heads,
     split_heads,
 };
-use super::{Arch, Build, Inputs};
+use super::{Arch, Bound, Build, Inputs};
 use crate::convert::model_error;
 
 struct Layer {
@@ -54,18 +54,25 @@ pub(super) fn build(b: &mut Build) -> Result<Box<dyn Arch>> {
             "config.json: is_decoder / add_cross_attention are not supported: this loader runs the encoder",
         ));
     }
-    let hidden = cfg.size("hidden_size", Some(768))?;
-    let n_layers = cfg.size("num_hidden_layers", Some(12))?;
-    let heads = cfg.size("num_attention_heads", Some(12))?;
-    let inter = cfg.size("intermediate_size", Some(3072))?;
-    let vocab = cfg.size("vocab_size", Some(if roberta { 50265 } else { 30522 }))?;
-    let max_pos = cfg.size("max_position_embeddings", Some(512))?;
-    let type_vocab = cfg.size("type_vocab_size", Some(2))?;
+    let hidden = cfg.size("hidden_size", Some(768), Bound::Width)?;
+    let n_layers = cfg.size("num_hidden_layers", Some(12), Bound::Layers)?;
+    let heads = cfg.size("num_attention_heads", Some(12), Bound::Heads)?;
+    let inter = cfg.size("intermediate_size", Some(3072), Bound::Width)?;
+    let vocab = cfg.size(
+        "vocab_size",
+        Some(if roberta { 50265 } else { 30522 }),
+        Bound::Vocab,
+    )?;
+    let max_pos = cfg.size("max_position_embeddings", Some(512), Bound::Positions)?;
+    let type_vocab = cfg.size("type_vocab_size", Some(2), Bound::Vocab)?;
     let eps = cfg.float("layer_norm_eps", 1e-12)?;
     let pad = cfg.int("pad_token_id", Some(if roberta { 1 } else { 0 }))?;
     let act = Activation::from_config(cfg, "hidden_act", "gelu")?;
     let d = head_dim(hidden, heads)?;
     let ws = &mut *b.ws;
+    ws.check_layers("num_hidden_layers", n_layers, |i| {
+        format!("encoder.layer.{i}.attention.self.query.weight")
+    })?;
     let word = Embedding::load(ws, "embeddings.word_embeddings.weight", vocab, hidden)?;
     let position = Embedding::load(ws, "embeddings.position_embeddings.weight", max_pos, hidden)?;
     let token_type = Embedding::load(

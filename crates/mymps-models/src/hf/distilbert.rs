@@ -8,7 +8,7 @@ use super::layers::{
     Activation, Embedding, LayerNorm, Linear, Mask, Tx, attention, bad_input, head_dim,
     merge_heads, split_heads,
 };
-use super::{Arch, Build, Inputs};
+use super::{Arch, Bound, Build, Inputs};
 
 /// DistilBERT's layer norms use a fixed epsilon.
 const EPS: f64 = 1e-12;
@@ -38,15 +38,18 @@ struct DistilBert {
 
 pub(super) fn build(b: &mut Build) -> Result<Box<dyn Arch>> {
     let cfg = b.cfg;
-    let dim = cfg.size("dim", Some(768))?;
-    let n_layers = cfg.size("n_layers", Some(6))?;
-    let heads = cfg.size("n_heads", Some(12))?;
-    let hidden = cfg.size("hidden_dim", Some(4 * 768))?;
-    let vocab = cfg.size("vocab_size", Some(30522))?;
-    let max_pos = cfg.size("max_position_embeddings", Some(512))?;
+    let dim = cfg.size("dim", Some(768), Bound::Width)?;
+    let n_layers = cfg.size("n_layers", Some(6), Bound::Layers)?;
+    let heads = cfg.size("n_heads", Some(12), Bound::Heads)?;
+    let hidden = cfg.size("hidden_dim", Some(4 * 768), Bound::Width)?;
+    let vocab = cfg.size("vocab_size", Some(30522), Bound::Vocab)?;
+    let max_pos = cfg.size("max_position_embeddings", Some(512), Bound::Positions)?;
     let act = Activation::from_config(cfg, "activation", "gelu")?;
     let d = head_dim(dim, heads)?;
     let ws = &mut *b.ws;
+    ws.check_layers("n_layers", n_layers, |i| {
+        format!("transformer.layer.{i}.attention.q_lin.weight")
+    })?;
     let word = Embedding::load(ws, "embeddings.word_embeddings.weight", vocab, dim)?;
     let position = Embedding::load(ws, "embeddings.position_embeddings.weight", max_pos, dim)?;
     let emb_norm = LayerNorm::load(ws, "embeddings.LayerNorm", dim, EPS)?;

@@ -9,7 +9,7 @@ use super::layers::{
     Activation, Embedding, LayerNorm, Linear, Mask, Tx, attention, bad_input, head_dim,
     merge_heads, split_heads,
 };
-use super::{Arch, Build, Inputs};
+use super::{Arch, Bound, Build, Inputs};
 use crate::convert::model_error;
 
 struct Block {
@@ -44,16 +44,23 @@ pub(super) fn build(b: &mut Build) -> Result<Box<dyn Arch>> {
             "config.json: add_cross_attention is not supported (GPT-2 as a decoder of an encoder-decoder model)",
         ));
     }
-    let embd = cfg.size_any(&["n_embd", "hidden_size"], 768)?;
-    let n_layer = cfg.size_any(&["n_layer", "num_hidden_layers"], 12)?;
-    let heads = cfg.size_any(&["n_head", "num_attention_heads"], 12)?;
-    let n_pos = cfg.size_any(&["n_positions", "max_position_embeddings"], 1024)?;
-    let inner = cfg.size("n_inner", Some(4 * embd))?;
-    let vocab = cfg.size("vocab_size", Some(50257))?;
+    let embd = cfg.size_any(&["n_embd", "hidden_size"], 768, Bound::Width)?;
+    let layers_key = ["n_layer", "num_hidden_layers"];
+    let n_layer = cfg.size_any(&layers_key, 12, Bound::Layers)?;
+    let heads = cfg.size_any(&["n_head", "num_attention_heads"], 12, Bound::Heads)?;
+    let n_pos = cfg.size_any(
+        &["n_positions", "max_position_embeddings"],
+        1024,
+        Bound::Positions,
+    )?;
+    let inner = cfg.size("n_inner", Some(4 * embd), Bound::Width)?;
+    let vocab = cfg.size("vocab_size", Some(50257), Bound::Vocab)?;
     let eps = cfg.float("layer_norm_epsilon", 1e-5)?;
     let act = Activation::from_config(cfg, "activation_function", "gelu_new")?;
     let d = head_dim(embd, heads)?;
     let ws = &mut *b.ws;
+    let key = cfg.first_of(&layers_key);
+    ws.check_layers(key, n_layer, |i| format!("h.{i}.attn.c_attn.weight"))?;
     let wte = Embedding::load(ws, "wte.weight", vocab, embd)?;
     let wpe = Embedding::load(ws, "wpe.weight", n_pos, embd)?;
     let blocks = (0..n_layer)

@@ -19,7 +19,7 @@ use super::layers::{
     Activation, Embedding, Linear, Mask, RmsNorm, Tx, attention, merge_heads, repeat_kv,
     split_heads,
 };
-use super::{Arch, Build, Config, Inputs, check_size};
+use super::{Arch, Bound, Build, Config, Inputs, check_size};
 use crate::convert::{Weight, model_error};
 
 struct Layer {
@@ -126,14 +126,21 @@ pub(super) fn rope(cfg: &Config, head_dim: i64, device: Device) -> Result<(Tenso
     Ok((inv.f_to_device(device).tx()?, 1.0))
 }
 
+/// The config's `sliding_window`, if any: a positive number of positions.
+fn sliding_window(cfg: &Config) -> Result<Option<i64>> {
+    cfg.opt_int("sliding_window")?
+        .map(|w| check_size("sliding_window", w, Bound::Positions))
+        .transpose()
+}
+
 /// The sliding window of each layer, as transformers decides it.
 fn windows(cfg: &Config, model_type: &str, n_layers: i64) -> Result<Vec<Option<i64>>> {
     let n = n_layers as usize;
     match model_type {
-        "mistral" => Ok(vec![cfg.opt_int("sliding_window")?; n]),
+        "mistral" => Ok(vec![sliding_window(cfg)?; n]),
         "qwen2" => {
             let window = if cfg.boolean("use_sliding_window", false)? {
-                cfg.opt_int("sliding_window")?
+                sliding_window(cfg)?
             } else {
                 None
             };
@@ -178,13 +185,14 @@ pub(super) fn build(b: &mut Build) -> Result<Box<dyn Arch>> {
         "qwen2" => (151936, 22016),
         _ => (32000, 11008),
     };
-    let hidden = cfg.size("hidden_size", Some(4096))?;
-    let inter = cfg.size("intermediate_size", Some(inter_d))?;
-    let n_layers = cfg.size("num_hidden_layers", Some(32))?;
-    let heads = cfg.size("num_attention_heads", Some(32))?;
+    let hidden = cfg.size("hidden_size", Some(4096), Bound::Width)?;
+    let inter = cfg.size("intermediate_size", Some(inter_d), Bound::Width)?;
+    let n_layers = cfg.size("num_hidden_layers", Some(32), Bound::Layers)?;
+    let heads = cfg.size("num_attention_heads", Some(32), Bound::Heads)?;
     let kv_heads = cfg.size(
         "num_key_value_heads",
         Some(if mt == "mistral" { 8 } else { heads }),
+        Bound::Heads,
     )?;
     if heads % kv_heads != 0 {
         return Err(model_error(format!(
@@ -192,7 +200,7 @@ pub(super) fn build(b: &mut Build) -> Result<Box<dyn Arch>> {
         )));
     }
     let head_dim = match cfg.opt_int("head_dim")? {
-        Some(d) if d > 0 => check_size("head_dim", d)?,
+        Some(d) if d > 0 => check_size("head_dim", d, Bound::Width)?,
         _ => {
             if hidden % heads != 0 {
                 return Err(model_error(format!(
@@ -207,7 +215,7 @@ pub(super) fn build(b: &mut Build) -> Result<Box<dyn Arch>> {
             "config.json: the head size {head_dim} is odd; rotary embeddings need an even one"
         )));
     }
-    let vocab = cfg.size("vocab_size", Some(vocab_d))?;
+    let vocab = cfg.size("vocab_size", Some(vocab_d), Bound::Vocab)?;
     let eps = cfg.float("rms_norm_eps", 1e-6)?;
     let act = Activation::from_config(cfg, "hidden_act", "silu")?;
     let (qkv_bias, o_bias, mlp_bias) = match mt {
@@ -218,6 +226,9 @@ pub(super) fn build(b: &mut Build) -> Result<Box<dyn Arch>> {
             (a, a, cfg.boolean("mlp_bias", false)?)
         }
     };
+    b.ws.check_layers("num_hidden_layers", n_layers, |i| {
+        format!("layers.{i}.self_attn.q_proj.weight")
+    })?;
     let windows = windows(cfg, mt, n_layers)?;
     let (inv_freq, rope_scale) = rope(cfg, head_dim, b.ws.device)?;
     let ws = &mut *b.ws;

@@ -64,17 +64,89 @@ pub const ARCHITECTURES: &[(&str, &str)] = &[
 #[derive(Debug, Clone, Copy, Default)]
 pub struct HuggingFaceLoader;
 
-/// The largest size a config may give (2³¹).
-pub(crate) const MAX_SIZE: i64 = 1 << 31;
+/// What a config integer counts, which sets the most it may be: config
+/// values drive loops and allocations (a layer count of 2³¹ once asked for
+/// a 32 GiB vector, and a failed allocation aborts the process), so each is
+/// bounded, far above any real model, before anything is built from it.
+/// With these bounds a product of two sizes cannot overflow an `i64`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Bound {
+    /// Layers (real models: up to a few hundred).
+    Layers,
+    /// Attention heads (real models: up to 128).
+    Heads,
+    /// Hidden, intermediate and head sizes, channels (real models: up
+    /// to some 10⁵).
+    Width,
+    /// Vocabulary and token type counts (real models: up to some 10⁶).
+    Vocab,
+    /// Positions and windows (real models: up to some 10⁷).
+    Positions,
+    /// Image and patch sides, in pixels.
+    Pixels,
+}
 
-/// `v` if it is a size in `1..=MAX_SIZE`.
-pub(crate) fn check_size(key: &str, v: i64) -> Result<i64> {
-    if v <= 0 || v > MAX_SIZE {
+impl Bound {
+    /// The largest value allowed.
+    pub const fn max(self) -> i64 {
+        match self {
+            Bound::Layers => 1 << 12,
+            Bound::Heads => 1 << 12,
+            Bound::Width => 1 << 22,
+            Bound::Vocab => 1 << 24,
+            Bound::Positions => 1 << 26,
+            Bound::Pixels => 1 << 16,
+        }
+    }
+
+    fn what(self) -> &'static str {
+        match self {
+            Bound::Layers => "a number of layers",
+            Bound::Heads => "a number of heads",
+            Bound::Width => "a width",
+            Bound::Vocab => "a vocabulary size",
+            Bound::Positions => "a number of positions",
+            Bound::Pixels => "a number of pixels",
+        }
+    }
+}
+
+/// `v` if it lies in `1..=bound.max()`.
+pub(crate) fn check_size(key: &str, v: i64, bound: Bound) -> Result<i64> {
+    if v <= 0 || v > bound.max() {
         return Err(model_error(format!(
-            "config.json: '{key}' must be positive and at most 2^31, not {v}"
+            "config.json: '{key}' must be positive and at most {} ({}), not {v}",
+            bound.max(),
+            bound.what()
         )));
     }
     Ok(v)
+}
+
+/// The largest `config.json` read (16 MiB; real ones take a few KiB, with
+/// label maps up to about a MiB).
+pub(crate) const MAX_CONFIG_BYTES: u64 = 16 << 20;
+
+/// The largest `*.index.json` of a sharded checkpoint read (64 MiB; some
+/// 100 bytes a tensor).
+pub(crate) const MAX_INDEX_BYTES: u64 = 64 << 20;
+
+/// A text file of at most `max` bytes, checked before it is read (and read
+/// with a bounded `take`).
+fn read_text(path: &Path, max: u64) -> Result<String> {
+    use std::io::Read;
+    let cannot = |e: std::io::Error| model_error(format!("cannot read '{}': {e}", path.display()));
+    let file = std::fs::File::open(path).map_err(cannot)?;
+    let len = file.metadata().map_err(cannot)?.len();
+    if len > max {
+        return Err(model_error(format!(
+            "'{}' has {len} bytes, more than the {max} allowed",
+            path.display()
+        )));
+    }
+    let mut text = String::new();
+    file.take(max).read_to_string(&mut text).map_err(cannot)?;
+    Ok(text)
 }
 
 /// A model's `config.json`, with typed accessors whose errors name the key.
@@ -98,19 +170,25 @@ impl Config {
         }
     }
 
-    /// A positive integer (a size), at most [`MAX_SIZE`] so that products
-    /// of two sizes cannot overflow.
-    pub fn size(&self, key: &str, default: Option<i64>) -> Result<i64> {
-        check_size(key, self.int(key, default)?)
+    /// A positive integer (a size), at most `bound`'s maximum.
+    pub fn size(&self, key: &str, default: Option<i64>, bound: Bound) -> Result<i64> {
+        check_size(key, self.int(key, default)?, bound)
     }
 
-    /// The first of `keys` that the config has, as a positive integer
-    /// (configs may use a class's own name or the common one).
-    pub fn size_any(&self, keys: &[&str], default: i64) -> Result<i64> {
-        match keys.iter().find(|k| self.get(k).is_some()) {
-            Some(k) => self.size(k, None),
-            None => Ok(default),
-        }
+    /// The first of `keys` that the config has, as a positive integer at
+    /// most `bound`'s maximum (configs may use a class's own name or the
+    /// common one).
+    pub fn size_any(&self, keys: &[&str], default: i64, bound: Bound) -> Result<i64> {
+        self.size(self.first_of(keys), Some(default), bound)
+    }
+
+    /// The first of `keys` that the config has (else the first of them):
+    /// the key [`Config::size_any`] reads.
+    pub fn first_of<'k>(&self, keys: &[&'k str]) -> &'k str {
+        keys.iter()
+            .copied()
+            .find(|k| self.get(k).is_some())
+            .unwrap_or(keys[0])
     }
 
     /// An optional integer.
@@ -238,6 +316,20 @@ impl Weights {
             self.map.insert(key.clone(), t);
         }
         Ok(Some(Weight(self.map[&key].shallow_clone())))
+    }
+
+    /// Checks that the checkpoint has the `n` layers that config key `key`
+    /// claims, before anything is built for them: `weight(i)` names a
+    /// weight that layer `i` has.
+    pub fn check_layers(&self, key: &str, n: i64, weight: impl Fn(i64) -> String) -> Result<()> {
+        if self.has(&weight(n - 1)) {
+            return Ok(());
+        }
+        let have = (0..n).take_while(|&i| self.has(&weight(i))).count();
+        Err(model_error(format!(
+            "config.json says {key} = {n}, but the checkpoint has {have} layers (no weight '{}')",
+            weight(n - 1)
+        )))
     }
 
     fn sample_keys(&self) -> String {
@@ -434,8 +526,7 @@ fn inside(dir: &Path, name: &str) -> Result<Option<PathBuf>> {
 
 /// The shard files of a `*.index.json`, in order, each once.
 fn shards(dir: &Path, index: &Path) -> Result<Vec<PathBuf>> {
-    let text = std::fs::read_to_string(index)
-        .map_err(|e| model_error(format!("cannot read '{}': {e}", index.display())))?;
+    let text = read_text(index, MAX_INDEX_BYTES)?;
     let json: Json = serde_json::from_str(&text)
         .map_err(|e| model_error(format!("'{}' is not JSON: {e}", index.display())))?;
     let map = json
@@ -539,8 +630,7 @@ impl ModelLoader for HuggingFaceLoader {
                 dir.display()
             ))
         })?;
-        let text = std::fs::read_to_string(&config_path)
-            .map_err(|e| model_error(format!("cannot read '{}': {e}", config_path.display())))?;
+        let text = read_text(&config_path, MAX_CONFIG_BYTES)?;
         let json: Json = serde_json::from_str(&text)
             .map_err(|e| model_error(format!("config.json is not JSON: {e}")))?;
         if !json.is_object() {

@@ -10,7 +10,7 @@ use serde_json::json;
 use tch::{Device, Kind, Tensor};
 
 use super::layers::{Activation, Mask, attention, repeat_kv};
-use super::{Config, HuggingFaceLoader, inside, llama};
+use super::{Bound, Config, HuggingFaceLoader, inside, llama};
 
 const CPU: (Kind, Device) = (Kind::Float, Device::Cpu);
 
@@ -48,16 +48,30 @@ fn config_accessors_name_the_key() {
             .contains("'eps' must be a number")
     );
     assert!(
-        c.size("neg", None)
+        c.size("neg", None, Bound::Width)
             .unwrap_err()
             .message
             .contains("must be positive")
     );
     let huge = cfg(json!({"hidden_size": 1i64 << 40}));
-    let e = huge.size("hidden_size", None).unwrap_err();
-    assert!(e.message.contains("at most 2^31"), "{e}");
-    assert_eq!(c.size_any(&["n_embd", "hidden_size"], 1).unwrap(), 32);
-    assert_eq!(c.size_any(&["n_embd"], 5).unwrap(), 5);
+    let e = huge.size("hidden_size", None, Bound::Width).unwrap_err();
+    assert!(e.message.contains("at most 4194304"), "{e}");
+    let layers = cfg(json!({"num_hidden_layers": 2147483648i64}));
+    let e = layers
+        .size("num_hidden_layers", None, Bound::Layers)
+        .unwrap_err();
+    assert!(
+        e.message
+            .contains("must be positive and at most 4096 (a number of layers)"),
+        "{e}"
+    );
+    assert_eq!(
+        c.size_any(&["n_embd", "hidden_size"], 1, Bound::Width)
+            .unwrap(),
+        32
+    );
+    assert_eq!(c.size_any(&["n_embd"], 5, Bound::Width).unwrap(), 5);
+    assert_eq!(c.first_of(&["n_embd", "hidden_size"]), "hidden_size");
 }
 
 #[test]

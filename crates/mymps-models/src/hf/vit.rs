@@ -10,7 +10,7 @@ use tch::Tensor;
 use super::layers::{
     Activation, LayerNorm, Linear, Mask, Tx, attention, head_dim, merge_heads, split_heads,
 };
-use super::{Arch, Build, Config, Inputs, check_size};
+use super::{Arch, Bound, Build, Config, Inputs, check_size};
 use crate::convert::{Weight, model_error};
 
 struct Layer {
@@ -58,19 +58,19 @@ fn pair(cfg: &Config, key: &str, default: i64) -> Result<[i64; 2]> {
             [n, n]
         }
     };
-    check_size(key, v[0])?;
-    check_size(key, v[1])?;
+    check_size(key, v[0], Bound::Pixels)?;
+    check_size(key, v[1], Bound::Pixels)?;
     Ok(v)
 }
 
 pub(super) fn build(b: &mut Build) -> Result<Box<dyn Arch>> {
     let cfg = b.cfg;
-    let hidden = cfg.size("hidden_size", Some(768))?;
-    let n_layers = cfg.size("num_hidden_layers", Some(12))?;
-    let heads = cfg.size("num_attention_heads", Some(12))?;
-    let inter = cfg.size("intermediate_size", Some(3072))?;
+    let hidden = cfg.size("hidden_size", Some(768), Bound::Width)?;
+    let n_layers = cfg.size("num_hidden_layers", Some(12), Bound::Layers)?;
+    let heads = cfg.size("num_attention_heads", Some(12), Bound::Heads)?;
+    let inter = cfg.size("intermediate_size", Some(3072), Bound::Width)?;
     let eps = cfg.float("layer_norm_eps", 1e-12)?;
-    let channels = cfg.size("num_channels", Some(3))?;
+    let channels = cfg.size("num_channels", Some(3), Bound::Width)?;
     let image = pair(cfg, "image_size", 224)?;
     let patch = pair(cfg, "patch_size", 16)?;
     let qkv_bias = cfg.boolean("qkv_bias", true)?;
@@ -83,6 +83,9 @@ pub(super) fn build(b: &mut Build) -> Result<Box<dyn Arch>> {
         ));
     }
     let ws = &mut *b.ws;
+    ws.check_layers("num_hidden_layers", n_layers, |i| {
+        format!("encoder.layer.{i}.attention.attention.query.weight")
+    })?;
     let cls_token = ws.get("embeddings.cls_token", &[1, 1, hidden])?;
     let positions = ws.get(
         "embeddings.position_embeddings",
@@ -134,7 +137,7 @@ pub(super) fn build(b: &mut Build) -> Result<Box<dyn Arch>> {
         .collect::<Result<Vec<_>>>()?;
     let norm = LayerNorm::load(ws, "layernorm", hidden, eps)?;
     let pooler = if ws.has("pooler.dense.weight") {
-        let size = cfg.size("pooler_output_size", Some(hidden))?;
+        let size = cfg.size("pooler_output_size", Some(hidden), Bound::Width)?;
         Some((
             Linear::load(ws, "pooler.dense", hidden, size, true)?,
             Activation::from_config(cfg, "pooler_act", "tanh")?,
