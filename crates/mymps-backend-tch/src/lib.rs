@@ -28,6 +28,8 @@ use mymps_core::{Error, ErrorCode, Result};
 use mymps_ops::{KernelError, dtype_of, kind_of, torch_error};
 use tch::{Device, Tensor};
 
+mod estimate;
+
 /// The libtorch version this crate is built against (tch 0.24 requires
 /// exactly this version).
 pub const TORCH_VERSION: &str = "2.11.0";
@@ -135,6 +137,15 @@ impl AsRef<[u8]> for TensorBytes {
     }
 }
 
+/// Bytes in 8-byte-aligned memory (the first `.1` bytes of the words).
+struct AlignedBytes(Vec<u64>, usize);
+
+impl AsRef<[u8]> for AlignedBytes {
+    fn as_ref(&self) -> &[u8] {
+        &bytemuck::cast_slice(&self.0)[..self.1]
+    }
+}
+
 /// A CPU libtorch tensor over `ptr` with `t`'s dtype, shape and strides.
 ///
 /// # Safety
@@ -179,9 +190,26 @@ impl Converter {
         let cpu = if t.numel() == 0 {
             Tensor::f_empty(&shape, (kind, Device::Cpu)).map_err(torch_error)?
         } else if (t.data().as_ptr() as usize) % t.dtype().itemsize() != 0 {
-            // Misaligned (a small tensor sliced out of a read buffer): copy.
-            let dense = t.contiguous();
-            Tensor::f_from_data_size(dense.data(), &shape, kind).map_err(torch_error)?
+            // Misaligned (a small tensor sliced out of a read buffer): copy
+            // the buffer as it is (never more than was received, whatever
+            // the strides make of it) into aligned memory, and view that.
+            let words = t.data().len().div_ceil(8);
+            let mut aligned: Vec<u64> = Vec::new();
+            aligned.try_reserve_exact(words).map_err(|_| {
+                Error::new(
+                    ErrorCode::Backend,
+                    format!("cannot allocate {} bytes", t.data().len()),
+                )
+            })?;
+            aligned.resize(words, 0);
+            bytemuck::cast_slice_mut::<u64, u8>(&mut aligned)[..t.data().len()]
+                .copy_from_slice(t.data());
+            let owned = Bytes::from_owner(AlignedBytes(aligned, t.data().len()));
+            // SAFETY: as below; `owned` holds the same bytes as `t`'s data
+            // and is kept alive in `self.inputs`.
+            let view = unsafe { host_view(&t, owned.as_ptr())? };
+            self.inputs.push(owned);
+            view
         } else {
             // SAFETY: the buffer is kept alive in `self.inputs` for as long
             // as any tensor made here is used, and kernels only read it.
@@ -359,6 +387,30 @@ pub const IN_PLACE: &[(&str, InPlaceFn)] = &[
     ("sigmoid", |t| t.f_sigmoid_()),
 ];
 
+/// The in-place variant of `op` and its input, when `op` is in [`IN_PLACE`]
+/// and its one argument is a contiguous real floating-point tensor of
+/// [`LARGE`](mymps_core::buffer::LARGE) bytes or more (whether its buffer
+/// is writable is checked when it runs).
+fn in_place_candidate<'a>(
+    op: &'static OpEntry,
+    args: &'a Args<mymps_core::Tensor>,
+) -> Option<(InPlaceFn, &'a mymps_core::Tensor)> {
+    use mymps_core::DType;
+    let &(_, f) = IN_PLACE.iter().find(|(name, _)| *name == op.spec.name)?;
+    if op.spec.params.len() != 1 {
+        return None;
+    }
+    let t = args.tensor("input").ok()?;
+    let float = matches!(
+        t.dtype(),
+        DType::Float16 | DType::BFloat16 | DType::Float32 | DType::Float64
+    );
+    if !float || !t.is_contiguous() || t.data().len() < mymps_core::buffer::LARGE {
+        return None;
+    }
+    Some((f, t))
+}
+
 /// Runs `op` in place when it is in [`IN_PLACE`] and its one argument is a
 /// contiguous real floating-point tensor of [`LARGE`](mymps_core::buffer::LARGE)
 /// bytes or more whose buffer is a whole received buffer
@@ -368,23 +420,9 @@ fn run_in_place(
     op: &'static OpEntry,
     args: &Args<mymps_core::Tensor>,
 ) -> Result<Option<ExecOutput>> {
-    use mymps_core::DType;
-    let Some(&(_, f)) = IN_PLACE.iter().find(|(name, _)| *name == op.spec.name) else {
+    let Some((f, t)) = in_place_candidate(op, args) else {
         return Ok(None);
     };
-    if op.spec.params.len() != 1 {
-        return Ok(None);
-    }
-    let Ok(t) = args.tensor("input") else {
-        return Ok(None);
-    };
-    let float = matches!(
-        t.dtype(),
-        DType::Float16 | DType::BFloat16 | DType::Float32 | DType::Float64
-    );
-    if !float || !t.is_contiguous() || t.data().len() < mymps_core::buffer::LARGE {
-        return Ok(None);
-    }
     // SAFETY: the server hands `Backend::exec` the request's tensors, which
     // its reader made and nothing else holds (on the CPU no copy is kept for
     // a retry); `data` is kept alive in the result's owner below for as long
@@ -433,6 +471,15 @@ impl Backend for TchBackend {
             }
             r => r,
         }
+    }
+
+    /// Shape inference on meta tensors (see `estimate.rs`); 0 for an op
+    /// that will run in place in its received buffer.
+    fn output_bytes(&self, op: &'static OpEntry, args: &Args<mymps_core::Tensor>) -> Option<u64> {
+        if self.device == Device::Cpu && in_place_candidate(op, args).is_some() {
+            return Some(0);
+        }
+        estimate::output_bytes(op, args)
     }
 
     fn accelerator_memory(&self) -> Option<AcceleratorMemory> {

@@ -55,6 +55,17 @@ pub trait Backend: Send + Sync + 'static {
     /// which nothing else holds).
     fn exec(&self, op: &'static OpEntry, args: Args<Tensor>) -> Result<ExecOutput>;
 
+    /// The bytes that `op`'s outputs will take on `args`, found without
+    /// running it (shape inference), or `None` when the backend cannot tell
+    /// without running it. The server takes this from its memory budget
+    /// before the op runs, and refuses an op whose outputs could never fit.
+    /// It runs on the server's I/O thread: it must cost microseconds and
+    /// allocate nothing in proportion to the tensors. Default: `None`.
+    fn output_bytes(&self, op: &'static OpEntry, args: &Args<Tensor>) -> Option<u64> {
+        let _ = (op, args);
+        None
+    }
+
     /// Accelerator memory, if the device is an accelerator that reports it.
     fn accelerator_memory(&self) -> Option<AcceleratorMemory> {
         None

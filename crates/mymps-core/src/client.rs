@@ -276,6 +276,7 @@ impl Client {
             max_header_len: u32::MAX,
             max_tensors: u16::MAX,
             max_payload: u64::MAX,
+            stall_timeout: std::time::Duration::MAX,
         };
         let reader_task = tokio::spawn(async move {
             let err = loop {

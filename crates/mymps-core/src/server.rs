@@ -48,6 +48,9 @@ pub struct ServerConfig {
     pub handshake_timeout: Duration,
     /// Time in-flight requests get to finish on shutdown.
     pub shutdown_grace: Duration,
+    /// Longest an op waits for the memory budget its outputs need (while
+    /// other requests hold it) before it is answered `Busy`.
+    pub budget_wait: Duration,
     /// The folder model files must lie under (`None`: the current
     /// directory).
     pub model_root: Option<std::path::PathBuf>,
@@ -69,6 +72,7 @@ impl Default for ServerConfig {
             workers: cores.max(2),
             handshake_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(10),
+            budget_wait: Duration::from_secs(30),
             model_root: None,
             auth_token: None,
             transport: TransportOptions::default(),
@@ -86,7 +90,7 @@ struct Shared {
     backend: Arc<dyn Backend>,
     config: ServerConfig,
     budget: MemoryBudget,
-    workers: Semaphore,
+    workers: Arc<Semaphore>,
     started: Instant,
     stats: HostStats,
     models: Arc<ModelRegistry>,
@@ -158,7 +162,7 @@ impl Server {
         Ok(Server {
             shared: Arc::new(Shared {
                 budget: MemoryBudget::new(config.memory_budget),
-                workers: Semaphore::new(config.workers.max(1)),
+                workers: Arc::new(Semaphore::new(config.workers.max(1))),
                 backend,
                 config,
                 started: Instant::now(),
@@ -332,12 +336,19 @@ async fn serve_connection(shared: Arc<Shared>, conn: Connection, mut stop: watch
             device: shared.backend.info().device,
             max_header_len: limits.max_header_len,
             max_tensors: limits.max_tensors,
-            max_payload: limits.max_payload.min(shared.budget.capacity()),
+            max_payload: limits.max_payload.min(shared.budget.max_request()),
         })
     });
-    let protocol_version = match welcome {
+    let peer_info = match welcome {
         Ok(w) => {
-            let v = w.protocol;
+            let v = Peer {
+                protocol: w.protocol,
+                strided: w
+                    .features
+                    .iter()
+                    .any(|f| f == protocol::features::STRIDED_TENSORS),
+                replies: tx.clone(),
+            };
             let frame =
                 protocol::encode(FrameKind::Welcome, 0, &w, vec![]).expect("welcome encodes");
             if !tx.send(frame).await {
@@ -354,8 +365,10 @@ async fn serve_connection(shared: Arc<Shared>, conn: Connection, mut stop: watch
         }
     };
 
+    let peer_info = Arc::new(peer_info);
     let in_flight = Arc::new(Semaphore::new(shared.config.max_in_flight));
     let mut handlers = JoinSet::new();
+    let mut lost = false;
     loop {
         let permit = tokio::select! {
             _ = stopped(&mut stop) => break,
@@ -378,26 +391,28 @@ async fn serve_connection(shared: Arc<Shared>, conn: Connection, mut stop: watch
                         Err(_) => metrics::Label::default(),
                     };
                     let tensors = inc.frame.tensors;
+                    let mut held = Held(inc.permit.into_iter().collect());
                     // A small cheap op is answered here, without a task or
                     // a thread hand-off; the rest run concurrently.
                     let (request, tensors) = match request {
                         Ok(Request::Exec(req)) if exec_inline(&shared, &req, &tensors) => {
-                            let reply = exec(&shared, id, req, tensors, true).await;
+                            let reply = exec(&shared, id, req, tensors, &peer_info, None).await;
                             answer(&shared, &tx, id, reply, timer, label).await;
-                            drop(inc.permit);
+                            drop(held);
                             continue;
                         }
                         other => (other, tensors),
                     };
                     let shared = shared.clone();
                     let tx = tx.clone();
+                    let peer_info = peer_info.clone();
                     handlers.spawn(async move {
                         let reply = match request {
-                            Ok(r) => handle(&shared, id, r, tensors, protocol_version).await,
+                            Ok(r) => handle(&shared, id, r, tensors, &peer_info, &mut held).await,
                             Err(e) => Err(e),
                         };
                         answer(&shared, &tx, id, reply, timer, label).await;
-                        drop(inc.permit);
+                        drop(held);
                         drop(permit);
                     });
                 }
@@ -417,6 +432,15 @@ async fn serve_connection(shared: Arc<Shared>, conn: Connection, mut stop: watch
                 shared.metrics.frame_refused(ErrorCode::PayloadTooLarge);
                 tx.send(error_frame(id, &e.to_error())).await;
             }
+            Err(ReadError::Frame(e @ FrameError::Unskippable { .. })) => {
+                let FrameError::Unskippable { id, .. } = e else {
+                    unreachable!()
+                };
+                warn!(%peer, id, error = %e, "frame refused; closing the connection");
+                shared.metrics.frame_refused(ErrorCode::PayloadTooLarge);
+                tx.send(error_frame(id, &e.to_error())).await;
+                break;
+            }
             Err(ReadError::Refused { id, error }) => {
                 debug!(%peer, id, %error, "request refused by the transport");
                 shared.metrics.frame_refused(error.code);
@@ -429,14 +453,73 @@ async fn serve_connection(shared: Arc<Shared>, conn: Connection, mut stop: watch
             }
             Err(ReadError::Io(e)) => {
                 debug!(%peer, error = %e, "connection lost");
+                lost = true;
                 break;
             }
         }
+    }
+    if lost {
+        // Nobody can receive the answers: requests still queued are
+        // answered `Cancelled` (counted, not run) as they reach a worker;
+        // work already on a worker thread runs to its end.
+        tx.mark_closed();
     }
     // Let requests in flight finish; their replies go out before the close.
     while handlers.join_next().await.is_some() {}
     tx.close().await;
     debug!(%peer, "connection closed");
+}
+
+/// What a connection's requests need to know of it.
+struct Peer {
+    /// The protocol version agreed in the handshake.
+    protocol: u32,
+    /// Whether the client may send strided tensors.
+    strided: bool,
+    /// Its sending half: once a reply cannot be written, queued work of the
+    /// connection is dropped instead of run.
+    replies: Replies,
+}
+
+impl Peer {
+    /// `Cancelled` once the connection cannot take replies any more.
+    fn check_alive(&self) -> Result<()> {
+        if self.replies.is_closed() {
+            return Err(Error::new(
+                ErrorCode::Cancelled,
+                "the connection closed before the request ran",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Refuses strides from a client that did not negotiate them.
+    fn check_strides(&self, metas: &[protocol::TensorMeta]) -> Result<()> {
+        if self.strided {
+            return Ok(());
+        }
+        match metas.iter().find(|m| m.strides.is_some()) {
+            Some(m) => Err(Error::invalid_tensor(format!(
+                "tensor '{}' has strides, but this connection did not negotiate the '{}' feature",
+                crate::error::clip(&m.name, 64),
+                protocol::features::STRIDED_TENSORS
+            ))),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Permits (memory budget, worker) a request holds until it is answered.
+/// They travel into the blocking work and back, so that a request whose
+/// connection was lost keeps them until that work really ends.
+#[derive(Default)]
+struct Held(Vec<tokio::sync::OwnedSemaphorePermit>);
+
+impl Held {
+    /// The memory budget held, bytes (permits are KiB).
+    fn bytes(&self) -> u64 {
+        self.0.iter().map(|p| p.num_permits() as u64 * 1024).sum()
+    }
 }
 
 /// The sending half of a connection, shared by the tasks that answer its
@@ -445,13 +528,26 @@ async fn serve_connection(shared: Arc<Shared>, conn: Connection, mut stop: watch
 #[derive(Clone)]
 struct Replies {
     writer: Arc<tokio::sync::Mutex<Option<Box<dyn FrameWriter>>>>,
+    closed: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Replies {
     fn new(writer: Box<dyn FrameWriter>) -> Replies {
         Replies {
             writer: Arc::new(tokio::sync::Mutex::new(Some(writer))),
+            closed: Arc::default(),
         }
+    }
+
+    /// Marks the connection as unable to take replies (its peer is gone).
+    fn mark_closed(&self) {
+        self.closed
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether a write has failed or the connection was closed.
+    fn is_closed(&self) -> bool {
+        self.closed.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Writes one frame; `false` once the connection cannot be written to
@@ -466,6 +562,8 @@ impl Replies {
             Err(e) => {
                 debug!(error = %e, "write failed");
                 *w = None;
+                self.closed
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
                 false
             }
         }
@@ -473,6 +571,8 @@ impl Replies {
 
     /// Flushes and closes the sending direction.
     async fn close(&self) {
+        self.closed
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         if let Some(mut writer) = self.writer.lock().await.take() {
             let _ = writer.shutdown().await;
         }
@@ -516,7 +616,8 @@ async fn handle(
     id: u64,
     request: Request,
     tensors: Vec<Bytes>,
-    protocol_version: u32,
+    peer: &Peer,
+    held: &mut Held,
 ) -> Result<Frame> {
     let kind = request.kind_name();
     let response = match request {
@@ -525,7 +626,7 @@ async fn handle(
             Response::Health(HealthInfo {
                 status: "ok".into(),
                 version: crate::VERSION.into(),
-                protocol: protocol_version,
+                protocol: peer.protocol,
                 backend: b.name,
                 device: b.device,
                 torch_version: b.version,
@@ -548,8 +649,8 @@ async fn handle(
             ops: shared.backend.ops().summaries(),
         },
         Request::DescribeOp { op } => Response::Op(shared.backend.ops().lookup(&op)?.spec.info()),
-        Request::Exec(req) => return exec(shared, id, req, tensors, false).await,
-        Request::Infer(req) => return infer(shared, id, req, tensors).await,
+        Request::Exec(req) => return exec(shared, id, req, tensors, peer, Some(held)).await,
+        Request::Infer(req) => return infer(shared, id, req, tensors, peer, held).await,
         Request::LoadModel(req) => {
             let s = shared.clone();
             let device = shared.backend.info().device;
@@ -621,6 +722,36 @@ async fn blocking<T: Send + 'static>(
         .map_err(|p| panicked(what, p))?
 }
 
+/// [`blocking`], with the request's permits and a worker: they go into the
+/// blocking work and come back with its result, so that they stay held
+/// until the work ends even if the request is dropped meanwhile (its
+/// connection lost). The worker permit is released as soon as `f` returns.
+async fn on_worker<T: Send + 'static>(
+    shared: &Shared,
+    peer: &Peer,
+    held: &mut Held,
+    what: &str,
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    let worker = shared
+        .workers
+        .clone()
+        .acquire_owned()
+        .await
+        .expect("never closed");
+    peer.check_alive()?;
+    let permits = std::mem::take(held);
+    let (out, permits) = tokio::task::spawn_blocking(move || {
+        let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+        drop(worker);
+        (out, permits)
+    })
+    .await
+    .map_err(|e| Error::internal(format!("{what}: task failed: {e}")))?;
+    *held = permits;
+    out.map_err(|p| panicked(what, p))?
+}
+
 /// Runs `f` here; a panic becomes an [`ErrorCode::Internal`] error naming
 /// `what`.
 fn guarded<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
@@ -682,17 +813,23 @@ async fn infer(
     id: u64,
     req: InferRequest,
     bufs: Vec<Bytes>,
+    peer: &Peer,
+    held: &mut Held,
 ) -> Result<Frame> {
     let InferRequest { name, inputs } = req;
+    peer.check_strides(&inputs)?;
     let inputs = protocol::tensors_from_wire(inputs, bufs)?;
+    check_dense_sizes(shared, inputs.iter().map(|(n, t)| (n.as_str(), t)))?;
     // Fail fast, before waiting for a worker, when the model is not loaded.
     shared.models.get(&name)?;
     let device = shared.backend.info().device;
-    let _worker = shared.workers.acquire().await.expect("never closed");
     let started = Instant::now();
     let s = shared.clone();
     let what = format!("model '{name}'");
-    let outputs = blocking(&what, move || s.models.infer(&name, inputs)).await?;
+    let outputs = on_worker(shared, peer, held, &what, move || {
+        s.models.infer(&name, inputs)
+    })
+    .await?;
     let elapsed_s = started.elapsed().as_secs_f64();
     debug!(id, %what, elapsed_s, "infer");
     let (outputs, tensors) = protocol::tensors_to_wire(outputs);
@@ -708,26 +845,115 @@ async fn infer(
     )
 }
 
-/// Runs an op: `inline` on this task (for small cheap ops, see
-/// [`exec_inline`]), else on the blocking pool.
+/// Refuses input tensors whose dense form (a stride-0 view of a few bytes
+/// may describe terabytes) is larger than a frame may carry or than the
+/// memory budget can ever admit: kernels may make them dense.
+fn check_dense_sizes<'a>(
+    shared: &Shared,
+    tensors: impl IntoIterator<Item = (&'a str, &'a crate::Tensor)>,
+) -> Result<()> {
+    let cap = shared
+        .config
+        .limits
+        .max_payload
+        .min(shared.budget.max_request());
+    for (name, t) in tensors {
+        if t.is_contiguous() {
+            continue;
+        }
+        let dense = t.dense_len().map_or(u64::MAX, |n| n as u64);
+        if dense > cap {
+            return Err(Error::new(
+                ErrorCode::PayloadTooLarge,
+                format!(
+                    "tensor '{}' is a strided view of {dense} bytes ({:?} {}), over the {cap} bytes a request may take",
+                    crate::error::clip(name, 64),
+                    t.shape(),
+                    t.dtype()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Takes the memory budget for an op's outputs (as the backend estimates
+/// them before running it) into `held`; refuses an op whose outputs could
+/// never fit, and answers `Busy` when other requests hold the budget for
+/// longer than [`ServerConfig::budget_wait`].
+async fn reserve_outputs(
+    shared: &Shared,
+    peer: &Peer,
+    op: &str,
+    entry: &'static ops::OpEntry,
+    args: &ops::Args<crate::Tensor>,
+    held: &mut Held,
+) -> Result<()> {
+    let estimate = guarded(&format!("estimating op '{op}'"), || {
+        Ok(shared.backend.output_bytes(entry, args))
+    })?;
+    peer.check_alive()?;
+    let Some(bytes) = estimate.filter(|&b| b > 0) else {
+        return Ok(());
+    };
+    let cap = shared.budget.max_request();
+    let inputs = held.bytes();
+    if bytes.saturating_add(inputs) > cap {
+        return Err(Error::new(
+            ErrorCode::PayloadTooLarge,
+            format!(
+                "op '{op}' would return {bytes} bytes, which with its {inputs} bytes of inputs is over the server's memory budget of {cap} bytes"
+            ),
+        ));
+    }
+    let permit = match shared.budget.try_acquire(bytes) {
+        Some(p) => p,
+        None => tokio::time::timeout(shared.config.budget_wait, shared.budget.acquire(bytes))
+            .await
+            .ok()
+            .flatten()
+            .ok_or_else(|| {
+                Error::new(
+                    ErrorCode::Busy,
+                    format!(
+                        "op '{op}' needs {bytes} bytes of the memory budget for its outputs, held by other requests for {:.0} s; try again later",
+                        shared.config.budget_wait.as_secs_f64()
+                    ),
+                )
+            })?,
+    };
+    held.0.push(permit);
+    Ok(())
+}
+
+/// Runs an op: inline on this task when `held` is `None` (small cheap
+/// ops, see [`exec_inline`]), else on a worker, with the budget for its
+/// outputs taken into `held` first.
 async fn exec(
     shared: &Arc<Shared>,
     id: u64,
     req: ExecRequest,
     bufs: Vec<Bytes>,
-    inline: bool,
+    peer: &Peer,
+    held: Option<&mut Held>,
 ) -> Result<Frame> {
     let ExecRequest { op, inputs, kwargs } = req;
+    peer.check_strides(&inputs)?;
     let inputs = protocol::tensors_from_wire(inputs, bufs)?;
     let entry = shared.backend.ops().lookup(&op)?;
+    check_dense_sizes(shared, inputs.iter().map(|(n, t)| (n.as_str(), t)))?;
     let args = ops::bind(&entry.spec, inputs, kwargs)?;
     let started = Instant::now();
-    let out = if inline {
-        guarded(&format!("op '{op}'"), || shared.backend.exec(entry, args))?
-    } else {
-        let _worker = shared.workers.acquire().await.expect("never closed");
-        let backend = shared.backend.clone();
-        blocking(&format!("op '{op}'"), move || backend.exec(entry, args)).await?
+    let out = match held {
+        None => guarded(&format!("op '{op}'"), || shared.backend.exec(entry, args))?,
+        Some(held) => {
+            reserve_outputs(shared, peer, &op, entry, &args, held).await?;
+            let backend = shared.backend.clone();
+            on_worker(shared, peer, held, &format!("op '{op}'"), move || {
+                backend.exec(entry, args)
+            })
+            .await?
+        }
     };
     let elapsed_s = started.elapsed().as_secs_f64();
     debug!(id, op = %op, elapsed_s, device = %out.device, "exec");

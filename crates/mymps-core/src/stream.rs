@@ -7,8 +7,10 @@
 //! 2 MiB on, see [`crate::buffer`]). Writes are vectored:
 //! the frame head and each tensor buffer go to the kernel as they are.
 
+use std::future::Future;
 use std::io::{self, IoSlice};
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -23,10 +25,21 @@ const READ_CHUNK: usize = 64 * 1024;
 const SMALL_TENSOR: usize = 16 * 1024;
 
 /// Reads frames from a byte stream.
+///
+/// Once a frame's first byte has arrived, every further read must make
+/// progress within [`Limits::stall_timeout`], or the read fails with
+/// [`io::ErrorKind::TimedOut`] (the connection is then lost, and the memory
+/// budget its frame held is released). A refused frame is reported at once
+/// and its bytes are skipped at the start of the next read, so the peer
+/// gets its answer before the skipping starts.
 pub struct StreamReader<R> {
     inner: R,
     buf: BytesMut,
     host_alloc: Option<Arc<dyn HostAlloc>>,
+    /// Bytes of a refused frame still to be skipped.
+    skip: u64,
+    /// The stall timeout of the read in progress.
+    stall: Duration,
 }
 
 impl<R> std::fmt::Debug for StreamReader<R> {
@@ -34,7 +47,25 @@ impl<R> std::fmt::Debug for StreamReader<R> {
         f.debug_struct("StreamReader")
             .field("buffered", &self.buf.len())
             .field("host_alloc", &self.host_alloc.is_some())
+            .field("skip", &self.skip)
             .finish_non_exhaustive()
+    }
+}
+
+/// `read`, failing with `TimedOut` if it takes longer than `stall`.
+async fn within<T>(stall: Duration, read: impl Future<Output = io::Result<T>>) -> io::Result<T> {
+    if stall == Duration::MAX {
+        return read.await;
+    }
+    match tokio::time::timeout(stall, read).await {
+        Ok(r) => r,
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!(
+                "the peer sent nothing for {:.1} s in the middle of a frame",
+                stall.as_secs_f64()
+            ),
+        )),
     }
 }
 
@@ -45,6 +76,8 @@ impl<R: AsyncRead + Unpin + Send + 'static> StreamReader<R> {
             inner,
             buf: BytesMut::with_capacity(READ_CHUNK),
             host_alloc: None,
+            skip: 0,
+            stall: Limits::DEFAULT.stall_timeout,
         }
     }
 
@@ -57,13 +90,26 @@ impl<R: AsyncRead + Unpin + Send + 'static> StreamReader<R> {
         }
     }
 
+    /// The stream back (bytes already buffered are dropped).
+    pub fn into_inner(self) -> R {
+        self.inner
+    }
+
     /// Reads until the buffer holds `n` bytes. `Ok(false)` on end of stream
-    /// with the buffer empty (a clean close between frames).
-    async fn fill(&mut self, n: usize) -> io::Result<bool> {
+    /// with the buffer empty (a clean close between frames). Reads are
+    /// timed once the frame has begun (`mid`, or bytes already buffered).
+    async fn fill(&mut self, n: usize, mid: bool) -> io::Result<bool> {
         while self.buf.len() < n {
             self.buf.reserve((n - self.buf.len()).max(READ_CHUNK));
-            if self.inner.read_buf(&mut self.buf).await? == 0 {
-                if self.buf.is_empty() {
+            let timed = mid || !self.buf.is_empty();
+            let read = self.inner.read_buf(&mut self.buf);
+            let got = if timed {
+                within(self.stall, read).await?
+            } else {
+                read.await?
+            };
+            if got == 0 {
+                if self.buf.is_empty() && !mid {
                     return Ok(false);
                 }
                 return Err(io::Error::new(
@@ -75,25 +121,62 @@ impl<R: AsyncRead + Unpin + Send + 'static> StreamReader<R> {
         Ok(true)
     }
 
-    async fn skip(&mut self, mut n: u64) -> io::Result<()> {
-        let from_buf = n.min(self.buf.len() as u64) as usize;
+    /// Skips what is left of a refused frame.
+    async fn skip_pending(&mut self) -> io::Result<()> {
+        let from_buf = self.skip.min(self.buf.len() as u64) as usize;
         let _ = self.buf.split_to(from_buf);
-        n -= from_buf as u64;
+        self.skip -= from_buf as u64;
+        if self.skip == 0 {
+            return Ok(());
+        }
         let mut scratch = vec![0u8; READ_CHUNK];
-        while n > 0 {
-            let want = n.min(READ_CHUNK as u64) as usize;
-            let got = self.inner.read(&mut scratch[..want]).await?;
+        while self.skip > 0 {
+            let want = self.skip.min(READ_CHUNK as u64) as usize;
+            let got = within(self.stall, self.inner.read(&mut scratch[..want])).await?;
             if got == 0 {
                 return Err(io::ErrorKind::UnexpectedEof.into());
             }
-            n -= got as u64;
+            self.skip -= got as u64;
         }
         Ok(())
     }
 
+    /// Consumes the prefix and table of a refused frame and arranges for
+    /// `rest` more bytes to be skipped; the error to report. A frame that
+    /// declares more than [`Limits::max_skip`] or a header over twice the
+    /// cap (headers are small; a client over that is broken) is not
+    /// skipped: the connection is closed after the answer.
+    fn refuse(
+        &mut self,
+        table_end: usize,
+        header_len: u32,
+        rest: u64,
+        e: FrameError,
+        limits: &Limits,
+    ) -> ReadError {
+        let header_len = header_len as u64;
+        let _ = self.buf.split_to(table_end);
+        match e {
+            FrameError::TooLarge { id, message, .. }
+                if rest > limits.max_skip() || header_len > 2 * limits.max_header_len as u64 =>
+            {
+                ReadError::Frame(FrameError::Unskippable {
+                    id,
+                    message: format!(
+                        "{message}; a frame that large is not skipped: closing the connection"
+                    ),
+                })
+            }
+            e => {
+                self.skip = rest;
+                ReadError::Frame(e)
+            }
+        }
+    }
+
     async fn read_tensor(&mut self, len: usize) -> io::Result<Bytes> {
         if len <= SMALL_TENSOR || self.buf.len() >= len {
-            self.fill(len).await?;
+            self.fill(len, true).await?;
             return Ok(self.buf.split_to(len).freeze());
         }
         let eof = || {
@@ -102,11 +185,12 @@ impl<R: AsyncRead + Unpin + Send + 'static> StreamReader<R> {
                 "connection closed in the middle of a tensor",
             )
         };
+        let stall = self.stall;
         if len >= LARGE {
             let mut t = Filler::new(len, self.host_alloc.as_deref())?;
             t.put_slice(&self.buf.split_to(self.buf.len()));
             while t.remaining_mut() > 0 {
-                if self.inner.read_buf(&mut t).await? == 0 {
+                if within(stall, self.inner.read_buf(&mut t)).await? == 0 {
                     return Err(eof());
                 }
             }
@@ -115,7 +199,7 @@ impl<R: AsyncRead + Unpin + Send + 'static> StreamReader<R> {
         let mut t = BytesMut::with_capacity(len);
         t.extend_from_slice(&self.buf.split_to(self.buf.len()));
         while t.len() < len {
-            if self.inner.read_buf(&mut t).await? == 0 {
+            if within(stall, self.inner.read_buf(&mut t)).await? == 0 {
                 return Err(eof());
             }
         }
@@ -127,21 +211,25 @@ impl<R: AsyncRead + Unpin + Send + 'static> StreamReader<R> {
         limits: &Limits,
         budget: Option<&MemoryBudget>,
     ) -> Result<Option<Incoming>, ReadError> {
-        if !self.fill(PREFIX_LEN).await? {
+        self.stall = limits.stall_timeout;
+        if self.skip > 0 {
+            self.skip_pending().await?;
+        }
+        if !self.fill(PREFIX_LEN, false).await? {
             return Ok(None);
         }
         let prefix = Prefix::decode(self.buf[..PREFIX_LEN].try_into().expect("16 bytes"))
             .map_err(ReadError::Frame)?;
         let table_end = PREFIX_LEN + prefix.table_len();
-        self.fill(table_end).await?;
+        self.fill(table_end, true).await?;
         let lens = match parse_lengths(&prefix, &self.buf[PREFIX_LEN..table_end], limits) {
             Ok(lens) => lens,
             Err(e) => {
-                let _ = self.buf.split_to(table_end);
-                if let FrameError::TooLarge { skip, .. } = &e {
-                    self.skip(*skip).await?;
-                }
-                return Err(ReadError::Frame(e));
+                let rest = match &e {
+                    FrameError::TooLarge { skip, .. } => *skip,
+                    _ => 0,
+                };
+                return Err(self.refuse(table_end, prefix.header_len, rest, e, limits));
             }
         };
         let total: u64 = lens.iter().sum();
@@ -149,23 +237,23 @@ impl<R: AsyncRead + Unpin + Send + 'static> StreamReader<R> {
             Some(b) if total > 0 => match b.acquire(total).await {
                 Some(p) => Some(p),
                 None => {
-                    let _ = self.buf.split_to(table_end);
-                    self.skip(prefix.header_len as u64 + total).await?;
-                    return Err(ReadError::Frame(FrameError::TooLarge {
+                    let e = FrameError::TooLarge {
                         id: prefix.id,
                         kind: prefix.kind,
                         message: format!(
                             "tensor payload of {total} bytes exceeds the server's memory budget of {} bytes",
-                            b.capacity()
+                            b.max_request()
                         ),
                         skip: 0,
-                    }));
+                    };
+                    let rest = prefix.header_len as u64 + total;
+                    return Err(self.refuse(table_end, prefix.header_len, rest, e, limits));
                 }
             },
             _ => None,
         };
         let header_end = table_end + prefix.header_len as usize;
-        self.fill(header_end).await?;
+        self.fill(header_end, true).await?;
         let _ = self.buf.split_to(table_end);
         let header = self.buf.split_to(prefix.header_len as usize).freeze();
         let mut tensors = Vec::with_capacity(lens.len());

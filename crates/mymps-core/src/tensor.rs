@@ -199,13 +199,34 @@ impl Tensor {
         self.data
     }
 
-    /// A C-contiguous copy (or `self` if already contiguous).
-    pub fn contiguous(&self) -> Tensor {
+    /// The bytes a C-contiguous copy takes: `numel × itemsize`, which for a
+    /// strided view (a broadcast, stride 0) may be far more than
+    /// [`data`](Self::data) holds. `None` on overflow.
+    pub fn dense_len(&self) -> Option<usize> {
+        self.numel().checked_mul(self.dtype.itemsize())
+    }
+
+    /// A C-contiguous copy (or `self` if already contiguous). Fails, without
+    /// aborting, when the copy cannot be allocated (a stride-0 view of a
+    /// few bytes may describe terabytes).
+    pub fn contiguous(&self) -> Result<Tensor> {
         let Some(strides) = &self.strides else {
-            return self.clone();
+            return Ok(self.clone());
         };
         let item = self.dtype.itemsize();
-        let mut out = Vec::with_capacity(self.numel() * item);
+        let len = self
+            .dense_len()
+            .ok_or_else(|| Error::invalid_tensor(format!("shape {:?} overflows", self.shape)))?;
+        let mut out = Vec::new();
+        out.try_reserve_exact(len).map_err(|_| {
+            Error::new(
+                crate::ErrorCode::PayloadTooLarge,
+                format!(
+                    "a contiguous copy of this {:?} {} view would take {len} bytes, more than can be allocated",
+                    self.shape, self.dtype
+                ),
+            )
+        })?;
         let mut index = vec![0usize; self.shape.len()];
         for _ in 0..self.numel() {
             let off: usize = index.iter().zip(strides).map(|(i, s)| i * s).sum();
@@ -218,12 +239,12 @@ impl Tensor {
                 index[d] = 0;
             }
         }
-        Tensor {
+        Ok(Tensor {
             dtype: self.dtype,
             shape: self.shape.clone(),
             strides: None,
             data: Bytes::from(out),
-        }
+        })
     }
 
     fn check_dtype(&self, want: DType) -> Result<()> {
@@ -239,7 +260,7 @@ impl Tensor {
     /// The elements, in C order, as a `Vec<T>`; `T` must match the dtype.
     pub fn to_vec<T: Element>(&self) -> Result<Vec<T>> {
         self.check_dtype(T::DTYPE)?;
-        let dense = self.contiguous();
+        let dense = self.contiguous()?;
         let mut out = vec![T::zeroed(); dense.numel()];
         bytemuck::cast_slice_mut::<T, u8>(&mut out).copy_from_slice(&dense.data);
         Ok(out)
@@ -259,7 +280,7 @@ impl Tensor {
     /// The elements of a `bool` tensor, in C order.
     pub fn to_bools(&self) -> Result<Vec<bool>> {
         self.check_dtype(DType::Bool)?;
-        Ok(self.contiguous().data.iter().map(|&b| b != 0).collect())
+        Ok(self.contiguous()?.data.iter().map(|&b| b != 0).collect())
     }
 }
 
@@ -305,6 +326,22 @@ mod tests {
         // Broadcast (stride 0) is fine; out of bounds is not.
         assert!(Tensor::with_strides(DType::Float32, &[4, 6], Some(&[0, 1]), data.clone()).is_ok());
         assert!(Tensor::with_strides(DType::Float32, &[2, 3], Some(&[3, 2]), data).is_err());
+    }
+
+    #[test]
+    fn a_huge_broadcast_view_cannot_be_made_dense_but_does_not_abort() {
+        // float32 [2^40] with stride 0 over 4 bytes: 4 TiB if made dense.
+        let t = Tensor::with_strides(
+            DType::Float32,
+            &[1 << 40],
+            Some(&[0]),
+            Bytes::from(vec![0u8; 4]),
+        )
+        .unwrap();
+        assert_eq!(t.dense_len(), Some(4 << 40));
+        let e = t.contiguous().unwrap_err();
+        assert_eq!(e.code, crate::ErrorCode::PayloadTooLarge);
+        assert!(t.to_vec::<f32>().is_err());
     }
 
     #[test]

@@ -98,44 +98,97 @@ impl FromStr for Endpoint {
 /// connection of a server, so that no set of requests makes it allocate
 /// without bound. Readers take a permit for a frame's payload before
 /// allocating it; the permit is released when the request is answered.
+///
+/// Waiting is first come, first served, which alone would let one large
+/// request (or a peer that declared one and stalls) hold up every small
+/// one behind it. So a slice of the budget, the *reserve* (an eighth, at
+/// most 64 MiB), serves only small requests (at most
+/// [`small_limit`](Self::small_limit) bytes): a small request takes from
+/// whichever part frees up first, and waits only behind other small ones
+/// for the reserve. Large requests use the rest.
 #[derive(Debug, Clone)]
 pub struct MemoryBudget {
-    semaphore: Arc<Semaphore>,
-    capacity_kib: u32,
+    main: Arc<Semaphore>,
+    reserve: Arc<Semaphore>,
+    main_kib: u32,
+    reserve_kib: u32,
 }
 
 impl MemoryBudget {
     /// A budget of `bytes` (rounded to KiB; at most 4 TiB).
     pub fn new(bytes: u64) -> MemoryBudget {
         let kib = (bytes / 1024).clamp(1, u32::MAX as u64) as u32;
+        let reserve_kib = (kib / 8).min(64 * 1024);
+        let main_kib = kib - reserve_kib;
         MemoryBudget {
-            semaphore: Arc::new(Semaphore::new(kib as usize)),
-            capacity_kib: kib,
+            main: Arc::new(Semaphore::new(main_kib as usize)),
+            reserve: Arc::new(Semaphore::new(reserve_kib as usize)),
+            main_kib,
+            reserve_kib,
         }
     }
 
     /// The budget's size in bytes.
     pub fn capacity(&self) -> u64 {
-        self.capacity_kib as u64 * 1024
+        (self.main_kib as u64 + self.reserve_kib as u64) * 1024
+    }
+
+    /// The largest request the budget can ever admit, bytes (the budget
+    /// less the small-request reserve, or the whole of a tiny budget).
+    pub fn max_request(&self) -> u64 {
+        (self.main_kib.max(self.reserve_kib) as u64) * 1024
+    }
+
+    /// Requests of at most this many bytes may use the reserve: a
+    /// sixteenth of it, at most 1 MiB.
+    pub fn small_limit(&self) -> u64 {
+        (self.reserve_kib as u64 * 1024 / 16).min(1 << 20)
     }
 
     /// Bytes held by requests in flight now (KiB granularity).
     pub fn in_use(&self) -> u64 {
-        let free = self.semaphore.available_permits() as u64;
-        (self.capacity_kib as u64).saturating_sub(free) * 1024
+        let main = (self.main_kib as u64).saturating_sub(self.main.available_permits() as u64);
+        let reserve =
+            (self.reserve_kib as u64).saturating_sub(self.reserve.available_permits() as u64);
+        (main + reserve) * 1024
     }
 
     /// Waits until `bytes` fit in the budget; `None` if they never can.
     pub async fn acquire(&self, bytes: u64) -> Option<OwnedSemaphorePermit> {
         let kib = bytes.div_ceil(1024);
-        if kib > self.capacity_kib as u64 {
+        if kib > self.max_request().div_ceil(1024) {
             return None;
         }
-        self.semaphore
+        let kib = kib as u32;
+        if kib as u64 * 1024 > self.small_limit() || kib > self.reserve_kib {
+            let main = if kib <= self.main_kib {
+                &self.main
+            } else {
+                &self.reserve
+            };
+            return main.clone().acquire_many_owned(kib).await.ok();
+        }
+        if let Ok(p) = self.main.clone().try_acquire_many_owned(kib) {
+            return Some(p);
+        }
+        tokio::select! {
+            p = self.main.clone().acquire_many_owned(kib) => p.ok(),
+            p = self.reserve.clone().acquire_many_owned(kib) => p.ok(),
+        }
+    }
+
+    /// Takes `bytes` now if they fit, without waiting.
+    pub fn try_acquire(&self, bytes: u64) -> Option<OwnedSemaphorePermit> {
+        let kib = u32::try_from(bytes.div_ceil(1024)).ok()?;
+        self.main
             .clone()
-            .acquire_many_owned(kib as u32)
-            .await
+            .try_acquire_many_owned(kib)
             .ok()
+            .or_else(|| {
+                (kib as u64 * 1024 <= self.small_limit())
+                    .then(|| self.reserve.clone().try_acquire_many_owned(kib).ok())
+                    .flatten()
+            })
     }
 }
 
@@ -326,6 +379,33 @@ pub fn available_schemes() -> Vec<&'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_small_request_is_not_held_behind_a_large_one() {
+        let budget = MemoryBudget::new(256 << 20);
+        assert_eq!(budget.max_request(), 224 << 20);
+        // Four stalled peers hold 4 × 55 MiB; a fifth waits for 55 MiB.
+        let held: Vec<_> = acquire_n(4, &budget, 55 << 20).await;
+        let b = budget.clone();
+        let waiting = tokio::spawn(async move { b.acquire(55 << 20).await });
+        tokio::task::yield_now().await;
+        // A 20-byte request still gets in at once (from the reserve).
+        let small = tokio::time::timeout(std::time::Duration::from_secs(1), budget.acquire(20))
+            .await
+            .expect("a small request must not wait behind a large one");
+        assert!(small.is_some());
+        assert!(budget.acquire(256 << 20).await.is_none(), "never fits");
+        drop(held);
+        assert!(waiting.await.unwrap().is_some());
+    }
+
+    async fn acquire_n(n: usize, b: &MemoryBudget, bytes: u64) -> Vec<OwnedSemaphorePermit> {
+        let mut v = Vec::new();
+        for _ in 0..n {
+            v.push(b.acquire(bytes).await.unwrap());
+        }
+        v
+    }
 
     #[test]
     fn endpoints_parse() {

@@ -408,7 +408,9 @@ impl StreamContext {
                 return read.transpose();
             }
             Ok(Some(inc)) => inc.frame.id,
-            Err(ReadError::Frame(FrameError::TooLarge { id, .. })) => *id,
+            Err(ReadError::Frame(
+                FrameError::TooLarge { id, .. } | FrameError::Unskippable { id, .. },
+            )) => *id,
             Err(ReadError::Refused { id, .. }) => *id,
             Err(ReadError::Frame(e)) => {
                 // Unframeable bytes: only this stream is lost.

@@ -133,9 +133,10 @@ pub fn from_bytes(buf: Vec<u8>) -> Result<Tensor> {
     }
 }
 
-/// Encodes a tensor as `.npy` bytes (version 1.0, C order).
-pub fn to_bytes(t: &Tensor) -> Vec<u8> {
-    let t = t.contiguous();
+/// Encodes a tensor as `.npy` bytes (version 1.0, C order); fails when a
+/// strided view's dense copy cannot be allocated.
+pub fn to_bytes(t: &Tensor) -> Result<Vec<u8>> {
+    let t = t.contiguous()?;
     let shape = match t.shape() {
         [] => "()".to_owned(),
         [d] => format!("({d},)"),
@@ -161,14 +162,14 @@ pub fn to_bytes(t: &Tensor) -> Vec<u8> {
     out.extend_from_slice(&(header.len() as u16).to_le_bytes());
     out.extend_from_slice(header.as_bytes());
     out.extend_from_slice(t.data());
-    out
+    Ok(out)
 }
 
 /// Writes a tensor to a `.npy` file.
 pub fn write(path: &Path, t: &Tensor) -> Result<()> {
     let mut f = std::fs::File::create(path)
         .map_err(|e| Error::bad_argument(format!("cannot create {}: {e}", path.display())))?;
-    f.write_all(&to_bytes(t))
+    f.write_all(&to_bytes(t)?)
         .map_err(|e| Error::bad_argument(format!("cannot write {}: {e}", path.display())))
 }
 
@@ -180,19 +181,20 @@ mod tests {
     fn round_trip_every_dtype() {
         for d in DType::ALL {
             let t = Tensor::new(d, &[2, 3], vec![1u8; 6 * d.itemsize()]).unwrap();
-            let back = from_bytes(to_bytes(&t)).unwrap();
+            let back = from_bytes(to_bytes(&t).unwrap()).unwrap();
             assert_eq!(back, t, "{d}");
-            let header_end = 10 + u16::from_le_bytes([to_bytes(&t)[8], to_bytes(&t)[9]]) as usize;
+            let header_end = 10
+                + u16::from_le_bytes([to_bytes(&t).unwrap()[8], to_bytes(&t).unwrap()[9]]) as usize;
             assert_eq!(header_end % 64, 0);
         }
         let s = Tensor::scalar(3.5f64);
-        assert_eq!(from_bytes(to_bytes(&s)).unwrap(), s);
+        assert_eq!(from_bytes(to_bytes(&s).unwrap()).unwrap(), s);
     }
 
     #[test]
     fn refuses_what_it_cannot_read() {
         assert!(from_bytes(b"not npy".to_vec()).is_err());
-        let mut b = to_bytes(&Tensor::scalar(1.0f32));
+        let mut b = to_bytes(&Tensor::scalar(1.0f32)).unwrap();
         let at = b.windows(3).position(|w| w == b"<f4").unwrap();
         b[at] = b'>';
         assert!(

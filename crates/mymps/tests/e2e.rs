@@ -134,7 +134,7 @@ async fn zero_d_empty_and_strided_tensors() {
     let a = randn(4 * 3, 9); // stored as 3×4, viewed as its 4×3 transpose
     let bytes = bytes::Bytes::copy_from_slice(bytemuck_cast(&a));
     let at = Tensor::with_strides(DType::Float32, &[4, 3], Some(&[1, 4]), bytes).unwrap();
-    let dense = at.contiguous();
+    let dense = at.contiguous().unwrap();
     let b = randn(3 * 2, 10);
     let r1 = c
         .call(Call::new("matmul").arg(at).arg(f32s(b.clone(), &[3, 2])))

@@ -7,92 +7,9 @@ mod common;
 use std::time::Duration;
 
 use bytes::Bytes;
-use mymps::protocol::{self, ExecRequest, Frame, FrameKind, Limits, Request, Response, TensorMeta};
-use mymps::stream::StreamReader;
-use mymps::transport::FrameReader;
+use common::Raw;
+use mymps::protocol::{self, ExecRequest, Frame, FrameKind, Request, Response, TensorMeta};
 use mymps::{ErrorCode, Value};
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
-use tokio::net::tcp::OwnedReadHalf;
-
-struct Raw {
-    reader: StreamReader<OwnedReadHalf>,
-    writer: tokio::net::tcp::OwnedWriteHalf,
-}
-
-impl Raw {
-    /// Connects and completes the handshake by hand.
-    async fn connect(addr: &str) -> Raw {
-        let mut raw = Raw::connect_bare(addr).await;
-        let hello = protocol::hello("raw-test/1", None);
-        raw.send(&protocol::encode(FrameKind::Hello, 0, &hello, vec![]).unwrap())
-            .await;
-        let f = raw.recv().await.expect("welcome");
-        assert_eq!(f.kind, FrameKind::Welcome);
-        raw
-    }
-
-    async fn connect_bare(addr: &str) -> Raw {
-        let stream = TcpStream::connect(addr.trim_start_matches("tcp://"))
-            .await
-            .unwrap();
-        let (r, w) = stream.into_split();
-        Raw {
-            reader: StreamReader::new(r),
-            writer: w,
-        }
-    }
-
-    async fn send(&mut self, f: &Frame) {
-        self.writer.write_all(&f.to_vec()).await.unwrap();
-    }
-
-    async fn send_bytes(&mut self, b: &[u8]) {
-        self.writer.write_all(b).await.unwrap();
-    }
-
-    /// The next frame, or `None` when the server closed the connection.
-    async fn recv(&mut self) -> Option<Frame> {
-        let limits = Limits {
-            max_payload: u64::MAX,
-            ..Limits::DEFAULT
-        };
-        match tokio::time::timeout(
-            Duration::from_secs(20),
-            self.reader.read_frame(&limits, None),
-        )
-        .await
-        {
-            Ok(Ok(Some(inc))) => Some(inc.frame),
-            Ok(Ok(None)) | Ok(Err(_)) => None,
-            Err(_) => panic!("no answer from the server within 20 s"),
-        }
-    }
-
-    async fn expect_error(&mut self, id: u64, code: ErrorCode) -> String {
-        let f = self.recv().await.expect("an error reply");
-        assert_eq!(f.id, id);
-        match protocol::decode_header::<Response>(&f).unwrap() {
-            Response::Error(e) => {
-                assert_eq!(e.code, code, "{e}");
-                e.message
-            }
-            other => panic!("expected an error, got {other:?}"),
-        }
-    }
-
-    /// Health works on this connection.
-    async fn still_serves(&mut self, id: u64) {
-        self.send(&protocol::encode(FrameKind::Request, id, &Request::Health, vec![]).unwrap())
-            .await;
-        let f = self.recv().await.expect("health reply");
-        assert_eq!(f.id, id);
-        assert!(matches!(
-            protocol::decode_header::<Response>(&f).unwrap(),
-            Response::Health(_)
-        ));
-    }
-}
 
 fn exec_frame(id: u64, dtype: &str, shape: Vec<u64>, data: Vec<u8>) -> Frame {
     let req = Request::Exec(ExecRequest {

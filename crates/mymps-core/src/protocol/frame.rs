@@ -67,6 +67,12 @@ pub struct Limits {
     pub max_tensors: u16,
     /// Largest total of tensor bytes in one frame.
     pub max_payload: u64,
+    /// Longest a peer may pause in the middle of a frame (between its first
+    /// byte and its last) before the reader gives up on the connection.
+    /// Enforced by the I/O drivers (this module does no I/O), so that a peer
+    /// that declares a large frame and stalls cannot hold the memory budget
+    /// it was granted. Idle time between frames is not limited by this.
+    pub stall_timeout: std::time::Duration,
 }
 
 impl Limits {
@@ -75,14 +81,27 @@ impl Limits {
         max_header_len: 64 * 1024,
         max_tensors: 0,
         max_payload: 0,
+        stall_timeout: std::time::Duration::from_secs(10),
     };
 
-    /// A generous default: 16 MiB header, 1024 tensors, 4 GiB of tensor data.
+    /// A generous default: 16 MiB header, 1024 tensors, 4 GiB of tensor
+    /// data, 30 s stall timeout.
     pub const DEFAULT: Limits = Limits {
         max_header_len: 16 * 1024 * 1024,
         max_tensors: 1024,
         max_payload: 4 * 1024 * 1024 * 1024,
+        stall_timeout: std::time::Duration::from_secs(30),
     };
+
+    /// The most bytes a reader skips to keep a connection whose frame it
+    /// refused: twice the payload cap and one header. A frame declaring
+    /// more (a length of 2^64 - 1, a 4 GiB header) is answered and the
+    /// connection closed, instead of waiting for bytes that never come.
+    pub fn max_skip(&self) -> u64 {
+        self.max_payload
+            .saturating_mul(2)
+            .saturating_add(self.max_header_len as u64)
+    }
 }
 
 impl Default for Limits {
@@ -124,6 +143,15 @@ pub enum FrameError {
         /// Bytes after the prefix and length table to skip.
         skip: u64,
     },
+    /// A frame declares more than a reader will skip ([`Limits::max_skip`]):
+    /// the reader answers `id` with an error and closes the connection,
+    /// rather than wait for bytes that will likely never come.
+    Unskippable {
+        /// The frame's id.
+        id: u64,
+        /// What exceeded which limit.
+        message: String,
+    },
 }
 
 impl FrameError {
@@ -131,7 +159,7 @@ impl FrameError {
     pub fn to_error(&self) -> Error {
         match self {
             FrameError::Malformed(m) => Error::new(ErrorCode::Protocol, m.clone()),
-            FrameError::TooLarge { message, .. } => {
+            FrameError::TooLarge { message, .. } | FrameError::Unskippable { message, .. } => {
                 Error::new(ErrorCode::PayloadTooLarge, message.clone())
             }
         }

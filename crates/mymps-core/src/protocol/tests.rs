@@ -268,6 +268,7 @@ fn decoders_survive_random_and_mutated_input() {
         max_header_len: 4096,
         max_tensors: 8,
         max_payload: 1 << 16,
+        ..Limits::DEFAULT
     };
     for round in 0..20_000 {
         let mut buf = if round % 2 == 0 {

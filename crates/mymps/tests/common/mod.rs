@@ -8,9 +8,16 @@ use std::process::{Child, ChildStdout, Command, Stdio};
 use std::sync::Arc;
 
 use mymps::client::{Call, Client};
+use mymps::protocol::{self, Frame, FrameKind, Limits, Request, Response};
 use mymps::server::{Server, ServerConfig, ServerHandle};
+use mymps::stream::StreamReader;
 use mymps::transport::Endpoint;
-use mymps::{DType, Tensor};
+use mymps::transport::FrameReader;
+use mymps::{DType, ErrorCode, Tensor};
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::net::tcp::OwnedReadHalf;
 
 /// The device the tests run the server on: `MYMPS_TEST_DEVICE`, else `cpu`
 /// (`MYMPS_TEST_DEVICE=cuda:0` on a GPU machine).
@@ -267,4 +274,91 @@ pub fn spawn_serve(cmd: &mut Command) -> (Child, String, Lines<BufReader<ChildSt
         .unwrap_or_else(|| panic!("unexpected first line {first:?}"))
         .to_owned();
     (child, addr, lines)
+}
+
+/// A client that speaks the wire protocol by hand, for tests that send
+/// what a well-behaved client never would.
+pub struct Raw {
+    pub reader: StreamReader<OwnedReadHalf>,
+    pub writer: tokio::net::tcp::OwnedWriteHalf,
+}
+
+impl Raw {
+    /// Connects and completes the handshake by hand.
+    pub async fn connect(addr: &str) -> Raw {
+        let mut raw = Raw::connect_bare(addr).await;
+        let hello = protocol::hello("raw-test/1", None);
+        raw.send(&protocol::encode(FrameKind::Hello, 0, &hello, vec![]).unwrap())
+            .await;
+        let f = raw.recv().await.expect("welcome");
+        assert_eq!(f.kind, FrameKind::Welcome);
+        raw
+    }
+
+    pub async fn connect_bare(addr: &str) -> Raw {
+        let stream = TcpStream::connect(addr.trim_start_matches("tcp://"))
+            .await
+            .unwrap();
+        let (r, w) = stream.into_split();
+        Raw {
+            reader: StreamReader::new(r),
+            writer: w,
+        }
+    }
+
+    /// Resets the connection (RST, not FIN), as a crashed client would.
+    pub fn reset(self) {
+        let socket = self.writer.reunite(self.reader.into_inner()).unwrap();
+        socket.set_zero_linger().unwrap();
+    }
+
+    pub async fn send(&mut self, f: &Frame) {
+        self.writer.write_all(&f.to_vec()).await.unwrap();
+    }
+
+    pub async fn send_bytes(&mut self, b: &[u8]) {
+        self.writer.write_all(b).await.unwrap();
+    }
+
+    /// The next frame, or `None` when the server closed the connection.
+    pub async fn recv(&mut self) -> Option<Frame> {
+        let limits = Limits {
+            max_payload: u64::MAX,
+            ..Limits::DEFAULT
+        };
+        match tokio::time::timeout(
+            Duration::from_secs(20),
+            self.reader.read_frame(&limits, None),
+        )
+        .await
+        {
+            Ok(Ok(Some(inc))) => Some(inc.frame),
+            Ok(Ok(None)) | Ok(Err(_)) => None,
+            Err(_) => panic!("no answer from the server within 20 s"),
+        }
+    }
+
+    pub async fn expect_error(&mut self, id: u64, code: ErrorCode) -> String {
+        let f = self.recv().await.expect("an error reply");
+        assert_eq!(f.id, id);
+        match protocol::decode_header::<Response>(&f).unwrap() {
+            Response::Error(e) => {
+                assert_eq!(e.code, code, "{e}");
+                e.message
+            }
+            other => panic!("expected an error, got {other:?}"),
+        }
+    }
+
+    /// Health works on this connection.
+    pub async fn still_serves(&mut self, id: u64) {
+        self.send(&protocol::encode(FrameKind::Request, id, &Request::Health, vec![]).unwrap())
+            .await;
+        let f = self.recv().await.expect("health reply");
+        assert_eq!(f.id, id);
+        assert!(matches!(
+            protocol::decode_header::<Response>(&f).unwrap(),
+            Response::Health(_)
+        ));
+    }
 }
