@@ -36,7 +36,7 @@ use mymps_ops::torch_error;
 use serde_json::Value as Json;
 use tch::{Device, Kind, Tensor};
 
-use crate::convert::{Weight, device, download, float_kind, model_error, upload};
+use crate::convert::{Weight, clip, device, download, float_kind, list, model_error, upload};
 
 /// Parameters by state_dict key.
 pub type StateDict = BTreeMap<String, Tensor>;
@@ -159,7 +159,8 @@ pub fn check(sd: &StateDict, expected: &[(String, Vec<i64>)], class: &str) -> Re
         .iter()
         .filter_map(|(k, s)| {
             let t = sd.get(*k)?;
-            (t.size() != **s).then(|| format!("{k}: checkpoint {:?}, model {:?}", t.size(), s))
+            (t.size() != **s)
+                .then(|| format!("{}: checkpoint {:?}, model {:?}", clip(k), t.size(), s))
         })
         .collect();
     if missing.is_empty() && unexpected.is_empty() && mismatched.is_empty() {
@@ -167,13 +168,19 @@ pub fn check(sd: &StateDict, expected: &[(String, Vec<i64>)], class: &str) -> Re
     }
     let mut parts = Vec::new();
     if !missing.is_empty() {
-        parts.push(format!("missing keys: {}", missing.join(", ")));
+        parts.push(format!("missing keys: {}", list(missing.into_iter(), ", ")));
     }
     if !unexpected.is_empty() {
-        parts.push(format!("unexpected keys: {}", unexpected.join(", ")));
+        parts.push(format!(
+            "unexpected keys: {}",
+            list(unexpected.into_iter(), ", ")
+        ));
     }
     if !mismatched.is_empty() {
-        parts.push(format!("shape mismatches: {}", mismatched.join("; ")));
+        parts.push(format!(
+            "shape mismatches: {}",
+            list(mismatched.iter().map(String::as_str), "; ")
+        ));
     }
     Err(model_error(format!(
         "the checkpoint does not fit model_class '{class}': {}",

@@ -23,6 +23,33 @@ pub fn float_kind(dtype: Option<&str>) -> Result<Option<Kind>> {
     Ok(Some(kind_of(d)))
 }
 
+/// How many characters of a name from a file or a request an error
+/// message quotes.
+pub const CLIP_CHARS: usize = 120;
+
+/// How many names an error message lists.
+pub const LIST_NAMES: usize = 20;
+
+/// `s`, cut to [`CLIP_CHARS`] characters (and `…`): error messages quote
+/// names that come from files and requests, which may be of any length.
+pub fn clip(s: &str) -> std::borrow::Cow<'_, str> {
+    match s.char_indices().nth(CLIP_CHARS) {
+        Some((at, _)) => format!("{}…", &s[..at]).into(),
+        None => s.into(),
+    }
+}
+
+/// The first [`LIST_NAMES`] of `names`, clipped, joined by `sep`, and how
+/// many more there are.
+pub fn list<'a>(names: impl ExactSizeIterator<Item = &'a str>, sep: &str) -> String {
+    let n = names.len();
+    let mut out: Vec<std::borrow::Cow<'_, str>> = names.take(LIST_NAMES).map(clip).collect();
+    if n > LIST_NAMES {
+        out.push(format!("… ({} more)", n - LIST_NAMES).into());
+    }
+    out.join(sep)
+}
+
 /// A model error.
 pub fn model_error(m: impl Into<String>) -> Error {
     Error::new(ErrorCode::Model, m)

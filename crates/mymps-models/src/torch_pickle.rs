@@ -47,6 +47,8 @@ use std::io::{Read, Seek, SeekFrom};
 use tch::{Kind, Tensor};
 use zip::CompressionMethod;
 
+use crate::convert::clip;
+
 type R<T> = std::result::Result<T, String>;
 
 /// The largest `data.pkl` read (16 MiB: a state_dict's pickle takes 100 to
@@ -696,15 +698,6 @@ impl<'a> Unpickler<'a> {
     }
 }
 
-/// `s`, cut to fit an error message.
-fn short(s: &str) -> String {
-    const MAX: usize = 120;
-    match s.char_indices().nth(MAX) {
-        Some((at, _)) => format!("{}…", &s[..at]),
-        None => s.to_owned(),
-    }
-}
-
 /// Unpickles `data`: the root value and the arena it refers to.
 fn unpickle(data: &[u8]) -> R<(Val, Objects)> {
     let mut u = Unpickler::new(data);
@@ -730,7 +723,7 @@ fn read_entry<Rd: Read + Seek>(
     file_len: u64,
     span: Span,
 ) -> R<Vec<u8>> {
-    let shown = short(name);
+    let shown = clip(name);
     let mut f = zip.by_name(name).map_err(|e| format!("{shown}: {e}"))?;
     if f.compression() != CompressionMethod::Stored {
         return Err(format!(
@@ -896,7 +889,7 @@ pub fn read_state_dict<Rd: Read + Seek>(mut file: Rd) -> R<Vec<(String, Tensor)>
         let name = objects
             .str(k)
             .ok_or_else(|| format!("a state_dict key is {}, not a string", objects.describe(k)))?;
-        let shown = short(name);
+        let shown = clip(name);
         let Some(Obj::Tensor(view)) = objects.get(v) else {
             return Err(format!(
                 "state_dict entry '{shown}' is not a tensor but {}",
@@ -904,7 +897,7 @@ pub fn read_state_dict<Rd: Read + Seek>(mut file: Rd) -> R<Vec<(String, Tensor)>
             ));
         };
         let (key, kind, numel) = objects.storage(view);
-        let key_s = short(key);
+        let key_s = clip(key);
         match storages.entry(key) {
             Entry::Vacant(e) => {
                 e.insert((kind, numel));
@@ -934,7 +927,7 @@ pub fn read_state_dict<Rd: Read + Seek>(mut file: Rd) -> R<Vec<(String, Tensor)>
     // Each storage's entry must hold exactly its numel × item size, which
     // the file must be able to hold.
     for (&key, &(kind, numel)) in &storages {
-        let key_s = short(key);
+        let key_s = clip(key);
         (numel as u64)
             .checked_mul(kind.elt_size_in_bytes() as u64)
             .filter(|&b| b <= file_len)
@@ -951,7 +944,7 @@ pub fn read_state_dict<Rd: Read + Seek>(mut file: Rd) -> R<Vec<(String, Tensor)>
         .map_err(|e| e.to_string())?;
     for (name, view) in plans {
         let (key, kind, numel) = objects.storage(view);
-        let (shown, key_s) = (short(name), short(key));
+        let (shown, key_s) = (clip(name), clip(key));
         if !tensors.contains_key(key) {
             let entry = format!("{prefix}data/{key}");
             let want = numel as u64 * kind.elt_size_in_bytes() as u64;

@@ -6,7 +6,8 @@
 use std::path::PathBuf;
 
 use mymps_core::ErrorCode;
-use mymps_models::checkpoint::read_state_dict;
+use mymps_core::model::{LoadRequest, ModelLoader};
+use mymps_models::checkpoint::{CheckpointLoader, read_state_dict};
 use tch::{Device, Kind, Tensor};
 
 // ---- a zip writer (stored entries, as torch.save writes them) ----------
@@ -475,4 +476,36 @@ fn reduce_payloads_are_never_run() {
     }
     assert!(!marker.exists());
     let _ = std::fs::remove_dir_all(&d);
+}
+
+// ---- error messages stay short -----------------------------------------
+
+#[test]
+fn a_state_dict_of_many_long_keys_gives_a_short_error() {
+    // 5,000 entries named by 1,000 characters each, all one storage.
+    let mut p = P::new();
+    p.op(b"}(");
+    for i in 0..5000 {
+        p.str(&format!("{i:01000}"))
+            .tensor("FloatStorage", "0", 1, 0, &[1], &[1]);
+    }
+    p.op(b"u");
+    let d = scratch("many-keys");
+    let path = d.join("sd.pt");
+    std::fs::write(&path, torch_save(&p.done(), &[("0", &floats(&[1.]))])).unwrap();
+    let req = LoadRequest {
+        name: "m".into(),
+        model_type: "checkpoint".into(),
+        model_path: Some(path.display().to_string()),
+        model_class: Some("linear".into()),
+        ..Default::default()
+    };
+    let r = CheckpointLoader::all().load(&req, "cpu");
+    let _ = std::fs::remove_dir_all(&d);
+    let m = r.map(|_| ()).unwrap_err().message;
+    assert!(
+        m.contains("unexpected keys") && m.contains("(4980 more)"),
+        "{m}"
+    );
+    assert!(m.len() < 4000, "{} bytes", m.len());
 }

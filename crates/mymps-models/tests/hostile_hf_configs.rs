@@ -139,3 +139,28 @@ fn an_oversized_config_json_is_refused() {
     let m = r.map(|_| ()).unwrap_err().message;
     assert!(m.contains("config.json") && m.contains("16777216"), "{m}");
 }
+
+#[test]
+fn an_index_naming_50000_shards_is_refused_quickly() {
+    // Each shard named once (deduplicating them used to be quadratic).
+    let d = scratch("shards");
+    std::fs::write(
+        d.join("config.json"),
+        json!({"model_type": "bert"}).to_string(),
+    )
+    .unwrap();
+    let map: serde_json::Map<String, serde_json::Value> = (0..50_000)
+        .map(|i| (format!("w{i}"), json!(format!("model-{i:06}.safetensors"))))
+        .collect();
+    let index = json!({ "weight_map": map });
+    std::fs::write(d.join("model.safetensors.index.json"), index.to_string()).unwrap();
+    let start = std::time::Instant::now();
+    let r = hf_load(&d);
+    let _ = std::fs::remove_dir_all(&d);
+    let m = r.map(|_| ()).unwrap_err().message;
+    assert!(
+        m.contains("shard 'model-000000.safetensors'") && m.contains("missing"),
+        "{m}"
+    );
+    assert!(start.elapsed().as_secs() < 5, "{:?}", start.elapsed());
+}

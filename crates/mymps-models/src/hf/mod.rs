@@ -44,7 +44,7 @@ use serde_json::Value as Json;
 use tch::{Device, Kind, Tensor};
 
 use crate::checkpoint::read_state_dict;
-use crate::convert::{Weight, device, download, float_kind, model_error};
+use crate::convert::{Weight, clip, device, download, float_kind, list, model_error};
 use layers::{Tx, bad_input};
 
 /// The `model_type` values this loader runs, with their base class, sorted.
@@ -333,14 +333,12 @@ impl Weights {
     }
 
     fn sample_keys(&self) -> String {
-        let mut roots: Vec<&str> = self
+        let roots: BTreeSet<&str> = self
             .map
             .keys()
             .map(|k| k.split('.').next().unwrap_or(k))
             .collect();
-        roots.dedup();
-        roots.truncate(12);
-        roots.join(", ")
+        list(roots.into_iter().take(12), ", ")
     }
 }
 
@@ -502,7 +500,8 @@ fn inside(dir: &Path, name: &str) -> Result<Option<PathBuf>> {
         || !matches!(p.components().next(), Some(std::path::Component::Normal(_)))
     {
         return Err(model_error(format!(
-            "'{name}' is not a file name in the model directory"
+            "'{}' is not a file name in the model directory",
+            clip(name)
         )));
     }
     let joined = dir.join(p);
@@ -533,7 +532,8 @@ fn shards(dir: &Path, index: &Path) -> Result<Vec<PathBuf>> {
         .get("weight_map")
         .and_then(Json::as_object)
         .ok_or_else(|| model_error(format!("'{}' has no weight_map", index.display())))?;
-    let mut files: Vec<&str> = Vec::new();
+    // Each file once, sorted (a set: an index may name a million).
+    let mut files: BTreeSet<&str> = BTreeSet::new();
     for v in map.values() {
         let f = v.as_str().ok_or_else(|| {
             model_error(format!(
@@ -541,17 +541,15 @@ fn shards(dir: &Path, index: &Path) -> Result<Vec<PathBuf>> {
                 index.display()
             ))
         })?;
-        if !files.contains(&f) {
-            files.push(f);
-        }
+        files.insert(f);
     }
-    files.sort_unstable();
     files
         .into_iter()
         .map(|f| {
             inside(dir, f)?.ok_or_else(|| {
                 model_error(format!(
-                    "shard '{f}' named by '{}' is missing",
+                    "shard '{}' named by '{}' is missing",
+                    clip(f),
                     index.display()
                 ))
             })
@@ -727,7 +725,8 @@ impl Model for HfModel {
                 }
                 _ => *accepted.iter().find(|a| **a == name).ok_or_else(|| {
                     bad_input(format!(
-                        "unknown input '{name}'; this model takes: {}",
+                        "unknown input '{}'; this model takes: {}",
+                        clip(&name),
                         accepted.join(", ")
                     ))
                 })?,
