@@ -147,6 +147,10 @@ struct ServeArgs {
     /// Backend calls running at once (default: the number of cores).
     #[arg(long)]
     workers: Option<usize>,
+    /// Seconds a client may pause in the middle of sending a frame before
+    /// it is disconnected and the memory it was granted is freed.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30.0)]
+    stall_timeout: f64,
     /// The folder model files must lie under (default: the current directory).
     #[arg(long, value_name = "DIR", env = "MYMPS_MODEL_ROOT")]
     model_root: Option<PathBuf>,
@@ -307,6 +311,15 @@ fn serve(a: ServeArgs) -> Result<(), Error> {
     if let Some(w) = a.workers {
         config.workers = w;
     }
+    config.limits.stall_timeout = Duration::try_from_secs_f64(a.stall_timeout)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| {
+            Error::bad_argument(format!(
+                "--stall-timeout must be a positive number of seconds, not {}",
+                a.stall_timeout
+            ))
+        })?;
     config.model_root = a.model_root.clone();
     if let Some(path) = &a.auth_token_file {
         config.auth_token = Some(mymps::auth::read_token_file(path)?);
