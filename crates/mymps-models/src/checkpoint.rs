@@ -107,7 +107,10 @@ struct CheckpointModel {
     metadata: BTreeMap<String, String>,
 }
 
-/// Reads a state_dict: `.safetensors`, or a `torch.save` file.
+/// Reads a state_dict: `.safetensors`, or a `torch.save` file (zip format;
+/// a small unpickler that runs nothing and checks every size the file
+/// states against the file before allocating). A hostile or broken file is
+/// a model error.
 pub fn read_state_dict(path: &str, dev: Device) -> Result<StateDict> {
     if !Path::new(path).is_file() {
         return Err(model_error(format!("no checkpoint file at '{path}'")));

@@ -10,6 +10,17 @@
 //!   `.pt`/`.bin`, or `.safetensors`) loaded into a registered
 //!   [`checkpoint::ModelClass`] (built in: `linear`, `mlp`, `cnn`).
 //!
+//! Model files are not trusted. A failed allocation aborts a Rust process
+//! and a stack overflow cannot be caught, so no guard around a load could
+//! save the server from a hostile file: instead every size and count that a
+//! file states (zip entry sizes, storage numels, tensor views, config
+//! integers, layer counts) is checked against what the file really holds,
+//! or against a documented bound, before anything is allocated for it;
+//! sizes taken from files are reserved with `try_reserve` and read with a
+//! bounded `take`; the unpickler recurses over nothing and counts its
+//! memory; error messages clip the names they quote. A hostile file gets a
+//! model error.
+//!
 //! Built two ways: as a `cdylib` plugin that `mymps serve` loads at start
 //! (`--plugin PATH`, or the plugins folder), and as an `rlib` for
 //! applications that link the loaders in ([`loaders`]).
