@@ -16,7 +16,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::buffer::{Filler, HostAlloc, LARGE};
-use crate::protocol::{Frame, FrameError, Limits, PREFIX_LEN, Prefix, parse_lengths};
+use crate::protocol::{Frame, Head, Limits, PREFIX_LEN, admit_payload, decode_head};
 use crate::transport::{BoxFuture, FrameReader, FrameWriter, Incoming, MemoryBudget, ReadError};
 
 const READ_CHUNK: usize = 64 * 1024;
@@ -95,6 +95,20 @@ impl<R: AsyncRead + Unpin + Send + 'static> StreamReader<R> {
         self.inner
     }
 
+    /// Consumes the head of a refused frame, arranges for what follows it to
+    /// be skipped where the frame is skipped, and gives the error to report.
+    fn refuse(&mut self, table_end: usize, refused: Head) -> ReadError {
+        let _ = self.buf.split_to(table_end);
+        match refused {
+            Head::Skip { error, skip } => {
+                self.skip = skip;
+                ReadError::Frame(error)
+            }
+            Head::Close(error) => ReadError::Frame(error),
+            Head::Read { .. } => unreachable!("a refusal"),
+        }
+    }
+
     /// Reads until the buffer holds `n` bytes. `Ok(false)` on end of stream
     /// with the buffer empty (a clean close between frames). Reads are
     /// timed once the frame has begun (`mid`, or bytes already buffered).
@@ -141,39 +155,6 @@ impl<R: AsyncRead + Unpin + Send + 'static> StreamReader<R> {
         Ok(())
     }
 
-    /// Consumes the prefix and table of a refused frame and arranges for
-    /// `rest` more bytes to be skipped; the error to report. A frame that
-    /// declares more than [`Limits::max_skip`] or a header over twice the
-    /// cap (headers are small; a client over that is broken) is not
-    /// skipped: the connection is closed after the answer.
-    fn refuse(
-        &mut self,
-        table_end: usize,
-        header_len: u32,
-        rest: u64,
-        e: FrameError,
-        limits: &Limits,
-    ) -> ReadError {
-        let header_len = header_len as u64;
-        let _ = self.buf.split_to(table_end);
-        match e {
-            FrameError::TooLarge { id, message, .. }
-                if rest > limits.max_skip() || header_len > 2 * limits.max_header_len as u64 =>
-            {
-                ReadError::Frame(FrameError::Unskippable {
-                    id,
-                    message: format!(
-                        "{message}; a frame that large is not skipped: closing the connection"
-                    ),
-                })
-            }
-            e => {
-                self.skip = rest;
-                ReadError::Frame(e)
-            }
-        }
-    }
-
     async fn read_tensor(&mut self, len: usize) -> io::Result<Bytes> {
         if len <= SMALL_TENSOR || self.buf.len() >= len {
             self.fill(len, true).await?;
@@ -218,36 +199,28 @@ impl<R: AsyncRead + Unpin + Send + 'static> StreamReader<R> {
         if !self.fill(PREFIX_LEN, false).await? {
             return Ok(None);
         }
-        let prefix = Prefix::decode(self.buf[..PREFIX_LEN].try_into().expect("16 bytes"))
-            .map_err(ReadError::Frame)?;
-        let table_end = PREFIX_LEN + prefix.table_len();
-        self.fill(table_end, true).await?;
-        let lens = match parse_lengths(&prefix, &self.buf[PREFIX_LEN..table_end], limits) {
-            Ok(lens) => lens,
-            Err(e) => {
-                let rest = match &e {
-                    FrameError::TooLarge { skip, .. } => *skip,
-                    _ => 0,
-                };
-                return Err(self.refuse(table_end, prefix.header_len, rest, e, limits));
+        let (head, table_end) = loop {
+            match decode_head(&self.buf, limits) {
+                Ok(decoded) => break decoded,
+                Err(need) => {
+                    self.fill(need, true).await?;
+                }
             }
         };
-        let total: u64 = lens.iter().sum();
+        let (prefix, lens, payload) = match head {
+            Head::Read {
+                prefix,
+                lens,
+                payload,
+            } => (prefix, lens, payload),
+            refused => return Err(self.refuse(table_end, refused)),
+        };
         let permit = match budget {
-            Some(b) if total > 0 => match b.acquire(total).await {
+            Some(b) if payload > 0 => match b.acquire(payload).await {
                 Some(p) => Some(p),
                 None => {
-                    let e = FrameError::TooLarge {
-                        id: prefix.id,
-                        kind: prefix.kind,
-                        message: format!(
-                            "tensor payload of {total} bytes exceeds the server's memory budget of {} bytes",
-                            b.max_request()
-                        ),
-                        skip: 0,
-                    };
-                    let rest = prefix.header_len as u64 + total;
-                    return Err(self.refuse(table_end, prefix.header_len, rest, e, limits));
+                    let refused = admit_payload(&prefix, payload, b.max_request(), limits);
+                    return Err(self.refuse(table_end, refused));
                 }
             },
             _ => None,
@@ -344,7 +317,7 @@ impl<W: AsyncWrite + Unpin + Send + 'static> FrameWriter for StreamWriter<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::FrameKind;
+    use crate::protocol::{FrameError, FrameKind};
 
     #[tokio::test]
     async fn frames_cross_a_duplex_stream_in_small_pieces() {

@@ -253,6 +253,104 @@ pub fn parse_lengths(
     }
 }
 
+/// What a reader does with a frame whose head (prefix and length table)
+/// it has decoded: the decision of [`decode_head`], without I/O, so every
+/// reader (byte streams, QUIC streams, ZeroMQ messages) refuses, skips and
+/// closes by the same rules.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Head {
+    /// Within the limits: take `payload` bytes from the memory budget
+    /// ([`admit_payload`] says what to do if it can never fit), then read
+    /// the header and the tensors.
+    Read {
+        /// The frame's prefix.
+        prefix: Prefix,
+        /// Each tensor's length.
+        lens: Vec<u64>,
+        /// Their sum.
+        payload: u64,
+    },
+    /// Refused, but the connection survives: answer `error` (to the
+    /// frame's id), then skip `skip` bytes (the header and the tensors).
+    Skip {
+        /// What to answer.
+        error: FrameError,
+        /// Bytes to skip after the head.
+        skip: u64,
+    },
+    /// Refused, and the connection is closed after the answer: the bytes
+    /// are not a frame ([`FrameError::Malformed`]), or a frame declares
+    /// more than a reader skips ([`FrameError::Unskippable`]).
+    Close(FrameError),
+}
+
+/// Decodes and checks the head of the frame at the front of `buf`.
+/// `Err(n)`: at least `n` bytes must be buffered first. `Ok((head, used))`:
+/// what to do, and how many bytes the prefix and length table took.
+///
+/// A frame over the limits is skipped (its answer goes out first) unless it
+/// declares more than [`Limits::max_skip`] or a header over twice the cap
+/// (headers are small; a peer over that is broken or hostile): then the
+/// connection is closed instead of waiting for bytes that may never come.
+pub fn decode_head(buf: &[u8], limits: &Limits) -> Result<(Head, usize), usize> {
+    if buf.len() < PREFIX_LEN {
+        return Err(PREFIX_LEN);
+    }
+    let prefix = match Prefix::decode(buf[..PREFIX_LEN].try_into().expect("16 bytes")) {
+        Ok(p) => p,
+        Err(e) => return Ok((Head::Close(e), 0)),
+    };
+    let table_end = PREFIX_LEN + prefix.table_len();
+    if buf.len() < table_end {
+        return Err(table_end);
+    }
+    let head = match parse_lengths(&prefix, &buf[PREFIX_LEN..table_end], limits) {
+        Ok(lens) => Head::Read {
+            payload: lens.iter().sum(),
+            prefix,
+            lens,
+        },
+        Err(e @ FrameError::TooLarge { .. }) => {
+            let FrameError::TooLarge { skip, .. } = e else {
+                unreachable!()
+            };
+            skip_or_close(&prefix, e, skip, limits)
+        }
+        Err(e) => Head::Close(e),
+    };
+    Ok((head, table_end))
+}
+
+/// The decision for a frame whose payload the memory budget refuses
+/// (`max_request`: the most it can ever admit): skip it, answering
+/// `PayloadTooLarge`, or close (see [`decode_head`]).
+pub fn admit_payload(prefix: &Prefix, payload: u64, max_request: u64, limits: &Limits) -> Head {
+    let e = FrameError::TooLarge {
+        id: prefix.id,
+        kind: prefix.kind,
+        message: format!(
+            "tensor payload of {payload} bytes exceeds the server's memory budget of {max_request} bytes"
+        ),
+        skip: 0,
+    };
+    skip_or_close(prefix, e, prefix.header_len as u64 + payload, limits)
+}
+
+fn skip_or_close(prefix: &Prefix, e: FrameError, skip: u64, limits: &Limits) -> Head {
+    let huge_header = prefix.header_len as u64 > 2 * limits.max_header_len as u64;
+    match e {
+        FrameError::TooLarge { id, message, .. } if skip > limits.max_skip() || huge_header => {
+            Head::Close(FrameError::Unskippable {
+                id,
+                message: format!(
+                    "{message}; a frame that large is not skipped: closing the connection"
+                ),
+            })
+        }
+        error => Head::Skip { error, skip },
+    }
+}
+
 /// One frame: kind, id, header bytes and tensor buffers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Frame {
@@ -382,6 +480,65 @@ mod tests {
         }
         let (g, used) = Frame::decode(&wire, &Limits::DEFAULT).unwrap().unwrap();
         assert_eq!((g, used), (f, wire.len()));
+    }
+
+    #[test]
+    fn heads_are_read_skipped_or_closed() {
+        let limits = Limits {
+            max_payload: 1000,
+            max_header_len: 100,
+            ..Limits::DEFAULT
+        };
+        let head = |n_tensors: u16, header_len: u32, lens: &[u64]| {
+            let mut v = Prefix {
+                kind: FrameKind::Request,
+                flags: 0,
+                n_tensors,
+                header_len,
+                id: 5,
+            }
+            .encode()
+            .to_vec();
+            for l in lens {
+                v.extend_from_slice(&l.to_le_bytes());
+            }
+            v
+        };
+        // Not enough bytes yet: how many are needed.
+        assert_eq!(decode_head(&[1, 0], &limits), Err(PREFIX_LEN));
+        assert_eq!(decode_head(&head(2, 10, &[])[..], &limits), Err(32));
+        // Within the limits.
+        let (h, used) = decode_head(&head(2, 10, &[3, 4]), &limits).unwrap();
+        assert_eq!(used, 32);
+        assert!(matches!(h, Head::Read { payload: 7, ref lens, .. } if lens == &[3, 4]));
+        // A little over: skipped (header and tensors).
+        let (h, _) = decode_head(&head(1, 10, &[1500]), &limits).unwrap();
+        assert!(matches!(h, Head::Skip { skip: 1510, .. }), "{h:?}");
+        // Far over, or a header far over its cap, or 2^64 - 1: closed.
+        for (n, hl, lens) in [
+            (1, 10, vec![5000u64]),
+            (0, 201, vec![]),
+            (1, 0, vec![u64::MAX]),
+        ] {
+            let (h, _) = decode_head(&head(n, hl, &lens), &limits).unwrap();
+            assert!(
+                matches!(h, Head::Close(FrameError::Unskippable { id: 5, .. })),
+                "{h:?}"
+            );
+        }
+        // Garbage.
+        let mut g = head(0, 0, &[]);
+        g[0] = 0xEE;
+        assert!(matches!(
+            decode_head(&g, &limits),
+            Ok((Head::Close(FrameError::Malformed(_)), 0))
+        ));
+        // The budget's refusal follows the same rule.
+        let p = Prefix::decode(head(1, 10, &[])[..16].try_into().unwrap()).unwrap();
+        assert!(matches!(
+            admit_payload(&p, 900, 500, &limits),
+            Head::Skip { skip: 910, .. }
+        ));
     }
 
     #[test]
