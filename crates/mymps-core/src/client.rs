@@ -57,6 +57,24 @@ pub struct ClientOptions {
     pub agent: String,
     /// Transport settings (how to verify a TLS server).
     pub transport: TransportOptions,
+    /// The largest reply this client accepts: its header, tensor count and
+    /// total tensor bytes. A reply over these (a broken or hostile server)
+    /// fails the connection before anything is allocated for it. Default:
+    /// [`ClientOptions::REPLY_LIMITS`].
+    pub reply_limits: Limits,
+}
+
+impl ClientOptions {
+    /// Default reply limits: a 64 MiB header (an op list, a model's
+    /// metadata), 65,535 tensors, 1 TiB of tensor bytes (received into
+    /// memory mapped as it arrives; a failed mapping is an error), and no
+    /// stall timeout (a request's own timeout bounds the wait).
+    pub const REPLY_LIMITS: Limits = Limits {
+        max_header_len: 64 << 20,
+        max_tensors: u16::MAX,
+        max_payload: 1 << 40,
+        stall_timeout: Duration::MAX,
+    };
 }
 
 impl Default for ClientOptions {
@@ -66,6 +84,7 @@ impl Default for ClientOptions {
             token: None,
             agent: format!("mymps-rust/{}", crate::VERSION),
             transport: TransportOptions::default(),
+            reply_limits: ClientOptions::REPLY_LIMITS,
         }
     }
 }
@@ -272,12 +291,7 @@ impl Client {
         };
         let fail_on_write: Arc<dyn Fn(Error) + Send + Sync> = Arc::new(fail_all.clone());
         let reader_pending = pending.clone();
-        let limits = Limits {
-            max_header_len: u32::MAX,
-            max_tensors: u16::MAX,
-            max_payload: u64::MAX,
-            stall_timeout: std::time::Duration::MAX,
-        };
+        let limits = options.reply_limits;
         let reader_task = tokio::spawn(async move {
             let err = loop {
                 match reader.read_frame(&limits, None).await {

@@ -330,3 +330,49 @@ async fn a_reset_connection_does_not_leave_its_work_queued() {
     assert_eq!(m.requests_in_flight, 1, "only the metrics request itself");
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_refuses_an_absurd_reply_without_allocating_it() {
+    use mymps::stream::StreamReader;
+    use mymps::transport::FrameReader;
+    use tokio::io::AsyncWriteExt;
+    // A "server" that answers the handshake, then declares a 4 GiB header.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = format!("tcp://{}", listener.local_addr().unwrap());
+    let fake = tokio::spawn(async move {
+        let (socket, _) = listener.accept().await.unwrap();
+        let (r, mut w) = socket.into_split();
+        let mut r = StreamReader::new(r);
+        let limits = protocol::Limits::DEFAULT;
+        let _hello = r
+            .read_frame(&protocol::Limits::HANDSHAKE, None)
+            .await
+            .unwrap();
+        let welcome = protocol::Welcome {
+            protocol: protocol::PROTOCOL_VERSION,
+            features: vec![],
+            agent: "fake/1".into(),
+            device: "cpu".into(),
+            max_header_len: limits.max_header_len,
+            max_tensors: limits.max_tensors,
+            max_payload: limits.max_payload,
+        };
+        let f = protocol::encode(FrameKind::Welcome, 0, &welcome, vec![]).unwrap();
+        w.write_all(&f.to_vec()).await.unwrap();
+        let req = r.read_frame(&limits, None).await.unwrap().unwrap();
+        let mut prefix = absurd_prefix(req.frame.id, u32::MAX, &[]);
+        prefix[0] = FrameKind::Response as u8;
+        w.write_all(&prefix).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    });
+    let c = Client::connect(&addr).await.unwrap();
+    let started = Instant::now();
+    let e = c.health().await.unwrap_err();
+    assert!(started.elapsed() < Duration::from_secs(1), "{e}");
+    assert!(
+        matches!(e.code, ErrorCode::Protocol | ErrorCode::Connection),
+        "{e}"
+    );
+    assert!(c.is_closed());
+    fake.abort();
+}
