@@ -21,7 +21,9 @@ use mymps_core::transport::{
 use tokio::sync::{mpsc, oneshot};
 use tracing::debug;
 
-use crate::sock::{Waker, context, inproc, io_err, message_to_bytes, send_bytes, set_int_option};
+use crate::sock::{
+    Waker, context, inproc, io_err, message_to_bytes, send_bytes, set_int_option, stop_monitor,
+};
 use crate::{ZmqConfig, wire};
 
 /// Frames waiting for the pump to send them.
@@ -48,12 +50,21 @@ pub async fn connect(endpoint: &Endpoint, config: &ZmqConfig) -> io::Result<Conn
     dealer
         .monitor(&mon_addr, zmq::SocketEvent::ALL as i32)
         .map_err(io_err)?;
-    let monitor = ctx.socket(zmq::PAIR).map_err(io_err)?;
-    monitor.set_linger(0).map_err(io_err)?;
-    monitor.connect(&mon_addr).map_err(io_err)?;
-    dealer
-        .connect(&addr)
-        .map_err(|e| io::Error::other(format!("cannot connect to {addr}: {e}")))?;
+    let monitor = (|| {
+        let monitor = ctx.socket(zmq::PAIR)?;
+        monitor.set_linger(0)?;
+        monitor.set_rcvhwm(0)?;
+        monitor.connect(&mon_addr)?;
+        Ok(monitor)
+    })()
+    .map_err(|e| {
+        stop_monitor(&mut dealer);
+        io_err(e)
+    })?;
+    if let Err(e) = dealer.connect(&addr) {
+        stop_monitor(&mut dealer);
+        return Err(io::Error::other(format!("cannot connect to {addr}: {e}")));
+    }
 
     let (waker, wake_rx) = Waker::new()?;
     let waker = Arc::new(waker);
@@ -106,6 +117,13 @@ struct Pump {
     ready: Option<oneshot::Sender<io::Result<()>>>,
     config: ZmqConfig,
     addr: String,
+}
+
+impl Drop for Pump {
+    fn drop(&mut self) {
+        // Before the sockets close (see `stop_monitor`).
+        stop_monitor(&mut self.dealer);
+    }
 }
 
 enum Event {

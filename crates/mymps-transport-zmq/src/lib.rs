@@ -19,10 +19,13 @@
 //! and block; it talks to tokio through channels and is woken through an
 //! inproc socket, so no tokio worker ever blocks on ZeroMQ.
 //!
-//! Bounds (see [`ZmqConfig`]): the number of sessions, each session's
-//! queue of received frames not yet read by the server (excess frames are
-//! answered with `busy`), the idle time after which a silent peer's
-//! session ends, and the largest part libzmq accepts (`ZMQ_MAXMSGSIZE`,
+//! Bounds (see [`ZmqConfig`]): the number of sessions (when the table is
+//! full, a new peer's Hello ends the session idle longest that has no
+//! request in flight; sessions also end as soon as their peer's connection
+//! closes), each session's queue of received frames not yet read by the
+//! server (excess frames are answered with `busy`), the idle time after
+//! which a silent peer's session ends (shorter before its first request),
+//! and the largest part libzmq accepts (`ZMQ_MAXMSGSIZE`,
 //! set from the server's limits in [`TransportOptions::limits`]; a peer
 //! that sends a larger part is disconnected by libzmq).
 //!
@@ -56,8 +59,10 @@ const SCHEME: &str = "zmq";
 /// Settings of the ZeroMQ transport.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ZmqConfig {
-    /// Server: most sessions (peers) at once; a Hello beyond it is
-    /// answered with `busy`.
+    /// Server: most sessions (peers) at once. A Hello beyond it ends the
+    /// session idle longest among those with no request in flight (one
+    /// that never sent a request first); only when every session has a
+    /// request in flight is it answered with `busy`.
     pub max_peers: usize,
     /// Server: frames a session may have waiting for the server to read
     /// them; the excess is answered with `busy`.
@@ -66,8 +71,14 @@ pub struct ZmqConfig {
     /// is always taken); the excess is answered with `busy`.
     pub peer_queue_bytes: u64,
     /// Server: a session whose peer sent nothing (not even a heartbeat)
-    /// for this long ends; the peer must send a Hello again.
+    /// for this long ends; the peer must send a Hello again. (A session
+    /// also ends as soon as its peer's connection closes.)
     pub idle_timeout: Duration,
+    /// Server: the idle timeout of a session whose peer has not sent a
+    /// request yet (at most `idle_timeout`). mymps clients send heartbeats
+    /// every [`heartbeat`](Self::heartbeat), so only silent peers lose
+    /// their session this way.
+    pub unused_idle_timeout: Duration,
     /// Server: the largest part libzmq accepts when the bind options carry
     /// no limits (with limits: the largest part a frame may have under
     /// them). `None`: no limit.
@@ -87,7 +98,8 @@ pub struct ZmqConfig {
 
 impl ZmqConfig {
     /// The defaults: 1024 sessions, 256 frames or 256 MiB queued per
-    /// session, sessions end after 5 minutes of silence, parts up to the
+    /// session, sessions end after 5 minutes of silence (30 s before their
+    /// first request), parts up to the
     /// default frame limits, 100 000 unread replies per peer, heartbeats
     /// every 10 s (a silent server is dropped after 30 s), 10 s to connect.
     pub const DEFAULT: ZmqConfig = ZmqConfig {
@@ -95,6 +107,7 @@ impl ZmqConfig {
         peer_queue: 256,
         peer_queue_bytes: 256 << 20,
         idle_timeout: Duration::from_secs(300),
+        unused_idle_timeout: Duration::from_secs(30),
         max_part_size: Some(Limits::DEFAULT.max_payload),
         send_hwm: 100_000,
         heartbeat: Duration::from_secs(10),

@@ -9,8 +9,17 @@
 //! from every session's writer go through one channel to the pump, which
 //! sends them with the identity in front. Messages that are not frames are
 //! answered by the pump itself, so the peer's session goes on.
+//!
+//! A session ends when the server drops its reader, when its peer's
+//! connection closes (the ROUTER's monitor reports it, by file descriptor;
+//! each message carries the descriptor of its connection), after silence
+//! (the idle timeouts), or when the table is full and a new peer says Hello:
+//! then the session idle longest makes room, those that never sent a
+//! request first; a session with a request in flight is never evicted. So
+//! peers that leave, or that say Hello and nothing more, cannot lock others
+//! out.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -26,7 +35,7 @@ use mymps_core::{Error, ErrorCode};
 use tokio::sync::mpsc::{self, error::TryRecvError, error::TrySendError};
 use tracing::{debug, warn};
 
-use crate::sock::{Waker, context, io_err, message_to_bytes, send_bytes};
+use crate::sock::{Waker, context, inproc, io_err, message_to_bytes, send_bytes, stop_monitor};
 use crate::{SCHEME, ZmqConfig, wire};
 
 /// Messages (either way) the pump handles before it looks at the other
@@ -34,14 +43,24 @@ use crate::{SCHEME, ZmqConfig, wire};
 const BATCH: usize = 256;
 /// Replies from all sessions waiting for the pump.
 const OUTGOING: usize = 1024;
-/// Sessions opened but not yet accepted by the server.
-const ACCEPT_QUEUE: usize = 64;
+
+/// The connection events the pump follows: a descriptor in use, and free.
+const EVENTS: u32 = zmq_sys::ZMQ_EVENT_ACCEPTED | zmq_sys::ZMQ_EVENT_DISCONNECTED;
+
+/// The file descriptor of a connection, as libzmq's monitor and message
+/// metadata give it.
+type Fd = i32;
 
 struct Shared {
     waker: Waker,
 }
 
-type Outgoing = (Bytes, Frame);
+/// A frame for the pump to send, from the session numbered `serial`.
+struct Outgoing {
+    identity: Bytes,
+    serial: u64,
+    frame: Frame,
+}
 
 /// Binds a ROUTER socket at `endpoint` and starts its pump thread.
 pub async fn bind(
@@ -63,6 +82,23 @@ pub async fn bind(
     };
     router.set_maxmsgsize(max_part).map_err(io_err)?;
     router.set_ipv6(host.contains(':')).map_err(io_err)?;
+    // The monitor says when a connection closes, so that its session ends
+    // at once. Its events must be read (libzmq's I/O thread waits when the
+    // monitor's queue is full), hence no limit on our side: the pump reads
+    // them on every turn, and stops the monitor before it closes either
+    // socket (see `stop_monitor`).
+    let mut router = router;
+    let monitor_addr = inproc("server-monitor");
+    router
+        .monitor(&monitor_addr, EVENTS as i32)
+        .map_err(io_err)?;
+    let monitor = match monitor_reader(&monitor_addr) {
+        Ok(m) => m,
+        Err(e) => {
+            stop_monitor(&mut router);
+            return Err(e);
+        }
+    };
     // No ZMTP heartbeats on the ROUTER: with them, libzmq 4.3.4 now and
     // then leaves a connection open (and answering heartbeats) after the
     // socket is closed, so that clients never learn that the server went
@@ -93,15 +129,21 @@ pub async fn bind(
     let (waker, wake_rx) = Waker::new()?;
     let shared = Arc::new(Shared { waker });
     let (out_tx, out_rx) = mpsc::channel(OUTGOING);
-    let (accept_tx, accept_rx) = mpsc::channel(ACCEPT_QUEUE);
+    // Sessions opened and not accepted yet are sessions: the table bounds
+    // them.
+    let (accept_tx, accept_rx) = mpsc::channel(config.max_peers.clamp(1, 1 << 20));
     let pump = Pump {
         router,
+        monitor,
         wake_rx,
         shared: shared.clone(),
         out_tx,
         out_rx,
         accept_tx,
         sessions: HashMap::new(),
+        by_fd: HashMap::new(),
+        closed_fds: HashSet::new(),
+        next_serial: 1,
         config: config.clone(),
         local: local.clone(),
     };
@@ -113,6 +155,16 @@ pub async fn bind(
         accept_rx,
         shared,
     }))
+}
+
+/// The socket that reads a monitor's events, without a limit on how many
+/// wait.
+fn monitor_reader(addr: &str) -> io::Result<zmq::Socket> {
+    let monitor = context().socket(zmq::PAIR).map_err(io_err)?;
+    monitor.set_linger(0).map_err(io_err)?;
+    monitor.set_rcvhwm(0).map_err(io_err)?;
+    monitor.connect(addr).map_err(io_err)?;
+    Ok(monitor)
 }
 
 fn clamp_i64(v: u64) -> i64 {
@@ -150,32 +202,67 @@ impl Drop for ZmqListener {
 struct Session {
     tx: mpsc::Sender<Frame>,
     queued_bytes: Arc<AtomicU64>,
+    /// Tells this session's replies from those of an earlier session of
+    /// the same identity.
+    serial: u64,
+    /// The peer's connection, when libzmq said.
+    fd: Option<Fd>,
     last_seen: Instant,
+    /// Requests routed to the session and not answered yet.
+    in_flight: u64,
+    /// Whether the peer has sent a request.
+    requested: bool,
 }
 
 impl Session {
     fn closed(&self) -> bool {
         self.tx.is_closed()
     }
+
+    /// How long the session may stay silent.
+    fn idle_limit(&self, config: &ZmqConfig) -> Duration {
+        if self.requested {
+            config.idle_timeout
+        } else {
+            config.unused_idle_timeout.min(config.idle_timeout)
+        }
+    }
 }
 
 struct Pump {
     router: zmq::Socket,
+    monitor: zmq::Socket,
     wake_rx: zmq::Socket,
     shared: Arc<Shared>,
     out_tx: mpsc::Sender<Outgoing>,
     out_rx: mpsc::Receiver<Outgoing>,
     accept_tx: mpsc::Sender<Connection>,
     sessions: HashMap<Bytes, Session>,
+    /// The session on each connection (a connection has one identity).
+    by_fd: HashMap<Fd, Bytes>,
+    /// Descriptors of connections that closed and were not reused since:
+    /// a Hello read from one comes from a peer that has left.
+    closed_fds: HashSet<Fd>,
+    next_serial: u64,
     config: ZmqConfig,
     local: Endpoint,
+}
+
+impl Drop for Pump {
+    fn drop(&mut self) {
+        // Before the sockets close (see `stop_monitor`).
+        stop_monitor(&mut self.router);
+    }
 }
 
 impl Pump {
     fn run(mut self) {
         debug!(listen = %self.local, "zeromq socket thread started");
-        let sweep_every =
-            (self.config.idle_timeout / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
+        let shortest = self
+            .config
+            .idle_timeout
+            .min(self.config.unused_idle_timeout);
+        let sweep_every = (shortest / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
         let mut next_sweep = Instant::now() + sweep_every;
         let mut more = false;
         loop {
@@ -190,13 +277,18 @@ impl Pump {
                     .as_millis()
                     .clamp(1, 1000) as i64
             };
-            let (readable, woken) = {
+            let (readable, monitored, woken) = {
                 let mut items = [
                     self.router.as_poll_item(zmq::POLLIN),
+                    self.monitor.as_poll_item(zmq::POLLIN),
                     self.wake_rx.as_poll_item(zmq::POLLIN),
                 ];
                 match zmq::poll(&mut items, timeout) {
-                    Ok(_) => (items[0].is_readable(), items[1].is_readable()),
+                    Ok(_) => (
+                        items[0].is_readable(),
+                        items[1].is_readable(),
+                        items[2].is_readable(),
+                    ),
                     Err(zmq::Error::EINTR) => continue,
                     Err(e) => {
                         warn!(error = %e, "zeromq poll failed; closing the listener");
@@ -204,6 +296,9 @@ impl Pump {
                     }
                 }
             };
+            if monitored {
+                self.events();
+            }
             if woken {
                 self.shared.waker.taken(&self.wake_rx);
             }
@@ -214,7 +309,7 @@ impl Pump {
                     break;
                 }
                 match self.out_rx.try_recv() {
-                    Ok((identity, frame)) => self.send(&identity, frame),
+                    Ok(out) => self.send_reply(out),
                     Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
                 }
             }
@@ -240,17 +335,99 @@ impl Pump {
     }
 
     /// Ends sessions the server closed or whose peer has been silent for
-    /// longer than the idle timeout.
+    /// longer than their idle timeout.
     fn sweep(&mut self) {
-        let idle = self.config.idle_timeout;
         let now = Instant::now();
-        self.sessions.retain(|identity, s| {
-            let keep = !s.closed() && now.duration_since(s.last_seen) < idle;
-            if !keep && !s.closed() {
-                debug!(peer = %hex(identity), "zeromq session idle; closed");
+        let ended: Vec<Bytes> = self
+            .sessions
+            .iter()
+            .filter(|(identity, s)| {
+                let idle = now.duration_since(s.last_seen) >= s.idle_limit(&self.config);
+                if idle && !s.closed() {
+                    debug!(peer = %hex(identity), "zeromq session idle; closed");
+                }
+                idle || s.closed()
+            })
+            .map(|(identity, _)| identity.clone())
+            .collect();
+        for identity in ended {
+            self.end_session(&identity);
+        }
+    }
+
+    /// Ends the session of `identity`, if any: its reader sees the end.
+    fn end_session(&mut self, identity: &Bytes) {
+        if let Some(s) = self.sessions.remove(identity)
+            && let Some(fd) = s.fd
+            && self.by_fd.get(&fd) == Some(identity)
+        {
+            self.by_fd.remove(&fd);
+        }
+    }
+
+    /// Reads the monitor's events: a connection that closed ends its
+    /// session. libzmq reports a close before the descriptor can be reused
+    /// and an accept before the new connection delivers anything, so once
+    /// the events are read, every message read before them is from a
+    /// connection the events describe.
+    fn events(&mut self) {
+        while let Ok(first) = self.monitor.recv_msg(zmq::DONTWAIT) {
+            // The second part names the listening endpoint.
+            while self.monitor.get_rcvmore().unwrap_or(false) {
+                let _ = self.monitor.recv_msg(0);
             }
-            keep
-        });
+            if first.len() < 6 {
+                continue;
+            }
+            let event = u32::from(u16::from_ne_bytes([first[0], first[1]]));
+            let fd = i32::from_ne_bytes([first[2], first[3], first[4], first[5]]);
+            if event == zmq_sys::ZMQ_EVENT_ACCEPTED {
+                self.closed_fds.remove(&fd);
+            } else if event == zmq_sys::ZMQ_EVENT_DISCONNECTED {
+                self.closed_fds.insert(fd);
+                if let Some(identity) = self.by_fd.remove(&fd) {
+                    debug!(peer = %hex(&identity), "zeromq peer left; session ended");
+                    self.sessions.remove(&identity);
+                }
+            }
+        }
+    }
+
+    /// Makes room for one more session: ends those that are over, then,
+    /// if the table is still full, the session idle longest among those
+    /// with no request in flight (one that never sent a request first).
+    /// `false` if every session has a request in flight.
+    fn make_room(&mut self) -> bool {
+        self.sweep();
+        if self.sessions.len() < self.config.max_peers {
+            return true;
+        }
+        let victim = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.in_flight == 0)
+            .min_by_key(|(_, s)| (s.requested, s.last_seen))
+            .map(|(identity, _)| identity.clone());
+        match victim {
+            Some(identity) => {
+                debug!(peer = %hex(&identity), "zeromq session table full; the session idle longest ends");
+                self.end_session(&identity);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Sends a reply of a session's writer, which answers one of the
+    /// session's requests.
+    fn send_reply(&mut self, out: Outgoing) {
+        if out.frame.kind == FrameKind::Response
+            && let Some(s) = self.sessions.get_mut(&out.identity)
+            && s.serial == out.serial
+        {
+            s.in_flight = s.in_flight.saturating_sub(1);
+        }
+        self.send(&out.identity, out.frame);
     }
 
     /// Sends one frame to `identity`. A peer that is gone or that leaves
@@ -308,6 +485,7 @@ impl Pump {
         let mut parts = Vec::new();
         let mut total = 0usize;
         let mut address = None;
+        let mut fd = None;
         // The parts of a multipart message arrive together: once the first
         // is here, the rest are.
         while self.router.get_rcvmore().unwrap_or(false) {
@@ -316,6 +494,9 @@ impl Pump {
             };
             if total == 0 {
                 address = m.gets("Peer-Address").map(str::to_owned);
+                // What `zmq_msg_get(ZMQ_SRCFD)` reads (the zmq crate has
+                // no binding for it).
+                fd = m.gets("__fd").and_then(|v| v.parse::<Fd>().ok());
             }
             total += 1;
             if parts.len() < wire::MAX_PARTS {
@@ -335,20 +516,21 @@ impl Pump {
             }
         };
         if wire::opens_session(&frame) {
-            self.open_session(identity, address, frame);
+            self.open_session(identity, address, fd, frame);
             return true;
         }
         let id = frame.id;
         let bytes = queued_size(&frame);
-        let Some(s) = self.sessions.get(&identity).filter(|s| !s.closed()) else {
-            self.sessions.remove(&identity);
+        let is_request = frame.kind == FrameKind::Request;
+        let Some(s) = self.sessions.get_mut(&identity).filter(|s| !s.closed()) else {
+            self.end_session(&identity);
             let idle = self.config.idle_timeout.as_secs_f64();
             self.reply_error(
                 &identity,
                 id,
                 ErrorCode::Protocol,
                 format!(
-                    "no session for this peer: send a Hello first (a session ends when the server closes it, or after {idle} s without a message)"
+                    "no session for this peer: send a Hello first (a session ends when the server closes it, after {idle} s without a message, or when the server needs room for new peers and this one is idle)"
                 ),
             );
             return true;
@@ -369,7 +551,12 @@ impl Pump {
         }
         s.queued_bytes.fetch_add(bytes, Ordering::AcqRel);
         match s.tx.try_send(frame) {
-            Ok(()) => {}
+            Ok(()) => {
+                if is_request {
+                    s.in_flight += 1;
+                    s.requested = true;
+                }
+            }
             Err(TrySendError::Full(_)) => {
                 s.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
                 let n = s.tx.max_capacity();
@@ -383,7 +570,7 @@ impl Pump {
                 );
             }
             Err(TrySendError::Closed(_)) => {
-                self.sessions.remove(&identity);
+                self.end_session(&identity);
                 self.reply_error(
                     &identity,
                     id,
@@ -395,23 +582,43 @@ impl Pump {
         true
     }
 
-    fn open_session(&mut self, identity: Bytes, address: Option<String>, hello: Frame) {
-        // A Hello from a peer with a session starts it over.
-        self.sessions.remove(&identity);
-        if self.sessions.len() >= self.config.max_peers {
-            self.sweep();
+    fn open_session(
+        &mut self,
+        identity: Bytes,
+        address: Option<String>,
+        fd: Option<Fd>,
+        hello: Frame,
+    ) {
+        // What libzmq said about connections before this Hello was read.
+        self.events();
+        if let Some(fd) = fd {
+            if self.closed_fds.contains(&fd) {
+                debug!(peer = %hex(&identity), "zeromq peer left before its Hello was read");
+                return;
+            }
+            // A connection has one identity: a session of another one on
+            // this descriptor is of a connection that closed.
+            if let Some(other) = self.by_fd.get(&fd).filter(|o| **o != identity).cloned() {
+                self.end_session(&other);
+            }
         }
-        if self.sessions.len() >= self.config.max_peers {
+        // A Hello from a peer with a session starts it over.
+        self.end_session(&identity);
+        if self.sessions.len() >= self.config.max_peers && !self.make_room() {
             let max = self.config.max_peers;
-            warn!(peer = %hex(&identity), max, "zeromq session refused: too many peers");
+            warn!(peer = %hex(&identity), max, "zeromq session refused: too many peers with requests in flight");
             self.reply_error(
                 &identity,
                 0,
                 ErrorCode::Busy,
-                format!("the server has {max} zeromq sessions open, its limit; retry later"),
+                format!(
+                    "the server has {max} zeromq sessions open, its limit, all with requests in flight; retry later"
+                ),
             );
             return;
         }
+        let serial = self.next_serial;
+        self.next_serial += 1;
         let (tx, rx) = mpsc::channel(self.config.peer_queue.max(1));
         let queued_bytes = Arc::new(AtomicU64::new(queued_size(&hello)));
         tx.try_send(hello).expect("a new queue has room");
@@ -427,6 +634,7 @@ impl Pump {
             }),
             writer: Box::new(SessionWriter {
                 identity: identity.clone(),
+                serial,
                 out: self.out_tx.clone(),
                 shared: self.shared.clone(),
             }),
@@ -434,12 +642,19 @@ impl Pump {
         };
         match self.accept_tx.try_send(conn) {
             Ok(()) => {
+                if let Some(fd) = fd {
+                    self.by_fd.insert(fd, identity.clone());
+                }
                 self.sessions.insert(
                     identity,
                     Session {
                         tx,
                         queued_bytes,
+                        serial,
+                        fd,
                         last_seen: Instant::now(),
+                        in_flight: 0,
+                        requested: false,
                     },
                 );
             }
@@ -500,6 +715,7 @@ impl FrameReader for SessionReader {
 
 struct SessionWriter {
     identity: Bytes,
+    serial: u64,
     out: mpsc::Sender<Outgoing>,
     shared: Arc<Shared>,
 }
@@ -507,12 +723,14 @@ struct SessionWriter {
 impl FrameWriter for SessionWriter {
     fn write_frame(&mut self, frame: Frame) -> BoxFuture<'_, io::Result<()>> {
         Box::pin(async move {
-            self.out
-                .send((self.identity.clone(), frame))
-                .await
-                .map_err(|_| {
-                    io::Error::new(io::ErrorKind::BrokenPipe, "the zeromq socket thread ended")
-                })?;
+            let out = Outgoing {
+                identity: self.identity.clone(),
+                serial: self.serial,
+                frame,
+            };
+            self.out.send(out).await.map_err(|_| {
+                io::Error::new(io::ErrorKind::BrokenPipe, "the zeromq socket thread ended")
+            })?;
             self.shared.waker.wake();
             Ok(())
         })

@@ -100,6 +100,19 @@ pub fn set_int_option(socket: &mut zmq::Socket, option: u32, value: i32) -> io::
     }
 }
 
+/// Stops `socket`'s monitor. Call it before the socket and the monitor's
+/// reader close: libzmq 4.3 stops a monitor only when the socket is
+/// destroyed, after the reaper has torn its connections down, and an I/O
+/// thread that reports one of those disconnects to a monitor whose reader
+/// is gone blocks for good (and with it every connection it serves).
+pub fn stop_monitor(socket: &mut zmq::Socket) {
+    // SAFETY: the socket pointer is live for the call; a null endpoint
+    // stops the monitor (zmq_socket_monitor's documented use).
+    unsafe {
+        zmq_sys::zmq_socket_monitor(socket.as_mut_ptr(), std::ptr::null(), 0);
+    }
+}
+
 /// A received message, owned by the `Bytes` that views it.
 struct Received(zmq::Message);
 

@@ -11,6 +11,8 @@ use mymps_core::{Error, ErrorCode};
 
 use crate::{ZmqConfig, ZmqTransport, wire};
 
+mod bounds;
+
 const WAIT: Duration = Duration::from_secs(10);
 
 async fn listen(config: ZmqConfig) -> (Box<dyn Listener>, u16) {
@@ -221,21 +223,15 @@ async fn sessions_start_with_a_hello_and_start_over_after_a_close_or_silence() {
 }
 
 #[tokio::test]
-async fn peers_and_queues_are_bounded() {
+async fn a_session_queue_is_bounded_in_frames() {
     let config = ZmqConfig {
-        max_peers: 2,
         peer_queue: 3,
         ..ZmqConfig::DEFAULT
     };
     let (mut l, port) = listen(config).await;
-    let (a, b, c) = (dealer(port), dealer(port), dealer(port));
+    let a = dealer(port);
     send(&a, &hello());
     let mut ca = accept(&mut l).await;
-    send(&b, &hello());
-    let _cb = accept(&mut l).await;
-    send(&c, &hello());
-    let (id, e) = recv_error(&c);
-    assert_eq!((id, e.code), (0, ErrorCode::Busy));
 
     // Nobody reads a's session: the Hello and two frames fill its queue.
     for id in 1..=4 {
@@ -345,6 +341,7 @@ async fn libzmq_drops_a_peer_that_sends_a_part_larger_than_any_frame() {
         max_header_len: 64,
         max_tensors: 4,
         max_payload: 1000,
+        ..Limits::DEFAULT
     };
     let options = TransportOptions {
         limits: Some(limits),
@@ -385,12 +382,17 @@ async fn libzmq_drops_a_peer_that_sends_a_part_larger_than_any_frame() {
     let event = monitor.recv_msg(0).expect("a disconnect within 5 s");
     let code = u16::from_ne_bytes([event[0], event[1]]);
     assert_eq!(u32::from(code), zmq_sys::ZMQ_EVENT_DISCONNECTED);
-    let r = tokio::time::timeout(
-        Duration::from_millis(300),
-        c.reader.read_frame(&Limits::DEFAULT, None),
-    )
-    .await;
-    assert!(r.is_err(), "the oversized frame was delivered: {r:?}");
+    // The session ends with the connection; the frame never arrives.
+    let r = tokio::time::timeout(WAIT, c.reader.read_frame(&Limits::DEFAULT, None)).await;
+    assert!(
+        matches!(r, Ok(Ok(None))),
+        "the oversized frame was delivered: {r:?}"
+    );
+    // The monitor stops before its reader closes: libzmq's I/O thread
+    // blocks on a monitor event with no one to take it.
+    let mut d = d;
+    crate::sock::stop_monitor(&mut d);
+    drop(monitor);
 }
 
 #[tokio::test]
