@@ -17,7 +17,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use crate::error::ErrorCode;
-use crate::protocol::{Frame, Request};
+use crate::protocol::{Frame, Request, RequestKind};
 
 /// Upper bounds of the latency histogram buckets, nanoseconds (50 µs to
 /// 5 min, Prometheus style; a last `+Inf` bucket follows).
@@ -45,42 +45,6 @@ pub const LATENCY_BOUNDS_NS: [u64; 20] = [
 ];
 
 const N_BUCKETS: usize = LATENCY_BOUNDS_NS.len() + 1;
-
-/// The request kinds metrics are kept for, as [`Request::kind_name`] names
-/// them; `unknown` also counts undecodable requests.
-pub const REQUEST_KINDS: [&str; 12] = [
-    "health",
-    "stats",
-    "list_ops",
-    "describe_op",
-    "exec",
-    "load_model",
-    "infer",
-    "list_models",
-    "model_info",
-    "unload_model",
-    "metrics",
-    "unknown",
-];
-
-const UNKNOWN_KIND: u8 = 11;
-
-fn kind_slot(request: &Request) -> u8 {
-    match request {
-        Request::Health => 0,
-        Request::Stats => 1,
-        Request::ListOps => 2,
-        Request::DescribeOp { .. } => 3,
-        Request::Exec(_) => 4,
-        Request::LoadModel(_) => 5,
-        Request::Infer(_) => 6,
-        Request::ListModels => 7,
-        Request::ModelInfo { .. } => 8,
-        Request::UnloadModel { .. } => 9,
-        Request::Metrics => 10,
-        Request::Unknown => UNKNOWN_KIND,
-    }
-}
 
 /// Error codes 1..=16 have a slot each; any other code shares the last.
 const N_ERROR_SLOTS: usize = 17;
@@ -142,7 +106,7 @@ impl Default for Label {
     /// An undecodable request (kind `unknown`).
     fn default() -> Label {
         Label {
-            kind: UNKNOWN_KIND,
+            kind: RequestKind::Unknown as u8,
             op: None,
         }
     }
@@ -158,7 +122,7 @@ pub struct RequestTimer {
 
 /// Server-wide counters and histograms, recorded by the generic server.
 pub struct Metrics {
-    kinds: [KindCounters; REQUEST_KINDS.len()],
+    kinds: [KindCounters; RequestKind::ALL.len()],
     ops: Box<[OpCounters]>,
     op_names: Box<[String]>,
     op_slots: HashMap<String, u32>,
@@ -269,7 +233,7 @@ impl Metrics {
             _ => None,
         };
         Label {
-            kind: kind_slot(request),
+            kind: request.kind() as u8,
             op,
         }
     }
@@ -305,13 +269,13 @@ impl Metrics {
     /// Reads every counter. Each histogram's count is the sum of its buckets,
     /// so a snapshot is self-consistent even while requests are recorded.
     pub fn snapshot(&self, gauges: Gauges) -> MetricsSnapshot {
-        let requests = REQUEST_KINDS
+        let requests = RequestKind::ALL
             .iter()
             .zip(&self.kinds)
-            .map(|(name, k)| {
+            .map(|(kind, k)| {
                 let latency = k.latency.snapshot();
                 KindSnapshot {
-                    kind: (*name).to_owned(),
+                    kind: kind.name().to_owned(),
                     count: latency.count(),
                     errors: k.errors.load(Relaxed),
                     bytes_in: k.bytes_in.load(Relaxed),
@@ -818,7 +782,7 @@ mod tests {
             Request::Metrics,
             Request::Unknown,
         ] {
-            assert_eq!(REQUEST_KINDS[kind_slot(&r) as usize], r.kind_name());
+            assert_eq!(RequestKind::ALL[r.kind() as usize].name(), r.kind_name());
         }
     }
 

@@ -154,23 +154,82 @@ pub enum Request {
     Unknown,
 }
 
+/// Declares [`RequestKind`]: one variant and one name per kind of
+/// [`Request`], in one table (metrics size their tables from it).
+macro_rules! request_kinds {
+    ($($(#[$doc:meta])* $kind:ident => $name:literal,)*) => {
+        /// The kind of a [`Request`], without its arguments: what logs and
+        /// metrics count requests by.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        #[repr(u8)]
+        pub enum RequestKind {
+            $($(#[$doc])* $kind,)*
+        }
+
+        impl RequestKind {
+            /// Every kind, in the order of their numbers (`kind as usize`).
+            pub const ALL: &[RequestKind] = &[$(RequestKind::$kind,)*];
+
+            /// The kind's name (`health`, `exec`, ...), as the request's
+            /// `type` field spells it.
+            pub const fn name(self) -> &'static str {
+                match self {
+                    $(RequestKind::$kind => $name,)*
+                }
+            }
+        }
+    };
+}
+
+request_kinds! {
+    /// `health`.
+    Health => "health",
+    /// `stats`.
+    Stats => "stats",
+    /// `list_ops`.
+    ListOps => "list_ops",
+    /// `describe_op`.
+    DescribeOp => "describe_op",
+    /// `exec`.
+    Exec => "exec",
+    /// `load_model`.
+    LoadModel => "load_model",
+    /// `infer`.
+    Infer => "infer",
+    /// `list_models`.
+    ListModels => "list_models",
+    /// `model_info`.
+    ModelInfo => "model_info",
+    /// `unload_model`.
+    UnloadModel => "unload_model",
+    /// `metrics`.
+    Metrics => "metrics",
+    /// A kind this build does not know, or an undecodable request.
+    Unknown => "unknown",
+}
+
 impl Request {
+    /// The request's kind.
+    pub fn kind(&self) -> RequestKind {
+        match self {
+            Request::Health => RequestKind::Health,
+            Request::Stats => RequestKind::Stats,
+            Request::ListOps => RequestKind::ListOps,
+            Request::DescribeOp { .. } => RequestKind::DescribeOp,
+            Request::Exec(_) => RequestKind::Exec,
+            Request::LoadModel(_) => RequestKind::LoadModel,
+            Request::Infer(_) => RequestKind::Infer,
+            Request::ListModels => RequestKind::ListModels,
+            Request::ModelInfo { .. } => RequestKind::ModelInfo,
+            Request::UnloadModel { .. } => RequestKind::UnloadModel,
+            Request::Metrics => RequestKind::Metrics,
+            Request::Unknown => RequestKind::Unknown,
+        }
+    }
+
     /// A short name for logs and metrics.
     pub fn kind_name(&self) -> &'static str {
-        match self {
-            Request::Health => "health",
-            Request::Stats => "stats",
-            Request::ListOps => "list_ops",
-            Request::DescribeOp { .. } => "describe_op",
-            Request::Exec(_) => "exec",
-            Request::LoadModel(_) => "load_model",
-            Request::Infer(_) => "infer",
-            Request::ListModels => "list_models",
-            Request::ModelInfo { .. } => "model_info",
-            Request::UnloadModel { .. } => "unload_model",
-            Request::Metrics => "metrics",
-            Request::Unknown => "unknown",
-        }
+        self.kind().name()
     }
 }
 
