@@ -577,7 +577,8 @@ fn empty_pinned_bytes(nbytes: usize) -> Result<Tensor> {
             } else {
                 let m = std::ffi::CStr::from_ptr(err).to_string_lossy().into_owned();
                 libc::free(err.cast());
-                m
+                tracing::debug!(error = %m, "pinned allocation failed (full text)");
+                mymps_ops::client_message(&m)
             };
             return Err(Error::new(
                 ErrorCode::Backend,

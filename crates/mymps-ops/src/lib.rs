@@ -92,10 +92,61 @@ pub type KernelFn = fn(&Args<Tensor>) -> KernelResult<OpOutput<Tensor>>;
 pub struct TchKernel(pub KernelFn);
 
 impl TchKernel {
-    /// Runs the kernel.
+    /// Runs the kernel. A panic becomes an error: tch panics when a call
+    /// that takes a scalar fails (it frees the scalar, which checks
+    /// libtorch's error flag, before it reads the error), and that panic
+    /// carries libtorch's whole message, backtrace included.
     pub fn call(&self, args: &Args<Tensor>) -> KernelResult<OpOutput<Tensor>> {
-        (self.0)(args)
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (self.0)(args)))
+            .unwrap_or_else(|p| Err(KernelError(kernel_panic(args.spec().name, &*p))))
     }
+}
+
+/// A kernel's panic as an error: libtorch's error that tch panicked with
+/// (see [`TchKernel::call`]) as a backend error, anything else as an
+/// internal one; either way without backtraces, the full text logged.
+fn kernel_panic(op: &str, p: &(dyn std::any::Any + Send)) -> Error {
+    let msg = mymps_core::plugin::panic_message(p);
+    // `called `Result::unwrap()` on an `Err` value: Torch("…")`, the
+    // message in Rust's debug quoting.
+    if let Some((_, quoted)) = msg.split_once("Torch(\"") {
+        let torch = unquote(quoted.strip_suffix("\")").unwrap_or(quoted));
+        tracing::debug!(op, error = %torch, "libtorch error (through a tch panic)");
+        return Error::backend(client_message(&torch));
+    }
+    tracing::warn!(op, panic = %msg, "kernel panicked");
+    Error::internal(format!("op '{op}' panicked: {}", client_message(&msg)))
+}
+
+/// Undoes Rust's `{:?}` quoting of a string (`\n`, `\"`, `\u{..}`, ...).
+fn unquote(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('n') => out.push('\n'),
+            Some('t') => out.push('\t'),
+            Some('r') => out.push('\r'),
+            Some('0') => out.push('\0'),
+            Some('u') => {
+                let hex: String = chars
+                    .by_ref()
+                    .skip_while(|&c| c == '{')
+                    .take_while(|&c| c != '}')
+                    .collect();
+                if let Some(c) = u32::from_str_radix(&hex, 16).ok().and_then(char::from_u32) {
+                    out.push(c);
+                }
+            }
+            Some(other) => out.push(other),
+            None => {}
+        }
+    }
+    out
 }
 
 /// What a foreign (plugin) kernel writes into its result slot.
@@ -202,20 +253,119 @@ pub fn plugin_ops(names: &[&str]) -> Result<Vec<&'static OpEntry>, Error> {
         .collect()
 }
 
-/// A libtorch error as a mymps error: the message without libtorch's C++
-/// backtrace.
+/// A libtorch error as a mymps error ([`ErrorCode::Backend`](mymps_core::ErrorCode::Backend)):
+/// the message as [`client_message`] keeps it; the full text, backtrace
+/// included, is logged at debug level. Every libtorch error on its way to
+/// a client goes through here (kernels' `?` does).
 pub fn torch_error(e: TchError) -> Error {
-    let msg = match &e {
+    let raw = match &e {
         TchError::Torch(m) => m.clone(),
         other => other.to_string(),
     };
-    let msg = msg
-        .split("\nException raised from")
-        .next()
-        .unwrap_or(&msg)
-        .trim()
-        .to_owned();
+    let msg = client_message(&raw);
+    if msg.len() < raw.trim_end().len() {
+        tracing::debug!(error = %raw, "libtorch error (full text)");
+    }
     Error::backend(msg)
+}
+
+/// The most bytes of a libtorch message that reach a client.
+pub const MAX_CLIENT_MESSAGE: usize = 300;
+
+/// What a client is shown of a libtorch (C++) error message: the message
+/// itself, on one line, at most [`MAX_CLIENT_MESSAGE`] bytes. Dropped: the
+/// backtrace c10 appends (`Exception raised from … (most recent call
+/// first):` and `frame #N: … (0x7f… in /path/to/libtorch_cpu.so)` lines,
+/// with or without `TORCH_SHOW_CPP_STACKTRACES`), whatever follows a blank
+/// line (the dispatcher's list of kernel registrations, with source
+/// paths), a leading source location (`/pytorch/…/File.cpp:123: `) and
+/// anything that looks like an address. Of a TorchScript interpreter
+/// error, the error line that ends its script traceback.
+pub fn client_message(raw: &str) -> String {
+    let is_backtrace = |l: &str| {
+        l.starts_with("Exception raised from")
+            || l.starts_with("frame #")
+            || l.contains("(most recent call first)")
+    };
+    let lines: Vec<&str> = raw
+        .lines()
+        .map(str::trim)
+        .take_while(|l| !is_backtrace(l))
+        .collect();
+    let script_error = raw
+        .contains("Traceback of TorchScript")
+        .then(|| {
+            lines.iter().rev().find(|l| {
+                l.split_once(": ")
+                    .is_some_and(|(k, _)| k.ends_with("Error"))
+            })
+        })
+        .flatten();
+    let kept: Vec<&str> = match script_error {
+        Some(l) => vec![l],
+        None => lines
+            .iter()
+            .copied()
+            .skip_while(|l| l.is_empty())
+            .take_while(|l| !l.is_empty())
+            .collect(),
+    };
+    let mut msg = scrub_addresses(strip_location(&kept.join(" ")));
+    if msg.is_empty() {
+        msg = "libtorch error".to_owned();
+    }
+    if msg.len() > MAX_CLIENT_MESSAGE {
+        let mut end = MAX_CLIENT_MESSAGE - '…'.len_utf8();
+        while !msg.is_char_boundary(end) {
+            end -= 1;
+        }
+        msg.truncate(end);
+        msg.push('…');
+    }
+    msg
+}
+
+/// `msg` without a leading `/source/path.cpp:123: ` (some libtorch checks
+/// start their message with where they are).
+fn strip_location(msg: &str) -> &str {
+    if !msg.starts_with('/') {
+        return msg;
+    }
+    let Some((head, rest)) = msg.split_once(": ") else {
+        return msg;
+    };
+    match head.rsplit_once(':') {
+        Some((path, line))
+            if !path.contains(' ')
+                && !line.is_empty()
+                && line.bytes().all(|b| b.is_ascii_digit()) =>
+        {
+            rest
+        }
+        _ => msg,
+    }
+}
+
+/// `msg` with hexadecimal numbers of 6 digits or more (addresses) as `<address>`.
+fn scrub_addresses(msg: &str) -> String {
+    let mut out = String::with_capacity(msg.len());
+    let mut rest = msg;
+    while let Some(i) = rest.find("0x") {
+        let digits = rest[i + 2..]
+            .bytes()
+            .take_while(u8::is_ascii_hexdigit)
+            .count();
+        let (end, keep) = if digits >= 6 {
+            (i + 2 + digits, false)
+        } else {
+            (i + 2, true)
+        };
+        out.push_str(&rest[..i]);
+        out.push_str(if keep { &rest[i..end] } else { "<address>" });
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// The libtorch kind of a dtype.
@@ -436,6 +586,90 @@ mod tests {
             .filter(|n| r.get(n).is_none())
             .collect();
         assert!(missing.is_empty(), "missing legacy ops: {missing:?}");
+    }
+
+    /// A libtorch error as tch hands it over, backtrace and all.
+    fn raw_error() -> String {
+        let a = Tensor::zeros([2, 2], (Kind::Float, tch::Device::Cpu));
+        let b = Tensor::zeros([3, 1], (Kind::Float, tch::Device::Cpu));
+        match a.f_matmul(&b) {
+            Err(TchError::Torch(m)) => m,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn assert_clean(m: &str) {
+        for leak in ["frame #", "0x", "Exception raised from", ".so", "\n"] {
+            assert!(!m.contains(leak), "{leak:?} in {m:?}");
+        }
+        assert!(m.len() <= MAX_CLIENT_MESSAGE, "{} bytes: {m:?}", m.len());
+    }
+
+    #[test]
+    fn client_messages_keep_the_message_and_drop_the_backtrace() {
+        let raw = raw_error();
+        assert!(raw.contains("frame #") && raw.len() > 1000, "{raw}");
+        let m = client_message(&raw);
+        assert_eq!(m, "mat1 and mat2 shapes cannot be multiplied (2x2 and 3x1)");
+        assert_eq!(torch_error(TchError::Torch(raw)).message, m);
+        // Frames without the "Exception raised from" line, a caffe2-style
+        // enforce, a dispatcher error with its registrations after a blank
+        // line, a leading source location, a message of two lines.
+        let frames = "[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory\nframe #0: c10::ThrowEnforceNotMet(char const*, int) + 0x4f (0x7f5e02f0505d in /opt/x/libc10.so)\n";
+        let dispatch = "Could not run 'aten::foo' with arguments from the 'CUDA' backend.\n\nCPU: registered at /pytorch/build/aten/src/ATen/RegisterCPU_0.cpp:12 [kernel]\nMeta: registered at /pytorch/build/aten/src/ATen/RegisterMeta.cpp:9 [kernel]\n";
+        let located = "/pytorch/build/aten/src/ATen/RegisterCPU_3.cpp:5275: SymIntArrayRef expected to contain only concrete integers";
+        let two = "unflatten got an unexpected error:\nsizes don't multiply up\nException raised from unflatten at /pytorch/x.cpp:1 (most recent call first):\nframe #0: f + 0x1 (0x7f00 in /a/libtorch_cpu.so)";
+        let script = "The following operation failed in the TorchScript interpreter.\nTraceback of TorchScript (most recent call last):\n  File \"code/__torch__.py\", line 8, in forward\n    return torch.mm(x, w)\nRuntimeError: mat1 and mat2 shapes cannot be multiplied (2x3 and 4x5)\n";
+        let address = "bad pointer 0x7f5e02f0505d here, 0x1 is fine";
+        for (raw, want) in [
+            (
+                frames,
+                "[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory",
+            ),
+            (
+                dispatch,
+                "Could not run 'aten::foo' with arguments from the 'CUDA' backend.",
+            ),
+            (
+                located,
+                "SymIntArrayRef expected to contain only concrete integers",
+            ),
+            (
+                two,
+                "unflatten got an unexpected error: sizes don't multiply up",
+            ),
+            (
+                script,
+                "RuntimeError: mat1 and mat2 shapes cannot be multiplied (2x3 and 4x5)",
+            ),
+            (address, "bad pointer <address> here, 0x1 is fine"),
+            ("frame #0: only a backtrace", "libtorch error"),
+        ] {
+            assert_eq!(client_message(raw), want);
+        }
+        // Long messages are cut at a character boundary.
+        let long = "é".repeat(400);
+        let m = client_message(&long);
+        assert!(m.len() <= MAX_CLIENT_MESSAGE && m.ends_with('…'), "{m}");
+        for raw in [frames, dispatch, located, two, script] {
+            assert_clean(&client_message(raw));
+        }
+    }
+
+    #[test]
+    fn a_failing_call_with_a_scalar_is_a_clean_backend_error() {
+        // tch panics here (it frees the scalar before it reads the error);
+        // the kernel's caller gets the error, without the backtrace.
+        let x = Tensor::zeros([2], (Kind::ComplexFloat, tch::Device::Cpu));
+        let e = util::run("remainder", vec![("0", x)], &[("other", 2.into())]).unwrap_err();
+        assert_eq!(e.0.code, mymps_core::ErrorCode::Backend, "{}", e.0);
+        assert!(
+            e.0.message.contains("not implemented for 'ComplexFloat'"),
+            "{}",
+            e.0
+        );
+        assert_clean(&e.0.message);
+        assert_eq!(unquote(r#"a\"b\\c\nd\u{e9}"#), "a\"b\\c\nd\u{e9}");
     }
 
     #[test]

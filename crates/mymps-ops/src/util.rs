@@ -203,3 +203,23 @@ pub(crate) fn check_targets(
     let kept = target.f_masked_select(&target.f_ne(ignore_index)?)?;
     check_index(a, "target class", &kept, classes, false)
 }
+
+/// Runs op `name` on `inputs` and `kwargs`, bound as a request is.
+#[cfg(test)]
+pub(crate) fn run(
+    name: &str,
+    inputs: Vec<(&str, Tensor)>,
+    kwargs: &[(&str, mymps_core::Value)],
+) -> Out {
+    let registry = crate::registry().unwrap();
+    let entry = registry.lookup(name).unwrap();
+    let args = mymps_core::ops::bind(
+        &entry.spec,
+        inputs.into_iter().map(|(k, t)| (k.to_owned(), t)).collect(),
+        kwargs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.clone()))
+            .collect(),
+    )?;
+    crate::run_kernel(entry, &args).unwrap()
+}
