@@ -424,22 +424,16 @@ async fn serve_connection(shared: Arc<Shared>, conn: Connection, mut stop: watch
                     tx.send(error_frame(inc.frame.id, &e)).await;
                 }
             },
-            Err(ReadError::Frame(e @ FrameError::TooLarge { .. })) => {
-                let FrameError::TooLarge { id, .. } = e else {
-                    unreachable!()
-                };
-                warn!(%peer, id, error = %e, "frame refused");
+            Err(ReadError::Frame(
+                e @ (FrameError::TooLarge { id, .. } | FrameError::Unskippable { id, .. }),
+            )) => {
+                let close = matches!(e, FrameError::Unskippable { .. });
+                warn!(%peer, id, error = %e, close, "frame refused");
                 shared.metrics.frame_refused(ErrorCode::PayloadTooLarge);
                 tx.send(error_frame(id, &e.to_error())).await;
-            }
-            Err(ReadError::Frame(e @ FrameError::Unskippable { .. })) => {
-                let FrameError::Unskippable { id, .. } = e else {
-                    unreachable!()
-                };
-                warn!(%peer, id, error = %e, "frame refused; closing the connection");
-                shared.metrics.frame_refused(ErrorCode::PayloadTooLarge);
-                tx.send(error_frame(id, &e.to_error())).await;
-                break;
+                if close {
+                    break;
+                }
             }
             Err(ReadError::Refused { id, error }) => {
                 debug!(%peer, id, %error, "request refused by the transport");
