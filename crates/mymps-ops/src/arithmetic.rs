@@ -2,7 +2,7 @@
 //! `clamp`, `lerp`, ... with torch's tensor-or-scalar arguments.
 
 use mymps_core::ops::Scalar;
-use tch::{TchError, Tensor};
+use tch::{Kind, TchError, Tensor};
 
 use crate::Outputs::One;
 use crate::util::{
@@ -89,6 +89,159 @@ fn check_alpha(
     }
 }
 
+/// Width in bits and signedness of an integer (or bool) kind.
+fn int_bits(k: Kind) -> Option<(u32, bool)> {
+    Some(match k {
+        Kind::Bool => (1, false),
+        Kind::Uint8 => (8, false),
+        Kind::Int8 => (8, true),
+        Kind::Int16 => (16, true),
+        Kind::Int => (32, true),
+        Kind::Int64 => (64, true),
+        _ => return None,
+    })
+}
+
+/// torch's promotion of two integer (or bool) kinds.
+fn promote_int(a: Kind, b: Kind) -> Kind {
+    let (Some((wa, sa)), Some((wb, sb))) = (int_bits(a), int_bits(b)) else {
+        return a;
+    };
+    match () {
+        _ if a == Kind::Bool => b,
+        _ if b == Kind::Bool => a,
+        _ if sa == sb => {
+            if wa >= wb {
+                a
+            } else {
+                b
+            }
+        }
+        // uint8 with a signed kind: that kind if it is wider, else int16.
+        _ if sa && wa > 8 => a,
+        _ if sb && wb > 8 => b,
+        _ => Kind::Int16,
+    }
+}
+
+/// The kind of `x ∘ other` when both are integers or bools, by torch's
+/// rules (tensors with dimensions first, then 0-d tensors, then Python
+/// scalars; a lower group only matters above bool); `None` when a float or
+/// complex takes part, so that the result is not an integer.
+fn int_result_kind(x: &Tensor, other: &TensorOrScalar<'_, Tensor>) -> Option<Kind> {
+    let (mut dims, mut zero, mut wrapped) = (None, None, None);
+    let add = |slot: &mut Option<Kind>, k: Kind| {
+        *slot = Some(slot.map_or(k, |s| promote_int(s, k)));
+    };
+    let mut tensor = |t: &Tensor| {
+        let k = t.kind();
+        int_bits(k)?;
+        add(if t.dim() == 0 { &mut zero } else { &mut dims }, k);
+        Some(())
+    };
+    tensor(x)?;
+    match other {
+        TensorOrScalar::Tensor(y) => tensor(y)?,
+        // A bool scalar reaches libtorch as an int (`torch_scalar`).
+        TensorOrScalar::Scalar(Scalar::Int(_) | Scalar::Bool(_)) => add(&mut wrapped, Kind::Int64),
+        TensorOrScalar::Scalar(Scalar::Float(_)) => return None,
+    }
+    let combine = |higher: Option<Kind>, lower: Option<Kind>| match (higher, lower) {
+        (None, l) => l,
+        (Some(h), Some(l)) if h == Kind::Bool => Some(promote_int(h, l)),
+        (h, _) => h,
+    };
+    combine(dims, combine(zero, wrapped))
+}
+
+/// `t`'s values as they take part in an op of result kind `k`: a 0-d
+/// tensor is converted (wrapping, as torch does; it may be wider than
+/// `k`), a tensor with dimensions never is wider than `k` and keeps its
+/// values.
+fn in_kind(t: &Tensor, k: Kind) -> Result<Tensor, TchError> {
+    if t.kind() == k || t.dim() > 0 {
+        Ok(t.shallow_clone())
+    } else {
+        t.f_to_kind(k)
+    }
+}
+
+/// Whether any element of a bool tensor is true.
+fn any(t: &Tensor) -> Result<bool, TchError> {
+    Ok(t.f_any()?.f_int64_value(&[])? != 0)
+}
+
+/// Refuses an integer division that would trap or has no answer: by zero,
+/// and, when `quotient` (a division, not a remainder, whose MIN % -1 is
+/// 0), MIN / -1 of a signed kind. libtorch's CPU kernels raise on a zero
+/// divisor but execute x86 `idiv` on MIN / -1, which kills the process
+/// (SIGFPE); CUDA kernels trap on neither and answer garbage. Both are
+/// refused here on every device, before the kernel runs. Float and
+/// complex divisions are not looked at (only the kinds are read).
+fn check_int_division(
+    a: &Args<Tensor>,
+    x: &Tensor,
+    other: &TensorOrScalar<'_, Tensor>,
+    quotient: bool,
+) -> KernelResult<()> {
+    let Some(k) = int_result_kind(x, other) else {
+        return Ok(());
+    };
+    let Some((bits, signed)) = int_bits(k).filter(|_| k != Kind::Bool) else {
+        // Bool divisions: libtorch has no kernel, and says so.
+        return Ok(());
+    };
+    let min = if signed { i64::MIN >> (64 - bits) } else { 0 };
+    let zero = || bad(a, "ZeroDivisionError: integer division by zero");
+    let overflow = || {
+        let name = crate::dtype_of(k).map_or("?", mymps_core::DType::name);
+        bad(
+            a,
+            format!(
+                "integer overflow: {min} / -1 = {} does not fit {name} (MIN / -1 is refused on every device)",
+                -(min as i128)
+            ),
+        )
+    };
+    let xk = in_kind(x, k)?;
+    // MIN can only be in `x` if it has the result's kind.
+    let has_min = || -> KernelResult<bool> { Ok(xk.kind() == k && any(&xk.f_eq(min)?)?) };
+    match other {
+        TensorOrScalar::Scalar(s) => {
+            // The scalar, converted to the result kind as torch converts it.
+            let v = match *s {
+                Scalar::Int(i) => (i << (64 - bits)) >> (64 - bits),
+                Scalar::Bool(b) => b as i64,
+                Scalar::Float(_) => return Ok(()),
+            };
+            let v = if signed { v } else { v & ((1i64 << bits) - 1) };
+            if v == 0 {
+                return Err(zero());
+            }
+            if quotient && signed && v == -1 && has_min()? {
+                return Err(overflow());
+            }
+        }
+        TensorOrScalar::Tensor(y) => {
+            let yk = in_kind(y, k)?;
+            if any(&yk.f_eq(0)?)? {
+                return Err(zero());
+            }
+            let y_signed = int_bits(yk.kind()).is_some_and(|(_, s)| s);
+            if quotient && signed && y_signed {
+                let minus_one = yk.f_eq(-1)?;
+                if any(&minus_one)?
+                    && has_min()?
+                    && any(&xk.f_eq(min)?.f_logical_and(&minus_one)?)?
+                {
+                    return Err(overflow());
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 const INPUT: Param = Param::tensor("input");
 const OTHER: Param = Param::tensor_or_scalar("other");
 const OTHER_T: Param = Param::tensor("other");
@@ -105,11 +258,16 @@ op!("mul", "arithmetic", "input × other, elementwise (torch.mul)",
     [INPUT, OTHER] -> One,
     |a| binary(a, Tensor::f_mul, Tensor::f_mul_scalar));
 
-op!("div", "arithmetic", "input / other, elementwise; rounding_mode None, \"trunc\" or \"floor\" (torch.div)",
+op!("div", "arithmetic", "input / other, elementwise; rounding_mode None, \"trunc\" or \"floor\"; an integer division by zero or of MIN by -1 is an error, on every device (torch.div)",
 [INPUT, OTHER, Param::str("rounding_mode").optional()] -> One,
 |a| {
     let x = a.tensor("input")?;
-    match (a.tensor_or_scalar("other")?, a.opt_str("rounding_mode")?) {
+    let other = a.tensor_or_scalar("other")?;
+    let mode = a.opt_str("rounding_mode")?;
+    if matches!(mode, Some("trunc" | "floor")) {
+        check_int_division(a, x, &other, true)?;
+    }
+    match (other, mode) {
         (TensorOrScalar::Tensor(y), None) => one(x.f_div(y)?),
         (TensorOrScalar::Scalar(s), None) => one(x.f_div_scalar(torch_scalar(s))?),
         (TensorOrScalar::Tensor(y), Some(m)) => one(x.f_div_tensor_mode(y, m)?),
@@ -117,17 +275,28 @@ op!("div", "arithmetic", "input / other, elementwise; rounding_mode None, \"trun
     }
 });
 
-op!("remainder", "arithmetic", "Python-style modulus, the sign of other (torch.remainder)",
-    [INPUT, OTHER] -> One,
-    |a| binary(a, Tensor::f_remainder_tensor, |x, s| x.f_remainder(s)));
+/// [`binary`] after [`check_int_division`].
+fn int_checked(a: &Args<Tensor>, quotient: bool, tensor: TensorFn, scalar: ScalarFn) -> Out {
+    check_int_division(
+        a,
+        a.tensor("input")?,
+        &a.tensor_or_scalar("other")?,
+        quotient,
+    )?;
+    binary(a, tensor, scalar)
+}
 
-op!("fmod", "arithmetic", "C-style modulus, the sign of input (torch.fmod)",
+op!("remainder", "arithmetic", "Python-style modulus, the sign of other; an integer one by zero is an error, on every device (torch.remainder)",
     [INPUT, OTHER] -> One,
-    |a| binary(a, Tensor::f_fmod_tensor, |x, s| x.f_fmod(s)));
+    |a| int_checked(a, false, Tensor::f_remainder_tensor, |x, s| x.f_remainder(s)));
 
-op!("floor_divide", "arithmetic", "floor(input / other) (torch.floor_divide)",
+op!("fmod", "arithmetic", "C-style modulus, the sign of input; an integer one by zero is an error, on every device (torch.fmod)",
     [INPUT, OTHER] -> One,
-    |a| binary(a, Tensor::f_floor_divide, |x, s| x.f_floor_divide_scalar(s)));
+    |a| int_checked(a, false, Tensor::f_fmod_tensor, |x, s| x.f_fmod(s)));
+
+op!("floor_divide", "arithmetic", "floor(input / other); an integer division by zero or of MIN by -1 is an error, on every device (torch.floor_divide)",
+    [INPUT, OTHER] -> One,
+    |a| int_checked(a, true, Tensor::f_floor_divide, |x, s| x.f_floor_divide_scalar(s)));
 
 op!("pow", "arithmetic", "input ** exponent, exponent a tensor or a scalar (torch.pow)",
 [INPUT, Param::tensor_or_scalar("exponent")] -> One,
@@ -234,3 +403,95 @@ op!("clamp", "arithmetic", "limits input to [min, max]; min and max are tensors 
 op!("neg", "arithmetic", "−input (torch.neg)",
     [INPUT] -> One,
     |a| one(a.tensor("input")?.f_neg()?));
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::util::run;
+    use mymps_core::Value;
+    use tch::Device;
+
+    const KINDS: [Kind; 6] = [
+        Kind::Bool,
+        Kind::Uint8,
+        Kind::Int8,
+        Kind::Int16,
+        Kind::Int,
+        Kind::Int64,
+    ];
+
+    fn t(k: Kind, shape: &[i64]) -> Tensor {
+        Tensor::zeros(shape, (k, Device::Cpu))
+    }
+
+    #[test]
+    fn integer_result_kinds_are_torchs() {
+        for kx in KINDS {
+            for ky in KINDS {
+                for (sx, sy) in [(&[2][..], &[2][..]), (&[2], &[]), (&[], &[2]), (&[], &[])] {
+                    let (x, y) = (t(kx, sx), t(ky, sy));
+                    let torch = x.f_add(&y).unwrap().kind();
+                    let ours = int_result_kind(&x, &TensorOrScalar::Tensor(&y));
+                    assert_eq!(ours, Some(torch), "{kx:?}{sx:?} + {ky:?}{sy:?}");
+                }
+            }
+            for sx in [&[2][..], &[]] {
+                let x = t(kx, sx);
+                for s in [Scalar::Int(3), Scalar::Bool(true)] {
+                    let torch = x.f_add_scalar(torch_scalar(s)).unwrap().kind();
+                    let ours = int_result_kind(&x, &TensorOrScalar::Scalar(s));
+                    assert_eq!(ours, Some(torch), "{kx:?}{sx:?} + {s:?}");
+                }
+                let f = t(Kind::Float, &[]);
+                assert_eq!(int_result_kind(&x, &TensorOrScalar::Tensor(&f)), None);
+                let s = TensorOrScalar::Scalar(Scalar::Float(1.0));
+                assert_eq!(int_result_kind(&x, &s), None);
+            }
+        }
+    }
+
+    fn int64s(v: &[i64]) -> Tensor {
+        Tensor::from_slice(v)
+    }
+
+    #[test]
+    fn integer_divisions_that_would_trap_are_refused() {
+        let modes: [(&str, &[(&str, Value)]); 3] = [
+            ("div", &[("rounding_mode", Value::Str("trunc".into()))]),
+            ("div", &[("rounding_mode", Value::Str("floor".into()))]),
+            ("floor_divide", &[]),
+        ];
+        for (op, kwargs) in modes {
+            for (x, y) in [
+                (int64s(&[i64::MIN, 4]), int64s(&[-1])),
+                (
+                    Tensor::from_slice(&[i32::MIN]),
+                    int64s(&[]).f_reshape([0]).unwrap(),
+                ),
+                (
+                    Tensor::from_slice(&[i32::MIN]),
+                    Tensor::from(u32::MAX as i64),
+                ),
+                (Tensor::from_slice(&[i8::MIN]), Tensor::from_slice(&[-1i8])),
+            ] {
+                let empty = y.numel() == 0;
+                let r = run(op, vec![("0", x), ("1", y)], kwargs);
+                if empty {
+                    // Broadcasting against an empty divisor: nothing to divide.
+                    assert!(r.is_ok(), "{op}");
+                    continue;
+                }
+                let e = r.unwrap_err().0;
+                assert_eq!(e.code, mymps_core::ErrorCode::BadArgument, "{op}: {e}");
+                assert!(e.message.contains("integer overflow"), "{op}: {e}");
+            }
+        }
+        // A float division is not checked: 1 / 0 is inf.
+        let x = Tensor::from_slice(&[1f32]);
+        let out = run("floor_divide", vec![("0", x)], &[("other", 0.into())]).unwrap();
+        let crate::OpOutput::One(out) = out else {
+            panic!()
+        };
+        assert_eq!(out.double_value(&[0]), f64::INFINITY);
+    }
+}

@@ -77,6 +77,204 @@ fn expect_error(r: mymps::Result<mymps::client::Outputs>, case: &str) -> Error {
     }
 }
 
+/// A 1-D tensor of `dtype` holding `values` (each cast to the dtype).
+fn ints(dtype: DType, values: &[i64]) -> Tensor {
+    let bytes: Vec<u8> = values
+        .iter()
+        .flat_map(|&v| match dtype {
+            DType::UInt8 => vec![v as u8],
+            DType::Int8 => (v as i8).to_le_bytes().to_vec(),
+            DType::Int16 => (v as i16).to_le_bytes().to_vec(),
+            DType::Int32 => (v as i32).to_le_bytes().to_vec(),
+            DType::Int64 => v.to_le_bytes().to_vec(),
+            other => unreachable!("{other}"),
+        })
+        .collect();
+    Tensor::new(dtype, &[values.len()], bytes).unwrap()
+}
+
+/// The values of an integer tensor, widened to i64.
+fn values(t: &Tensor) -> Vec<i64> {
+    match t.dtype() {
+        DType::UInt8 => t
+            .to_vec::<u8>()
+            .unwrap()
+            .into_iter()
+            .map(i64::from)
+            .collect(),
+        DType::Int8 => t
+            .to_vec::<i8>()
+            .unwrap()
+            .into_iter()
+            .map(i64::from)
+            .collect(),
+        DType::Int16 => t
+            .to_vec::<i16>()
+            .unwrap()
+            .into_iter()
+            .map(i64::from)
+            .collect(),
+        DType::Int32 => t
+            .to_vec::<i32>()
+            .unwrap()
+            .into_iter()
+            .map(i64::from)
+            .collect(),
+        DType::Int64 => t.to_vec::<i64>().unwrap(),
+        other => panic!("not an integer dtype: {other}"),
+    }
+}
+
+fn min_of(d: DType) -> i64 {
+    match d {
+        DType::Int8 => i8::MIN.into(),
+        DType::Int16 => i16::MIN.into(),
+        DType::Int32 => i32::MIN.into(),
+        DType::Int64 => i64::MIN,
+        _ => 0,
+    }
+}
+
+/// The integer-dividing ops: name and extra keyword arguments.
+const DIVIDING: [(&str, Option<&str>); 5] = [
+    ("div", Some("trunc")),
+    ("div", Some("floor")),
+    ("floor_divide", None),
+    ("remainder", None),
+    ("fmod", None),
+];
+
+fn dividing_call(op: &str, mode: Option<&str>, x: Tensor) -> Call {
+    let call = Call::new(op).arg(x);
+    match mode {
+        Some(m) => call.kwarg("rounding_mode", m),
+        None => call,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn integer_division_by_zero_and_min_by_minus_one_answer_errors() {
+    let mut s = Served::start(&[]);
+    let c = s.client().await;
+    let signed = [DType::Int8, DType::Int16, DType::Int32, DType::Int64];
+    for dtype in signed.into_iter().chain([DType::UInt8]) {
+        let min = min_of(dtype);
+        for (op, mode) in DIVIDING {
+            let name = format!("{op}({dtype}, rounding_mode={mode:?})");
+            // Division by zero: a tensor divisor, a scalar one, and a scalar
+            // that becomes 0 in the input's dtype (256 in uint8/int8).
+            let mut zero_divisors: Vec<(String, Call)> = vec![
+                (
+                    "tensor 0".into(),
+                    dividing_call(op, mode, ints(dtype, &[5, 7])).arg(ints(dtype, &[1, 0])),
+                ),
+                (
+                    "scalar 0".into(),
+                    dividing_call(op, mode, ints(dtype, &[5, 7])).kwarg("other", 0),
+                ),
+                (
+                    "scalar False".into(),
+                    dividing_call(op, mode, ints(dtype, &[5, 7])).kwarg("other", false),
+                ),
+            ];
+            if dtype != DType::Int64 {
+                let wraps_to_zero = 1i64 << (dtype.itemsize() * 8);
+                zero_divisors.push((
+                    format!("scalar {wraps_to_zero}"),
+                    dividing_call(op, mode, ints(dtype, &[5])).kwarg("other", wraps_to_zero),
+                ));
+            }
+            for (what, call) in zero_divisors {
+                let case = format!("{name} by {what}");
+                let e = expect_error(c.call(call).await, &case);
+                assert_eq!(e.code, ErrorCode::BadArgument, "{case}: {e}");
+                assert!(e.message.contains("division by zero"), "{case}: {e}");
+                s.assert_alive(&c, &case).await;
+            }
+            if !signed.contains(&dtype) {
+                continue;
+            }
+            // MIN / -1: a tensor divisor, a scalar, a scalar that wraps to
+            // -1, and a 0-d int64 tensor whose value wraps to -1 (the result
+            // dtype of a 1-D tensor and a 0-d one is the 1-D tensor's).
+            let all_ones = match dtype {
+                DType::Int64 => -1,
+                _ => (1i64 << (dtype.itemsize() * 8)) - 1,
+            };
+            let overflowing = [
+                (
+                    "tensor -1".to_owned(),
+                    dividing_call(op, mode, ints(dtype, &[min, 6])).arg(ints(dtype, &[-1, -1])),
+                ),
+                (
+                    "scalar -1".into(),
+                    dividing_call(op, mode, ints(dtype, &[6, min])).kwarg("other", -1),
+                ),
+                (
+                    format!("scalar {all_ones}"),
+                    dividing_call(op, mode, ints(dtype, &[min])).kwarg("other", all_ones),
+                ),
+                (
+                    format!("0-d int64 {all_ones}"),
+                    dividing_call(op, mode, ints(dtype, &[min])).arg(Tensor::scalar(all_ones)),
+                ),
+            ];
+            for (what, call) in overflowing {
+                let case = format!("{name}: MIN by {what}");
+                let r = c.call(call).await;
+                if matches!(op, "remainder" | "fmod") {
+                    // MIN % -1 is 0 (torch's answer); nothing overflows.
+                    let out = r.unwrap_or_else(|e| panic!("{case}: {e}"));
+                    let v = values(out.output().unwrap());
+                    assert!(v.iter().all(|&x| x == 0), "{case}: {v:?}");
+                } else {
+                    let e = expect_error(r, &case);
+                    assert_eq!(e.code, ErrorCode::BadArgument, "{case}: {e}");
+                    assert!(e.message.contains("integer overflow"), "{case}: {e}");
+                    assert!(e.message.contains(&format!("{min} / -1")), "{case}: {e}");
+                }
+                s.assert_alive(&c, &case).await;
+            }
+        }
+    }
+    // Ordinary integer divisions still give torch's answers ...
+    let x = || ints(DType::Int64, &[7, -7, i64::MIN + 1]);
+    let y = || ints(DType::Int64, &[2, 2, -1]);
+    for (mode, want) in [("trunc", [3, -3, i64::MAX]), ("floor", [3, -4, i64::MAX])] {
+        let out = c
+            .call(
+                Call::new("div")
+                    .arg(x())
+                    .arg(y())
+                    .kwarg("rounding_mode", mode),
+            )
+            .await
+            .unwrap();
+        assert_eq!(values(out.output().unwrap()), want, "{mode}");
+    }
+    let out = c
+        .call(Call::new("remainder").arg(x()).kwarg("other", 3))
+        .await
+        .unwrap();
+    assert_eq!(values(out.output().unwrap()), [1, 2, 2]);
+    // ... and so do float ones, where dividing by zero is no error.
+    let f = Tensor::from_vec(vec![1.0f32, -1.0], &[2]).unwrap();
+    let out = c
+        .call(
+            Call::new("div")
+                .arg(f)
+                .kwarg("other", 0)
+                .kwarg("rounding_mode", "trunc"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        out.output().unwrap().to_vec::<f32>().unwrap(),
+        [f32::INFINITY, f32::NEG_INFINITY]
+    );
+    s.assert_alive(&c, "the end").await;
+}
+
 /// What a client may be shown of a libtorch error: its message, without
 /// the C++ backtrace (addresses, the server's install paths).
 fn assert_clean(e: &Error, case: &str, expected: &str) {
