@@ -19,15 +19,34 @@
 //! and block; it talks to tokio through channels and is woken through an
 //! inproc socket, so no tokio worker ever blocks on ZeroMQ.
 //!
-//! Bounds (see [`ZmqConfig`]): the number of sessions (when the table is
-//! full, a new peer's Hello ends the session idle longest that has no
-//! request in flight; sessions also end as soon as their peer's connection
-//! closes), each session's queue of received frames not yet read by the
-//! server (excess frames are answered with `busy`), the idle time after
-//! which a silent peer's session ends (shorter before its first request),
-//! and the largest part libzmq accepts (`ZMQ_MAXMSGSIZE`,
-//! set from the server's limits in [`TransportOptions::limits`]; a peer
-//! that sends a larger part is disconnected by libzmq).
+//! Bounds (see [`ZmqConfig`]):
+//!
+//! - Sessions: at most `max_peers`. A session ends as soon as its peer's
+//!   connection closes, after silence (sooner before its first request),
+//!   or, when the table is full and a new peer says Hello, if it is the
+//!   one idle longest with no request in flight (one that never sent a
+//!   request goes first). Only when every session has a request in flight
+//!   is a Hello answered with `busy`.
+//! - Parts: `ZMQ_MAXMSGSIZE`, from the server's limits
+//!   ([`TransportOptions::limits`]): a peer that declares a larger part is
+//!   disconnected by libzmq before anything is allocated. libzmq fixes the
+//!   option per socket when it binds, so it is the largest part any frame
+//!   may have (the payload limit), not the handshake's, for peers with a
+//!   session or not.
+//! - Queues: a message reaches the pump once all its parts are in. What a
+//!   peer without a session sent is dropped there and then; a Hello over
+//!   the handshake limits is answered and opens no session. Frames waiting
+//!   for the server to read them are bounded per session (frames and
+//!   bytes) and for all sessions together (bytes); the excess is answered
+//!   with `busy`. libzmq's own queue per connection is as long as a
+//!   session's (`ZMQ_RCVHWM`).
+//! - Not bounded: libzmq gathers the parts of a message without a limit on
+//!   their number, and keeps a message in progress as long as its peer
+//!   takes to send it. So a peer that never says Hello can still make the
+//!   server hold what it actually sends of one message (memory grows with
+//!   the bytes received, not with the sizes declared). libzmq 4.3 has no
+//!   option to bound that; ZeroMQ-level authentication (ZAP) would refuse
+//!   such peers before their first message.
 //!
 //! Zero copies: received parts become the tensors' `Bytes` in place (the
 //! buffer stays libzmq's until the last `Bytes` is dropped) and tensors
@@ -70,6 +89,11 @@ pub struct ZmqConfig {
     /// Server: bytes a session may have waiting (beyond one frame, which
     /// is always taken); the excess is answered with `busy`.
     pub peer_queue_bytes: u64,
+    /// Server: bytes all sessions together may have waiting (beyond one
+    /// frame, taken when nothing waits); the excess is answered with
+    /// `busy`. What waits here is not yet in the server's memory budget,
+    /// which the server takes when it reads a frame.
+    pub queue_bytes: u64,
     /// Server: a session whose peer sent nothing (not even a heartbeat)
     /// for this long ends; the peer must send a Hello again. (A session
     /// also ends as soon as its peer's connection closes.)
@@ -98,7 +122,8 @@ pub struct ZmqConfig {
 
 impl ZmqConfig {
     /// The defaults: 1024 sessions, 256 frames or 256 MiB queued per
-    /// session, sessions end after 5 minutes of silence (30 s before their
+    /// session and 4 GiB for all (one frame of the default payload limit
+    /// fits), sessions end after 5 minutes of silence (30 s before their
     /// first request), parts up to the
     /// default frame limits, 100 000 unread replies per peer, heartbeats
     /// every 10 s (a silent server is dropped after 30 s), 10 s to connect.
@@ -106,6 +131,7 @@ impl ZmqConfig {
         max_peers: 1024,
         peer_queue: 256,
         peer_queue_bytes: 256 << 20,
+        queue_bytes: 4 << 30,
         idle_timeout: Duration::from_secs(300),
         unused_idle_timeout: Duration::from_secs(30),
         max_part_size: Some(Limits::DEFAULT.max_payload),

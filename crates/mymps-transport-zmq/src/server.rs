@@ -18,6 +18,15 @@
 //! request first; a session with a request in flight is never evicted. So
 //! peers that leave, or that say Hello and nothing more, cannot lock others
 //! out.
+//!
+//! Memory: libzmq holds a message until all its parts are in, each part at
+//! most `ZMQ_MAXMSGSIZE` (set per socket, when it binds, so it must admit
+//! the largest part a session may send: a peer that declares a larger one
+//! is disconnected before anything is allocated). Once the pump has a
+//! message, what a peer without a session sent is dropped at once (a Hello
+//! over the handshake limits too, answered and no session opened), and
+//! frames waiting for the server are bounded in bytes per session and for
+//! all sessions together ([`Queued`] keeps the count, whoever drops them).
 
 use std::collections::{HashMap, HashSet};
 use std::io;
@@ -53,6 +62,45 @@ type Fd = i32;
 
 struct Shared {
     waker: Waker,
+    /// Bytes of the frames waiting in all session queues.
+    queued_bytes: AtomicU64,
+}
+
+/// A frame waiting in a session queue. Its bytes count against the
+/// session's and the listener's queue bounds until it is taken or dropped
+/// (with its queue, when the server closes the session).
+struct Queued {
+    frame: Option<Frame>,
+    bytes: u64,
+    session: Arc<AtomicU64>,
+    shared: Arc<Shared>,
+}
+
+impl Queued {
+    fn new(frame: Frame, session: &Arc<AtomicU64>, shared: &Arc<Shared>) -> Queued {
+        let bytes = queued_size(&frame);
+        session.fetch_add(bytes, Ordering::AcqRel);
+        shared.queued_bytes.fetch_add(bytes, Ordering::AcqRel);
+        Queued {
+            frame: Some(frame),
+            bytes,
+            session: session.clone(),
+            shared: shared.clone(),
+        }
+    }
+
+    fn take(mut self) -> Frame {
+        self.frame.take().expect("a queued frame is taken once")
+    }
+}
+
+impl Drop for Queued {
+    fn drop(&mut self) {
+        self.session.fetch_sub(self.bytes, Ordering::AcqRel);
+        self.shared
+            .queued_bytes
+            .fetch_sub(self.bytes, Ordering::AcqRel);
+    }
 }
 
 /// A frame for the pump to send, from the session numbered `serial`.
@@ -74,8 +122,17 @@ pub async fn bind(
     router.set_linger(0).map_err(io_err)?;
     router.set_router_mandatory(true).map_err(io_err)?;
     router.set_sndhwm(config.send_hwm).map_err(io_err)?;
+    // The pump drains libzmq's queues as fast as it can and answers the
+    // excess itself, so libzmq's own queue per connection need not be
+    // longer than a session's: beyond it, TCP makes the peer wait.
+    router
+        .set_rcvhwm(i32::try_from(config.peer_queue.max(1)).unwrap_or(i32::MAX))
+        .map_err(io_err)?;
     // libzmq takes its options when it binds: later changes would not reach
-    // the connections this listener accepts.
+    // the connections this listener accepts. So one bound for every part
+    // of every peer, with a session or not: the largest part a frame may
+    // have (a part larger than the handshake allows, from a peer without a
+    // session, arrives and is dropped at once).
     let max_part = match limits {
         Some(l) => clamp_i64(wire::max_part(l)),
         None => config.max_part_size.map_or(-1, clamp_i64),
@@ -127,7 +184,10 @@ pub async fn bind(
     let local = Endpoint::new(SCHEME, shown_host, bound_port);
 
     let (waker, wake_rx) = Waker::new()?;
-    let shared = Arc::new(Shared { waker });
+    let shared = Arc::new(Shared {
+        waker,
+        queued_bytes: AtomicU64::new(0),
+    });
     let (out_tx, out_rx) = mpsc::channel(OUTGOING);
     // Sessions opened and not accepted yet are sessions: the table bounds
     // them.
@@ -200,7 +260,7 @@ impl Drop for ZmqListener {
 }
 
 struct Session {
-    tx: mpsc::Sender<Frame>,
+    tx: mpsc::Sender<Queued>,
     queued_bytes: Arc<AtomicU64>,
     /// Tells this session's replies from those of an earlier session of
     /// the same identity.
@@ -522,6 +582,7 @@ impl Pump {
         let id = frame.id;
         let bytes = queued_size(&frame);
         let is_request = frame.kind == FrameKind::Request;
+        let all = self.shared.queued_bytes.load(Ordering::Acquire);
         let Some(s) = self.sessions.get_mut(&identity).filter(|s| !s.closed()) else {
             self.end_session(&identity);
             let idle = self.config.idle_timeout.as_secs_f64();
@@ -549,8 +610,23 @@ impl Pump {
             );
             return true;
         }
-        s.queued_bytes.fetch_add(bytes, Ordering::AcqRel);
-        match s.tx.try_send(frame) {
+        // One frame is always taken when nothing waits, however large.
+        if all > 0 && all.saturating_add(bytes) > self.config.queue_bytes {
+            let limit = self.config.queue_bytes;
+            self.reply_error(
+                &identity,
+                id,
+                ErrorCode::Busy,
+                format!(
+                    "the server is not keeping up: {all} bytes are queued for it (the limit is {limit}); retry later"
+                ),
+            );
+            return true;
+        }
+        match s
+            .tx
+            .try_send(Queued::new(frame, &s.queued_bytes, &self.shared))
+        {
             Ok(()) => {
                 if is_request {
                     s.in_flight += 1;
@@ -558,7 +634,6 @@ impl Pump {
                 }
             }
             Err(TrySendError::Full(_)) => {
-                s.queued_bytes.fetch_sub(bytes, Ordering::AcqRel);
                 let n = s.tx.max_capacity();
                 self.reply_error(
                     &identity,
@@ -589,6 +664,14 @@ impl Pump {
         fd: Option<Fd>,
         hello: Frame,
     ) {
+        // Before anything is kept: the server reads a Hello under the
+        // handshake limits, and would refuse it.
+        if let Err(e) = wire::check(&hello, &Limits::HANDSHAKE) {
+            let e = e.to_error();
+            debug!(peer = %hex(&identity), error = %e, "zeromq Hello refused");
+            self.reply_error(&identity, hello.id, e.code, e.message);
+            return;
+        }
         // What libzmq said about connections before this Hello was read.
         self.events();
         if let Some(fd) = fd {
@@ -620,18 +703,17 @@ impl Pump {
         let serial = self.next_serial;
         self.next_serial += 1;
         let (tx, rx) = mpsc::channel(self.config.peer_queue.max(1));
-        let queued_bytes = Arc::new(AtomicU64::new(queued_size(&hello)));
-        tx.try_send(hello).expect("a new queue has room");
+        let queued_bytes = Arc::new(AtomicU64::new(0));
+        tx.try_send(Queued::new(hello, &queued_bytes, &self.shared))
+            .map_err(|_| ())
+            .expect("a new queue has room");
         let peer = format!(
             "zmq {} id {}",
             address.as_deref().unwrap_or("?"),
             hex(&identity)
         );
         let conn = Connection {
-            reader: Box::new(SessionReader {
-                rx,
-                queued_bytes: queued_bytes.clone(),
-            }),
+            reader: Box::new(SessionReader { rx }),
             writer: Box::new(SessionWriter {
                 identity: identity.clone(),
                 serial,
@@ -681,8 +763,7 @@ fn hex(b: &[u8]) -> String {
 }
 
 struct SessionReader {
-    rx: mpsc::Receiver<Frame>,
-    queued_bytes: Arc<AtomicU64>,
+    rx: mpsc::Receiver<Queued>,
 }
 
 impl SessionReader {
@@ -691,11 +772,10 @@ impl SessionReader {
         limits: &Limits,
         budget: Option<&MemoryBudget>,
     ) -> Result<Option<Incoming>, ReadError> {
-        let Some(frame) = self.rx.recv().await else {
+        let Some(queued) = self.rx.recv().await else {
             return Ok(None);
         };
-        self.queued_bytes
-            .fetch_sub(queued_size(&frame), Ordering::AcqRel);
+        let frame = queued.take();
         let permit = wire::admit(&frame, limits, budget)
             .await
             .map_err(ReadError::Frame)?;

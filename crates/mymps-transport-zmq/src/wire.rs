@@ -121,6 +121,27 @@ pub async fn admit(
     limits: &Limits,
     budget: Option<&MemoryBudget>,
 ) -> Result<Option<OwnedSemaphorePermit>, FrameError> {
+    let total = check(frame, limits)?;
+    match budget {
+        Some(b) if total > 0 => match b.acquire(total).await {
+            Some(p) => Ok(Some(p)),
+            None => Err(FrameError::TooLarge {
+                id: frame.id,
+                kind: frame.kind,
+                message: format!(
+                    "tensor payload of {total} bytes exceeds the server's memory budget of {} bytes",
+                    b.capacity()
+                ),
+                skip: 0,
+            }),
+        },
+        _ => Ok(None),
+    }
+}
+
+/// Checks a received frame against `limits` (the same rules and messages as
+/// on byte streams); its tensor payload, bytes.
+pub fn check(frame: &Frame, limits: &Limits) -> Result<u64, FrameError> {
     let prefix = Prefix {
         kind: frame.kind,
         flags: frame.flags,
@@ -144,22 +165,7 @@ pub async fn admit(
         },
         other => other,
     })?;
-    let total: u64 = lens.iter().sum();
-    match budget {
-        Some(b) if total > 0 => match b.acquire(total).await {
-            Some(p) => Ok(Some(p)),
-            None => Err(FrameError::TooLarge {
-                id: frame.id,
-                kind: frame.kind,
-                message: format!(
-                    "tensor payload of {total} bytes exceeds the server's memory budget of {} bytes",
-                    b.capacity()
-                ),
-                skip: 0,
-            }),
-        },
-        _ => Ok(None),
-    }
+    Ok(lens.iter().sum())
 }
 
 /// The largest part a peer may send under `limits`: a tensor of the whole

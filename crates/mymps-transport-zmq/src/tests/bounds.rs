@@ -332,3 +332,166 @@ async fn a_session_that_never_sent_a_request_ends_sooner_when_silent() {
     read_request(&mut cc, 3).await;
     drop(a);
 }
+
+/// Returns once the server has routed what `d` sent before: the answer
+/// to a message that is not a frame comes after them.
+fn routed(d: &zmq::Socket) {
+    send_parts(d, vec![b"not a frame".to_vec()]);
+    let (id, e) = recv_error(d);
+    assert_eq!((id, e.code), (0, ErrorCode::Protocol));
+}
+
+/// This process's resident memory, bytes.
+fn rss() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kib * 1024
+}
+
+async fn listen_with(config: ZmqConfig, limits: Limits) -> (Box<dyn Listener>, u16) {
+    let options = TransportOptions {
+        limits: Some(limits),
+        ..TransportOptions::default()
+    };
+    let l = ZmqTransport::new(config)
+        .bind(&Endpoint::new("zmq", "127.0.0.1", 0), &options)
+        .await
+        .unwrap();
+    let port = l.local_endpoint().port;
+    (l, port)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_declares_a_part_over_the_cap_is_cut_off_before_it_is_held() {
+    let limits = Limits {
+        max_header_len: 64 * 1024,
+        max_tensors: 4,
+        max_payload: 1 << 20,
+        ..Limits::DEFAULT
+    };
+    let (l, port) = listen_with(ZmqConfig::DEFAULT, limits).await;
+    let served = serve_all(l);
+    let before = rss();
+    // Before any Hello, one part of 1 GiB: its header is all libzmq needs
+    // to refuse it. Then the bytes, up to 64 MiB (one 1 MiB buffer sent
+    // again and again).
+    let mut s = zmtp_peer(port);
+    s.set_write_timeout(Some(WAIT)).unwrap();
+    s.write_all(&zmtp_header(0, 1 << 30)).unwrap();
+    let chunk = vec![7u8; 1 << 20];
+    let mut sent = 0usize;
+    let error = loop {
+        match s.write_all(&chunk) {
+            Ok(()) if sent >= 64 << 20 => break None,
+            Ok(()) => sent += chunk.len(),
+            Err(e) => break Some(e),
+        }
+    };
+    let grown = rss().saturating_sub(before);
+    eprintln!("cut off after {sent} bytes ({error:?}); RSS grew by {grown} bytes");
+    let error = error.expect("the server took 64 MiB of a part over its limit");
+    assert!(
+        matches!(
+            error.kind(),
+            std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+        ),
+        "{error}"
+    );
+    // What was sent sat in socket buffers until the server closed.
+    assert!(sent < 16 << 20, "{sent} bytes sent before the cut");
+    assert!(grown < 32 << 20, "RSS grew by {grown} bytes");
+    assert_eq!(served.opened(), 0);
+    // The server goes on.
+    let d = dealer(port);
+    send(&d, &hello());
+    send(&d, &health(1));
+    assert_eq!(recv(&d).id, 1);
+}
+
+#[tokio::test]
+async fn a_hello_over_the_handshake_limits_opens_no_session() {
+    let (mut l, port) = listen(ZmqConfig::DEFAULT).await;
+    let d = dealer(port);
+    // A Hello with a tensor; a Hello with a 100 KiB header.
+    let mut with_tensor = hello();
+    with_tensor.tensors.push(Bytes::from(vec![0u8; 1000]));
+    let big_header = Frame::new(
+        FrameKind::Hello,
+        0,
+        Bytes::from(vec![0x90u8; 100 << 10]),
+        vec![],
+    );
+    for f in [with_tensor, big_header] {
+        send(&d, &f);
+        let (id, e) = recv_error(&d);
+        assert_eq!((id, e.code), (0, ErrorCode::PayloadTooLarge), "{e}");
+        let r = tokio::time::timeout(Duration::from_millis(300), l.accept()).await;
+        assert!(r.is_err(), "a session was opened");
+    }
+    send(&d, &hello());
+    let mut c = accept(&mut l).await;
+    assert_eq!(read(&mut c).await.kind, FrameKind::Hello);
+}
+
+#[tokio::test]
+async fn the_queues_of_all_sessions_are_bounded_together() {
+    let config = ZmqConfig {
+        peer_queue_bytes: 10_000,
+        queue_bytes: 2500,
+        ..ZmqConfig::DEFAULT
+    };
+    let (mut l, port) = listen(config).await;
+    let frame = |id| {
+        Frame::new(
+            FrameKind::Request,
+            id,
+            Bytes::new(),
+            vec![Bytes::from(vec![id as u8; 1000])],
+        )
+    };
+    let (a, b, c) = (dealer(port), dealer(port), dealer(port));
+    let mut sessions = Vec::new();
+    for d in [&a, &b, &c] {
+        send(d, &hello());
+        sessions.push(accept(&mut l).await);
+    }
+    let mut cc = sessions.pop().unwrap();
+    let cb = sessions.pop().unwrap();
+    let mut ca = sessions.pop().unwrap();
+    // Unread: three Hellos and two frames of 1000 bytes fit, a third does
+    // not, whoever sends it.
+    send(&a, &frame(1));
+    routed(&a);
+    send(&b, &frame(2));
+    routed(&b);
+    send(&c, &frame(3));
+    let (id, e) = recv_error(&c);
+    assert_eq!((id, e.code), (3, ErrorCode::Busy), "{e}");
+    // Read, a's frame makes room.
+    assert_eq!(read(&mut ca).await.kind, FrameKind::Hello);
+    assert_eq!(read(&mut ca).await.id, 1);
+    send(&c, &frame(4));
+    // A session the server closes gives back what it had waiting (b's
+    // Hello and frame 2): one more frame fits, not two.
+    drop(cb);
+    send(&c, &frame(5));
+    send(&c, &frame(6));
+    let (id, e) = recv_error(&c);
+    assert_eq!((id, e.code), (6, ErrorCode::Busy), "{e}");
+    assert_eq!(read(&mut cc).await.kind, FrameKind::Hello);
+    assert_eq!(read(&mut cc).await.id, 4);
+    assert_eq!(read(&mut cc).await.id, 5);
+    // With nothing waiting, a frame larger than the bound is still taken.
+    let big = Frame::new(
+        FrameKind::Request,
+        7,
+        Bytes::new(),
+        vec![Bytes::from(vec![0u8; 5000])],
+    );
+    send(&a, &big);
+    assert_eq!(read(&mut ca).await, big);
+}
