@@ -6,7 +6,8 @@ use tch::{Kind, TchError, Tensor};
 
 use crate::Outputs::One;
 use crate::util::{
-    Out, as_tensor, bad, is_complex, is_floating, one, opt_tensor_or_scalar, scalar_arg,
+    Out, any, as_tensor, bad, int_bits, is_complex, is_floating, one, opt_tensor_or_scalar,
+    scalar_arg,
 };
 use crate::{Args, KernelResult, Param, TensorOrScalar, op, torch_scalar};
 
@@ -89,19 +90,6 @@ fn check_alpha(
     }
 }
 
-/// Width in bits and signedness of an integer (or bool) kind.
-fn int_bits(k: Kind) -> Option<(u32, bool)> {
-    Some(match k {
-        Kind::Bool => (1, false),
-        Kind::Uint8 => (8, false),
-        Kind::Int8 => (8, true),
-        Kind::Int16 => (16, true),
-        Kind::Int => (32, true),
-        Kind::Int64 => (64, true),
-        _ => return None,
-    })
-}
-
 /// torch's promotion of two integer (or bool) kinds.
 fn promote_int(a: Kind, b: Kind) -> Kind {
     let (Some((wa, sa)), Some((wb, sb))) = (int_bits(a), int_bits(b)) else {
@@ -164,11 +152,6 @@ fn in_kind(t: &Tensor, k: Kind) -> Result<Tensor, TchError> {
     } else {
         t.f_to_kind(k)
     }
-}
-
-/// Whether any element of a bool tensor is true.
-fn any(t: &Tensor) -> Result<bool, TchError> {
-    Ok(t.f_any()?.f_int64_value(&[])? != 0)
 }
 
 /// Refuses an integer division that would trap or has no answer: by zero,

@@ -5,7 +5,7 @@ use mymps_core::ParamKind;
 use tch::Tensor;
 
 use crate::Outputs::{One, Tuple};
-use crate::util::{Out, bad, one, tuple};
+use crate::util::{Out, any, bad, int_min, one, tuple};
 use crate::{Args, Param, op};
 
 const INPUT: Param = Param::tensor("input");
@@ -90,6 +90,43 @@ fn pool_stride(a: &Args<Tensor>, n: usize) -> crate::KernelResult<Vec<i64>> {
     }
 }
 
+/// Whether max_pool1d must run through its with-indices variant, and an
+/// error for a window longer than the padded input.
+///
+/// libtorch's max_pool1d (without indices) computes its output length in
+/// 32 bits and visits every kernel position of every output: a window
+/// longer than the padded input gave garbage (kernel_size 2^32) or ran for
+/// hours (2^40), and one much longer than the input, within padding, ran
+/// for as long (2^41 + 1 with padding 2^40). The first is refused; the
+/// second runs as max_pool1d_with_indices, which gives the same values
+/// (NaN included), checks its arguments' range and only visits the input.
+fn max_pool1d_via_indices(
+    a: &Args<Tensor>,
+    x: &Tensor,
+    k: i64,
+    p: i64,
+    d: i64,
+) -> crate::KernelResult<bool> {
+    let Some(&len) = x.size().last() else {
+        return Ok(false);
+    };
+    if k < 1 || d < 1 || p < 0 {
+        // libtorch refuses these itself.
+        return Ok(false);
+    }
+    let window = i128::from(d) * (i128::from(k) - 1) + 1;
+    let padded = i128::from(len) + 2 * i128::from(p);
+    if window > padded {
+        return Err(bad(
+            a,
+            format!(
+                "the pooling window (dilation × (kernel_size - 1) + 1 = {window}) is longer than the padded input ({padded})"
+            ),
+        ));
+    }
+    Ok(k > len)
+}
+
 fn max_pool(a: &Args<Tensor>, n: usize) -> Out {
     let x = a.tensor("input")?;
     let k = a.int_list_n("kernel_size", n)?;
@@ -97,13 +134,18 @@ fn max_pool(a: &Args<Tensor>, n: usize) -> Out {
     let p = a.int_list_n("padding", n)?;
     let d = a.int_list_n("dilation", n)?;
     let c = a.bool("ceil_mode")?;
-    if a.bool("return_indices")? {
+    let indices = a.bool("return_indices")?;
+    if indices || (n == 1 && max_pool1d_via_indices(a, x, k[0], p[0], d[0])?) {
         let (out, idx) = match n {
             1 => x.f_max_pool1d_with_indices(k, s, p, d, c)?,
             2 => x.f_max_pool2d_with_indices(k, s, p, d, c)?,
             _ => x.f_max_pool3d_with_indices(k, s, p, d, c)?,
         };
-        return tuple(vec![out, idx]);
+        return if indices {
+            tuple(vec![out, idx])
+        } else {
+            one(out)
+        };
     }
     one(match n {
         1 => x.f_max_pool1d(k, s, p, d, c)?,
@@ -128,11 +170,31 @@ fn avg_pool(a: &Args<Tensor>, n: usize) -> Out {
     let p = a.int_list_n("padding", n)?;
     let c = a.bool("ceil_mode")?;
     let inc = a.bool("count_include_pad")?;
-    one(match n {
-        1 => x.f_avg_pool1d(k, s, p, c, inc)?,
-        2 => x.f_avg_pool2d(k, s, p, c, inc, a.opt_int("divisor_override")?)?,
-        _ => x.f_avg_pool3d(k, s, p, c, inc, a.opt_int("divisor_override")?)?,
-    })
+    let pool = |divisor: Option<i64>| match n {
+        1 => x.f_avg_pool1d(&k, &s, &p, c, inc),
+        2 => x.f_avg_pool2d(&k, &s, &p, c, inc, divisor),
+        _ => x.f_avg_pool3d(&k, &s, &p, c, inc, divisor),
+    };
+    if n == 1 {
+        return one(pool(None)?);
+    }
+    let divisor = a.opt_int("divisor_override")?;
+    if let (Some(-1), Some(min)) = (divisor, int_min(x.kind())) {
+        // An integer window sum divided by -1: libtorch's CPU kernel traps
+        // (SIGFPE) on MIN / -1. The same result as the negated sum, with
+        // MIN refused as an overflow (on every device, like `div`).
+        let sum = pool(Some(1))?;
+        if any(&sum.f_eq(min)?)? {
+            return Err(bad(
+                a,
+                format!(
+                    "integer overflow: a window sums to {min}, and {min} / -1 (divisor_override=-1) does not fit"
+                ),
+            ));
+        }
+        return one(sum.f_neg()?);
+    }
+    one(pool(divisor)?)
 }
 
 const INCLUDE_PAD: Param = Param::bool("count_include_pad").or_bool(true);
@@ -140,9 +202,9 @@ const DIVISOR: Param = Param::int("divisor_override").optional();
 
 op!("avg_pool1d", "nn", "1-D average pooling; stride None: kernel_size (torch.nn.functional.avg_pool1d)",
     [INPUT, KERNEL, POOL_STRIDE, PADDING, CEIL, INCLUDE_PAD] -> One, |a| avg_pool(a, 1));
-op!("avg_pool2d", "nn", "2-D average pooling; stride None: kernel_size (torch.nn.functional.avg_pool2d)",
+op!("avg_pool2d", "nn", "2-D average pooling; stride None: kernel_size; an integer window sum of MIN over divisor_override -1 is an error (torch.nn.functional.avg_pool2d)",
     [INPUT, KERNEL, POOL_STRIDE, PADDING, CEIL, INCLUDE_PAD, DIVISOR] -> One, |a| avg_pool(a, 2));
-op!("avg_pool3d", "nn", "3-D average pooling; stride None: kernel_size (torch.nn.functional.avg_pool3d)",
+op!("avg_pool3d", "nn", "3-D average pooling; stride None: kernel_size; an integer window sum of MIN over divisor_override -1 is an error (torch.nn.functional.avg_pool3d)",
     [INPUT, KERNEL, POOL_STRIDE, PADDING, CEIL, INCLUDE_PAD, DIVISOR] -> One, |a| avg_pool(a, 3));
 
 fn adaptive(a: &Args<Tensor>, n: usize, max: bool) -> Out {
@@ -296,19 +358,31 @@ op!("one_hot", "nn", "one-hot encoding of int64 class indices; num_classes −1:
 });
 
 op!("scaled_dot_product_attention", "nn", "softmax(Q Kᵀ × scale + mask) V (torch.nn.functional.scaled_dot_product_attention)",
-    [
-        Param::tensor("query"),
-        Param::tensor("key"),
-        Param::tensor("value"),
-        Param::tensor("attn_mask").optional(),
-        Param::float("dropout_p").or_float(0.0),
-        Param::bool("is_causal").or_bool(false),
-        Param::float("scale").optional(),
-        Param::bool("enable_gqa").or_bool(false),
-    ] -> One,
-    |a| one(Tensor::f_scaled_dot_product_attention(
-        a.tensor("query")?, a.tensor("key")?, a.tensor("value")?, a.opt_tensor("attn_mask")?,
-        a.float("dropout_p")?, a.bool("is_causal")?, a.opt_float("scale")?, a.bool("enable_gqa")?)?));
+[
+    Param::tensor("query"),
+    Param::tensor("key"),
+    Param::tensor("value"),
+    Param::tensor("attn_mask").optional(),
+    Param::float("dropout_p").or_float(0.0),
+    Param::bool("is_causal").or_bool(false),
+    Param::float("scale").optional(),
+    Param::bool("enable_gqa").or_bool(false),
+] -> One,
+|a| {
+    let (q, k, v) = (a.tensor("query")?, a.tensor("key")?, a.tensor("value")?);
+    let gqa = a.bool("enable_gqa")?;
+    // libtorch divides the query's heads by the key's and the value's
+    // (dimension -3) on the host, on every device: no heads is SIGFPE.
+    let heads = |t: &Tensor| t.dim().checked_sub(3).map(|i| t.size()[i]);
+    if gqa && (heads(k) == Some(0) || heads(v) == Some(0)) {
+        return Err(bad(a, format!(
+            "enable_gqa: key and value need at least one head (dimension -3), got key {:?} and value {:?}",
+            k.size(), v.size())));
+    }
+    one(Tensor::f_scaled_dot_product_attention(
+        q, k, v, a.opt_tensor("attn_mask")?,
+        a.float("dropout_p")?, a.bool("is_causal")?, a.opt_float("scale")?, gqa)?)
+});
 
 op!("cosine_similarity", "nn", "cosine of the angle between x1 and x2 along dim (torch.nn.functional.cosine_similarity)",
     [Param::tensor("x1"), Param::tensor("x2"), Param::int("dim").or_int(1), Param::float("eps").or_float(1e-8)] -> One,

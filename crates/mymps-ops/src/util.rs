@@ -134,7 +134,33 @@ pub(crate) fn dim_size(t: &Tensor, dim: i64) -> Option<i64> {
     (0..n).contains(&d).then(|| t.size()[d as usize])
 }
 
-fn is_integral(k: Kind) -> bool {
+/// Width in bits and signedness of an integer (or bool) kind.
+pub(crate) fn int_bits(k: Kind) -> Option<(u32, bool)> {
+    Some(match k {
+        Kind::Bool => (1, false),
+        Kind::Uint8 => (8, false),
+        Kind::Int8 => (8, true),
+        Kind::Int16 => (16, true),
+        Kind::Int => (32, true),
+        Kind::Int64 => (64, true),
+        _ => return None,
+    })
+}
+
+/// Whether any element of a bool tensor is true.
+pub(crate) fn any(t: &Tensor) -> Result<bool, tch::TchError> {
+    Ok(t.f_any()?.f_int64_value(&[])? != 0)
+}
+
+/// The smallest value of a signed integer kind (`None` for others).
+pub(crate) fn int_min(k: Kind) -> Option<i64> {
+    match int_bits(k)? {
+        (bits, true) => Some(i64::MIN >> (64 - bits)),
+        _ => None,
+    }
+}
+
+pub(crate) fn is_integral(k: Kind) -> bool {
     matches!(
         k,
         Kind::Int64 | Kind::Int | Kind::Int16 | Kind::Int8 | Kind::Uint8

@@ -8,7 +8,7 @@
 mod common;
 
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use mymps::client::{Call, Client, ClientOptions};
 use mymps::{DType, Error, ErrorCode, Tensor};
@@ -273,6 +273,144 @@ async fn integer_division_by_zero_and_min_by_minus_one_answer_errors() {
         [f32::INFINITY, f32::NEG_INFINITY]
     );
     s.assert_alive(&c, "the end").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn avg_pool_dividing_int64_by_a_divisor_override_of_minus_one() {
+    let mut s = Served::start(&[]);
+    let c = s.client().await;
+    let pool = |op: &str, v: &[i64], shape: &[usize]| {
+        let x = Tensor::new(
+            DType::Int64,
+            shape,
+            v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>(),
+        )
+        .unwrap();
+        Call::new(op)
+            .arg(x)
+            .kwarg("kernel_size", 1)
+            .kwarg("divisor_override", -1)
+    };
+    for (op, shape) in [
+        ("avg_pool2d", &[1usize, 1, 1, 2][..]),
+        ("avg_pool3d", &[1, 1, 1, 1, 2]),
+    ] {
+        let e = expect_error(c.call(pool(op, &[3, i64::MIN], shape)).await, op);
+        assert_eq!(e.code, ErrorCode::BadArgument, "{op}: {e}");
+        assert!(e.message.contains("integer overflow"), "{op}: {e}");
+        s.assert_alive(&c, op).await;
+        // Without MIN: torch's answer, sum / -1.
+        let out = c.call(pool(op, &[3, -8], shape)).await.unwrap();
+        assert_eq!(values(out.output().unwrap()), [-3, 8], "{op}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grouped_query_attention_with_no_key_heads() {
+    let mut s = Served::start(&[]);
+    let c = s.client().await;
+    let t = |shape: &[usize]| {
+        let n = shape.iter().product();
+        Tensor::from_vec(vec![0.5f32; n], shape).unwrap()
+    };
+    for (k, v) in [
+        (&[1usize, 0, 2, 8][..], &[1usize, 0, 2, 8][..]),
+        (&[1, 0, 2, 8], &[1, 4, 2, 8]),
+        (&[1, 4, 2, 8], &[1, 0, 2, 8]),
+        (&[0, 2, 8], &[0, 2, 8]),
+    ] {
+        let q: &[usize] = if k.len() == 3 {
+            &[4, 2, 8]
+        } else {
+            &[1, 4, 2, 8]
+        };
+        let case = format!("sdpa q {q:?} k {k:?} v {v:?}");
+        let call = Call::new("scaled_dot_product_attention")
+            .arg(t(q))
+            .arg(t(k))
+            .arg(t(v))
+            .kwarg("enable_gqa", true);
+        let e = expect_error(c.call(call).await, &case);
+        assert_eq!(e.code, ErrorCode::BadArgument, "{case}: {e}");
+        s.assert_alive(&c, &case).await;
+    }
+    // Real grouped-query attention still runs: 4 query heads over 2.
+    let call = Call::new("scaled_dot_product_attention")
+        .arg(t(&[1, 4, 2, 8]))
+        .arg(t(&[1, 2, 2, 8]))
+        .arg(t(&[1, 2, 2, 8]))
+        .kwarg("enable_gqa", true);
+    let out = c.call(call).await.unwrap();
+    assert_eq!(out.output().unwrap().shape(), &[1, 4, 2, 8]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_pool1d_windows_larger_than_the_input_are_refused_at_once() {
+    let mut s = Served::start(&[]);
+    let c = s.client().await;
+    let x = || Tensor::from_vec(vec![1.0f32, 5.0, 2.0, 4.0], &[1, 1, 4]).unwrap();
+    // libtorch computes the output length in 32 bits and visits every
+    // kernel position: 2^32 gave 5 outputs of garbage, 2^40 looped for
+    // hours, and so did 2^41 + 1 within a padding of 2^40.
+    for (kernel, dilation, padding) in [
+        (1i64 << 32, 1i64, 0i64),
+        (1 << 40, 1, 0),
+        (1 << 62, 1, 0),
+        (3, 1 << 61, 0),
+        ((1 << 41) + 1, 1, 1 << 40),
+    ] {
+        let case = format!("max_pool1d kernel {kernel} dilation {dilation} padding {padding}");
+        let t0 = Instant::now();
+        let r = c
+            .call(
+                Call::new("max_pool1d")
+                    .arg(x())
+                    .kwarg("kernel_size", kernel)
+                    .kwarg("stride", 1)
+                    .kwarg("padding", padding)
+                    .kwarg("dilation", dilation),
+            )
+            .await;
+        let e = expect_error(r, &case);
+        assert!(
+            matches!(e.code, ErrorCode::BadArgument | ErrorCode::Backend),
+            "{case}: {e}"
+        );
+        assert!(
+            t0.elapsed() < Duration::from_secs(2),
+            "{case}: {:?}",
+            t0.elapsed()
+        );
+        s.assert_alive(&c, &case).await;
+    }
+    // A window longer than the input, within the padding: torch's values.
+    let out = c
+        .call(
+            Call::new("max_pool1d")
+                .arg(x())
+                .kwarg("kernel_size", 5)
+                .kwarg("stride", 1)
+                .kwarg("padding", 2),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        out.output().unwrap().to_vec::<f32>().unwrap(),
+        [5.0, 5.0, 5.0, 5.0]
+    );
+    let out = c
+        .call(
+            Call::new("max_pool1d")
+                .arg(x())
+                .kwarg("kernel_size", 2)
+                .kwarg("stride", 1),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        out.output().unwrap().to_vec::<f32>().unwrap(),
+        [5.0, 5.0, 4.0]
+    );
 }
 
 /// What a client may be shown of a libtorch error: its message, without
