@@ -5,14 +5,14 @@ use mymps_core::ParamKind;
 use tch::Tensor;
 
 use crate::Outputs::{List, One};
-use crate::util::{bad, one, tuple};
+use crate::util::{bad, check_outputs, dim_size, dims_arg, one, tuple};
 use crate::{Param, op};
 
 const INPUT: Param = Param::tensor("input");
 
 op!("reshape", "shape", "the same elements in a new shape; -1 infers one dimension (torch.reshape)",
     [INPUT, Param::ints("shape")] -> One,
-    |a| one(a.tensor("input")?.f_reshape(a.int_list("shape")?)?));
+    |a| one(a.tensor("input")?.f_reshape(dims_arg(a, "shape", 0)?)?));
 
 op!("transpose", "shape", "swap dimensions dim0 and dim1 (torch.transpose)",
     [INPUT, Param::int("dim0"), Param::int("dim1")] -> One,
@@ -46,7 +46,10 @@ op!("flatten", "shape", "flattens dimensions start_dim..=end_dim into one (torch
 
 op!("unflatten", "shape", "splits dimension dim into sizes (torch.unflatten)",
     [INPUT, Param::int("dim"), Param::ints("sizes")] -> One,
-    |a| one(a.tensor("input")?.f_unflatten(a.int("dim")?, a.int_list("sizes")?)?));
+|a| {
+    let x = a.tensor("input")?;
+    one(x.f_unflatten(a.int("dim")?, dims_arg(a, "sizes", x.dim().saturating_sub(1))?)?)
+});
 
 op!("contiguous", "shape", "the tensor in C-contiguous layout (torch.Tensor.contiguous)",
     [INPUT] -> One,
@@ -54,7 +57,7 @@ op!("contiguous", "shape", "the tensor in C-contiguous layout (torch.Tensor.cont
 
 op!("broadcast_to", "shape", "input broadcast to size; -1 keeps a dimension (torch.broadcast_to)",
     [INPUT, Param::ints("size")] -> One,
-    |a| one(a.tensor("input")?.f_broadcast_to(a.int_list("size")?)?));
+    |a| one(a.tensor("input")?.f_broadcast_to(dims_arg(a, "size", 0)?)?));
 
 op!("cat", "shape", "concatenates the tensors along dim (torch.cat)",
     [Param::tensors("tensors"), Param::int("dim").or_int(0)] -> One,
@@ -82,14 +85,28 @@ op!("split", "shape", "splits into chunks of split_size_or_sections (an int), or
     let x = a.tensor("tensor")?;
     let dim = a.int("dim")?;
     match a.int_or_int_list("split_size_or_sections")? {
-        Ok(size) => tuple(x.f_split(size, dim)?),
-        Err(sizes) => tuple(x.f_split_with_sizes(sizes, dim)?),
+        Ok(size) => {
+            if let (Some(n), true) = (dim_size(x, dim), size > 0) {
+                check_outputs(a, n / size + i64::from(n % size != 0))?;
+            }
+            tuple(x.f_split(size, dim)?)
+        }
+        Err(sizes) => {
+            check_outputs(a, sizes.len() as i64)?;
+            tuple(x.f_split_with_sizes(sizes, dim)?)
+        }
     }
 });
 
 op!("chunk", "shape", "splits into `chunks` near-equal chunks along dim (torch.chunk)",
     [INPUT, Param::int("chunks"), Param::int("dim").or_int(0)] -> List,
-    |a| tuple(a.tensor("input")?.f_chunk(a.int("chunks")?, a.int("dim")?)?));
+|a| {
+    let (x, chunks, dim) = (a.tensor("input")?, a.int("chunks")?, a.int("dim")?);
+    if let Some(n) = dim_size(x, dim) {
+        check_outputs(a, chunks.min(n.max(1)))?;
+    }
+    tuple(x.f_chunk(chunks, dim)?)
+});
 
 op!("tensor_split", "shape", "splits into `sections` parts (an int), or at the listed indices (torch.tensor_split)",
 [INPUT, Param::new("indices_or_sections", ParamKind::IntOrIntList), Param::int("dim").or_int(0)] -> List,
@@ -97,14 +114,26 @@ op!("tensor_split", "shape", "splits into `sections` parts (an int), or at the l
     let x = a.tensor("input")?;
     let dim = a.int("dim")?;
     match a.int_or_int_list("indices_or_sections")? {
-        Ok(sections) => tuple(x.f_tensor_split(sections, dim)?),
-        Err(indices) => tuple(x.f_tensor_split_indices(indices, dim)?),
+        Ok(sections) => {
+            check_outputs(a, sections)?;
+            tuple(x.f_tensor_split(sections, dim)?)
+        }
+        Err(indices) => {
+            check_outputs(a, (indices.len() as i64).saturating_add(1))?;
+            tuple(x.f_tensor_split_indices(indices, dim)?)
+        }
     }
 });
 
 op!("unbind", "shape", "the slices along dim (torch.unbind)",
     [INPUT, Param::int("dim").or_int(0)] -> List,
-    |a| tuple(a.tensor("input")?.f_unbind(a.int("dim")?)?));
+|a| {
+    let (x, dim) = (a.tensor("input")?, a.int("dim")?);
+    if let Some(n) = dim_size(x, dim) {
+        check_outputs(a, n)?;
+    }
+    tuple(x.f_unbind(dim)?)
+});
 
 op!("meshgrid", "shape", "coordinate grids from 1-D tensors; indexing \"ij\" or \"xy\" (torch.meshgrid)",
     [Param::tensors("tensors"), Param::str("indexing").or_str("ij")] -> List,
@@ -124,7 +153,9 @@ op!("flipud", "shape", "reverses the order of rows (torch.flipud)",
 
 op!("roll", "shape", "rolls by shifts along dims; no dims: the flattened tensor (torch.roll)",
     [INPUT, Param::ints("shifts"), Param::ints("dims").or_ints(&[])] -> One,
-    |a| one(a.tensor("input")?.f_roll(a.int_list("shifts")?, a.int_list("dims")?)?));
+    // libtorch rolls one dimension at a time, recursively: 20,000 shifts
+    // overflowed the stack.
+    |a| one(a.tensor("input")?.f_roll(dims_arg(a, "shifts", 0)?, dims_arg(a, "dims", 0)?)?));
 
 op!("rot90", "shape", "rotates by 90° k times in the plane dims (torch.rot90)",
     [INPUT, Param::int("k").or_int(1), Param::ints("dims").or_ints(&[0, 1])] -> One,
@@ -132,11 +163,11 @@ op!("rot90", "shape", "rotates by 90° k times in the plane dims (torch.rot90)",
 
 op!("repeat", "shape", "tiles the tensor `repeats` times along each dimension (torch.Tensor.repeat)",
     [INPUT, Param::ints("repeats")] -> One,
-    |a| one(a.tensor("input")?.f_repeat(a.int_list("repeats")?)?));
+    |a| one(a.tensor("input")?.f_repeat(dims_arg(a, "repeats", 0)?)?));
 
 op!("tile", "shape", "repeats along each dimension, missing leading dims as 1 (torch.tile)",
     [INPUT, Param::ints("dims")] -> One,
-    |a| one(a.tensor("input")?.f_tile(a.int_list("dims")?)?));
+    |a| one(a.tensor("input")?.f_tile(dims_arg(a, "dims", 0)?)?));
 
 op!("repeat_interleave", "shape", "repeats each element `repeats` times (int or tensor), flattened or along dim (torch.repeat_interleave)",
 [INPUT, Param::tensor_or_scalar("repeats"), Param::int("dim").optional()] -> One,

@@ -4,7 +4,10 @@ use mymps_core::Error;
 use mymps_core::ops::{Arg, Scalar};
 use tch::{Kind, Tensor};
 
-use crate::{Args, KernelError, KernelResult, OpOutput, TensorOrScalar, opt_kind, torch_scalar};
+use crate::{
+    Args, KernelError, KernelResult, MAX_DIMS, MAX_OUTPUTS, OpOutput, TensorOrScalar, opt_kind,
+    torch_scalar,
+};
 
 /// What a kernel returns.
 pub(crate) type Out = KernelResult<OpOutput<Tensor>>;
@@ -248,4 +251,35 @@ pub(crate) fn run(
             .collect(),
     )?;
     crate::run_kernel(entry, &args).unwrap()
+}
+
+/// The int list `name`, refused when it would make a tensor of more than
+/// [`MAX_DIMS`] dimensions (`extra` of its dimensions come from elsewhere).
+pub(crate) fn dims_arg<'a>(
+    a: &'a Args<Tensor>,
+    name: &str,
+    extra: usize,
+) -> KernelResult<&'a [i64]> {
+    let l = a.int_list(name)?;
+    let n = l.len().saturating_add(extra);
+    if n > MAX_DIMS {
+        return Err(bad(
+            a,
+            format!("'{name}' makes a tensor of {n} dimensions; at most {MAX_DIMS} are supported"),
+        ));
+    }
+    Ok(l)
+}
+
+/// Refuses an op that would return more than [`MAX_OUTPUTS`] tensors,
+/// before it makes them (a million views take seconds, and no reply can
+/// carry them).
+pub(crate) fn check_outputs(a: &Args<Tensor>, n: i64) -> KernelResult<()> {
+    if n > MAX_OUTPUTS as i64 {
+        return Err(bad(
+            a,
+            format!("this would return {n} tensors; at most {MAX_OUTPUTS} fit in a reply"),
+        ));
+    }
+    Ok(())
 }

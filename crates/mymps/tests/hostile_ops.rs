@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use mymps::client::{Call, Client, ClientOptions};
-use mymps::{DType, Error, ErrorCode, Tensor};
+use mymps::{DType, Error, ErrorCode, Tensor, Value};
 
 /// `mymps serve` on an ephemeral loopback port, killed on drop.
 struct Served {
@@ -411,6 +411,121 @@ async fn max_pool1d_windows_larger_than_the_input_are_refused_at_once() {
         out.output().unwrap().to_vec::<f32>().unwrap(),
         [5.0, 5.0, 4.0]
     );
+}
+
+fn long_list(n: usize, v: i64) -> Value {
+    Value::List(vec![Value::Int(v); n])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn thousands_of_dimensions_are_refused_at_once() {
+    let mut s = Served::start(&[]);
+    let c = s.client().await;
+    let one = || Tensor::from_vec(vec![1.0f32], &[1]).unwrap();
+    let many = || Tensor::new(DType::Float32, &[1; 20_000], vec![0u8; 4]).unwrap();
+    let cases: Vec<(&str, Call)> = vec![
+        // 6.5 s in libtorch (quadratic in the number of dimensions).
+        (
+            "repeat",
+            Call::new("repeat")
+                .arg(one())
+                .kwarg("repeats", long_list(20_000, 1)),
+        ),
+        (
+            "tile",
+            Call::new("tile")
+                .arg(one())
+                .kwarg("dims", long_list(20_000, 1)),
+        ),
+        (
+            "reshape",
+            Call::new("reshape")
+                .arg(one())
+                .kwarg("shape", long_list(20_000, 1)),
+        ),
+        (
+            "broadcast_to",
+            Call::new("broadcast_to")
+                .arg(one())
+                .kwarg("size", long_list(20_000, 1)),
+        ),
+        (
+            "unflatten",
+            Call::new("unflatten")
+                .arg(one())
+                .kwarg("dim", 0)
+                .kwarg("sizes", long_list(20_000, 1)),
+        ),
+        // A stack overflow (SIGSEGV): libtorch rolls one dimension at a time,
+        // recursively.
+        (
+            "roll",
+            Call::new("roll")
+                .arg(Tensor::from_vec(vec![0f32; 1000], &[1000]).unwrap())
+                .kwarg("shifts", long_list(20_000, 1))
+                .kwarg("dims", long_list(20_000, 0)),
+        ),
+        // A 20,000-dimensional input: each op costs ~0.6 s in libtorch.
+        ("add", Call::new("add").arg(many()).kwarg("other", 1)),
+        ("cumsum", Call::new("cumsum").arg(many()).kwarg("dim", 0)),
+    ];
+    for (case, call) in cases {
+        let t0 = Instant::now();
+        let e = expect_error(c.call(call).await, case);
+        let took = t0.elapsed();
+        assert!(
+            matches!(e.code, ErrorCode::BadArgument | ErrorCode::InvalidTensor),
+            "{case}: {e}"
+        );
+        assert!(e.message.contains("64"), "{case}: {e}");
+        assert!(took < Duration::from_millis(500), "{case}: {took:?}");
+        s.assert_alive(&c, case).await;
+    }
+    // 64 dimensions are fine.
+    let out = c
+        .call(
+            Call::new("repeat")
+                .arg(one())
+                .kwarg("repeats", long_list(64, 1)),
+        )
+        .await
+        .unwrap();
+    assert_eq!(out.output().unwrap().shape(), &[1; 64]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_split_into_more_tensors_than_a_reply_carries_is_refused_at_once() {
+    let mut s = Served::start(&[]);
+    let c = s.client().await;
+    let n = 1_000_000;
+    let x = || Tensor::new(DType::UInt8, &[n], vec![0u8; n]).unwrap();
+    let cases: Vec<(&str, Call)> = vec![
+        (
+            "split",
+            Call::new("split")
+                .arg(x())
+                .kwarg("split_size_or_sections", 1),
+        ),
+        ("unbind", Call::new("unbind").arg(x())),
+        (
+            "tensor_split",
+            Call::new("tensor_split")
+                .arg(x())
+                .kwarg("indices_or_sections", 100_000),
+        ),
+        (
+            "chunk",
+            Call::new("chunk").arg(x()).kwarg("chunks", 100_000),
+        ),
+    ];
+    for (case, call) in cases {
+        let t0 = Instant::now();
+        let e = expect_error(c.call(call).await, case);
+        assert_eq!(e.code, ErrorCode::BadArgument, "{case}: {e}");
+        assert!(e.message.contains("65535"), "{case}: {e}");
+        assert!(t0.elapsed() < Duration::from_millis(500), "{case}");
+        s.assert_alive(&c, case).await;
+    }
 }
 
 /// What a client may be shown of a libtorch error: its message, without
