@@ -12,6 +12,11 @@
 //! metrics are the core's, as for `tcp://`. Request bodies are checked
 //! against the server's limits and memory budget before they are read.
 //!
+//! Bounds (see [`HttpConfig`]): a request's head is capped in bytes (and
+//! at 100 headers) and must arrive within a timeout; a body may pause only
+//! so long, after which the request is answered 408, its connection closed
+//! and the memory budget its body took given back.
+//!
 //! It is a server-side transport: `connect` returns an
 //! [`io::ErrorKind::Unsupported`] error (mymps clients use `tcp://`; HTTP
 //! clients need no mymps code).
@@ -38,22 +43,68 @@ mod msgpack;
 mod routes;
 mod virtual_conn;
 
+#[cfg(test)]
+mod tests;
+
+/// Settings of the HTTP listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpConfig {
+    /// Longest a client may take to send a request's head (request line
+    /// and headers), counted from when the server starts reading it, so
+    /// also how long an idle keep-alive connection stays open. Over it the
+    /// connection closes (hyper's `header_read_timeout`).
+    pub header_read_timeout: Duration,
+    /// Longest a request body may pause (no byte arriving) before the
+    /// request is answered 408 and the connection closed; the memory
+    /// budget taken for the body is given back.
+    pub body_read_timeout: Duration,
+    /// Most bytes of a request's head, all headers together; over it the
+    /// request is answered 431 and the connection closed. At least 8 KiB.
+    pub max_head_bytes: usize,
+}
+
+impl HttpConfig {
+    /// The defaults: 30 s for a request's head, bodies may pause 30 s,
+    /// heads of at most 256 KiB.
+    pub const DEFAULT: HttpConfig = HttpConfig {
+        header_read_timeout: Duration::from_secs(30),
+        body_read_timeout: Duration::from_secs(30),
+        max_head_bytes: 256 * 1024,
+    };
+}
+
+impl Default for HttpConfig {
+    fn default() -> HttpConfig {
+        HttpConfig::DEFAULT
+    }
+}
+
 /// The HTTP transport.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct HttpTransport;
+pub struct HttpTransport {
+    config: HttpConfig,
+}
+
+impl HttpTransport {
+    /// A transport with these settings (for embedding and tests; the
+    /// registered [`TRANSPORT`] uses [`HttpConfig::DEFAULT`]).
+    pub const fn new(config: HttpConfig) -> HttpTransport {
+        HttpTransport { config }
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &HttpConfig {
+        &self.config
+    }
+}
 
 /// The transport instance registered for `http://`.
-pub static TRANSPORT: HttpTransport = HttpTransport;
+pub static TRANSPORT: HttpTransport = HttpTransport::new(HttpConfig::DEFAULT);
 
 inventory::submit! { TransportRegistration { transport: &TRANSPORT } }
 
 const SCHEME: &str = "http";
 
-/// Time a client has to send a request's headers.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
-/// Read buffer cap, which also caps a request's headers (`x-kwargs`
-/// included).
-const MAX_BUF_SIZE: usize = 256 * 1024;
 /// HTTP connections whose virtual connection waits for the server's accept.
 const ACCEPT_QUEUE: usize = 64;
 
@@ -83,12 +134,18 @@ async fn accept_loop(
     tcp: TcpListener,
     accept: mpsc::Sender<Connection>,
     mut stop: watch::Receiver<()>,
+    config: HttpConfig,
 ) {
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
-        .max_buf_size(MAX_BUF_SIZE)
+        .header_read_timeout(config.header_read_timeout)
+        // `max_buf_size` alone caps a head only when it arrives in pieces:
+        // a read may fill the buffer's whole spare capacity, beyond it, and
+        // a head that arrives complete is served. `max_header_size` checks
+        // the parsed length too (and caps chunked trailers).
+        .max_header_size(config.max_head_bytes.max(8192))
+        .max_buf_size(config.max_head_bytes.max(8192))
         .keep_alive(true);
     loop {
         let (stream, addr) = tokio::select! {
@@ -106,6 +163,7 @@ async fn accept_loop(
         let ctx = Arc::new(routes::ConnCtx::new(
             accept.clone(),
             format!("http://{addr}"),
+            config.body_read_timeout,
         ));
         let conn = builder.serve_connection(
             TokioIo::new(stream),
@@ -146,7 +204,7 @@ impl Transport for HttpTransport {
             let local = Endpoint::new(SCHEME, &addr.ip().to_string(), addr.port());
             let (tx, rx) = mpsc::channel(ACCEPT_QUEUE);
             let (stop, stop_rx) = watch::channel(());
-            tokio::spawn(accept_loop(tcp, tx, stop_rx));
+            tokio::spawn(accept_loop(tcp, tx, stop_rx, self.config));
             Ok(Box::new(HttpListener {
                 accepted: rx,
                 local,

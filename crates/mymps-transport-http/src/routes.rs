@@ -7,6 +7,7 @@ use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
@@ -76,14 +77,16 @@ type Resp = hyper::Response<Chunks>;
 pub struct ConnCtx {
     accept: mpsc::Sender<Connection>,
     peer: String,
+    body_timeout: Duration,
     conn: Mutex<Option<(Option<String>, VirtualConn)>>,
 }
 
 impl ConnCtx {
-    pub fn new(accept: mpsc::Sender<Connection>, peer: String) -> ConnCtx {
+    pub fn new(accept: mpsc::Sender<Connection>, peer: String, body_timeout: Duration) -> ConnCtx {
         ConnCtx {
             accept,
             peer,
+            body_timeout,
             conn: Mutex::new(None),
         }
     }
@@ -97,7 +100,13 @@ impl ConnCtx {
             return Ok(c.clone());
         }
         *st = None;
-        let c = VirtualConn::open(&self.accept, token.clone(), self.peer.clone()).await?;
+        let c = VirtualConn::open(
+            &self.accept,
+            token.clone(),
+            self.peer.clone(),
+            self.body_timeout,
+        )
+        .await?;
         *st = Some((token, c.clone()));
         Ok(c)
     }
@@ -145,8 +154,15 @@ struct ErrorBody<'a> {
 
 fn error_response(e: &CallError) -> Resp {
     let code = e.error.code;
+    // A request the client did not finish sending in time: its timeout,
+    // not a gateway's.
+    let status = if code == ErrorCode::Timeout && e.body_unread {
+        StatusCode::REQUEST_TIMEOUT
+    } else {
+        status_for(code)
+    };
     let mut r = json(
-        status_for(code),
+        status,
         &ErrorBody {
             error: &e.error.message,
             code: code.name(),

@@ -9,7 +9,10 @@
 //!
 //! Request bodies are read by the reader, inside the server's read loop,
 //! after the server's limits and memory budget have been checked against
-//! their declared length: nothing is buffered before it is allowed.
+//! their declared length: nothing is buffered before it is allowed. A body
+//! that pauses longer than the body read timeout is refused (and the
+//! budget it took given back), so a client that stops sending cannot hold
+//! its share of the budget.
 
 use std::collections::HashMap;
 use std::io;
@@ -99,6 +102,7 @@ impl VirtualConn {
         accept: &mpsc::Sender<Connection>,
         token: Option<String>,
         peer: String,
+        body_timeout: Duration,
     ) -> Result<VirtualConn, Error> {
         let (jobs_tx, jobs_rx) = mpsc::channel(4);
         let (hs_tx, hs_rx) = oneshot::channel();
@@ -115,6 +119,7 @@ impl VirtualConn {
                 jobs: jobs_rx,
                 pending: pending.clone(),
                 next_id: 1,
+                body_timeout,
             }),
             writer: Box::new(VirtualWriter {
                 handshake: Some(hs_tx),
@@ -181,6 +186,8 @@ struct VirtualReader {
     jobs: mpsc::Receiver<Job>,
     pending: Pending,
     next_id: u64,
+    /// Longest a body may pause.
+    body_timeout: Duration,
 }
 
 fn too_large(msg: String) -> CallError {
@@ -190,38 +197,63 @@ fn too_large(msg: String) -> CallError {
     }
 }
 
-/// Reads `body` into one buffer of `len` bytes (the length it declared).
-async fn read_exact(mut body: Body, len: u64) -> Result<Bytes, Error> {
-    let mut buf = BytesMut::with_capacity(len as usize);
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| {
-            Error::new(
-                ErrorCode::BadArgument,
-                format!("cannot read the request body: {e}"),
-            )
-        })?;
-        if let Ok(data) = frame.into_data() {
-            if (buf.len() + data.len()) as u64 > len {
-                return Err(Error::bad_argument(
-                    "the request body is longer than its Content-Length",
-                ));
+/// The next piece of `body`'s data: `None` at its end. A body that sends
+/// nothing for `timeout` is refused, and left unread (the connection
+/// closes after the answer).
+async fn next_data(body: &mut Body, timeout: Duration) -> Result<Option<Bytes>, CallError> {
+    loop {
+        let frame = match tokio::time::timeout(timeout, body.frame()).await {
+            Err(_) => {
+                return Err(CallError {
+                    error: Error::new(
+                        ErrorCode::Timeout,
+                        format!(
+                            "the request body stopped coming: nothing for {} s",
+                            timeout.as_secs_f64()
+                        ),
+                    ),
+                    body_unread: true,
+                });
             }
-            buf.extend_from_slice(&data);
+            Ok(None) => return Ok(None),
+            Ok(Some(frame)) => frame.map_err(|e| {
+                Error::new(
+                    ErrorCode::BadArgument,
+                    format!("cannot read the request body: {e}"),
+                )
+            })?,
+        };
+        // Trailers carry no data.
+        if let Ok(data) = frame.into_data() {
+            return Ok(Some(data));
         }
+    }
+}
+
+/// Reads `body` into one buffer of `len` bytes (the length it declared).
+async fn read_exact(mut body: Body, len: u64, timeout: Duration) -> Result<Bytes, CallError> {
+    let mut buf = BytesMut::with_capacity(len as usize);
+    while let Some(data) = next_data(&mut body, timeout).await? {
+        if (buf.len() + data.len()) as u64 > len {
+            return Err(
+                Error::bad_argument("the request body is longer than its Content-Length").into(),
+            );
+        }
+        buf.extend_from_slice(&data);
     }
     Ok(buf.freeze())
 }
 
 /// Reads a body of unknown length, up to `max` bytes.
-async fn read_small(body: Body, max: u64) -> Result<Bytes, CallError> {
-    let limited = http_body_util::Limited::new(body, max as usize);
-    match limited.collect().await {
-        Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-            Err(too_large(format!("the request body is over {max} bytes")))
+async fn read_small(mut body: Body, max: u64, timeout: Duration) -> Result<Bytes, CallError> {
+    let mut buf = BytesMut::new();
+    while let Some(data) = next_data(&mut body, timeout).await? {
+        if (buf.len() + data.len()) as u64 > max {
+            return Err(too_large(format!("the request body is over {max} bytes")));
         }
-        Err(e) => Err(Error::bad_argument(format!("cannot read the request body: {e}")).into()),
+        buf.extend_from_slice(&data);
     }
+    Ok(buf.freeze())
 }
 
 impl VirtualReader {
@@ -238,7 +270,7 @@ impl VirtualReader {
     ) -> Result<Incoming, CallError> {
         let (bytes, permit) = match body {
             BodySpec::None => (Bytes::new(), None),
-            BodySpec::Json(b) => (read_small(b, MAX_JSON_BODY).await?, None),
+            BodySpec::Json(b) => (read_small(b, MAX_JSON_BODY, self.body_timeout).await?, None),
             BodySpec::Tensors(b, len) => {
                 let Some(len) = len else {
                     return Err(CallError {
@@ -266,7 +298,7 @@ impl VirtualReader {
                     })?),
                     None => None,
                 };
-                (read_exact(b, len).await?, permit)
+                (read_exact(b, len, self.body_timeout).await?, permit)
             }
         };
         let (request, tensors) = build(bytes)?;
