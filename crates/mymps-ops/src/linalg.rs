@@ -199,7 +199,17 @@ op!("matrix_exp", "linalg", "matrix exponential (torch.linalg.matrix_exp)",
 
 op!("matrix_power", "linalg", "A to the integer power n; negative n inverts (torch.linalg.matrix_power)",
     [A, Param::int("n")] -> One,
-    |a| one(a.tensor("A")?.f_linalg_matrix_power(a.int("n")?)?));
+|a| {
+    let (x, n) = (a.tensor("A")?, a.int("n")?);
+    if n == i64::MIN {
+        // libtorch negates n after inverting, which leaves i64::MIN
+        // negative, and its square-and-multiply loop then shifts -1 right
+        // for ever. A^(2n') with n' = n / 2 is the same power.
+        let half = x.f_linalg_matrix_power(n / 2)?;
+        return one(half.f_matmul(&half)?);
+    }
+    one(x.f_linalg_matrix_power(n)?)
+});
 
 op!("matrix_rank", "linalg", "numerical rank from the singular values (torch.linalg.matrix_rank)",
     [A, Param::float("atol").optional(), Param::float("rtol").optional(), Param::bool("hermitian").or_bool(false)] -> One,

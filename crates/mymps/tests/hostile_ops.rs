@@ -413,6 +413,38 @@ async fn max_pool1d_windows_larger_than_the_input_are_refused_at_once() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn matrix_power_of_i64_min_answers_at_once() {
+    let mut s = Served::start(&[]);
+    let c = s.client().await;
+    // A permutation matrix: P^n is defined for every n (P^2 = I).
+    let p = || Tensor::from_vec(vec![0.0f64, 1.0, 1.0, 0.0], &[2, 2]).unwrap();
+    for n in [i64::MIN, i64::MIN + 1, -(1 << 62), i64::MAX] {
+        let case = format!("matrix_power n={n}");
+        let t0 = Instant::now();
+        let out = c
+            .call(Call::new("matrix_power").arg(p()).kwarg("n", n))
+            .await
+            .unwrap_or_else(|e| panic!("{case}: {e}"));
+        let want = if n % 2 == 0 {
+            [1.0, 0.0, 0.0, 1.0]
+        } else {
+            [0.0, 1.0, 1.0, 0.0]
+        };
+        assert_eq!(
+            out.output().unwrap().to_vec::<f64>().unwrap(),
+            want,
+            "{case}"
+        );
+        assert!(
+            t0.elapsed() < Duration::from_secs(2),
+            "{case}: {:?}",
+            t0.elapsed()
+        );
+        s.assert_alive(&c, &case).await;
+    }
+}
+
 fn long_list(n: usize, v: i64) -> Value {
     Value::List(vec![Value::Int(v); n])
 }
