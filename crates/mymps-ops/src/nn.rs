@@ -372,16 +372,24 @@ op!("scaled_dot_product_attention", "nn", "softmax(Q Kᵀ × scale + mask) V (to
     let (q, k, v) = (a.tensor("query")?, a.tensor("key")?, a.tensor("value")?);
     let gqa = a.bool("enable_gqa")?;
     // libtorch divides the query's heads by the key's and the value's
-    // (dimension -3) on the host, on every device: no heads is SIGFPE.
+    // (dimension -3) on the host, on every device: none is SIGFPE.
     let heads = |t: &Tensor| t.dim().checked_sub(3).map(|i| t.size()[i]);
     if gqa && (heads(k) == Some(0) || heads(v) == Some(0)) {
         return Err(bad(a, format!(
             "enable_gqa: key and value need at least one head (dimension -3), got key {:?} and value {:?}",
             k.size(), v.size())));
     }
-    one(Tensor::f_scaled_dot_product_attention(
-        q, k, v, a.opt_tensor("attn_mask")?,
-        a.float("dropout_p")?, a.bool("is_causal")?, a.opt_float("scale")?, gqa)?)
+    let (mask, p, causal, scale) =
+        (a.opt_tensor("attn_mask")?, a.float("dropout_p")?, a.bool("is_causal")?, a.opt_float("scale")?);
+    if [q, k, v].iter().any(|t| t.numel() == 0) {
+        // libtorch's fused CPU kernel divides by the number of heads
+        // (SIGFPE with none); its reference implementation does not, and
+        // on empty inputs costs nothing.
+        let (out, _) = Tensor::f_internal_scaled_dot_product_attention_math(
+            q, k, v, mask, p, causal, None::<&Tensor>, scale, gqa)?;
+        return one(out);
+    }
+    one(Tensor::f_scaled_dot_product_attention(q, k, v, mask, p, causal, scale, gqa)?)
 });
 
 op!("cosine_similarity", "nn", "cosine of the angle between x1 and x2 along dim (torch.nn.functional.cosine_similarity)",

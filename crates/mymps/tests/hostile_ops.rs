@@ -306,7 +306,7 @@ async fn avg_pool_dividing_int64_by_a_divisor_override_of_minus_one() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn grouped_query_attention_with_no_key_heads() {
+async fn attention_with_no_heads() {
     let mut s = Served::start(&[]);
     let c = s.client().await;
     let t = |shape: &[usize]| {
@@ -333,6 +333,22 @@ async fn grouped_query_attention_with_no_key_heads() {
         let e = expect_error(c.call(call).await, &case);
         assert_eq!(e.code, ErrorCode::BadArgument, "{case}: {e}");
         s.assert_alive(&c, &case).await;
+    }
+    // No heads at all, without grouping (SIGFPE in the fused CPU kernel):
+    // an empty answer, as torch's reference implementation gives.
+    for dtype in [DType::Float32, DType::Float64] {
+        let e = |shape: &[usize]| Tensor::new(dtype, shape, Vec::<u8>::new()).unwrap();
+        let call = Call::new("scaled_dot_product_attention")
+            .arg(e(&[2, 0, 3, 8]))
+            .arg(e(&[2, 0, 3, 8]))
+            .arg(e(&[2, 0, 3, 8]))
+            .kwarg("is_causal", true);
+        let out = c
+            .call(call)
+            .await
+            .unwrap_or_else(|e| panic!("no heads, {dtype}: {e}"));
+        assert_eq!(out.output().unwrap().shape(), &[2, 0, 3, 8]);
+        s.assert_alive(&c, "no heads").await;
     }
     // Real grouped-query attention still runs: 4 query heads over 2.
     let call = Call::new("scaled_dot_product_attention")
