@@ -255,7 +255,17 @@ op!("rms_norm", "nn", "root-mean-square normalization over normalized_shape (tor
 
 op!("group_norm", "nn", "normalizes over groups of channels (torch.nn.functional.group_norm)",
     [INPUT, Param::int("num_groups"), Param::tensor("weight").optional(), BIAS, EPS] -> One,
-    |a| one(a.tensor("input")?.f_group_norm(a.int("num_groups")?, a.opt_tensor("weight")?, a.opt_tensor("bias")?, a.float("eps")?, true)?));
+|a| {
+    let x = a.tensor("input")?;
+    let mut groups = a.int("num_groups")?;
+    if groups > 1 && x.dim() >= 2 && x.size()[1] == 0 {
+        // No channels: any number of groups divides them, and libtorch
+        // keeps two statistics per sample and group (2^30 groups: 8 GiB and
+        // minutes, for an empty answer). One group gives the same answer.
+        groups = 1;
+    }
+    one(x.f_group_norm(groups, a.opt_tensor("weight")?, a.opt_tensor("bias")?, a.float("eps")?, true)?)
+});
 
 /// A running statistic, copied: torch updates it in place when training,
 /// and inputs are read-only.

@@ -461,6 +461,25 @@ async fn matrix_power_of_i64_min_answers_at_once() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_norm_of_no_channels_in_a_billion_groups_answers_at_once() {
+    let mut s = Served::start(&[]);
+    let c = s.client().await;
+    let t0 = Instant::now();
+    let x = Tensor::new(DType::Float32, &[64, 0, 2, 2], Vec::<u8>::new()).unwrap();
+    let out = c
+        .call(
+            Call::new("group_norm")
+                .arg(x)
+                .kwarg("num_groups", 1i64 << 24),
+        )
+        .await
+        .unwrap();
+    assert_eq!(out.output().unwrap().shape(), &[64, 0, 2, 2]);
+    assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+    s.assert_alive(&c, "group_norm").await;
+}
+
 fn long_list(n: usize, v: i64) -> Value {
     Value::List(vec![Value::Int(v); n])
 }
