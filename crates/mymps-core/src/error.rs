@@ -220,12 +220,32 @@ pub fn clip(s: &str, max: usize) -> std::borrow::Cow<'_, str> {
     }
 }
 
+/// The first line of `msg`, at most 300 characters: what a client is told
+/// of a panic or a library's error whose full text (a C++ backtrace, paths
+/// of the server's install) is for the server's log only.
+pub fn brief(msg: &str) -> String {
+    let first = msg
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or("");
+    clip(first, 300).into_owned()
+}
+
 /// `Result` with [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn brief_keeps_the_first_line() {
+        let m =
+            "\n  shape mismatch: 2 vs 3\nException raised from foo at /opt/x.cpp:1\nframe #0: 0x7f";
+        assert_eq!(brief(m), "shape mismatch: 2 vs 3");
+        assert!(brief(&"x".repeat(5000)).len() < 320);
+    }
 
     #[test]
     fn clip_keeps_short_strings_and_cuts_long_ones() {

@@ -149,7 +149,10 @@ fn guard<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
     catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|p| {
         Err(Error::new(
             ErrorCode::Model,
-            format!("{what} panicked: {}", panic_message(&*p)),
+            format!(
+                "{what} panicked: {}",
+                crate::error::brief(&panic_message(&*p))
+            ),
         ))
     })
 }

@@ -752,13 +752,16 @@ fn guarded<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|p| panicked(what, p))?
 }
 
+/// A panic as a client sees it: its first line (a panic's text may carry a
+/// library's backtrace); the whole text goes to the log.
 fn panicked(what: &str, p: Box<dyn std::any::Any + Send>) -> Error {
     let msg = p
         .downcast_ref::<String>()
         .map(String::as_str)
         .or_else(|| p.downcast_ref::<&str>().copied())
         .unwrap_or("unknown panic");
-    Error::internal(format!("{what} panicked: {msg}"))
+    warn!(what, panic = msg, "a request panicked");
+    Error::internal(format!("{what} panicked: {}", crate::error::brief(msg)))
 }
 
 /// Op categories whose output is no larger than their tensor inputs
@@ -783,6 +786,12 @@ fn runs_inline<'a>(
     if limit == 0 || !INLINE_CATEGORIES.contains(&category) {
         return false;
     }
+    broadcast_numel(shapes).is_some_and(|n| n.saturating_mul(8) <= limit)
+}
+
+/// The number of elements of `shapes` broadcast together; `None` if they
+/// do not broadcast (the op reports that) or the count overflows.
+fn broadcast_numel<'a>(shapes: impl IntoIterator<Item = &'a [u64]>) -> Option<u64> {
     let mut shape: Vec<u64> = Vec::new();
     for s in shapes {
         if s.len() > shape.len() {
@@ -794,12 +803,36 @@ fn runs_inline<'a>(
             if *b == 1 {
                 *b = d;
             } else if d != 1 && d != *b {
-                return false; // Not broadcastable: the pool reports it.
+                return None;
             }
         }
     }
-    let elements = shape.iter().try_fold(1u64, |n, &d| n.checked_mul(d));
-    elements.is_some_and(|n| n.saturating_mul(8) <= limit)
+    shape.iter().try_fold(1u64, |n, &d| n.checked_mul(d))
+}
+
+/// For an op of [`INLINE_CATEGORIES`] whose outputs the backend could not
+/// estimate (an integer division, whose checks read values): its tensor
+/// inputs broadcast together, at the larger of 8 bytes and their widest
+/// item, which bounds what such ops return.
+fn broadcast_bytes(entry: &ops::OpEntry, args: &ops::Args<crate::Tensor>) -> Option<u64> {
+    if !INLINE_CATEGORIES.contains(&entry.spec.category) {
+        return None;
+    }
+    let tensors: Vec<&crate::Tensor> = args.all_tensors().collect();
+    let shapes: Vec<Vec<u64>> = tensors
+        .iter()
+        .map(|t| t.shape().iter().map(|&d| d as u64).collect())
+        .collect();
+    let item = tensors
+        .iter()
+        .map(|t| t.dtype().itemsize() as u64)
+        .max()
+        .unwrap_or(0)
+        .max(8);
+    Some(
+        broadcast_numel(shapes.iter().map(Vec::as_slice))
+            .map_or(u64::MAX, |n| n.saturating_mul(item)),
+    )
 }
 
 async fn infer(
@@ -885,7 +918,8 @@ async fn reserve_outputs(
 ) -> Result<()> {
     let estimate = guarded(&format!("estimating op '{op}'"), || {
         Ok(shared.backend.output_bytes(entry, args))
-    })?;
+    })?
+    .or_else(|| broadcast_bytes(entry, args));
     peer.check_alive()?;
     let Some(bytes) = estimate.filter(|&b| b > 0) else {
         return Ok(());

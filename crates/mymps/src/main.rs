@@ -293,6 +293,24 @@ fn serve(a: ServeArgs) -> Result<(), Error> {
         )
         .with_writer(std::io::stderr)
         .init();
+    if std::env::var_os("RUST_BACKTRACE").is_none() {
+        // Panics in requests are caught and answered (and logged whole);
+        // the default hook would also dump each one to stderr, and a
+        // libtorch panic's text carries a C++ backtrace of kilobytes.
+        std::panic::set_hook(Box::new(|info| {
+            let p = info.payload();
+            let msg = p
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| p.downcast_ref::<&str>().copied())
+                .unwrap_or("unknown panic");
+            let at = info
+                .location()
+                .map(|l| format!("{}:{}", l.file(), l.line()))
+                .unwrap_or_default();
+            tracing::error!(%at, "panic: {}", mymps::error::brief(msg));
+        }));
+    }
     let listen = if a.listen.is_empty() {
         vec![default_listen()]
     } else {

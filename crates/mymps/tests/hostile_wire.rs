@@ -258,6 +258,21 @@ async fn op_outputs_count_against_the_memory_budget() {
         .await
         .unwrap_err();
     assert_eq!(e.code, ErrorCode::PayloadTooLarge, "{e}");
+    // An integer division (its checks read values, so shape inference on
+    // meta tensors cannot run it) that broadcasts [1, n] by [n, 1].
+    let n = 20_000;
+    let row = Tensor::from_vec(vec![3i64; n], &[1, n]).unwrap();
+    let col = Tensor::from_vec(vec![2i64; n], &[n, 1]).unwrap();
+    let e = c
+        .call(
+            Call::new("div")
+                .arg(row)
+                .arg(col)
+                .kwarg("rounding_mode", "floor"),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, ErrorCode::PayloadTooLarge, "{e}");
     // Within the budget it runs as before.
     let out = c
         .call(
