@@ -7,7 +7,7 @@ use std::io::{BufRead, BufReader, Lines};
 use std::process::{Child, ChildStdout, Command, Stdio};
 use std::sync::Arc;
 
-use mymps::client::{Call, Client};
+use mymps::client::{Call, Client, Outputs};
 use mymps::protocol::{self, Frame, FrameKind, Limits, Request, Response};
 use mymps::server::{Server, ServerConfig, ServerHandle};
 use mymps::stream::StreamReader;
@@ -121,13 +121,14 @@ fn argmax(v: &[f32]) -> usize {
 }
 
 /// The four examples of the client contract (matmul, softmax, svd,
-/// conv2d), checked against references, on a connected client.
-pub async fn check_the_four_examples(c: &Client) {
+/// conv2d), checked against references, on a connected client (the Rust
+/// client over any transport, or another [`Exec`]).
+pub async fn check_the_four_examples(c: &impl Exec) {
     // matmul 64×128 @ 128×32
     let (a, b) = (randn(64 * 128, 1), randn(128 * 32, 2));
     let out = c
-        .call(
-            Call::new("matmul")
+        .run(
+            Op::new("matmul")
                 .arg(f32s(a.clone(), &[64, 128]))
                 .arg(f32s(b.clone(), &[128, 32])),
         )
@@ -146,8 +147,8 @@ pub async fn check_the_four_examples(c: &Client) {
     // softmax with dim=-1: rows sum to 1, order preserved
     let x = randn(8 * 10, 3);
     let out = c
-        .call(
-            Call::new("softmax")
+        .run(
+            Op::new("softmax")
                 .arg(f32s(x.clone(), &[8, 10]))
                 .kwarg("dim", -1),
         )
@@ -165,8 +166,8 @@ pub async fn check_the_four_examples(c: &Client) {
     let (m, n) = (6, 4);
     let mat = randn(m * n, 4);
     let out = c
-        .call(
-            Call::new("svd")
+        .run(
+            Op::new("svd")
                 .arg(f32s(mat.clone(), &[m, n]))
                 .kwarg("full_matrices", false),
         )
@@ -192,8 +193,8 @@ pub async fn check_the_four_examples(c: &Client) {
     // conv2d (1,3,32,32) with (16,3,3,3) → (1,16,30,30)
     let (x, w) = (randn(3 * 32 * 32, 5), randn(16 * 3 * 3 * 3, 6));
     let out = c
-        .call(
-            Call::new("conv2d")
+        .run(
+            Op::new("conv2d")
                 .arg(f32s(x.clone(), &[1, 3, 32, 32]))
                 .arg(f32s(w.clone(), &[16, 3, 3, 3])),
         )
@@ -216,8 +217,8 @@ pub async fn check_the_four_examples(c: &Client) {
 
     // The same with padding="same" and an int stride, as torch spells them.
     let out = c
-        .call(
-            Call::new("conv2d")
+        .run(
+            Op::new("conv2d")
                 .arg(f32s(x, &[1, 3, 32, 32]))
                 .input("weight", f32s(w, &[16, 3, 3, 3]))
                 .kwarg("padding", "same"),
@@ -353,6 +354,130 @@ impl Raw {
     /// Health works on this connection.
     pub async fn still_serves(&mut self, id: u64) {
         self.send(&protocol::encode(FrameKind::Request, id, &Request::Health, vec![]).unwrap())
+            .await;
+        let f = self.recv().await.expect("health reply");
+        assert_eq!(f.id, id);
+        assert!(matches!(
+            protocol::decode_header::<Response>(&f).unwrap(),
+            Response::Health(_)
+        ));
+    }
+}
+
+/// An op call that any client can run: what the shared checks send, so
+/// that they run over the Rust client (every binary transport) and over
+/// other clients (the HTTP listener's, in `tests/conformance.rs`) alike.
+/// The same builder as [`Call`]: `"0"`, `"1"`, ... for [`Op::arg`].
+#[derive(Debug, Clone)]
+pub struct Op {
+    pub op: String,
+    pub inputs: Vec<(String, Tensor)>,
+    pub kwargs: Vec<(String, mymps::Value)>,
+    positional: usize,
+}
+
+impl Op {
+    pub fn new(op: &str) -> Op {
+        Op {
+            op: op.to_owned(),
+            inputs: Vec::new(),
+            kwargs: Vec::new(),
+            positional: 0,
+        }
+    }
+
+    pub fn arg(mut self, t: Tensor) -> Op {
+        self.inputs.push((self.positional.to_string(), t));
+        self.positional += 1;
+        self
+    }
+
+    pub fn input(mut self, name: &str, t: Tensor) -> Op {
+        self.inputs.push((name.to_owned(), t));
+        self
+    }
+
+    pub fn kwarg(mut self, name: &str, v: impl Into<mymps::Value>) -> Op {
+        self.kwargs.push((name.to_owned(), v.into()));
+        self
+    }
+}
+
+/// A client that runs [`Op`]s.
+pub trait Exec: Sync {
+    fn run(&self, op: Op) -> impl Future<Output = mymps::Result<Outputs>> + Send;
+}
+
+impl Exec for Client {
+    async fn run(&self, op: Op) -> mymps::Result<Outputs> {
+        self.exec(&op.op, op.inputs, op.kwargs).await
+    }
+}
+
+/// A connection driven by hand over any binary-protocol transport (`tcp`,
+/// `quic`, `zmq`), frame by frame: for requests that are well framed but
+/// that a well-behaved client never sends. ([`Raw`] writes bytes, TCP only.)
+pub struct Framed {
+    pub reader: Box<dyn FrameReader>,
+    pub writer: Box<dyn mymps::transport::FrameWriter>,
+}
+
+impl Framed {
+    /// Connects to `addr` (a URL) and completes the handshake.
+    pub async fn connect(addr: &str, options: &mymps::transport::TransportOptions) -> Framed {
+        let endpoint: Endpoint = addr.parse().unwrap();
+        let conn = mymps::transport::transport_for(&endpoint.scheme)
+            .unwrap()
+            .connect(&endpoint, options)
+            .await
+            .unwrap();
+        let mut c = Framed {
+            reader: conn.reader,
+            writer: conn.writer,
+        };
+        let hello = protocol::hello("framed-test/1", None);
+        c.send(protocol::encode(FrameKind::Hello, 0, &hello, vec![]).unwrap())
+            .await;
+        let f = c.recv().await.expect("welcome");
+        assert_eq!(f.kind, FrameKind::Welcome);
+        c
+    }
+
+    pub async fn send(&mut self, f: Frame) {
+        self.writer.write_frame(f).await.unwrap();
+    }
+
+    /// The next frame, or `None` when the server closed the connection.
+    pub async fn recv(&mut self) -> Option<Frame> {
+        let limits = Limits {
+            max_payload: u64::MAX,
+            ..Limits::DEFAULT
+        };
+        match tokio::time::timeout(
+            Duration::from_secs(20),
+            self.reader.read_frame(&limits, None),
+        )
+        .await
+        {
+            Ok(Ok(Some(inc))) => Some(inc.frame),
+            Ok(Ok(None)) | Ok(Err(_)) => None,
+            Err(_) => panic!("no answer from the server within 20 s"),
+        }
+    }
+
+    /// The error that answers request `id`.
+    pub async fn expect_error(&mut self, id: u64) -> mymps::Error {
+        let f = self.recv().await.expect("an error reply");
+        assert_eq!(f.id, id);
+        match protocol::decode_header::<Response>(&f).unwrap() {
+            Response::Error(e) => e,
+            other => panic!("expected an error, got {other:?}"),
+        }
+    }
+
+    /// Health works on this connection.
+    pub async fn still_serves(&mut self, id: u64) {
+        self.send(protocol::encode(FrameKind::Request, id, &Request::Health, vec![]).unwrap())
             .await;
         let f = self.recv().await.expect("health reply");
         assert_eq!(f.id, id);
