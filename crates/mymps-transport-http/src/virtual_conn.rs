@@ -268,9 +268,12 @@ impl VirtualReader {
         limits: &Limits,
         budget: Option<&MemoryBudget>,
     ) -> Result<Incoming, CallError> {
+        // The listener's own pause limit, or the server's stall timeout if
+        // shorter (`mymps serve --stall-timeout`).
+        let body_timeout = self.body_timeout.min(limits.stall_timeout);
         let (bytes, permit) = match body {
             BodySpec::None => (Bytes::new(), None),
-            BodySpec::Json(b) => (read_small(b, MAX_JSON_BODY, self.body_timeout).await?, None),
+            BodySpec::Json(b) => (read_small(b, MAX_JSON_BODY, body_timeout).await?, None),
             BodySpec::Tensors(b, len) => {
                 let Some(len) = len else {
                     return Err(CallError {
@@ -298,7 +301,7 @@ impl VirtualReader {
                     })?),
                     None => None,
                 };
-                (read_exact(b, len, self.body_timeout).await?, permit)
+                (read_exact(b, len, body_timeout).await?, permit)
             }
         };
         let (request, tensors) = build(bytes)?;
