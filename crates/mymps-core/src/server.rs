@@ -94,7 +94,7 @@ struct Shared {
     started: Instant,
     stats: HostStats,
     models: Arc<ModelRegistry>,
-    metrics: Metrics,
+    metrics: Arc<Metrics>,
 }
 
 /// A server with its listeners bound.
@@ -141,7 +141,12 @@ impl Server {
         };
         let models = Arc::new(ModelRegistry::new(&root)?);
         let mut listeners = Vec::new();
+        let metrics = Arc::new(Metrics::new(backend.ops().iter().map(|e| e.spec.name)));
+        let counted = metrics.clone();
         let options = TransportOptions {
+            refusals: Some(crate::transport::RefusalCounter(Arc::new(move |code| {
+                counted.frame_refused(code)
+            }))),
             limits: Some(config.limits),
             host_alloc: config
                 .transport
@@ -158,7 +163,6 @@ impl Server {
                 .map_err(|e| Error::connection(format!("cannot listen on {ep}: {e}")))?;
             listeners.push(l);
         }
-        let metrics = Metrics::new(backend.ops().iter().map(|e| e.spec.name));
         Ok(Server {
             shared: Arc::new(Shared {
                 budget: MemoryBudget::new(config.memory_budget),

@@ -16,8 +16,10 @@ use bytes::{BufMut, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::buffer::{Filler, HostAlloc, LARGE};
-use crate::protocol::{Frame, Head, Limits, PREFIX_LEN, admit_payload, decode_head};
-use crate::transport::{BoxFuture, FrameReader, FrameWriter, Incoming, MemoryBudget, ReadError};
+use crate::protocol::{Frame, Head, Limits, PREFIX_LEN, decode_head};
+use crate::transport::{
+    BoxFuture, FrameReader, FrameWriter, Incoming, MemoryBudget, ReadError, acquire_payload,
+};
 
 const READ_CHUNK: usize = 64 * 1024;
 /// Tensors up to this size are sliced out of the read buffer; larger ones
@@ -215,15 +217,9 @@ impl<R: AsyncRead + Unpin + Send + 'static> StreamReader<R> {
             } => (prefix, lens, payload),
             refused => return Err(self.refuse(table_end, refused)),
         };
-        let permit = match budget {
-            Some(b) if payload > 0 => match b.acquire(payload).await {
-                Some(p) => Some(p),
-                None => {
-                    let refused = admit_payload(&prefix, payload, b.max_request(), limits);
-                    return Err(self.refuse(table_end, refused));
-                }
-            },
-            _ => None,
+        let permit = match acquire_payload(&prefix, payload, limits, budget).await {
+            Ok(p) => p,
+            Err(refused) => return Err(self.refuse(table_end, refused)),
         };
         let header_end = table_end + prefix.header_len as usize;
         self.fill(header_end, true).await?;

@@ -192,6 +192,114 @@ impl MemoryBudget {
     }
 }
 
+/// Takes a frame's payload (`payload` bytes) from `budget`: the one
+/// admission of every transport once a frame's sizes passed its limits
+/// (byte streams after [`decode_head`](crate::protocol::decode_head),
+/// message transports after [`admit_frame`]'s checks). The refusal, when the
+/// budget can never hold it, is the decision of
+/// [`admit_payload`](crate::protocol::admit_payload).
+pub async fn acquire_payload(
+    prefix: &crate::protocol::Prefix,
+    payload: u64,
+    limits: &Limits,
+    budget: Option<&MemoryBudget>,
+) -> std::result::Result<Option<OwnedSemaphorePermit>, crate::protocol::Head> {
+    match budget {
+        Some(b) if payload > 0 => match b.acquire(payload).await {
+            Some(p) => Ok(Some(p)),
+            None => Err(crate::protocol::admit_payload(
+                prefix,
+                payload,
+                b.max_request(),
+                limits,
+            )),
+        },
+        _ => Ok(None),
+    }
+}
+
+/// Checks a frame that a message transport received whole (ZeroMQ)
+/// against `limits`, with the same rules and messages as on byte streams;
+/// its tensor payload, bytes. There is nothing to skip, so a refusal is
+/// just its error.
+pub fn check_frame(frame: &Frame, limits: &Limits) -> std::result::Result<u64, FrameError> {
+    let prefix = frame_prefix(frame)?;
+    let table: Vec<u8> = frame
+        .tensors
+        .iter()
+        .flat_map(|t| (t.len() as u64).to_le_bytes())
+        .collect();
+    let lens = crate::protocol::parse_lengths(&prefix, &table, limits).map_err(|e| match e {
+        FrameError::TooLarge {
+            id, kind, message, ..
+        } => FrameError::TooLarge {
+            id,
+            kind,
+            message,
+            skip: 0,
+        },
+        other => other,
+    })?;
+    Ok(lens.iter().sum())
+}
+
+fn frame_prefix(frame: &Frame) -> std::result::Result<crate::protocol::Prefix, FrameError> {
+    Ok(crate::protocol::Prefix {
+        kind: frame.kind,
+        flags: frame.flags,
+        n_tensors: u16::try_from(frame.tensors.len())
+            .map_err(|_| FrameError::Malformed("more than 65535 tensors".into()))?,
+        header_len: u32::try_from(frame.header.len())
+            .map_err(|_| FrameError::Malformed("a header over 4 GiB".into()))?,
+        id: frame.id,
+    })
+}
+
+/// [`check_frame`], then the frame's payload from `budget`
+/// ([`acquire_payload`]): the admission of message transports.
+pub async fn admit_frame(
+    frame: &Frame,
+    limits: &Limits,
+    budget: Option<&MemoryBudget>,
+) -> std::result::Result<Option<OwnedSemaphorePermit>, FrameError> {
+    use crate::protocol::Head;
+    let payload = check_frame(frame, limits)?;
+    acquire_payload(&frame_prefix(frame)?, payload, limits, budget)
+        .await
+        .map_err(|head| match head {
+            Head::Skip { error, .. } | Head::Close(error) => error,
+            Head::Read { .. } => unreachable!("a refusal"),
+        })
+}
+
+/// Counts the requests a transport answers by itself (a duplicate id on a
+/// QUIC connection, an unframeable ZeroMQ message): the server sets it in
+/// [`TransportOptions::refusals`] when it binds, so that `/metrics` sees
+/// every refusal, whoever answered it.
+#[derive(Clone)]
+pub struct RefusalCounter(pub Arc<dyn Fn(ErrorCode) + Send + Sync>);
+
+impl RefusalCounter {
+    /// Counts one refusal.
+    pub fn count(&self, code: ErrorCode) {
+        (self.0)(code)
+    }
+}
+
+impl fmt::Debug for RefusalCounter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("RefusalCounter(..)")
+    }
+}
+
+impl PartialEq for RefusalCounter {
+    fn eq(&self, other: &RefusalCounter) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for RefusalCounter {}
+
 /// A frame as a reader delivers it, with the memory permit its payload holds.
 #[derive(Debug)]
 pub struct Incoming {
@@ -317,6 +425,9 @@ pub struct TransportOptions {
     /// memory, e.g. pinned host memory on a CUDA server; set by
     /// `Server::bind`). Stream transports pass it to their readers.
     pub host_alloc: Option<crate::buffer::HostAllocRef>,
+    /// Server: where a transport counts the requests it answers by itself
+    /// (set by `Server::bind`, into the server's metrics).
+    pub refusals: Option<RefusalCounter>,
 }
 
 /// A transport: a way to listen and connect for one URL scheme.

@@ -45,7 +45,7 @@ use mymps_core::protocol::{self, Frame, FrameError, FrameKind, Limits, Response}
 use mymps_core::stream::StreamReader;
 use mymps_core::transport::{
     BoxFuture, Connection, Endpoint, FrameReader, FrameWriter, Incoming, Listener, MemoryBudget,
-    ReadError, Transport, TransportOptions, TransportRegistration,
+    ReadError, RefusalCounter, Transport, TransportOptions, TransportRegistration,
 };
 use quinn::VarInt;
 use tokio::sync::{Semaphore, mpsc};
@@ -206,9 +206,14 @@ impl Listener for QuicListener {
 
 /// Accepts connections and completes their TLS handshakes concurrently, so
 /// that a slow client never holds up the others.
-async fn accept_loop(endpoint: quinn::Endpoint, accepted: mpsc::Sender<Connection>) {
+async fn accept_loop(
+    endpoint: quinn::Endpoint,
+    accepted: mpsc::Sender<Connection>,
+    refusals: Option<RefusalCounter>,
+) {
     while let Some(incoming) = endpoint.accept().await {
         let accepted = accepted.clone();
+        let refusals = refusals.clone();
         tokio::spawn(async move {
             let peer = incoming.remote_address();
             let connecting = match incoming.accept() {
@@ -217,7 +222,7 @@ async fn accept_loop(endpoint: quinn::Endpoint, accepted: mpsc::Sender<Connectio
             };
             match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, connecting).await {
                 Ok(Ok(conn)) => {
-                    let _ = accepted.send(server_connection(conn)).await;
+                    let _ = accepted.send(server_connection(conn, refusals)).await;
                 }
                 Ok(Err(e)) => tls::log_refused_handshake(peer, &e),
                 Err(_) => warn!(%peer, "quic: TLS handshake timed out"),
@@ -228,15 +233,13 @@ async fn accept_loop(endpoint: quinn::Endpoint, accepted: mpsc::Sender<Connectio
 
 type Replies = Arc<Mutex<HashMap<u64, quinn::SendStream>>>;
 
-fn server_connection(conn: quinn::Connection) -> Connection {
+fn server_connection(conn: quinn::Connection, refusals: Option<RefusalCounter>) -> Connection {
     let replies: Replies = Arc::default();
     let peer = conn.remote_address().to_string();
+    let mut reader = QuicReader::new(conn.clone(), Source::Accept, Some(replies.clone()));
+    reader.refusals = refusals;
     Connection {
-        reader: Box::new(QuicReader::new(
-            conn.clone(),
-            Source::Accept,
-            Some(replies.clone()),
-        )),
+        reader: Box::new(reader),
         writer: Box::new(QuicWriter {
             conn,
             role: Role::Server(replies),
@@ -270,6 +273,8 @@ struct QuicReader {
     reading: Arc<Semaphore>,
     /// Set when no more streams will come: `Some(None)` after a clean close.
     ended: Option<Option<io::Error>>,
+    /// Server: counts what the reader answers itself (in the metrics).
+    refusals: Option<RefusalCounter>,
 }
 
 impl QuicReader {
@@ -289,6 +294,7 @@ impl QuicReader {
             tasks: JoinSet::new(),
             reading: Arc::new(Semaphore::new(reading)),
             ended: None,
+            refusals: None,
         }
     }
 
@@ -341,6 +347,7 @@ impl QuicReader {
                             reading: self.reading.clone(),
                             limits: *limits,
                             budget: budget.cloned(),
+                            refusals: self.refusals.clone(),
                         };
                         self.tasks.spawn(ctx.read(send, recv));
                     }
@@ -378,9 +385,16 @@ struct StreamContext {
     reading: Arc<Semaphore>,
     limits: Limits,
     budget: Option<MemoryBudget>,
+    refusals: Option<RefusalCounter>,
 }
 
 impl StreamContext {
+    fn count(&self, code: mymps_core::ErrorCode) {
+        if let Some(r) = &self.refusals {
+            r.count(code);
+        }
+    }
+
     /// Reads the one frame of a stream. `None` when there is nothing to
     /// deliver: the stream was empty or reset, or its input was answered
     /// here (unframeable bytes, a duplicate id).
@@ -415,6 +429,7 @@ impl StreamContext {
             Err(ReadError::Frame(e)) => {
                 // Unframeable bytes: only this stream is lost.
                 warn!(peer = %self.conn.remote_address(), error = %e, "quic: unframeable input on a stream; answered on that stream");
+                self.count(e.to_error().code);
                 send_frame(send, error_frame(0, e.to_error()), true).await;
                 return None;
             }
@@ -436,6 +451,7 @@ impl StreamContext {
         let e = mymps_core::Error::protocol(format!(
             "request id {id} is already in flight on this connection; ids must be unique among requests in flight"
         ));
+        self.count(e.code);
         send_frame(send, error_frame(id, e), true).await;
         None
     }
@@ -568,7 +584,7 @@ impl Transport for QuicTransport {
             )?;
             let local = quic.local_addr()?;
             let (tx, accepted) = mpsc::channel(64);
-            let accept_task = tokio::spawn(accept_loop(quic, tx));
+            let accept_task = tokio::spawn(accept_loop(quic, tx, options.refusals.clone()));
             Ok(Box::new(QuicListener {
                 local: Endpoint::new(SCHEME, &local.ip().to_string(), local.port()),
                 accepted,

@@ -182,8 +182,9 @@ impl Transport for ZmqTransport {
         SCHEME
     }
 
-    /// Binds a ROUTER socket. Of the options, only `limits` is used (for
-    /// `ZMQ_MAXMSGSIZE`); ZeroMQ over TCP has no TLS.
+    /// Binds a ROUTER socket. Of the options, only `limits` (for
+    /// `ZMQ_MAXMSGSIZE`) and `refusals` (what the pump answers itself is
+    /// counted there) are used; ZeroMQ over TCP has no TLS.
     fn bind<'a>(
         &'a self,
         endpoint: &'a Endpoint,
@@ -193,6 +194,7 @@ impl Transport for ZmqTransport {
             endpoint,
             &self.config,
             options.limits.as_ref(),
+            options.refusals.clone(),
         ))
     }
 

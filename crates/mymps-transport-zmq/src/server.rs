@@ -38,7 +38,7 @@ use bytes::Bytes;
 use mymps_core::protocol::{self, Frame, FrameKind, Limits, Response};
 use mymps_core::transport::{
     BoxFuture, Connection, Endpoint, FrameReader, FrameWriter, Incoming, Listener, MemoryBudget,
-    ReadError,
+    ReadError, RefusalCounter,
 };
 use mymps_core::{Error, ErrorCode};
 use tokio::sync::mpsc::{self, error::TryRecvError, error::TrySendError};
@@ -115,6 +115,7 @@ pub async fn bind(
     endpoint: &Endpoint,
     config: &ZmqConfig,
     limits: Option<&Limits>,
+    refusals: Option<RefusalCounter>,
 ) -> io::Result<Box<dyn Listener>> {
     let host = crate::resolve(endpoint, true).await?;
     let ctx = context();
@@ -206,6 +207,7 @@ pub async fn bind(
         next_serial: 1,
         config: config.clone(),
         local: local.clone(),
+        refusals,
     };
     std::thread::Builder::new()
         .name("mymps-zmq-server".into())
@@ -306,6 +308,8 @@ struct Pump {
     next_serial: u64,
     config: ZmqConfig,
     local: Endpoint,
+    /// Counts the errors the pump answers itself (in the server's metrics).
+    refusals: Option<RefusalCounter>,
 }
 
 impl Drop for Pump {
@@ -524,6 +528,9 @@ impl Pump {
     }
 
     fn reply_error(&mut self, identity: &Bytes, id: u64, code: ErrorCode, message: String) {
+        if let Some(r) = &self.refusals {
+            r.count(code);
+        }
         let e = Error::new(code, message);
         match protocol::encode(FrameKind::Response, id, &Response::Error(e), vec![]) {
             Ok(f) => self.send(identity, f),

@@ -2,6 +2,7 @@
 //! language does), with real sockets on loopback. The generic server is
 //! not involved: the test plays it through the `Listener`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -438,4 +439,31 @@ async fn a_session_queue_is_bounded_in_bytes_and_drains_back_to_empty() {
         d.poll(zmq::POLLIN, 200).unwrap() == 0,
         "an unexpected reply"
     );
+}
+
+#[tokio::test]
+async fn what_the_pump_answers_itself_is_counted_for_the_metrics() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let counted = Arc::new(AtomicU64::new(0));
+    let seen = counted.clone();
+    let options = TransportOptions {
+        refusals: Some(mymps_core::transport::RefusalCounter(Arc::new(
+            move |code| {
+                assert_eq!(code, ErrorCode::Protocol);
+                seen.fetch_add(1, Ordering::Relaxed);
+            },
+        ))),
+        ..TransportOptions::default()
+    };
+    let l = ZmqTransport::new(ZmqConfig::DEFAULT)
+        .bind(&Endpoint::new("zmq", "127.0.0.1", 0), &options)
+        .await
+        .unwrap();
+    let d = dealer(l.local_endpoint().port);
+    // A request before any Hello, and a message that is not a frame.
+    send(&d, &health(3));
+    assert_eq!(recv_error(&d).1.code, ErrorCode::Protocol);
+    send_parts(&d, vec![b"short".to_vec()]);
+    assert_eq!(recv_error(&d).1.code, ErrorCode::Protocol);
+    assert_eq!(counted.load(Ordering::Relaxed), 2);
 }

@@ -15,11 +15,7 @@
 //! actually received. A message of one empty part is a heartbeat.
 
 use bytes::{BufMut, Bytes, BytesMut};
-use mymps_core::protocol::{
-    Frame, FrameError, FrameKind, Limits, PREFIX_LEN, Prefix, parse_lengths,
-};
-use mymps_core::transport::MemoryBudget;
-use tokio::sync::OwnedSemaphorePermit;
+use mymps_core::protocol::{Frame, FrameKind, Limits, PREFIX_LEN, Prefix};
 
 /// Most parts a message may have: the head and `u16::MAX` tensors.
 pub const MAX_PARTS: usize = 1 + u16::MAX as usize;
@@ -114,59 +110,8 @@ pub fn decode(parts: Vec<Bytes>, total_parts: usize) -> Result<Parsed, Malformed
     }))
 }
 
-/// Checks a received frame against `limits` (the same rules and messages as
-/// on byte streams) and takes its payload from `budget`.
-pub async fn admit(
-    frame: &Frame,
-    limits: &Limits,
-    budget: Option<&MemoryBudget>,
-) -> Result<Option<OwnedSemaphorePermit>, FrameError> {
-    let total = check(frame, limits)?;
-    match budget {
-        Some(b) if total > 0 => match b.acquire(total).await {
-            Some(p) => Ok(Some(p)),
-            None => Err(FrameError::TooLarge {
-                id: frame.id,
-                kind: frame.kind,
-                message: format!(
-                    "tensor payload of {total} bytes exceeds the server's memory budget of {} bytes",
-                    b.capacity()
-                ),
-                skip: 0,
-            }),
-        },
-        _ => Ok(None),
-    }
-}
-
-/// Checks a received frame against `limits` (the same rules and messages as
-/// on byte streams); its tensor payload, bytes.
-pub fn check(frame: &Frame, limits: &Limits) -> Result<u64, FrameError> {
-    let prefix = Prefix {
-        kind: frame.kind,
-        flags: frame.flags,
-        n_tensors: frame.tensors.len() as u16,
-        header_len: frame.header.len() as u32,
-        id: frame.id,
-    };
-    let table: Vec<u8> = frame
-        .tensors
-        .iter()
-        .flat_map(|t| (t.len() as u64).to_le_bytes())
-        .collect();
-    let lens = parse_lengths(&prefix, &table, limits).map_err(|e| match e {
-        FrameError::TooLarge {
-            id, kind, message, ..
-        } => FrameError::TooLarge {
-            id,
-            kind,
-            message,
-            skip: 0,
-        },
-        other => other,
-    })?;
-    Ok(lens.iter().sum())
-}
+/// The core's admission of whole frames: the limits, then the budget.
+pub use mymps_core::transport::{admit_frame as admit, check_frame as check};
 
 /// The largest part a peer may send under `limits`: a tensor of the whole
 /// payload, or the head with the largest header.
@@ -184,6 +129,8 @@ pub fn opens_session(frame: &Frame) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use mymps_core::protocol::FrameError;
+    use mymps_core::transport::MemoryBudget;
 
     fn parts_of(f: &Frame) -> Vec<Bytes> {
         std::iter::once(Bytes::from(encode_head(f)))
