@@ -474,6 +474,18 @@ async fn shapes(wire: Wire) {
 /// answered with its own result. Over HTTP/1.1, which has no request ids,
 /// the nearest thing: 300 requests pipelined on one keep-alive connection,
 /// written while the replies are read, answered in order.
+///
+/// Over ZeroMQ this fails now and then (5-8 % of runs alone, more beside
+/// the other cases) with `Busy: ... 256 messages are already queued`: a
+/// known limit of that transport, not of this test. Its pump must keep
+/// reading the one ROUTER socket all peers share, so a session whose queue
+/// (`ZmqConfig::peer_queue`, 256 frames) is full gets `Busy` where TCP and
+/// QUIC would stop reading and let flow control slow the client down.
+/// Here the server's connection task shares the test's two worker threads
+/// with the client's 300 tasks; when they keep it from reading for as
+/// long as the client takes to send 256 frames, the rest are refused.
+/// (With the server on a runtime of its own: 0 failures in 60 runs; a
+/// single task sending 1000 frames back to back gets 190-250 `Busy`.)
 async fn in_flight(wire: Wire) {
     let f = Fixture::start(wire, |_| {}).await;
     match f.client().await {
@@ -587,6 +599,9 @@ async fn caps(wire: Wire) {
     if let Remote::Client(c) = &c {
         assert_eq!(c.welcome().max_payload, 56 << 20);
     }
+    // By hand over the binary protocol. (Over HTTP a body that the budget
+    // can never hold is refused unread, 413 with `Connection: close`, so
+    // no connection goes on after it; test_http.py's oversized bodies.)
     if let Probe::Framed { mut c, .. } = f.probe().await {
         // 60 MiB, in two parts (see above).
         c.send(uint8_frame(
@@ -1204,7 +1219,8 @@ conformance! {
     // case): describe_op has no REST route; 300 "in flight" are 300
     // pipelined; the frames of bad_input that only the binary protocol
     // can carry are skipped; caps sends over-cap frames by hand only over
-    // the binary protocol (the HTTP client sends them as any request).
+    // the binary protocol (the HTTP client sends its over-cap request as
+    // any other, and a body over the memory budget closes the connection).
     #[cfg(feature = "http")]
     http: Http => [contract, dtypes, shapes, in_flight, many_clients, bad_input, caps, tokens, big_tensor];
 }
