@@ -2,7 +2,10 @@
 //! collection that op crates submit to.
 //!
 //! An op is an [`OpEntry`]: a static [`OpSpec`] (name, category, one-line
-//! doc, parameters with kinds and defaults, outputs) plus a kernel. The kernel
+//! doc, parameters with kinds and defaults, outputs, [`Cost`] class) plus a
+//! kernel. The server decides from the cost class, never from names or
+//! categories, what may run on its I/O thread and how large the outputs of
+//! an op the backend cannot estimate can be. The kernel
 //! is stored type-erased (`dyn Any`) because mymps-core knows nothing of any
 //! tensor library: each backend looks for the kernel type it runs
 //! (for tch, `mymps_ops::TchKernel`) and ignores the others.
@@ -233,12 +236,83 @@ pub enum Outputs {
     List,
 }
 
+impl Outputs {
+    /// How many tensors the op returns; `None` for a [`Outputs::List`],
+    /// whose length depends on the arguments.
+    pub const fn count(self) -> Option<usize> {
+        match self {
+            Outputs::One => Some(1),
+            Outputs::Tuple(names) => Some(names.len()),
+            Outputs::List => None,
+        }
+    }
+}
+
+/// What running an op costs, as its declaration states it: the server
+/// reads it (never the op's name or category) to decide what may run on
+/// its I/O thread and how large the outputs of an op the backend cannot
+/// estimate can be.
+///
+/// The two linear classes ([`Cost::is_linear`]) are a promise about every
+/// call, whatever its arguments: the op's **work is linear** in its tensor
+/// inputs broadcast together (a bounded number of passes, a bounded amount
+/// of work per element), and it returns at most [`Outputs::count`] tensors
+/// (never a list), **each of at most that broadcast element count** (for
+/// inputs that do not broadcast by numpy's rules, which an element-wise op
+/// refuses: the largest input's), of any dtype (so at most
+/// [`Cost::MAX_ITEMSIZE`] bytes an element: a `dtype=` argument or a
+/// promotion may widen them). [`OpSpec::output_bound`] is that bound. An op that breaks the promise for some arguments (a sort, a
+/// selection, an `n`-th difference, a matrix norm among vector norms) is
+/// [`Cost::Heavy`]. `Heavy` is the default of [`OpSpec::new`] and the safe
+/// answer: it only means "run it on a worker, and size its outputs by
+/// shape inference alone".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Cost {
+    /// Each output element comes from the input elements at its own
+    /// position, the inputs broadcast together (numpy's rules), with a
+    /// bounded amount of work: `add`, `exp`, `where`, `clamp`, `eq`,
+    /// `relu`, `dropout`. Such an op could run on chunks of its inputs.
+    Elementwise,
+    /// Linear work, outputs no larger than the inputs, but an output
+    /// element may depend on many input elements: reductions, scans and
+    /// normalisations along dimensions (`sum`, `argmax`, `cumsum`, `var`,
+    /// `softmax`), per-channel ops (`prelu`, `glu`).
+    Reduction,
+    /// Anything else: work superlinear in the inputs (`sort`, `matmul`,
+    /// `median`), outputs larger than them (`repeat`, `outer`, `cat`), or
+    /// either depending on argument values (`diff`'s `n`); plugin ops unless
+    /// they say otherwise.
+    Heavy,
+}
+
+impl Cost {
+    /// The most bytes an element of any dtype takes (complex128).
+    pub const MAX_ITEMSIZE: u64 = 16;
+
+    /// Whether work and outputs are bounded by the tensor inputs
+    /// broadcast together (see the type's docs): [`Cost::Elementwise`] and
+    /// [`Cost::Reduction`].
+    pub const fn is_linear(self) -> bool {
+        matches!(self, Cost::Elementwise | Cost::Reduction)
+    }
+
+    /// The class's name, as docs and errors show it.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Cost::Elementwise => "elementwise",
+            Cost::Reduction => "reduction",
+            Cost::Heavy => "heavy",
+        }
+    }
+}
+
 /// The static description of an op.
 #[derive(Debug, Clone, Copy)]
 pub struct OpSpec {
     /// Name, as clients call it.
     pub name: &'static str,
-    /// Category, for listing (`elementwise`, `linalg`, `reduction`, ...).
+    /// Category, for listing (`elementwise`, `linalg`, `reduction`, ...);
+    /// nothing but listings reads it.
     pub category: &'static str,
     /// One-line doc.
     pub doc: &'static str,
@@ -246,9 +320,93 @@ pub struct OpSpec {
     pub params: &'static [Param],
     /// What it returns.
     pub outputs: Outputs,
+    /// What running it costs.
+    pub cost: Cost,
 }
 
 impl OpSpec {
+    /// A spec of [`Cost::Heavy`] (set another with [`OpSpec::with_cost`]).
+    pub const fn new(
+        name: &'static str,
+        category: &'static str,
+        doc: &'static str,
+        params: &'static [Param],
+        outputs: Outputs,
+    ) -> OpSpec {
+        OpSpec {
+            name,
+            category,
+            doc,
+            params,
+            outputs,
+            cost: Cost::Heavy,
+        }
+    }
+
+    /// Sets the cost class.
+    pub const fn with_cost(mut self, cost: Cost) -> OpSpec {
+        self.cost = cost;
+        self
+    }
+
+    /// Whether the op takes exactly one tensor and nothing else, and
+    /// returns one tensor (the ops that may have an in-place variant).
+    pub const fn is_unary(&self) -> bool {
+        matches!(self.params, [p] if matches!(p.kind, ParamKind::Tensor))
+            && matches!(self.outputs, Outputs::One)
+    }
+
+    /// The most bytes the op's outputs can take on tensor inputs of
+    /// `shapes`, as its cost class promises (see [`Cost`]): `None` unless
+    /// the class [is linear](Cost::is_linear); else [`Outputs::count`]
+    /// tensors of [`Cost::MAX_ITEMSIZE`] bytes an element, each of the
+    /// inputs' broadcast element count — or, for inputs that do not
+    /// broadcast by numpy's rules, the largest input's (saturating at
+    /// `u64::MAX`, which no budget admits).
+    pub fn output_bound<'a>(&self, shapes: impl IntoIterator<Item = &'a [usize]>) -> Option<u64> {
+        if !self.cost.is_linear() {
+            return None;
+        }
+        let count = self.outputs.count()? as u64;
+        let mut broadcast: Option<Vec<u64>> = Some(Vec::new());
+        let mut largest = 0u64;
+        for s in shapes {
+            let numel = s
+                .iter()
+                .try_fold(1u64, |n, &d| n.checked_mul(d as u64))
+                .unwrap_or(u64::MAX);
+            largest = largest.max(numel);
+            let Some(b) = broadcast.as_mut() else {
+                continue;
+            };
+            if s.len() > b.len() {
+                b.splice(0..0, std::iter::repeat_n(1, s.len() - b.len()));
+            }
+            let offset = b.len() - s.len();
+            for (i, &d) in s.iter().enumerate() {
+                let (d, e) = (d as u64, &mut b[offset + i]);
+                if *e == 1 {
+                    *e = d;
+                } else if d != 1 && d != *e {
+                    broadcast = None;
+                    break;
+                }
+            }
+        }
+        let numel = match broadcast {
+            Some(b) => b
+                .iter()
+                .try_fold(1u64, |n, &d| n.checked_mul(d))
+                .unwrap_or(u64::MAX),
+            None => largest,
+        };
+        Some(
+            numel
+                .saturating_mul(Cost::MAX_ITEMSIZE)
+                .saturating_mul(count),
+        )
+    }
+
     /// The signature, e.g.
     /// `softmax(input: Tensor, dim: int, dtype: dtype? = None) -> Tensor`.
     pub fn signature(&self) -> String {
@@ -349,6 +507,22 @@ impl OpSpec {
         {
             return fail("more than one tensor list".into());
         }
+        if self.cost.is_linear() {
+            // The bound of `output_bound` counts outputs and broadcasts
+            // single tensors: neither a list out nor a list in fits it.
+            if self.outputs.count().is_none() {
+                return fail(format!(
+                    "a {} op returns a fixed number of tensors, not a list",
+                    self.cost.name()
+                ));
+            }
+            if self.params.iter().any(|p| p.kind == ParamKind::TensorList) {
+                return fail(format!(
+                    "a {} op takes no tensor list (its outputs are bounded by single tensors broadcast together)",
+                    self.cost.name()
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -435,6 +609,27 @@ pub trait ForeignKernel: Send + Sync {
     /// the plugin header check guarantees both sides were built from the same
     /// versions. Implementations catch their own panics.
     unsafe fn call(&self, args: *const (), out: *mut ());
+
+    /// Whether the kernel has an in-place variant (a unary op's, see
+    /// [`ForeignKernel::call_in_place`]). Default: no.
+    fn has_in_place(&self) -> bool {
+        false
+    }
+
+    /// Runs the in-place variant. Default: writes nothing (the backend
+    /// then reports an error; it only calls this when
+    /// [`ForeignKernel::has_in_place`]).
+    ///
+    /// # Safety
+    /// `tensor` must point to the backend's tensor type, over memory that
+    /// the caller owns exclusively for the call, and `out` to its result
+    /// slot, as the backend's plugin interface defines them (for tch:
+    /// `tch::Tensor` and `Option<KernelResult<tch::Tensor>>`). As for
+    /// [`ForeignKernel::call`], the header check vouches for the layouts,
+    /// and implementations catch their own panics.
+    unsafe fn call_in_place(&self, tensor: *mut (), out: *mut ()) {
+        let _ = (tensor, out);
+    }
 }
 
 /// A registered op: its spec and its kernel.
@@ -1130,6 +1325,7 @@ mod tests {
             Param::new("alpha", ParamKind::Scalar).or_int(1),
         ],
         outputs: Outputs::One,
+        cost: Cost::Elementwise,
     };
     static CAT: OpSpec = OpSpec {
         name: "cat",
@@ -1140,6 +1336,7 @@ mod tests {
             Param::new("dim", ParamKind::Int).or_int(0),
         ],
         outputs: Outputs::One,
+        cost: Cost::Heavy,
     };
     static CONV: OpSpec = OpSpec {
         name: "conv2d",
@@ -1153,6 +1350,7 @@ mod tests {
             Param::new("padding", ParamKind::IntList).or_ints(&[0]),
         ],
         outputs: Outputs::One,
+        cost: Cost::Heavy,
     };
 
     fn kw(pairs: &[(&str, Value)]) -> BTreeMap<String, Value> {
@@ -1175,6 +1373,52 @@ mod tests {
         for s in [&ADD, &CAT, &CONV] {
             s.validate().unwrap();
         }
+    }
+
+    #[test]
+    fn linear_costs_bound_their_outputs_and_are_validated() {
+        let bound = |spec: &OpSpec, shapes: &[&[usize]]| spec.output_bound(shapes.iter().copied());
+        let m = Cost::MAX_ITEMSIZE;
+        assert_eq!(bound(&ADD, &[&[10], &[]]), Some(10 * m));
+        // [1, 300] by [200, 1]: 60,000 elements.
+        assert_eq!(bound(&ADD, &[&[1, 300], &[200, 1]]), Some(60_000 * m));
+        assert_eq!(bound(&ADD, &[&[2, 1, 5], &[7, 1]]), Some(70 * m));
+        // Not broadcastable (prelu's per-channel weight): the largest input.
+        assert_eq!(bound(&ADD, &[&[2, 3, 4], &[3]]), Some(24 * m));
+        // A broadcast past u64 saturates: refused by any budget.
+        let huge = 1usize << 40;
+        assert_eq!(bound(&ADD, &[&[huge, 1], &[1, huge]]), Some(u64::MAX));
+        assert_eq!(bound(&CAT, &[&[10]]), None, "heavy: no bound");
+        static AMINMAX: OpSpec = OpSpec::new(
+            "aminmax",
+            "reduction",
+            "minimum and maximum",
+            &[Param::tensor("input")],
+            Outputs::Tuple(&["min", "max"]),
+        )
+        .with_cost(Cost::Reduction);
+        AMINMAX.validate().unwrap();
+        assert_eq!(bound(&AMINMAX, &[&[3]]), Some(2 * 3 * m));
+        assert_eq!(
+            OpSpec::new("x", "c", "d", &[], Outputs::One).cost,
+            Cost::Heavy
+        );
+        // The bound cannot hold for lists, in or out.
+        const T: &[Param] = &[Param::tensor("input")];
+        let lists_out = OpSpec::new("s", "c", "d", T, Outputs::List).with_cost(Cost::Elementwise);
+        let e = lists_out.validate().unwrap_err();
+        assert!(e.message.contains("not a list"), "{e}");
+        let lists_in = OpSpec {
+            cost: Cost::Reduction,
+            ..CAT
+        };
+        let e = lists_in.validate().unwrap_err();
+        assert!(e.message.contains("no tensor list"), "{e}");
+        assert!(ADD.cost.is_linear() && !CAT.cost.is_linear());
+        // Unary: one tensor in, one out.
+        let neg = OpSpec::new("neg", "c", "d", T, Outputs::One);
+        assert!(neg.is_unary());
+        assert!(!ADD.is_unary() && !CAT.is_unary());
     }
 
     #[test]
@@ -1229,6 +1473,7 @@ mod tests {
                 Param::new("split_size_or_sections", ParamKind::IntOrIntList),
             ],
             outputs: Outputs::List,
+            cost: Cost::Heavy,
         };
         SPLIT.validate().unwrap();
         assert!(
@@ -1264,6 +1509,7 @@ mod tests {
                 Param::new("p", ParamKind::ScalarOrStr).or_str("fro"),
             ],
             outputs: Outputs::One,
+            cost: Cost::Heavy,
         };
         NORM.validate().unwrap();
         assert!(

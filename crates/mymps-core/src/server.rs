@@ -602,7 +602,7 @@ fn exec_inline(shared: &Shared, req: &ExecRequest, bufs: &[Bytes]) -> bool {
     match shared.backend.ops().lookup(&req.op) {
         Ok(entry) => runs_inline(
             limit,
-            entry.spec.category,
+            entry.spec.cost,
             req.inputs.iter().map(|t| t.shape.as_slice()),
         ),
         Err(_) => true, // Answered at once with an error.
@@ -768,26 +768,16 @@ fn panicked(what: &str, p: Box<dyn std::any::Any + Send>) -> Error {
     Error::internal(format!("{what} panicked: {}", crate::error::brief(msg)))
 }
 
-/// Op categories whose output is no larger than their tensor inputs
-/// broadcast together, and whose cost is linear in it.
-const INLINE_CATEGORIES: [&str; 5] = [
-    "arithmetic",
-    "elementwise",
-    "activation",
-    "comparison",
-    "reduction",
-];
-
 /// Whether an exec may run on the I/O thread (see
-/// [`Backend::inline_limit`]): a category of [`INLINE_CATEGORIES`] and
-/// tensor inputs that, broadcast together at 8 bytes an element, fit in
-/// `limit`.
+/// [`Backend::inline_limit`]): an op of a [linear](ops::Cost::is_linear)
+/// cost class whose tensor inputs, broadcast together at 8 bytes an
+/// element, fit in `limit`.
 fn runs_inline<'a>(
     limit: u64,
-    category: &str,
+    cost: ops::Cost,
     shapes: impl IntoIterator<Item = &'a [u64]>,
 ) -> bool {
-    if limit == 0 || !INLINE_CATEGORIES.contains(&category) {
+    if limit == 0 || !cost.is_linear() {
         return false;
     }
     broadcast_numel(shapes).is_some_and(|n| n.saturating_mul(8) <= limit)
@@ -814,29 +804,15 @@ fn broadcast_numel<'a>(shapes: impl IntoIterator<Item = &'a [u64]>) -> Option<u6
     shape.iter().try_fold(1u64, |n, &d| n.checked_mul(d))
 }
 
-/// For an op of [`INLINE_CATEGORIES`] whose outputs the backend could not
-/// estimate (an integer division, whose checks read values): its tensor
-/// inputs broadcast together, at the larger of 8 bytes and their widest
-/// item, which bounds what such ops return.
+/// For an op of a [linear](ops::Cost::is_linear) cost class whose outputs
+/// the backend could not estimate (an integer division, whose checks read
+/// values): the bound its cost class promises for its tensor inputs
+/// ([`ops::OpSpec::output_bound`]: their broadcast element count, at the
+/// widest item size, per output).
 fn broadcast_bytes(entry: &ops::OpEntry, args: &ops::Args<crate::Tensor>) -> Option<u64> {
-    if !INLINE_CATEGORIES.contains(&entry.spec.category) {
-        return None;
-    }
-    let tensors: Vec<&crate::Tensor> = args.all_tensors().collect();
-    let shapes: Vec<Vec<u64>> = tensors
-        .iter()
-        .map(|t| t.shape().iter().map(|&d| d as u64).collect())
-        .collect();
-    let item = tensors
-        .iter()
-        .map(|t| t.dtype().itemsize() as u64)
-        .max()
-        .unwrap_or(0)
-        .max(8);
-    Some(
-        broadcast_numel(shapes.iter().map(Vec::as_slice))
-            .map_or(u64::MAX, |n| n.saturating_mul(item)),
-    )
+    entry
+        .spec
+        .output_bound(args.all_tensors().map(|t| t.shape()))
 }
 
 async fn infer(
@@ -1004,28 +980,73 @@ async fn exec(
 
 #[cfg(test)]
 mod tests {
-    use super::runs_inline;
+    use super::{broadcast_bytes, runs_inline};
+    use crate::ops::{self, Cost, OpEntry, OpSpec, Outputs, Param};
 
     #[test]
     fn only_small_cheap_ops_run_inline() {
         let limit = 64 * 1024;
-        let yes = |c: &str, shapes: &[&[u64]]| runs_inline(limit, c, shapes.iter().copied());
-        assert!(yes("arithmetic", &[&[4, 4], &[4, 4]]));
-        assert!(yes("reduction", &[&[8192]]));
-        assert!(!yes("reduction", &[&[8193]]));
+        let yes = |c: Cost, shapes: &[&[u64]]| runs_inline(limit, c, shapes.iter().copied());
+        assert!(yes(Cost::Elementwise, &[&[4, 4], &[4, 4]]));
+        assert!(yes(Cost::Reduction, &[&[8192]]));
+        assert!(!yes(Cost::Reduction, &[&[8193]]));
         // Broadcasting two small inputs into a large output.
-        assert!(!yes("arithmetic", &[&[1, 4096], &[4096, 1]]));
-        assert!(yes("arithmetic", &[&[1, 64], &[64, 1]]));
-        assert!(yes("arithmetic", &[&[3, 1, 5], &[7, 1]]));
+        assert!(!yes(Cost::Elementwise, &[&[1, 4096], &[4096, 1]]));
+        assert!(yes(Cost::Elementwise, &[&[1, 64], &[64, 1]]));
+        assert!(yes(Cost::Elementwise, &[&[3, 1, 5], &[7, 1]]));
         // Not broadcastable: left to the pool, which reports the error.
-        assert!(!yes("arithmetic", &[&[3], &[4]]));
-        // Categories with unbounded or superlinear work never run inline.
-        for c in [
-            "linalg", "creation", "nn", "fft", "shape", "indexing", "loss",
-        ] {
-            assert!(!yes(c, &[&[4, 4]]), "{c}");
-        }
-        assert!(!runs_inline(0, "arithmetic", [[4u64, 4].as_slice()]));
-        assert!(yes("arithmetic", &[]));
+        assert!(!yes(Cost::Elementwise, &[&[3], &[4]]));
+        // Ops with superlinear or unbounded work never run inline, however
+        // small their inputs (mymps-ops tests which ops say so: sort, topk,
+        // median, diff, ...).
+        assert!(!yes(Cost::Heavy, &[&[4, 4]]));
+        assert!(!yes(Cost::Heavy, &[]));
+        assert!(!runs_inline(0, Cost::Elementwise, [[4u64, 4].as_slice()]));
+        assert!(yes(Cost::Elementwise, &[]));
+    }
+
+    #[test]
+    fn unestimated_outputs_are_bounded_by_the_cost_class() {
+        static DIV: OpSpec = OpSpec::new(
+            "div",
+            "arithmetic",
+            "input / other",
+            &[Param::tensor("input"), Param::tensor("other")],
+            Outputs::One,
+        )
+        .with_cost(Cost::Elementwise);
+        static DIFF: OpSpec = OpSpec::new(
+            "diff",
+            "reduction",
+            "n-th difference",
+            &[Param::tensor("input"), Param::tensor("other")],
+            Outputs::One,
+        );
+        static E_DIV: OpEntry = OpEntry::new(DIV, &());
+        static E_DIFF: OpEntry = OpEntry::new(DIFF, &());
+        let t = |shape: &[usize]| {
+            let n: usize = shape.iter().product();
+            crate::Tensor::new(crate::DType::Int8, shape, vec![0u8; n]).unwrap()
+        };
+        let args = |spec: &'static OpSpec, a: &[usize], b: &[usize]| {
+            ops::bind(
+                spec,
+                vec![("0".to_owned(), t(a)), ("1".to_owned(), t(b))],
+                Default::default(),
+            )
+            .unwrap()
+        };
+        // [1, 300] by [200, 1]: 60,000 elements of up to 16 bytes.
+        let a = args(&DIV, &[1, 300], &[200, 1]);
+        assert_eq!(broadcast_bytes(&E_DIV, &a), Some(60_000 * 16));
+        // Not broadcastable (the op will fail): the larger input.
+        let a = args(&DIV, &[3], &[4]);
+        assert_eq!(broadcast_bytes(&E_DIV, &a), Some(4 * 16));
+        // Broadcast past what any budget holds.
+        let a = args(&DIV, &[1 << 12, 1], &[1, 1 << 12]);
+        assert_eq!(broadcast_bytes(&E_DIV, &a), Some((1 << 24) * 16));
+        // A heavy op promises nothing: no bound, whatever its category.
+        let a = args(&DIFF, &[3], &[3]);
+        assert_eq!(broadcast_bytes(&E_DIFF, &a), None);
     }
 }

@@ -8,12 +8,18 @@ use tch::Tensor;
 
 use crate::Outputs::One;
 use crate::util::{Out, bad, dtype_arg, one, unary};
-use crate::{Args, Param, op};
+use crate::{Args, Param};
+
+/// This module's ops are [`Cost::Elementwise`](crate::Cost::Elementwise)
+/// unless they say otherwise.
+macro_rules! op {
+    ($($declaration:tt)*) => { crate::op! { @cost Elementwise; $($declaration)* } };
+}
 
 unary! {
-    "relu", "activation", "max(input, 0) (torch.nn.functional.relu)", f_relu;
+    "relu", "activation", "max(input, 0) (torch.nn.functional.relu)", f_relu, in_place: f_relu_;
     "relu6", "activation", "min(max(input, 0), 6) (torch.nn.functional.relu6)", f_relu6;
-    "sigmoid", "activation", "1 / (1 + exp(−input)) (torch.sigmoid)", f_sigmoid;
+    "sigmoid", "activation", "1 / (1 + exp(−input)) (torch.sigmoid)", f_sigmoid, in_place: f_sigmoid_;
     "silu", "activation", "input × sigmoid(input) (torch.nn.functional.silu)", f_silu;
     "mish", "activation", "input × tanh(softplus(input)) (torch.nn.functional.mish)", f_mish;
     "selu", "activation", "scale × elu(input, α) with the SELU constants (torch.nn.functional.selu)", f_selu;
@@ -30,15 +36,18 @@ op!("gelu", "activation", "Gaussian error linear unit; approximate \"none\" or \
 
 op!("softmax", "activation", "exp(x) / Σ exp(x) along dim (torch.softmax)",
     [INPUT, Param::int("dim"), Param::dtype("dtype").optional()] -> One,
-    |a| one(a.tensor("input")?.f_softmax(a.int("dim")?, dtype_arg(a)?)?));
+    |a| one(a.tensor("input")?.f_softmax(a.int("dim")?, dtype_arg(a)?)?),
+    cost: Reduction); // each output depends on its whole row along dim
 
 op!("log_softmax", "activation", "log(softmax(x)) along dim, computed stably (torch.log_softmax)",
     [INPUT, Param::int("dim"), Param::dtype("dtype").optional()] -> One,
-    |a| one(a.tensor("input")?.f_log_softmax(a.int("dim")?, dtype_arg(a)?)?));
+    |a| one(a.tensor("input")?.f_log_softmax(a.int("dim")?, dtype_arg(a)?)?),
+    cost: Reduction);
 
 op!("softmin", "activation", "softmax(−x) along dim (torch.nn.functional.softmin)",
     [INPUT, Param::int("dim"), Param::dtype("dtype").optional()] -> One,
-    |a| one(a.tensor("input")?.f_neg()?.f_softmax(a.int("dim")?, dtype_arg(a)?)?));
+    |a| one(a.tensor("input")?.f_neg()?.f_softmax(a.int("dim")?, dtype_arg(a)?)?),
+    cost: Reduction);
 
 op!("leaky_relu", "activation", "input if input > 0 else negative_slope × input (torch.nn.functional.leaky_relu)",
 [INPUT, Param::float("negative_slope").or_float(0.01)] -> One,
@@ -124,11 +133,13 @@ op!("threshold", "activation", "input if input > threshold else value (torch.nn.
 
 op!("glu", "activation", "gated linear unit: a × sigmoid(b), input halved along dim (torch.nn.functional.glu)",
     [INPUT, Param::int("dim").or_int(-1)] -> One,
-    |a| one(a.tensor("input")?.f_glu(a.int("dim")?)?));
+    |a| one(a.tensor("input")?.f_glu(a.int("dim")?)?),
+    cost: Reduction); // halves along dim: not positionwise
 
 op!("prelu", "activation", "input if input > 0 else weight × input, weight per channel (torch.nn.functional.prelu)",
     [INPUT, Param::tensor("weight")] -> One,
-    |a| one(a.tensor("input")?.f_prelu(a.tensor("weight")?)?));
+    |a| one(a.tensor("input")?.f_prelu(a.tensor("weight")?)?),
+    cost: Reduction); // weight per channel (dim 1), not broadcast by numpy's rules
 
 op!("dropout", "activation", "zeroes elements with probability p and scales the rest by 1/(1−p) when training (torch.nn.functional.dropout)",
     [INPUT, Param::float("p").or_float(0.5), Param::bool("training").or_bool(true)] -> One,

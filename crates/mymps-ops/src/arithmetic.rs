@@ -9,7 +9,14 @@ use crate::util::{
     Out, any, as_tensor, bad, int_bits, is_complex, is_floating, one, opt_tensor_or_scalar,
     scalar_arg,
 };
-use crate::{Args, KernelResult, Param, TensorOrScalar, op, torch_scalar};
+
+use crate::{Args, KernelResult, Param, TensorOrScalar, torch_scalar};
+
+/// This module's ops are [`Cost::Elementwise`](crate::Cost::Elementwise)
+/// unless they say otherwise.
+macro_rules! op {
+    ($($declaration:tt)*) => { crate::op! { @cost Elementwise; $($declaration)* } };
+}
 
 type TensorFn = fn(&Tensor, &Tensor) -> Result<Tensor, TchError>;
 type ScalarFn = fn(&Tensor, tch::Scalar) -> Result<Tensor, TchError>;
@@ -385,7 +392,8 @@ op!("clamp", "arithmetic", "limits input to [min, max]; min and max are tensors 
 
 op!("neg", "arithmetic", "−input (torch.neg)",
     [INPUT] -> One,
-    |a| one(a.tensor("input")?.f_neg()?));
+    |a| one(a.tensor("input")?.f_neg()?),
+    in_place: |t| Ok(t.f_neg_()?));
 
 #[cfg(test)]
 mod tests {

@@ -3,9 +3,15 @@
 use tch::Tensor;
 
 use crate::Outputs::{One, Tuple};
+use crate::Param;
 use crate::arithmetic::binary;
 use crate::util::{one, tuple};
-use crate::{Param, op};
+
+/// This module's ops are [`Cost::Elementwise`](crate::Cost::Elementwise)
+/// unless they say otherwise.
+macro_rules! op {
+    ($($declaration:tt)*) => { crate::op! { @cost Elementwise; $($declaration)* } };
+}
 
 const INPUT: Param = Param::tensor("input");
 const OTHER: Param = Param::tensor_or_scalar("other");
@@ -29,26 +35,29 @@ op!("isclose", "comparison", "|input − other| ≤ atol + rtol × |other|, elem
 
 op!("isin", "comparison", "whether each element of elements is in test_elements; bool (torch.isin)",
     [Param::tensor("elements"), Param::tensor("test_elements"), Param::bool("assume_unique").or_bool(false), Param::bool("invert").or_bool(false)] -> One,
-    |a| one(Tensor::f_isin(a.tensor("elements")?, a.tensor("test_elements")?, a.bool("assume_unique")?, a.bool("invert")?)?));
+    |a| one(Tensor::f_isin(a.tensor("elements")?, a.tensor("test_elements")?, a.bool("assume_unique")?, a.bool("invert")?)?),
+    cost: Heavy); // a search of test_elements for each element: superlinear
 
 op!("sort", "comparison", "values sorted along dim and their indices (torch.sort)",
 [INPUT, Param::int("dim").or_int(-1), Param::bool("descending").or_bool(false), Param::bool("stable").or_bool(false)] -> Tuple(&["values", "indices"]),
 |a| {
     let (v, i) = a.tensor("input")?.f_sort_stable(a.bool("stable")?, a.int("dim")?, a.bool("descending")?)?;
     tuple(vec![v, i])
-});
+}, cost: Heavy);
 
 op!("argsort", "comparison", "indices that sort input along dim (torch.argsort)",
     [INPUT, Param::int("dim").or_int(-1), Param::bool("descending").or_bool(false), Param::bool("stable").or_bool(false)] -> One,
-    |a| one(a.tensor("input")?.f_argsort_stable(a.bool("stable")?, a.int("dim")?, a.bool("descending")?)?));
+    |a| one(a.tensor("input")?.f_argsort_stable(a.bool("stable")?, a.int("dim")?, a.bool("descending")?)?),
+    cost: Heavy);
 
 op!("msort", "comparison", "input sorted along the first dimension (torch.msort)",
     [INPUT] -> One,
-    |a| one(a.tensor("input")?.f_msort()?));
+    |a| one(a.tensor("input")?.f_msort()?),
+    cost: Heavy);
 
 op!("topk", "comparison", "the k largest (or smallest) values along dim and their indices (torch.topk)",
 [INPUT, Param::int("k"), Param::int("dim").or_int(-1), Param::bool("largest").or_bool(true), Param::bool("sorted").or_bool(true)] -> Tuple(&["values", "indices"]),
 |a| {
     let (v, i) = a.tensor("input")?.f_topk(a.int("k")?, a.int("dim")?, a.bool("largest")?, a.bool("sorted")?)?;
     tuple(vec![v, i])
-});
+}, cost: Heavy); // a partial sort along dim

@@ -5,43 +5,49 @@ use tch::Tensor;
 use crate::Outputs::One;
 use crate::arithmetic::binary;
 use crate::util::{Out, as_tensor, one, unary};
-use crate::{Args, Param, TensorOrScalar, op};
+use crate::{Args, Param, TensorOrScalar};
+
+/// This module's ops are [`Cost::Elementwise`](crate::Cost::Elementwise)
+/// unless they say otherwise.
+macro_rules! op {
+    ($($declaration:tt)*) => { crate::op! { @cost Elementwise; $($declaration)* } };
+}
 
 unary! {
-    "abs", "elementwise", "|input| (torch.abs)", f_abs;
-    "ceil", "elementwise", "smallest integer ≥ input (torch.ceil)", f_ceil;
-    "floor", "elementwise", "largest integer ≤ input (torch.floor)", f_floor;
-    "trunc", "elementwise", "input rounded toward zero (torch.trunc)", f_trunc;
-    "frac", "elementwise", "fractional part, input − trunc(input) (torch.frac)", f_frac;
-    "exp", "elementwise", "e ** input (torch.exp)", f_exp;
-    "exp2", "elementwise", "2 ** input (torch.exp2)", f_exp2;
-    "expm1", "elementwise", "exp(input) − 1, accurate near 0 (torch.expm1)", f_expm1;
-    "log", "elementwise", "natural logarithm (torch.log)", f_log;
-    "log2", "elementwise", "base-2 logarithm (torch.log2)", f_log2;
-    "log10", "elementwise", "base-10 logarithm (torch.log10)", f_log10;
-    "log1p", "elementwise", "log(1 + input), accurate near 0 (torch.log1p)", f_log1p;
-    "sqrt", "elementwise", "square root (torch.sqrt)", f_sqrt;
-    "rsqrt", "elementwise", "1 / sqrt(input) (torch.rsqrt)", f_rsqrt;
-    "square", "elementwise", "input² (torch.square)", f_square;
-    "reciprocal", "elementwise", "1 / input (torch.reciprocal)", f_reciprocal;
-    "sign", "elementwise", "−1, 0 or 1 by the sign of input (torch.sign)", f_sign;
+    "abs", "elementwise", "|input| (torch.abs)", f_abs, in_place: f_abs_;
+    "ceil", "elementwise", "smallest integer ≥ input (torch.ceil)", f_ceil, in_place: f_ceil_;
+    "floor", "elementwise", "largest integer ≤ input (torch.floor)", f_floor, in_place: f_floor_;
+    "trunc", "elementwise", "input rounded toward zero (torch.trunc)", f_trunc, in_place: f_trunc_;
+    "frac", "elementwise", "fractional part, input − trunc(input) (torch.frac)", f_frac, in_place: f_frac_;
+    "exp", "elementwise", "e ** input (torch.exp)", f_exp, in_place: f_exp_;
+    "exp2", "elementwise", "2 ** input (torch.exp2)", f_exp2, in_place: f_exp2_;
+    "expm1", "elementwise", "exp(input) − 1, accurate near 0 (torch.expm1)", f_expm1, in_place: f_expm1_;
+    "log", "elementwise", "natural logarithm (torch.log)", f_log, in_place: f_log_;
+    "log2", "elementwise", "base-2 logarithm (torch.log2)", f_log2, in_place: f_log2_;
+    "log10", "elementwise", "base-10 logarithm (torch.log10)", f_log10, in_place: f_log10_;
+    "log1p", "elementwise", "log(1 + input), accurate near 0 (torch.log1p)", f_log1p, in_place: f_log1p_;
+    "sqrt", "elementwise", "square root (torch.sqrt)", f_sqrt, in_place: f_sqrt_;
+    "rsqrt", "elementwise", "1 / sqrt(input) (torch.rsqrt)", f_rsqrt, in_place: f_rsqrt_;
+    "square", "elementwise", "input² (torch.square)", f_square, in_place: f_square_;
+    "reciprocal", "elementwise", "1 / input (torch.reciprocal)", f_reciprocal, in_place: f_reciprocal_;
+    "sign", "elementwise", "−1, 0 or 1 by the sign of input (torch.sign)", f_sign, in_place: f_sign_;
     "sgn", "elementwise", "sign, input / |input| for complex input (torch.sgn)", f_sgn;
     "signbit", "elementwise", "whether the sign bit is set; bool (torch.signbit)", f_signbit;
-    "sin", "elementwise", "sine (torch.sin)", f_sin;
-    "cos", "elementwise", "cosine (torch.cos)", f_cos;
-    "tan", "elementwise", "tangent (torch.tan)", f_tan;
-    "asin", "elementwise", "arcsine (torch.asin)", f_asin;
-    "acos", "elementwise", "arccosine (torch.acos)", f_acos;
-    "atan", "elementwise", "arctangent (torch.atan)", f_atan;
-    "sinh", "elementwise", "hyperbolic sine (torch.sinh)", f_sinh;
-    "cosh", "elementwise", "hyperbolic cosine (torch.cosh)", f_cosh;
-    "tanh", "elementwise", "hyperbolic tangent (torch.tanh)", f_tanh;
+    "sin", "elementwise", "sine (torch.sin)", f_sin, in_place: f_sin_;
+    "cos", "elementwise", "cosine (torch.cos)", f_cos, in_place: f_cos_;
+    "tan", "elementwise", "tangent (torch.tan)", f_tan, in_place: f_tan_;
+    "asin", "elementwise", "arcsine (torch.asin)", f_asin, in_place: f_asin_;
+    "acos", "elementwise", "arccosine (torch.acos)", f_acos, in_place: f_acos_;
+    "atan", "elementwise", "arctangent (torch.atan)", f_atan, in_place: f_atan_;
+    "sinh", "elementwise", "hyperbolic sine (torch.sinh)", f_sinh, in_place: f_sinh_;
+    "cosh", "elementwise", "hyperbolic cosine (torch.cosh)", f_cosh, in_place: f_cosh_;
+    "tanh", "elementwise", "hyperbolic tangent (torch.tanh)", f_tanh, in_place: f_tanh_;
     "asinh", "elementwise", "inverse hyperbolic sine (torch.asinh)", f_asinh;
     "acosh", "elementwise", "inverse hyperbolic cosine (torch.acosh)", f_acosh;
     "atanh", "elementwise", "inverse hyperbolic tangent (torch.atanh)", f_atanh;
     "sinc", "elementwise", "normalized sinc, sin(πx) / (πx) (torch.sinc)", f_sinc;
-    "erf", "elementwise", "error function (torch.erf)", f_erf;
-    "erfc", "elementwise", "complementary error function, 1 − erf(input) (torch.erfc)", f_erfc;
+    "erf", "elementwise", "error function (torch.erf)", f_erf, in_place: f_erf_;
+    "erfc", "elementwise", "complementary error function, 1 − erf(input) (torch.erfc)", f_erfc, in_place: f_erfc_;
     "erfinv", "elementwise", "inverse error function (torch.erfinv)", f_erfinv;
     "lgamma", "elementwise", "log |Γ(input)| (torch.lgamma)", f_lgamma;
     "digamma", "elementwise", "ψ(input), the derivative of lgamma (torch.digamma)", f_digamma;

@@ -38,13 +38,28 @@
 //! the kernel composes torch's own formula, and the Python conformance suite
 //! (`tests/python/ops`) checks it against PyTorch.
 //!
-//! Third-party op crates depend on this crate and use [`op!`] the same way;
-//! linking them into the server binary is enough to register their ops.
+//! Each op's declaration states what the server needs to know about it, in
+//! its spec and kernel, not in tables elsewhere: its [`Cost`] class (which
+//! ops may run on the server's I/O thread, and how large the outputs of
+//! one the backend cannot estimate can be) and, for a unary op, its
+//! in-place variant ([`InPlaceFn`], torch's `op_`), which the backend runs
+//! in a received buffer that only the request holds. The category only
+//! groups ops in listings. The tables' modules default the cost by what
+//! they hold (`arithmetic`, `elementwise`, `activation`, `comparison`:
+//! [`Cost::Elementwise`]; `reduction`: [`Cost::Reduction`]; the rest
+//! [`Cost::Heavy`]), and an op whose work is not that says so (`sort`,
+//! `topk`, `median`, `diff`, `norm`: `cost: Heavy`).
+//!
+//! Third-party op crates depend on this crate and use [`op!`] the same way
+//! (their ops are [`Cost::Heavy`] unless they state otherwise); linking
+//! them into the server binary is enough to register their ops.
 //!
 //! ```ignore
 //! mymps_ops::op!("double", "custom", "2 × input",
 //!     [Param::tensor("input")] -> Outputs::One,
-//!     |a| Ok(OpOutput::One(a.tensor("input")?.f_mul_scalar(2)?)));
+//!     |a| Ok(OpOutput::One(a.tensor("input")?.f_mul_scalar(2)?)),
+//!     cost: Elementwise,
+//!     in_place: |t| Ok(t.f_mul_scalar_(2)?));
 //! ```
 #![warn(missing_docs)]
 
@@ -53,7 +68,8 @@ use tch::{Kind, TchError, Tensor};
 
 pub use inventory;
 pub use mymps_core::ops::{
-    Args, ForeignKernel, Kernel, OpEntry, OpOutput, OpSpec, Outputs, Param, Scalar, TensorOrScalar,
+    Args, Cost, ForeignKernel, Kernel, OpEntry, OpOutput, OpSpec, Outputs, Param, Scalar,
+    TensorOrScalar,
 };
 
 mod util;
@@ -94,19 +110,57 @@ pub type KernelResult<T> = std::result::Result<T, KernelError>;
 /// The signature of a libtorch kernel.
 pub type KernelFn = fn(&Args<Tensor>) -> KernelResult<OpOutput<Tensor>>;
 
-/// A libtorch kernel, as stored (type-erased) in an [`OpEntry`]. The tch
+/// The in-place variant of a unary op's kernel (torch's `op_`, as in
+/// `|t| Ok(t.f_neg_()?)`), as candle's in-place custom ops carry theirs.
+///
+/// The backend calls it only on a contiguous real floating-point tensor
+/// (float16, bfloat16, float32, float64) whose memory it owns exclusively
+/// (a received buffer that nothing else refers to, see
+/// [`mymps_core::buffer::LargeBuf`]), and sends the result from that
+/// memory. It must compute in `t` what the op's kernel gives for `t`, with
+/// the same dtype and shape, and return `t` (or a tensor over the same
+/// memory); anything else is run again through the kernel.
+pub type InPlaceFn = fn(&mut Tensor) -> KernelResult<Tensor>;
+
+/// A libtorch kernel, as stored (type-erased) in an [`OpEntry`]: the
+/// kernel and, for a unary op that has one, its in-place variant. The tch
 /// backend runs every entry whose kernel is a `TchKernel`.
 #[derive(Clone, Copy)]
-pub struct TchKernel(pub KernelFn);
+pub struct TchKernel {
+    run: KernelFn,
+    in_place: Option<InPlaceFn>,
+}
 
 impl TchKernel {
+    /// A kernel and its in-place variant, if it has one ([`op!`] checks,
+    /// when it compiles the op, that only unary ops have one).
+    pub const fn new(run: KernelFn, in_place: Option<InPlaceFn>) -> TchKernel {
+        TchKernel { run, in_place }
+    }
+
     /// Runs the kernel. A panic becomes an error: tch panics when a call
     /// that takes a scalar fails (it frees the scalar, which checks
     /// libtorch's error flag, before it reads the error), and that panic
     /// carries libtorch's whole message, backtrace included.
     pub fn call(&self, args: &Args<Tensor>) -> KernelResult<OpOutput<Tensor>> {
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (self.0)(args)))
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (self.run)(args)))
             .unwrap_or_else(|p| Err(KernelError(kernel_panic(args.spec().name, &*p))))
+    }
+
+    /// Whether the kernel has an in-place variant.
+    pub fn has_in_place(&self) -> bool {
+        self.in_place.is_some()
+    }
+
+    /// Runs the in-place variant on `t` (see [`InPlaceFn`] for what `t`
+    /// must be); `None` if there is none. Panics become errors, as in
+    /// [`TchKernel::call`].
+    pub fn call_in_place(&self, op: &str, t: &mut Tensor) -> Option<KernelResult<Tensor>> {
+        let f = self.in_place?;
+        Some(
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(t)))
+                .unwrap_or_else(|p| Err(KernelError(kernel_panic(op, &*p)))),
+        )
     }
 }
 
@@ -181,6 +235,8 @@ fn check_inputs(args: &Args<Tensor>) -> KernelResult<()> {
 
 /// What a foreign (plugin) kernel writes into its result slot.
 type ForeignOut = Option<KernelResult<OpOutput<Tensor>>>;
+/// What a foreign kernel's in-place variant writes into its result slot.
+type ForeignInPlaceOut = Option<KernelResult<Tensor>>;
 
 /// Runs whichever libtorch kernel `entry` holds; `None` if it holds none.
 pub fn run_kernel(entry: &OpEntry, args: &Args<Tensor>) -> Option<KernelResult<OpOutput<Tensor>>> {
@@ -210,6 +266,49 @@ pub fn run_kernel(entry: &OpEntry, args: &Args<Tensor>) -> Option<KernelResult<O
             }))
         }
         Kernel::Foreign(_) => None,
+    }
+}
+
+/// Whether `entry` has a libtorch kernel with an in-place variant, for a
+/// unary op (see [`InPlaceFn`]).
+pub fn has_in_place(entry: &OpEntry) -> bool {
+    entry.spec.is_unary()
+        && match entry.kernel {
+            Kernel::Native(k) => k
+                .downcast_ref::<TchKernel>()
+                .is_some_and(|k| k.has_in_place()),
+            Kernel::Foreign(k) => k.backend() == BACKEND && k.has_in_place(),
+        }
+}
+
+/// Runs the in-place variant of `entry`'s kernel on `t`, which must be
+/// what [`InPlaceFn`] says; `None` when it has none (see [`has_in_place`]).
+pub fn run_in_place(entry: &OpEntry, t: &mut Tensor) -> Option<KernelResult<Tensor>> {
+    if !has_in_place(entry) {
+        return None;
+    }
+    match entry.kernel {
+        Kernel::Native(k) => k
+            .downcast_ref::<TchKernel>()?
+            .call_in_place(entry.spec.name, t),
+        Kernel::Foreign(k) => {
+            let mut out: ForeignInPlaceOut = None;
+            // SAFETY: the tch plugin interface: `tch::Tensor` in,
+            // `ForeignInPlaceOut` out; the plugin header check guarantees
+            // both sides were built from the same versions.
+            unsafe {
+                k.call_in_place(
+                    t as *mut Tensor as *mut (),
+                    &mut out as *mut ForeignInPlaceOut as *mut (),
+                )
+            };
+            Some(out.unwrap_or_else(|| {
+                Err(KernelError(Error::internal(format!(
+                    "op '{}' returned nothing in place",
+                    entry.spec.name
+                ))))
+            }))
+        }
     }
 }
 
@@ -253,6 +352,30 @@ impl ForeignKernel for PluginKernel {
                 ))))
             });
         *out = Some(r);
+    }
+
+    fn has_in_place(&self) -> bool {
+        self.kernel.has_in_place()
+    }
+
+    unsafe fn call_in_place(&self, tensor: *mut (), out: *mut ()) {
+        // SAFETY: per `ForeignKernel::call_in_place`'s contract.
+        let (t, out) = unsafe {
+            (
+                &mut *(tensor as *mut Tensor),
+                &mut *(out as *mut ForeignInPlaceOut),
+            )
+        };
+        *out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            self.kernel.call_in_place(self.name, t)
+        }))
+        .unwrap_or_else(|p| {
+            Some(Err(KernelError(Error::internal(format!(
+                "op '{}' panicked: {}",
+                self.name,
+                mymps_core::plugin::panic_message(&*p)
+            )))))
+        });
     }
 }
 
@@ -473,29 +596,51 @@ pub fn scalar_tensor(s: Scalar, like: &Tensor) -> KernelResult<Tensor> {
 }
 
 /// Registers an op: name, category, one-line doc, parameters, outputs and
-/// kernel (a `fn` or a closure without captures).
+/// kernel (a `fn` or a closure without captures), then, optionally and in
+/// this order, its cost class (`cost: Elementwise`, a [`Cost`] variant;
+/// [`Cost::Heavy`] when not given) and its in-place variant
+/// (`in_place: f`, an [`InPlaceFn`]; only for an op of one tensor in and
+/// one out, which is checked when the op compiles).
 ///
 /// ```ignore
 /// op!("relu", "activation", "max(input, 0)",
 ///     [Param::tensor("input")] -> Outputs::One,
-///     |a| Ok(OpOutput::One(a.tensor("input")?.f_relu()?)));
+///     |a| Ok(OpOutput::One(a.tensor("input")?.f_relu()?)),
+///     cost: Elementwise,
+///     in_place: |t| Ok(t.f_relu_()?));
 /// ```
+///
+/// The category only groups ops in listings; what the server decides from
+/// (running on its I/O thread, bounding unestimated outputs) is the cost.
+/// State a linear class only when it holds for every argument: see
+/// [`Cost`].
 #[macro_export]
 macro_rules! op {
-    ($name:literal, $category:literal, $doc:literal, [$($param:expr),* $(,)?] -> $outputs:expr, $kernel:expr $(,)?) => {
+    (@pick $default:ident) => { $crate::Cost::$default };
+    (@pick $default:ident $cost:ident) => { $crate::Cost::$cost };
+    (@in_place) => { ::core::option::Option::None };
+    (@in_place $f:expr) => { ::core::option::Option::Some($f) };
+    // `$default` is the cost when the declaration states none: Heavy, or a
+    // module's own default for the built-in tables.
+    (@cost $default:ident; $name:literal, $category:literal, $doc:literal,
+        [$($param:expr),* $(,)?] -> $outputs:expr, $kernel:expr
+        $(, cost: $cost:ident)? $(, in_place: $in_place:expr)? $(,)?) => {
         $crate::inventory::submit! {
-            $crate::OpEntry::new(
-                $crate::OpSpec {
-                    name: $name,
-                    category: $category,
-                    doc: $doc,
-                    params: &[$($param),*],
-                    outputs: $outputs,
-                },
-                &$crate::TchKernel($kernel),
-            )
+            {
+                const SPEC: $crate::OpSpec =
+                    $crate::OpSpec::new($name, $category, $doc, &[$($param),*], $outputs)
+                        .with_cost($crate::op!(@pick $default $($cost)?));
+                const IN_PLACE: ::core::option::Option<$crate::InPlaceFn> =
+                    $crate::op!(@in_place $($in_place)?);
+                const _: () = ::core::assert!(
+                    IN_PLACE.is_none() || SPEC.is_unary(),
+                    ::core::concat!("op '", $name, "': only an op of one tensor in and one out may have an in-place variant")
+                );
+                $crate::OpEntry::new(SPEC, &$crate::TchKernel::new($kernel, IN_PLACE))
+            }
         }
     };
+    ($name:literal, $($declaration:tt)*) => { $crate::op! { @cost Heavy; $name, $($declaration)* } };
 }
 
 /// Every op linked into this binary with a libtorch kernel.
@@ -610,6 +755,129 @@ mod tests {
         }
         let names: Vec<&str> = r.iter().map(|e| e.spec.name).collect();
         assert!(names.windows(2).all(|w| w[0] < w[1]), "list_ops is sorted");
+    }
+
+    #[test]
+    fn cost_classes_are_declared_where_the_work_is() {
+        let r = registry().unwrap();
+        let cost = |name: &str| r.get(name).unwrap_or_else(|| panic!("{name}")).spec.cost;
+        // Element-wise by their tables' default, unary! ops included.
+        for name in [
+            "add",
+            "div",
+            "float_power",
+            "clamp",
+            "where",
+            "abs",
+            "exp",
+            "eq",
+            "isclose",
+            "relu",
+            "gelu",
+            "dropout",
+        ] {
+            assert_eq!(cost(name), Cost::Elementwise, "{name}");
+        }
+        for name in [
+            "sum", "argmax", "cumsum", "var_mean", "max", "softmax", "glu", "prelu",
+        ] {
+            assert_eq!(cost(name), Cost::Reduction, "{name}");
+        }
+        // Elementwise-like categories, work that is not: they say so.
+        for name in [
+            "sort",
+            "argsort",
+            "msort",
+            "topk",
+            "isin",
+            "median",
+            "nanmedian",
+            "mode",
+            "kthvalue",
+            "quantile",
+            "nanquantile",
+            "norm",
+            "diff",
+        ] {
+            assert_eq!(cost(name), Cost::Heavy, "{name}");
+        }
+        // Every other table is heavy (the op! default), whatever it holds.
+        let linear_tables = [
+            "arithmetic",
+            "elementwise",
+            "activation",
+            "comparison",
+            "reduction",
+        ];
+        for e in r.iter() {
+            if !linear_tables.contains(&e.spec.category) {
+                assert_eq!(e.spec.cost, Cost::Heavy, "{}", e.spec.name);
+            }
+        }
+    }
+
+    #[test]
+    fn in_place_variants_belong_to_unary_ops() {
+        let r = registry().unwrap();
+        let with: Vec<&str> = r
+            .iter()
+            .filter(|e| has_in_place(e))
+            .map(|e| e.spec.name)
+            .collect();
+        assert_eq!(
+            with,
+            [
+                "abs",
+                "acos",
+                "asin",
+                "atan",
+                "ceil",
+                "cos",
+                "cosh",
+                "erf",
+                "erfc",
+                "exp",
+                "exp2",
+                "expm1",
+                "floor",
+                "frac",
+                "log",
+                "log10",
+                "log1p",
+                "log2",
+                "neg",
+                "reciprocal",
+                "relu",
+                "rsqrt",
+                "sigmoid",
+                "sign",
+                "sin",
+                "sinh",
+                "sqrt",
+                "square",
+                "tan",
+                "tanh",
+                "trunc",
+            ]
+        );
+        for e in r.iter().filter(|e| has_in_place(e)) {
+            assert!(
+                e.spec.is_unary() && e.spec.cost == Cost::Elementwise,
+                "{}",
+                e.spec.name
+            );
+        }
+        // The variant computes in its tensor what the kernel returns.
+        let x = Tensor::from_slice(&[0.25f32, 0.5, 2.0]);
+        let entry = r.get("sqrt").unwrap();
+        let mut y = x.copy();
+        let z = run_in_place(entry, &mut y).unwrap().unwrap();
+        assert_eq!(z.data_ptr(), y.data_ptr(), "in place");
+        let OpOutput::One(want) = util::run("sqrt", vec![("0", x)], &[]).unwrap() else {
+            panic!()
+        };
+        assert!(z.equal(&want));
+        assert!(run_in_place(r.get("sum").unwrap(), &mut y).is_none());
     }
 
     #[test]

@@ -6,7 +6,13 @@ use tch::{Kind, TchError, Tensor};
 
 use crate::Outputs::{One, Tuple};
 use crate::util::{Out, all_dims, as_tensor, dtype_arg, one, tuple};
-use crate::{Args, Param, op, torch_scalar};
+use crate::{Args, Param, torch_scalar};
+
+/// This module's ops are [`Cost::Reduction`](crate::Cost::Reduction)
+/// unless they say otherwise.
+macro_rules! op {
+    ($($declaration:tt)*) => { crate::op! { @cost Reduction; $($declaration)* } };
+}
 
 type AllFn = fn(&Tensor, Option<Kind>) -> Result<Tensor, TchError>;
 type DimsFn = fn(&Tensor, Option<&[i64]>, bool, Option<Kind>) -> Result<Tensor, TchError>;
@@ -137,7 +143,8 @@ fn norm(a: &Args<Tensor>) -> Out {
 
 op!("norm", "reduction", "p-norm: \"fro\" or a number (inf allowed) over the flattened input or dim, \"nuc\" over a matrix (torch.norm)",
     [INPUT, Param::new("p", ParamKind::ScalarOrStr).or_str("fro"), DIMS, KEEPDIM, DTYPE] -> One,
-    norm);
+    norm,
+    cost: Heavy); // "nuc" and matrix "fro" are matrix norms (an SVD)
 
 op!("vector_norm", "reduction", "ord-norm of the flattened input or over dim (torch.linalg.vector_norm)",
 [Param::tensor("x"), Param::float("ord").or_float(2.0), DIMS, KEEPDIM, DTYPE] -> One,
@@ -198,7 +205,7 @@ op!("median", "reduction", "lower median; without dim one tensor, with dim (valu
             tuple(vec![v, i])
         }
     }
-});
+}, cost: Heavy); // a selection, superlinear at worst
 
 op!("nanmedian", "reduction", "median ignoring NaN; without dim one tensor, with dim (values, indices) (torch.nanmedian)",
 [INPUT, DIM, KEEPDIM] -> Tuple(&["values", "indices"]),
@@ -211,21 +218,21 @@ op!("nanmedian", "reduction", "median ignoring NaN; without dim one tensor, with
             tuple(vec![v, i])
         }
     }
-});
+}, cost: Heavy);
 
 op!("mode", "reduction", "most frequent value along dim and its index (torch.mode)",
 [INPUT, Param::int("dim").or_int(-1), KEEPDIM] -> Tuple(&["values", "indices"]),
 |a| {
     let (v, i) = a.tensor("input")?.f_mode(a.int("dim")?, a.bool("keepdim")?)?;
     tuple(vec![v, i])
-});
+}, cost: Heavy); // sorts along dim
 
 op!("kthvalue", "reduction", "k-th smallest value along dim and its index (torch.kthvalue)",
 [INPUT, Param::int("k"), Param::int("dim").or_int(-1), KEEPDIM] -> Tuple(&["values", "indices"]),
 |a| {
     let (v, i) = a.tensor("input")?.f_kthvalue(a.int("k")?, a.int("dim")?, a.bool("keepdim")?)?;
     tuple(vec![v, i])
-});
+}, cost: Heavy); // a selection, superlinear at worst
 
 fn quantile(a: &Args<Tensor>, nan: bool) -> Out {
     let x = a.tensor("input")?;
@@ -251,9 +258,11 @@ const QUANTILE: [Param; 5] = [
 ];
 
 op!("quantile", "reduction", "q-th quantiles, flattened or along dim (torch.quantile)",
-    [QUANTILE[0], QUANTILE[1], QUANTILE[2], QUANTILE[3], QUANTILE[4]] -> One, |a| quantile(a, false));
+    [QUANTILE[0], QUANTILE[1], QUANTILE[2], QUANTILE[3], QUANTILE[4]] -> One, |a| quantile(a, false),
+    cost: Heavy); // sorts
 op!("nanquantile", "reduction", "q-th quantiles ignoring NaN (torch.nanquantile)",
-    [QUANTILE[0], QUANTILE[1], QUANTILE[2], QUANTILE[3], QUANTILE[4]] -> One, |a| quantile(a, true));
+    [QUANTILE[0], QUANTILE[1], QUANTILE[2], QUANTILE[3], QUANTILE[4]] -> One, |a| quantile(a, true),
+    cost: Heavy);
 
 op!("cumsum", "reduction", "cumulative sum along dim (torch.cumsum)",
     [INPUT, Param::int("dim"), DTYPE] -> One,
@@ -283,7 +292,8 @@ op!("logcumsumexp", "reduction", "log of the cumulative sum of exp along dim (to
 
 op!("diff", "reduction", "n-th forward difference along dim, with optional prepend/append (torch.diff)",
     [INPUT, Param::int("n").or_int(1), Param::int("dim").or_int(-1), Param::tensor("prepend").optional(), Param::tensor("append").optional()] -> One,
-    |a| one(a.tensor("input")?.f_diff(a.int("n")?, a.int("dim")?, a.opt_tensor("prepend")?, a.opt_tensor("append")?)?));
+    |a| one(a.tensor("input")?.f_diff(a.int("n")?, a.int("dim")?, a.opt_tensor("prepend")?, a.opt_tensor("append")?)?),
+    cost: Heavy); // n passes (n up to the length of dim), and prepend/append make it longer than input
 
 /// `max` / `min`: of all elements (one tensor), elementwise against
 /// `other` (one tensor), or along `dim` (values and indices), as torch.

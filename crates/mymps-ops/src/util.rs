@@ -117,13 +117,16 @@ pub(crate) fn all_dims(t: &Tensor) -> Vec<i64> {
 }
 
 /// Registers ops of one tensor `input` and no other argument, each mapped
-/// to a fallible tch method: `name, category, doc, method;`.
+/// to a fallible tch method, with the calling module's default cost (its
+/// `op!`): `name, category, doc, method;`, or with torch's in-place variant
+/// `name, category, doc, method, in_place: method_;`.
 macro_rules! unary {
-    ($($name:literal, $category:literal, $doc:literal, $method:ident;)*) => {
+    ($($name:literal, $category:literal, $doc:literal, $method:ident $(, in_place: $in_place:ident)?;)*) => {
         $(
-            $crate::op!($name, $category, $doc,
+            op!($name, $category, $doc,
                 [$crate::Param::tensor("input")] -> $crate::Outputs::One,
-                |a| $crate::util::one(a.tensor("input")?.$method()?));
+                |a| $crate::util::one(a.tensor("input")?.$method()?)
+                $(, in_place: |t| Ok(t.$in_place()?))?);
         )*
     };
 }
