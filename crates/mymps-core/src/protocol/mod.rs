@@ -8,10 +8,15 @@
 //! choosing, and the server answers each with one [`Response`] carrying the
 //! same id, in any order.
 //!
+//! [`rpc`] types each kind of request with its reply ([`rpc::Rpc`]): the
+//! client, the cluster and the HTTP routes build requests and read replies
+//! through it instead of matching on [`Response`] each.
+//!
 //! `docs/protocol.md` describes the format for implementers in other languages.
 
 mod frame;
 mod message;
+pub mod rpc;
 
 pub use frame::*;
 pub use message::*;

@@ -1,0 +1,453 @@
+//! Typed requests: each kind of [`Request`] as a type that names its reply.
+//!
+//! An [`Rpc`] turns itself into the wire's [`Request`] (and the tensor
+//! buffers it carries) and reads its own reply out of a [`Response`]. The
+//! wire format is the [`Request`] / [`Response`] enums' and nothing here
+//! changes it: [`Health`] is sent as `Request::Health`, byte for byte.
+//!
+//! Callers (the client, the cluster, the HTTP routes, the Python classes)
+//! go through these types instead of matching on [`Response`] themselves,
+//! so the reply of each kind is read in one place. A new kind of request is
+//! a variant of [`Request`], a type here, its arm in the server, and (when
+//! it deserves a short name) one method of
+//! [`Caller`](crate::client::Caller).
+//!
+//! | type | request | reply |
+//! |---|---|---|
+//! | [`Health`] | `health` | [`HealthInfo`] |
+//! | [`Stats`] | `stats` | [`StatsInfo`] |
+//! | [`ListOps`] / [`OpNames`] | `list_ops` | `Vec<`[`OpSummary`]`>` / `Vec<String>` |
+//! | [`DescribeOp`] | `describe_op` | [`OpInfo`] |
+//! | [`Call`] | `exec` | [`Outputs`] |
+//! | [`Infer`] | `infer` | [`Outputs`] |
+//! | [`LoadModel`] | `load_model` | [`model::ModelInfo`] |
+//! | [`ListModels`] | `list_models` | `Vec<`[`model::ModelInfo`]`>` |
+//! | [`ModelInfo`] | `model_info` | [`model::ModelInfo`] |
+//! | [`UnloadModel`] | `unload_model` | `()` |
+//! | [`Metrics`] | `metrics` | [`MetricsSnapshot`] |
+//!
+//! No I/O: these are conversions, testable without sockets.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+
+use super::{
+    ExecRequest, ExecResponse, HealthInfo, InferRequest, MetricsSnapshot, OpSummary, Request,
+    RequestKind, Response, StatsInfo, tensors_from_wire, tensors_to_wire,
+};
+use crate::error::{Error, Result};
+use crate::model::{self, LoadRequest};
+use crate::ops::OpInfo;
+use crate::tensor::Tensor;
+use crate::value::Value;
+
+/// A request typed with its reply.
+pub trait Rpc: Send + 'static {
+    /// What the request returns when it succeeds.
+    type Reply: Send + 'static;
+    /// The request's kind.
+    const KIND: RequestKind;
+
+    /// The request's header and the tensor buffers the frame carries.
+    fn into_request(self) -> (Request, Vec<Bytes>);
+
+    /// The reply, from a response header and the tensor buffers of its
+    /// frame. An error response is its error; a response of another kind is
+    /// a [`Protocol`](crate::ErrorCode::Protocol) error.
+    fn from_response(response: Response, tensors: Vec<Bytes>) -> Result<Self::Reply>;
+}
+
+/// The error for a response that is not `kind`'s reply.
+fn unexpected(kind: RequestKind, response: Response) -> Error {
+    match response {
+        Response::Error(e) => e,
+        other => Error::protocol(format!("unexpected reply to {}: {other:?}", kind.name())),
+    }
+}
+
+/// Implements [`Rpc`] for a request whose reply is one variant of
+/// [`Response`] and carries no tensors.
+macro_rules! rpc {
+    ($ty:ty, $kind:ident -> $reply:ty,
+     |$this:pat_param| $request:expr,
+     $pattern:pat => $value:expr) => {
+        impl Rpc for $ty {
+            type Reply = $reply;
+            const KIND: RequestKind = RequestKind::$kind;
+
+            fn into_request(self) -> (Request, Vec<Bytes>) {
+                let $this = self;
+                ($request, Vec::new())
+            }
+
+            fn from_response(response: Response, _: Vec<Bytes>) -> Result<$reply> {
+                match response {
+                    $pattern => Ok($value),
+                    other => Err(unexpected(Self::KIND, other)),
+                }
+            }
+        }
+    };
+}
+
+/// `health`: the server's status.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Health;
+rpc!(Health, Health -> HealthInfo, |_| Request::Health, Response::Health(h) => h);
+
+/// `stats`: host, process and accelerator statistics of the server.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats;
+rpc!(Stats, Stats -> StatsInfo, |_| Request::Stats, Response::Stats(s) => s);
+
+/// `list_ops`: the whitelist with categories and docs, sorted by name.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ListOps;
+rpc!(ListOps, ListOps -> Vec<OpSummary>, |_| Request::ListOps,
+     Response::Ops { ops } => ops);
+
+/// `list_ops`, answered with the ops' names only (sorted).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OpNames;
+rpc!(OpNames, ListOps -> Vec<String>, |_| Request::ListOps,
+     Response::Ops { ops } => ops.into_iter().map(|o| o.name).collect());
+
+/// `describe_op`: one op's signature and doc.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DescribeOp {
+    /// The op's name.
+    pub op: String,
+}
+rpc!(DescribeOp, DescribeOp -> OpInfo, |DescribeOp { op }| Request::DescribeOp { op },
+     Response::Op(info) => info);
+
+/// `load_model`: loads a model (replacing one of the same name).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadModel(pub LoadRequest);
+rpc!(LoadModel, LoadModel -> model::ModelInfo, |LoadModel(r)| Request::LoadModel(r),
+     Response::Model(info) => info);
+
+/// `list_models`: the loaded models, sorted by name.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ListModels;
+rpc!(ListModels, ListModels -> Vec<model::ModelInfo>, |_| Request::ListModels,
+     Response::Models { models } => models);
+
+/// `model_info`: one loaded model's description.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelInfo {
+    /// The model's name.
+    pub name: String,
+}
+rpc!(ModelInfo, ModelInfo -> model::ModelInfo, |ModelInfo { name }| Request::ModelInfo { name },
+     Response::Model(info) => info);
+
+/// `unload_model`: unloads a model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnloadModel {
+    /// The model's name.
+    pub name: String,
+}
+rpc!(UnloadModel, UnloadModel -> (), |UnloadModel { name }| Request::UnloadModel { name },
+     Response::Unloaded { .. } => ());
+
+/// `metrics`: the server's request counts, latencies, errors and gauges.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Metrics;
+rpc!(Metrics, Metrics -> MetricsSnapshot, |_| Request::Metrics, Response::Metrics(m) => m);
+
+/// The results of `exec` and `infer`.
+#[derive(Debug, Clone)]
+pub struct Outputs {
+    /// Results by name, in the server's order: `"output"` for one tensor,
+    /// `"0"`, `"1"`, ... for a tuple (or a model's own names).
+    pub tensors: Vec<(String, Tensor)>,
+    /// The device that ran the op.
+    pub device: String,
+    /// Seconds the op took on the server.
+    pub elapsed_s: f64,
+}
+
+impl Outputs {
+    /// The result called `name`.
+    pub fn get(&self, name: &str) -> Option<&Tensor> {
+        self.tensors.iter().find(|(n, _)| n == name).map(|(_, t)| t)
+    }
+
+    /// The single result `"output"`.
+    pub fn output(&self) -> Result<&Tensor> {
+        self.get("output").ok_or_else(|| {
+            let names: Vec<&str> = self.tensors.iter().map(|(n, _)| n.as_str()).collect();
+            Error::bad_argument(format!(
+                "no result named 'output' (results: {})",
+                names.join(", ")
+            ))
+        })
+    }
+
+    /// The results as a map.
+    pub fn into_map(self) -> BTreeMap<String, Tensor> {
+        self.tensors.into_iter().collect()
+    }
+
+    /// The reply of `exec` or `infer` (`Response::Exec`) with its tensors.
+    fn from_response(kind: RequestKind, response: Response, tensors: Vec<Bytes>) -> Result<Self> {
+        match response {
+            Response::Exec(ExecResponse {
+                outputs,
+                device,
+                elapsed_s,
+            }) => Ok(Outputs {
+                tensors: tensors_from_wire(outputs, tensors)?,
+                device,
+                elapsed_s,
+            }),
+            other => Err(unexpected(kind, other)),
+        }
+    }
+}
+
+/// `exec`: one whitelisted op, under construction: positional tensors with
+/// [`Call::arg`], keyword tensors with [`Call::input`], scalars with
+/// [`Call::kwarg`].
+#[derive(Debug, Clone)]
+pub struct Call {
+    op: String,
+    inputs: Vec<(String, Tensor)>,
+    positional: usize,
+    kwargs: BTreeMap<String, Value>,
+}
+
+impl Call {
+    /// A call of `op` without arguments yet.
+    pub fn new(op: impl Into<String>) -> Call {
+        Call {
+            op: op.into(),
+            inputs: Vec::new(),
+            positional: 0,
+            kwargs: BTreeMap::new(),
+        }
+    }
+
+    /// A call of `op` with `inputs` (`"0"`, `"1"`, ... positional, other
+    /// names keyword) and scalar `kwargs`.
+    pub fn with<K: Into<String>, V: Into<String>>(
+        op: impl Into<String>,
+        inputs: impl IntoIterator<Item = (K, Tensor)>,
+        kwargs: impl IntoIterator<Item = (V, Value)>,
+    ) -> Call {
+        let inputs: Vec<(String, Tensor)> =
+            inputs.into_iter().map(|(k, t)| (k.into(), t)).collect();
+        Call {
+            op: op.into(),
+            positional: inputs
+                .iter()
+                .filter(|(n, _)| n.parse::<usize>().is_ok())
+                .count(),
+            inputs,
+            kwargs: kwargs.into_iter().map(|(k, v)| (k.into(), v)).collect(),
+        }
+    }
+
+    /// The op's name.
+    pub fn op(&self) -> &str {
+        &self.op
+    }
+
+    /// Adds the next positional tensor (`"0"`, then `"1"`, ...).
+    pub fn arg(mut self, t: Tensor) -> Call {
+        self.inputs.push((self.positional.to_string(), t));
+        self.positional += 1;
+        self
+    }
+
+    /// Adds a named tensor (`"weight"`, ...).
+    pub fn input(mut self, name: impl Into<String>, t: Tensor) -> Call {
+        self.inputs.push((name.into(), t));
+        self
+    }
+
+    /// Adds a scalar keyword argument.
+    pub fn kwarg(mut self, name: impl Into<String>, v: impl Into<Value>) -> Call {
+        self.kwargs.insert(name.into(), v.into());
+        self
+    }
+}
+
+impl Rpc for Call {
+    type Reply = Outputs;
+    const KIND: RequestKind = RequestKind::Exec;
+
+    fn into_request(self) -> (Request, Vec<Bytes>) {
+        let (inputs, tensors) = tensors_to_wire(self.inputs);
+        let request = Request::Exec(ExecRequest {
+            op: self.op,
+            inputs,
+            kwargs: self.kwargs,
+        });
+        (request, tensors)
+    }
+
+    fn from_response(response: Response, tensors: Vec<Bytes>) -> Result<Outputs> {
+        Outputs::from_response(Self::KIND, response, tensors)
+    }
+}
+
+/// `infer`: a forward pass of a loaded model.
+#[derive(Debug, Clone)]
+pub struct Infer {
+    /// The model's name.
+    pub name: String,
+    /// Its inputs: `"0"`, `"1"`, ... positional, other names keyword
+    /// (`input_ids`, ...).
+    pub inputs: Vec<(String, Tensor)>,
+}
+
+impl Infer {
+    /// A forward pass of model `name` on `inputs`.
+    pub fn new<K: Into<String>>(
+        name: impl Into<String>,
+        inputs: impl IntoIterator<Item = (K, Tensor)>,
+    ) -> Infer {
+        Infer {
+            name: name.into(),
+            inputs: inputs.into_iter().map(|(k, t)| (k.into(), t)).collect(),
+        }
+    }
+}
+
+impl Rpc for Infer {
+    type Reply = Outputs;
+    const KIND: RequestKind = RequestKind::Infer;
+
+    fn into_request(self) -> (Request, Vec<Bytes>) {
+        let (inputs, tensors) = tensors_to_wire(self.inputs);
+        let request = Request::Infer(InferRequest {
+            name: self.name,
+            inputs,
+        });
+        (request, tensors)
+    }
+
+    fn from_response(response: Response, tensors: Vec<Bytes>) -> Result<Outputs> {
+        Outputs::from_response(Self::KIND, response, tensors)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ErrorCode;
+    use crate::protocol::{FrameKind, encode};
+
+    fn hex(b: &[u8]) -> String {
+        b.iter().map(|x| format!("{x:02x}")).collect()
+    }
+
+    /// The typed requests encode to the golden frames, byte for byte.
+    fn same_as_golden(name: &str, id: u64, rpc: impl Rpc) {
+        let path = format!("{}/tests/golden/{name}.hex", env!("CARGO_MANIFEST_DIR"));
+        let want = std::fs::read_to_string(&path).unwrap();
+        let (request, tensors) = rpc.into_request();
+        let frame = encode(FrameKind::Request, id, &request, tensors).unwrap();
+        assert_eq!(hex(&frame.to_vec()), want.trim(), "{name}");
+    }
+
+    #[test]
+    fn golden_frames_unchanged() {
+        same_as_golden("health_request", 1, Health);
+        same_as_golden("metrics_request", 2, Metrics);
+        let a = Tensor::from_vec(vec![1.0f32, 2.0, 3.0, 4.0], &[2, 2]).unwrap();
+        let b = Tensor::scalar(7i64);
+        let call = Call::new("matmul")
+            .arg(a)
+            .input("other", b)
+            .kwarg("dim", -1)
+            .kwarg("dims", Value::List(vec![Value::Int(0), Value::Int(1)]))
+            .kwarg("keepdim", true)
+            .kwarg("equation", "ij->ji")
+            .kwarg("dtype", Value::None)
+            .kwarg("alpha", 0.5);
+        same_as_golden("exec_request", 42, call);
+    }
+
+    /// Every request kind has a typed request, which says its kind.
+    #[test]
+    fn every_kind_is_typed() {
+        let t = || Tensor::scalar(1.0f32);
+        let typed: Vec<(RequestKind, Request)> = vec![
+            (Health::KIND, Health.into_request().0),
+            (Stats::KIND, Stats.into_request().0),
+            (ListOps::KIND, ListOps.into_request().0),
+            (OpNames::KIND, OpNames.into_request().0),
+            (
+                DescribeOp::KIND,
+                DescribeOp { op: "add".into() }.into_request().0,
+            ),
+            (Call::KIND, Call::new("neg").arg(t()).into_request().0),
+            (Infer::KIND, Infer::new("m", [("0", t())]).into_request().0),
+            (
+                LoadModel::KIND,
+                LoadModel(LoadRequest::default()).into_request().0,
+            ),
+            (ListModels::KIND, ListModels.into_request().0),
+            (
+                ModelInfo::KIND,
+                ModelInfo { name: "m".into() }.into_request().0,
+            ),
+            (
+                UnloadModel::KIND,
+                UnloadModel { name: "m".into() }.into_request().0,
+            ),
+            (Metrics::KIND, Metrics.into_request().0),
+        ];
+        for (kind, request) in &typed {
+            assert_eq!(request.kind(), *kind, "{request:?}");
+        }
+        for kind in RequestKind::ALL {
+            assert!(
+                *kind == RequestKind::Unknown || typed.iter().any(|(k, _)| k == kind),
+                "{kind:?} has no typed request in protocol::rpc"
+            );
+        }
+    }
+
+    #[test]
+    fn replies() {
+        let (m, bufs) = tensors_to_wire(vec![("output".into(), Tensor::scalar(2i64))]);
+        let reply = Response::Exec(ExecResponse {
+            outputs: m,
+            device: "cpu".into(),
+            elapsed_s: 0.5,
+        });
+        let out = Call::from_response(reply, bufs).unwrap();
+        assert_eq!(out.output().unwrap().to_vec::<i64>().unwrap(), vec![2]);
+        assert_eq!(out.device, "cpu");
+
+        let e = Error::new(ErrorCode::UnknownOp, "no");
+        assert_eq!(
+            Health::from_response(Response::Error(e.clone()), vec![]).unwrap_err(),
+            e
+        );
+        let wrong = Stats::from_response(Response::Unloaded { name: "m".into() }, vec![]);
+        let wrong = wrong.unwrap_err();
+        assert_eq!(wrong.code, ErrorCode::Protocol);
+        assert!(wrong.message.contains("reply to stats"), "{wrong}");
+        assert_eq!(
+            UnloadModel::from_response(Response::Unloaded { name: "m".into() }, vec![]).unwrap(),
+            ()
+        );
+        let names = OpNames::from_response(
+            Response::Ops {
+                ops: vec![OpSummary {
+                    name: "add".into(),
+                    category: "pointwise".into(),
+                    doc: String::new(),
+                }],
+            },
+            vec![],
+        );
+        assert_eq!(names.unwrap(), vec!["add".to_owned()]);
+    }
+}
