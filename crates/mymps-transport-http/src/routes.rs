@@ -15,9 +15,8 @@ use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, StatusCode};
 use mymps_core::metrics::{self, ErrorCount, MetricsSnapshot};
 use mymps_core::model::{LoadRequest, ModelInfo};
-use mymps_core::protocol::{
-    ExecRequest, ExecResponse, HealthInfo, InferRequest, Request, Response, StatsInfo,
-};
+use mymps_core::protocol::rpc::{self, Outputs, Rpc};
+use mymps_core::protocol::{ExecRequest, HealthInfo, InferRequest, Request, StatsInfo};
 use mymps_core::transport::Connection;
 use mymps_core::{Error, ErrorCode, Value};
 use serde::{Deserialize, Serialize};
@@ -309,8 +308,13 @@ pub async fn serve(ctx: Arc<ConnCtx>, req: hyper::Request<Incoming>) -> Result<R
     Ok(result.unwrap_or_else(|e| error_response(&e)))
 }
 
-fn unexpected(what: &str, r: &Response) -> CallError {
-    Error::internal(format!("unexpected answer to {what}: {r:?}")).into()
+/// Sends a typed request that carries no tensors (and has no HTTP body)
+/// and reads its typed reply (which carries none either).
+async fn call<R: Rpc>(conn: &VirtualConn, rpc: R) -> Result<R::Reply, CallError> {
+    let (request, tensors) = rpc.into_request();
+    debug_assert!(tensors.is_empty(), "{request:?} carries tensors");
+    let response = conn.simple(request).await?;
+    Ok(R::from_response(response, Vec::new())?)
 }
 
 fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, Error> {
@@ -431,8 +435,9 @@ fn load_request(body: Bytes) -> Result<LoadRequest, Error> {
     })
 }
 
-fn tensor_response(r: ExecResponse, tensors: Vec<Bytes>) -> Resp {
-    let chunks = msgpack::encode_tensors(&r.outputs, tensors);
+fn tensor_response(r: Outputs) -> Resp {
+    let (metas, tensors) = mymps_core::protocol::tensors_to_wire(r.tensors);
+    let chunks = msgpack::encode_tensors(&metas, tensors);
     let mut resp = response(StatusCode::OK, MSGPACK, Chunks::new(chunks));
     let h = resp.headers_mut();
     if let Ok(v) = HeaderValue::from_str(&r.elapsed_s.to_string()) {
@@ -454,52 +459,32 @@ async fn dispatch(
         Route::Dashboard => {
             return Err(Error::internal("the dashboard page is served without the server").into());
         }
-        Route::Health => match conn.simple(Request::Health).await? {
-            Response::Health(h) => json(ok, &h),
-            r => return Err(unexpected("health", &r)),
-        },
-        Route::Stats => match conn.simple(Request::Stats).await? {
-            Response::Stats(s) => json(ok, &s),
-            r => return Err(unexpected("stats", &r)),
-        },
-        Route::Ops => match conn.simple(Request::ListOps).await? {
-            Response::Ops { ops } => {
-                let names: Vec<&str> = ops.iter().map(|o| o.name.as_str()).collect();
-                json(ok, &serde_json::json!({ "ops": names }))
-            }
-            r => return Err(unexpected("list_ops", &r)),
-        },
-        Route::Models => match conn.simple(Request::ListModels).await? {
-            Response::Models { models } => {
-                json(ok, &models.iter().map(ModelEntry::from).collect::<Vec<_>>())
-            }
-            r => return Err(unexpected("list_models", &r)),
-        },
-        Route::ModelInfo(name) => match conn.simple(Request::ModelInfo { name }).await? {
-            Response::Model(m) => json(ok, &m),
-            r => return Err(unexpected("model_info", &r)),
-        },
-        Route::UnloadModel(name) => match conn.simple(Request::UnloadModel { name }).await? {
-            Response::Unloaded { name } => {
-                json(ok, &serde_json::json!({ "status": "ok", "name": name }))
-            }
-            r => return Err(unexpected("unload_model", &r)),
-        },
+        Route::Health => json(ok, &call(conn, rpc::Health).await?),
+        Route::Stats => json(ok, &call(conn, rpc::Stats).await?),
+        Route::Ops => json(
+            ok,
+            &serde_json::json!({ "ops": call(conn, rpc::OpNames).await? }),
+        ),
+        Route::Models => {
+            let models = call(conn, rpc::ListModels).await?;
+            json(ok, &models.iter().map(ModelEntry::from).collect::<Vec<_>>())
+        }
+        Route::ModelInfo(name) => json(ok, &call(conn, rpc::ModelInfo { name }).await?),
+        Route::UnloadModel(name) => {
+            let request = rpc::UnloadModel { name: name.clone() };
+            call(conn, request).await?;
+            json(ok, &serde_json::json!({ "status": "ok", "name": name }))
+        }
         Route::LoadModel => {
             let body = BodySpec::Json(req.into_body());
-            let (response, _) = conn
-                .call(
-                    body,
-                    Box::new(|b| Ok((Request::LoadModel(load_request(b)?), vec![]))),
-                )
-                .await?;
-            match response {
-                Response::Model(m) => json(
-                    ok,
-                    &serde_json::json!({ "status": "ok", "name": m.name, "device": m.device }),
-                ),
-                r => return Err(unexpected("load_model", &r)),
-            }
+            let build: crate::virtual_conn::Build =
+                Box::new(|b| Ok(rpc::LoadModel(load_request(b)?).into_request()));
+            let (response, tensors) = conn.call(body, build).await?;
+            let m = rpc::LoadModel::from_response(response, tensors)?;
+            json(
+                ok,
+                &serde_json::json!({ "status": "ok", "name": m.name, "device": m.device }),
+            )
         }
         Route::Exec | Route::Infer => {
             let headers = req.headers();
@@ -529,13 +514,17 @@ async fn dispatch(
                     Ok((Request::Infer(InferRequest { name, inputs }), bufs))
                 })
             };
+            let is_exec = matches!(route, Route::Exec);
             let (response, tensors) = conn
                 .call(BodySpec::Tensors(req.into_body(), len), build)
                 .await?;
-            match response {
-                Response::Exec(r) => tensor_response(r, tensors),
-                r => return Err(unexpected("exec", &r)),
-            }
+            // The request was built from the body's wire descriptions; the
+            // reply is read as its typed request's.
+            tensor_response(if is_exec {
+                rpc::Call::from_response(response, tensors)?
+            } else {
+                rpc::Infer::from_response(response, tensors)?
+            })
         }
         Route::Metrics => {
             let m = metrics_of(conn).await?;
@@ -550,10 +539,7 @@ async fn dispatch(
 }
 
 async fn metrics_of(conn: &VirtualConn) -> Result<MetricsSnapshot, CallError> {
-    match conn.simple(Request::Metrics).await? {
-        Response::Metrics(m) => Ok(m),
-        r => Err(unexpected("metrics", &r)),
-    }
+    call(conn, rpc::Metrics).await
 }
 
 /// Latency figures of one row of the dashboard, milliseconds.
@@ -615,18 +601,9 @@ struct Dashboard {
 const DASHBOARD_OPS: usize = 12;
 
 async fn dashboard(conn: &VirtualConn) -> Result<Dashboard, CallError> {
-    let health = match conn.simple(Request::Health).await? {
-        Response::Health(h) => h,
-        r => return Err(unexpected("health", &r)),
-    };
-    let stats = match conn.simple(Request::Stats).await? {
-        Response::Stats(s) => s,
-        r => return Err(unexpected("stats", &r)),
-    };
-    let models = match conn.simple(Request::ListModels).await? {
-        Response::Models { models } => models,
-        r => return Err(unexpected("list_models", &r)),
-    };
+    let health = call(conn, rpc::Health).await?;
+    let stats = call(conn, rpc::Stats).await?;
+    let models = call(conn, rpc::ListModels).await?;
     let m = metrics_of(conn).await?;
     let b = &m.latency_buckets_s;
     let requests = m
