@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use mymps::Tensor;
 use mymps::backend_tch::TchBackend;
-use mymps::client::{Call, Client};
+use mymps::client::{Call, Caller, Client};
 use mymps::server::{Server, ServerConfig};
 use mymps::transport::Endpoint;
 

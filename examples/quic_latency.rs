@@ -12,7 +12,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mymps::client::{Call, Client, ClientOptions};
+use mymps::client::{Call, Caller, Client, ClientOptions};
 use mymps::server::{Server, ServerConfig};
 use mymps::transport::{Endpoint, TransportOptions};
 use mymps::{Result, Tensor};

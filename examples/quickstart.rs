@@ -7,7 +7,7 @@
 //! ```
 
 use mymps::Tensor;
-use mymps::client::{Call, blocking::Client};
+use mymps::client::{Call, Caller, blocking::Client};
 
 fn main() -> mymps::Result<()> {
     let addr = std::env::args()

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 use mymps::Tensor;
-use mymps::client::{Call, Client};
+use mymps::client::{Call, Caller, Client};
 use serde_json::{Value, json};
 
 const MIB: usize = 1 << 20;

@@ -6,11 +6,12 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use mymps_core::client::{Call, Client, ClientOptions, Outputs};
+use bytes::Bytes;
+use mymps_core::client::{Caller, Client, ClientOptions, Service};
 use mymps_core::model::{LoadRequest, ModelInfo};
-use mymps_core::protocol::StatsInfo;
+use mymps_core::protocol::{Request, Response, StatsInfo};
 use mymps_core::transport::Endpoint;
-use mymps_core::{Error, ErrorCode, Result, Tensor, Value};
+use mymps_core::{Error, ErrorCode, Result};
 use serde::Serialize;
 use tokio::sync::{Notify, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -189,12 +190,25 @@ impl Drop for Owner {
 
 /// A client of several mymps servers. Clones share the connections.
 ///
-/// - [`call`](Cluster::call) / [`exec`](Cluster::exec) go to the least busy
+/// It is a [`Service`], so every call of [`Caller`] works on it as on one
+/// server's [`Client`], routed by the request's kind:
+/// - [`call`](Caller::call) / [`exec`](Caller::exec), and `list_ops`,
+///   `describe_op`, `health`, `stats`, `metrics`, go to the least busy
 ///   host that is up (fewest requests of this client in flight there; ties
 ///   take turns).
-/// - [`load_model`](Cluster::load_model) loads a model on chosen hosts or
-///   on all; [`infer`](Cluster::infer) goes to the least busy host that has
-///   the model.
+/// - [`infer`](Caller::infer) and `model_info` go to the least busy host
+///   that has the model.
+/// - `load_model`, `unload_model` and `list_models` go to every host that is
+///   up. The cluster's own methods of those names answer per host:
+///   [`load_model`](Cluster::load_model) loads a model on chosen hosts or
+///   on all and returns each host's answer,
+///   [`unload_model`](Cluster::unload_model) the hosts it was unloaded
+///   from, [`list_models`](Cluster::list_models) each host's models, and
+///   [`stats`](Cluster::stats) each host's statistics. (They take
+///   precedence over [`Caller`]'s; through the trait, `load_model` loads on
+///   every host and returns the first host's answer, `unload_model` returns
+///   nothing, `list_models` the models of all hosts by name, `stats` one
+///   host's.)
 /// - A background task per host checks its health every
 ///   [`health_interval`](ClusterConfig::health_interval), marks it down when
 ///   a check fails and up again when it answers, reconnecting with backoff.
@@ -824,60 +838,6 @@ impl Cluster {
         &self.shared().config
     }
 
-    /// Runs a [`Call`] on the least busy host that is up.
-    pub async fn call(&self, call: Call) -> Result<Outputs> {
-        self.run_call("exec", call).await
-    }
-
-    async fn run_call(&self, what: &str, call: Call) -> Result<Outputs> {
-        self.shared()
-            .route(what, None, |c| {
-                let call = call.clone();
-                async move { c.call(call).await }
-            })
-            .await
-    }
-
-    /// Runs a whitelisted op (arguments as for
-    /// [`Client::exec`](mymps_core::client::Client::exec)) on the least busy
-    /// host that is up.
-    pub async fn exec<K, V>(
-        &self,
-        op: &str,
-        inputs: impl IntoIterator<Item = (K, Tensor)>,
-        kwargs: impl IntoIterator<Item = (V, Value)>,
-    ) -> Result<Outputs>
-    where
-        K: Into<String>,
-        V: Into<String>,
-    {
-        let mut call = Call::new(op);
-        for (k, t) in inputs {
-            call = call.input(k, t);
-        }
-        for (k, v) in kwargs {
-            call = call.kwarg(k, v);
-        }
-        self.run_call(&format!("exec {op}"), call).await
-    }
-
-    /// A forward pass of a loaded model on the least busy host that has it.
-    pub async fn infer<K: Into<String>>(
-        &self,
-        name: &str,
-        inputs: impl IntoIterator<Item = (K, Tensor)>,
-    ) -> Result<Outputs> {
-        let inputs: Vec<(String, Tensor)> =
-            inputs.into_iter().map(|(k, t)| (k.into(), t)).collect();
-        let what = format!("infer {name}");
-        self.shared()
-            .route(&what, Some(name), |c| {
-                let inputs = inputs.clone();
-                async move { c.infer(name, inputs).await }
-            })
-            .await
-    }
-
     /// Loads a model on the hosts of `placement`, at once on those that are
     /// up; hosts of the placement that are down get it when they come up
     /// (with [`restore_models`](ClusterConfig::restore_models)), and so does
@@ -1127,13 +1087,6 @@ impl Cluster {
         out
     }
 
-    /// The op whitelist, from a host that is up.
-    pub async fn list_ops(&self) -> Result<Vec<String>> {
-        self.shared()
-            .route("list_ops", None, |c| async move { c.list_ops().await })
-            .await
-    }
-
     /// Each host's state and load, in the configuration's order.
     pub fn status(&self) -> Vec<HostStatus> {
         self.shared()
@@ -1206,5 +1159,55 @@ impl Cluster {
             s.error = Some(Error::connection("the cluster client was closed"));
         }
         self.shared().notify();
+    }
+}
+
+impl Service for Cluster {
+    /// Sends one request where its kind goes (see [`Cluster`]), failing
+    /// over as the type docs say.
+    async fn send(&self, request: Request, tensors: Vec<Bytes>) -> Result<(Response, Vec<Bytes>)> {
+        let model = match &request {
+            Request::LoadModel(r) => {
+                let loaded = self.load_model(r.clone(), Placement::All).await?;
+                // `load_model` fails unless a host loaded it.
+                let (_, info) = loaded.into_iter().next().ok_or_else(|| {
+                    Error::internal(format!("load_model {}: loaded nowhere", r.name))
+                })?;
+                return Ok((Response::Model(info), vec![]));
+            }
+            Request::UnloadModel { name } => {
+                self.unload_model(name).await?;
+                let name = name.clone();
+                return Ok((Response::Unloaded { name }, vec![]));
+            }
+            Request::ListModels => {
+                let mut models = BTreeMap::new();
+                for host in self.list_models().await? {
+                    for m in host.models {
+                        models.entry(m.name.clone()).or_insert(m);
+                    }
+                }
+                let models = models.into_values().collect();
+                return Ok((Response::Models { models }, vec![]));
+            }
+            Request::Infer(r) => Some(r.name.clone()),
+            Request::ModelInfo { name } => Some(name.clone()),
+            _ => None,
+        };
+        let what = match (&request, &model) {
+            (Request::Exec(e), _) => format!("exec {}", e.op),
+            (_, Some(m)) => format!("{} {m}", request.kind_name()),
+            (_, None) => request.kind_name().to_owned(),
+        };
+        self.shared()
+            .route(&what, model.as_deref(), |c| {
+                let (request, tensors) = (request.clone(), tensors.clone());
+                async move { c.send(request, tensors).await }
+            })
+            .await
+    }
+
+    fn close(&self) {
+        Cluster::close(self)
     }
 }

@@ -14,7 +14,7 @@
 //! ```no_run
 //! # async fn demo() -> mymps_core::Result<()> {
 //! use mymps_cluster::{Cluster, ClusterConfig, Placement};
-//! use mymps_core::{Tensor, client::Call};
+//! use mymps_core::{Tensor, client::{Call, Caller}};
 //! let config = ClusterConfig::from_addrs(&["tcp://10.0.0.1:5555", "tcp://10.0.0.2:5555"])?;
 //! // or ClusterConfig::from_toml_file("cluster.toml")?
 //! let cluster = Cluster::connect(config).await?;
@@ -26,6 +26,9 @@
 //! # Ok(()) }
 //! ```
 //!
+//! A [`Cluster`] is a [`Service`](mymps_core::client::Service): every call
+//! of [`Caller`](mymps_core::client::Caller) works on it as on one server's
+//! client, routed by the request's kind (see [`Cluster`]).
 //! [`blocking::Cluster`] is the same for programs without an async runtime.
 #![warn(missing_docs)]
 
@@ -44,17 +47,18 @@ pub use config::{ClusterConfig, HostConfig};
 pub mod blocking {
     use std::time::Duration;
 
-    use mymps_core::client::{Call, Outputs};
+    use mymps_core::client::{Blocking, Caller};
     use mymps_core::model::{LoadRequest, ModelInfo};
-    use mymps_core::{Error, Result, Tensor, Value};
+    use mymps_core::protocol::rpc::Rpc;
+    use mymps_core::{Error, Result};
 
     use crate::{ClusterConfig, HostModels, HostStats, HostStatus, Placement};
 
-    /// A blocking cluster client. See the [module docs](self).
+    /// A blocking cluster client: every call of [`Caller`] (blocking), and
+    /// the cluster's own. See the [module docs](self).
     #[derive(Debug)]
     pub struct Cluster {
-        runtime: tokio::runtime::Runtime,
-        inner: super::Cluster,
+        inner: Blocking<super::Cluster>,
     }
 
     fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -66,53 +70,40 @@ pub mod blocking {
             .map_err(|e| Error::internal(format!("cannot start the cluster runtime: {e}")))
     }
 
+    impl Caller for Cluster {
+        type Out<T: 'static> = T;
+
+        fn call<R: Rpc>(&self, rpc: R) -> Result<R::Reply> {
+            self.inner.call(rpc)
+        }
+    }
+
     impl Cluster {
         /// See [`super::Cluster::connect`].
         pub fn connect(config: ClusterConfig) -> Result<Cluster> {
-            let runtime = runtime()?;
-            let inner = runtime.block_on(super::Cluster::connect(config))?;
-            Ok(Cluster { runtime, inner })
+            let inner = Blocking::start(runtime()?, super::Cluster::connect(config))?;
+            Ok(Cluster { inner })
         }
 
         /// See [`super::Cluster::open`].
         pub fn open(config: ClusterConfig) -> Result<Cluster> {
-            let runtime = runtime()?;
-            let inner = runtime.block_on(super::Cluster::open(config))?;
-            Ok(Cluster { runtime, inner })
+            let inner = Blocking::start(runtime()?, super::Cluster::open(config))?;
+            Ok(Cluster { inner })
         }
 
         /// The async cluster client underneath.
         pub fn as_async(&self) -> &super::Cluster {
-            &self.inner
+            self.inner.as_async()
+        }
+
+        /// The generic blocking caller this is.
+        pub fn into_blocking(self) -> Blocking<super::Cluster> {
+            self.inner
         }
 
         /// Runs a future on this client's runtime (for the async API).
         pub fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
-            self.runtime.block_on(f)
-        }
-
-        /// See [`super::Cluster::call`].
-        pub fn call(&self, call: Call) -> Result<Outputs> {
-            self.runtime.block_on(self.inner.call(call))
-        }
-
-        /// See [`super::Cluster::exec`].
-        pub fn exec<K: Into<String>, V: Into<String>>(
-            &self,
-            op: &str,
-            inputs: impl IntoIterator<Item = (K, Tensor)>,
-            kwargs: impl IntoIterator<Item = (V, Value)>,
-        ) -> Result<Outputs> {
-            self.runtime.block_on(self.inner.exec(op, inputs, kwargs))
-        }
-
-        /// See [`super::Cluster::infer`].
-        pub fn infer<K: Into<String>>(
-            &self,
-            name: &str,
-            inputs: impl IntoIterator<Item = (K, Tensor)>,
-        ) -> Result<Outputs> {
-            self.runtime.block_on(self.inner.infer(name, inputs))
+            self.inner.block_on(f)
         }
 
         /// See [`super::Cluster::load_model`].
@@ -121,33 +112,27 @@ pub mod blocking {
             request: LoadRequest,
             placement: Placement,
         ) -> Result<Vec<(String, ModelInfo)>> {
-            self.runtime
-                .block_on(self.inner.load_model(request, placement))
+            self.block_on(self.as_async().load_model(request, placement))
         }
 
         /// See [`super::Cluster::unload_model`].
         pub fn unload_model(&self, name: &str) -> Result<Vec<String>> {
-            self.runtime.block_on(self.inner.unload_model(name))
+            self.block_on(self.as_async().unload_model(name))
         }
 
         /// See [`super::Cluster::list_models`].
         pub fn list_models(&self) -> Result<Vec<HostModels>> {
-            self.runtime.block_on(self.inner.list_models())
+            self.block_on(self.as_async().list_models())
         }
 
         /// See [`super::Cluster::stats`].
         pub fn stats(&self) -> Vec<HostStats> {
-            self.runtime.block_on(self.inner.stats())
-        }
-
-        /// See [`super::Cluster::list_ops`].
-        pub fn list_ops(&self) -> Result<Vec<String>> {
-            self.runtime.block_on(self.inner.list_ops())
+            self.block_on(self.as_async().stats())
         }
 
         /// See [`super::Cluster::status`].
         pub fn status(&self) -> Vec<HostStatus> {
-            self.inner.status()
+            self.as_async().status()
         }
 
         /// See [`super::Cluster::wait_for`].
@@ -156,7 +141,7 @@ pub mod blocking {
             timeout: Duration,
             ready: impl Fn(&[HostStatus]) -> bool,
         ) -> Result<Vec<HostStatus>> {
-            self.runtime.block_on(self.inner.wait_for(timeout, ready))
+            self.block_on(self.as_async().wait_for(timeout, ready))
         }
 
         /// See [`super::Cluster::close`].

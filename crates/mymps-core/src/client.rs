@@ -1,6 +1,17 @@
 //! The generic client: async [`Client`], and [`blocking::Client`] for
 //! programs without an async runtime.
 //!
+//! Two traits carry every call:
+//! - [`Service`]: sends one request and returns its reply, at the wire's
+//!   level ([`Request`] → [`Response`]). The client implements it over one
+//!   connection, the cluster (`mymps-cluster`) over several servers.
+//! - [`Caller`]: typed calls ([`Caller::call`] with any
+//!   [`Rpc`](crate::protocol::rpc::Rpc): [`Call`], `Health`, ...) and their
+//!   short forms ([`Caller::exec`], [`Caller::health`], ...), written once
+//!   for every caller: each [`Service`] is an async `Caller` (a call is a
+//!   future), and [`Blocking`] makes any [`Service`] a blocking one (a call
+//!   is its reply).
+//!
 //! One connection carries any number of requests at once: a `Client` is
 //! cheap to clone and every clone shares the connection, so tasks (or, with
 //! the blocking client, threads) may use it concurrently; replies are
@@ -11,7 +22,7 @@
 //!
 //! ```no_run
 //! # async fn demo() -> mymps_core::Result<()> {
-//! use mymps_core::{Tensor, client::{Client, Call}};
+//! use mymps_core::{Tensor, client::{Call, Caller, Client}};
 //! let client = Client::connect("tcp://127.0.0.1:5555").await?;
 //! let x = Tensor::from_vec(vec![1.0f32, 2.0, 3.0], &[1, 3])?;
 //! let out = client.call(Call::new("softmax").arg(x).kwarg("dim", -1)).await?;
@@ -19,25 +30,30 @@
 //! # Ok(()) }
 //! ```
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde::Serialize;
+use bytes::Bytes;
 use tokio::sync::oneshot;
 
 use crate::error::{Error, ErrorCode, Result};
+use crate::metrics::MetricsSnapshot;
 use crate::model::{LoadRequest, ModelInfo};
 use crate::ops::OpInfo;
+use crate::protocol::rpc::{self, Infer, Rpc};
 use crate::protocol::{
-    self, ExecRequest, ExecResponse, Frame, FrameKind, HealthInfo, InferRequest, Limits, OpSummary,
-    Request, Response, StatsInfo, Welcome,
+    self, Frame, FrameKind, HealthInfo, Limits, OpSummary, Request, Response, StatsInfo, Welcome,
 };
 use crate::tensor::Tensor;
-use crate::transport::{Endpoint, FrameWriter, ReadError, TransportOptions, transport_for};
+use crate::transport::{
+    BoxFuture, Endpoint, FrameWriter, ReadError, TransportOptions, transport_for,
+};
 use crate::value::Value;
+
+pub use crate::protocol::rpc::{Call, Outputs};
 
 /// The default port, as in the first mymps.
 pub const DEFAULT_PORT: u16 = 5555;
@@ -131,82 +147,6 @@ impl std::fmt::Debug for Client {
             .field("endpoint", &self.inner.endpoint.to_string())
             .field("device", &self.inner.welcome.device)
             .finish()
-    }
-}
-
-/// The results of `exec`.
-#[derive(Debug, Clone)]
-pub struct Outputs {
-    /// Results by name, in the server's order: `"output"` for one tensor,
-    /// `"0"`, `"1"`, ... for a tuple.
-    pub tensors: Vec<(String, Tensor)>,
-    /// The device that ran the op.
-    pub device: String,
-    /// Seconds the op took on the server.
-    pub elapsed_s: f64,
-}
-
-impl Outputs {
-    /// The result called `name`.
-    pub fn get(&self, name: &str) -> Option<&Tensor> {
-        self.tensors.iter().find(|(n, _)| n == name).map(|(_, t)| t)
-    }
-
-    /// The single result `"output"`.
-    pub fn output(&self) -> Result<&Tensor> {
-        self.get("output").ok_or_else(|| {
-            let names: Vec<&str> = self.tensors.iter().map(|(n, _)| n.as_str()).collect();
-            Error::bad_argument(format!(
-                "no result named 'output' (results: {})",
-                names.join(", ")
-            ))
-        })
-    }
-
-    /// The results as a map.
-    pub fn into_map(self) -> BTreeMap<String, Tensor> {
-        self.tensors.into_iter().collect()
-    }
-}
-
-/// An op call under construction: positional tensors with [`Call::arg`],
-/// keyword tensors with [`Call::input`], scalars with [`Call::kwarg`].
-#[derive(Debug, Clone)]
-pub struct Call {
-    op: String,
-    inputs: Vec<(String, Tensor)>,
-    positional: usize,
-    kwargs: BTreeMap<String, Value>,
-}
-
-impl Call {
-    /// A call of `op` without arguments yet.
-    pub fn new(op: impl Into<String>) -> Call {
-        Call {
-            op: op.into(),
-            inputs: Vec::new(),
-            positional: 0,
-            kwargs: BTreeMap::new(),
-        }
-    }
-
-    /// Adds the next positional tensor (`"0"`, then `"1"`, ...).
-    pub fn arg(mut self, t: Tensor) -> Call {
-        self.inputs.push((self.positional.to_string(), t));
-        self.positional += 1;
-        self
-    }
-
-    /// Adds a named tensor (`"weight"`, ...).
-    pub fn input(mut self, name: impl Into<String>, t: Tensor) -> Call {
-        self.inputs.push((name.into(), t));
-        self
-    }
-
-    /// Adds a scalar keyword argument.
-    pub fn kwarg(mut self, name: impl Into<String>, v: impl Into<Value>) -> Call {
-        self.kwargs.insert(name.into(), v.into());
-        self
     }
 }
 
@@ -366,11 +306,11 @@ impl Client {
     }
 
     /// Sends one request and waits for its reply, within the timeout.
-    async fn request<T: Serialize>(
+    async fn request(
         &self,
-        header: &T,
-        tensors: Vec<bytes::Bytes>,
-    ) -> Result<(Response, Vec<bytes::Bytes>)> {
+        request: Request,
+        tensors: Vec<Bytes>,
+    ) -> Result<(Response, Vec<Bytes>)> {
         let w = &self.inner.welcome;
         let payload: u64 = tensors.iter().map(|t| t.len() as u64).sum();
         if payload > w.max_payload || tensors.len() > w.max_tensors as usize {
@@ -385,7 +325,7 @@ impl Client {
             ));
         }
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-        let frame = protocol::encode(FrameKind::Request, id, header, tensors)?;
+        let frame = protocol::encode(FrameKind::Request, id, &request, tensors)?;
         let (tx, rx) = oneshot::channel();
         {
             let mut pending = self.inner.pending.lock().unwrap_or_else(|p| p.into_inner());
@@ -395,7 +335,7 @@ impl Client {
             };
         }
         let timeout = self.inner.options.timeout;
-        self.send(frame).await;
+        self.write(frame).await;
         let wait = async {
             rx.await
                 .map_err(|_| Error::connection("the connection is closed"))?
@@ -431,7 +371,7 @@ impl Client {
     /// frame being written) finishes in a task of its own, so that a caller
     /// that gives up (a timeout, Ctrl-C) never leaves half a frame on the
     /// connection. A failed write fails every pending request.
-    async fn send(&self, frame: Frame) {
+    async fn write(&self, frame: Frame) {
         let writer = self.inner.writer.clone();
         let fail_all = self.inner.fail_all.clone();
         let mut job: std::pin::Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(async move {
@@ -450,162 +390,6 @@ impl Client {
         let first = std::future::poll_fn(|cx| std::task::Poll::Ready(job.as_mut().poll(cx))).await;
         if first.is_pending() {
             tokio::spawn(job);
-        }
-    }
-
-    /// Runs a whitelisted op. `inputs`: `"0"`, `"1"`, ... positional, other
-    /// names keyword; `kwargs`: scalar arguments.
-    pub async fn exec<K, V>(
-        &self,
-        op: &str,
-        inputs: impl IntoIterator<Item = (K, Tensor)>,
-        kwargs: impl IntoIterator<Item = (V, Value)>,
-    ) -> Result<Outputs>
-    where
-        K: Into<String>,
-        V: Into<String>,
-    {
-        let inputs: Vec<(String, Tensor)> =
-            inputs.into_iter().map(|(k, t)| (k.into(), t)).collect();
-        let kwargs: BTreeMap<String, Value> =
-            kwargs.into_iter().map(|(k, v)| (k.into(), v)).collect();
-        let (metas, bufs) = protocol::tensors_to_wire(inputs);
-        let req = Request::Exec(ExecRequest {
-            op: op.to_owned(),
-            inputs: metas,
-            kwargs,
-        });
-        match self.request(&req, bufs).await? {
-            (Response::Exec(r), bufs) => outputs(r, bufs),
-            (other, _) => Err(unexpected("exec", &other)),
-        }
-    }
-
-    /// Loads a model on the server (see [`LoadRequest`]); replaces a model
-    /// of the same name.
-    pub async fn load_model(&self, request: LoadRequest) -> Result<ModelInfo> {
-        match self.request(&Request::LoadModel(request), vec![]).await? {
-            (Response::Model(info), _) => Ok(info),
-            (other, _) => Err(unexpected("load_model", &other)),
-        }
-    }
-
-    /// A forward pass of a loaded model. `inputs`: `"0"`, `"1"`, ...
-    /// positional, other names keyword (`input_ids`, ...).
-    pub async fn infer<K: Into<String>>(
-        &self,
-        name: &str,
-        inputs: impl IntoIterator<Item = (K, Tensor)>,
-    ) -> Result<Outputs> {
-        let inputs: Vec<(String, Tensor)> =
-            inputs.into_iter().map(|(k, t)| (k.into(), t)).collect();
-        let (metas, bufs) = protocol::tensors_to_wire(inputs);
-        let req = Request::Infer(InferRequest {
-            name: name.to_owned(),
-            inputs: metas,
-        });
-        match self.request(&req, bufs).await? {
-            (Response::Exec(r), bufs) => outputs(r, bufs),
-            (other, _) => Err(unexpected("infer", &other)),
-        }
-    }
-
-    /// The loaded models, sorted by name.
-    pub async fn list_models(&self) -> Result<Vec<ModelInfo>> {
-        match self.request(&Request::ListModels, vec![]).await? {
-            (Response::Models { models }, _) => Ok(models),
-            (other, _) => Err(unexpected("list_models", &other)),
-        }
-    }
-
-    /// One loaded model's description.
-    pub async fn model_info(&self, name: &str) -> Result<ModelInfo> {
-        match self
-            .request(
-                &Request::ModelInfo {
-                    name: name.to_owned(),
-                },
-                vec![],
-            )
-            .await?
-        {
-            (Response::Model(info), _) => Ok(info),
-            (other, _) => Err(unexpected("model_info", &other)),
-        }
-    }
-
-    /// Unloads a model.
-    pub async fn unload_model(&self, name: &str) -> Result<()> {
-        match self
-            .request(
-                &Request::UnloadModel {
-                    name: name.to_owned(),
-                },
-                vec![],
-            )
-            .await?
-        {
-            (Response::Unloaded { .. }, _) => Ok(()),
-            (other, _) => Err(unexpected("unload_model", &other)),
-        }
-    }
-
-    /// Runs a [`Call`].
-    pub async fn call(&self, call: Call) -> Result<Outputs> {
-        self.exec(&call.op, call.inputs, call.kwargs).await
-    }
-
-    /// The whitelist, sorted by name.
-    pub async fn list_ops(&self) -> Result<Vec<String>> {
-        Ok(self
-            .list_ops_detailed()
-            .await?
-            .into_iter()
-            .map(|o| o.name)
-            .collect())
-    }
-
-    /// The whitelist with categories and docs, sorted by name.
-    pub async fn list_ops_detailed(&self) -> Result<Vec<OpSummary>> {
-        match self.request(&Request::ListOps, vec![]).await? {
-            (Response::Ops { ops }, _) => Ok(ops),
-            (other, _) => Err(unexpected("list_ops", &other)),
-        }
-    }
-
-    /// One op's signature and doc.
-    pub async fn describe_op(&self, op: &str) -> Result<OpInfo> {
-        match self
-            .request(&Request::DescribeOp { op: op.to_owned() }, vec![])
-            .await?
-        {
-            (Response::Op(info), _) => Ok(info),
-            (other, _) => Err(unexpected("describe_op", &other)),
-        }
-    }
-
-    /// Server status.
-    pub async fn health(&self) -> Result<HealthInfo> {
-        match self.request(&Request::Health, vec![]).await? {
-            (Response::Health(h), _) => Ok(h),
-            (other, _) => Err(unexpected("health", &other)),
-        }
-    }
-
-    /// Host and accelerator statistics of the server.
-    pub async fn stats(&self) -> Result<StatsInfo> {
-        match self.request(&Request::Stats, vec![]).await? {
-            (Response::Stats(s), _) => Ok(s),
-            (other, _) => Err(unexpected("stats", &other)),
-        }
-    }
-
-    /// The server's metrics: request counts, latency histograms, errors and
-    /// gauges ([`crate::metrics::render_prometheus`] renders them).
-    pub async fn metrics(&self) -> Result<crate::metrics::MetricsSnapshot> {
-        match self.request(&Request::Metrics, vec![]).await? {
-            (Response::Metrics(m), _) => Ok(m),
-            (other, _) => Err(unexpected("metrics", &other)),
         }
     }
 
@@ -648,19 +432,212 @@ impl Client {
     }
 }
 
-fn outputs(r: ExecResponse, bufs: Vec<bytes::Bytes>) -> Result<Outputs> {
-    Ok(Outputs {
-        tensors: protocol::tensors_from_wire(r.outputs, bufs)?,
-        device: r.device,
-        elapsed_s: r.elapsed_s,
-    })
+impl Service for Client {
+    fn send(
+        &self,
+        request: Request,
+        tensors: Vec<Bytes>,
+    ) -> impl Future<Output = Result<(Response, Vec<Bytes>)>> + Send {
+        self.request(request, tensors)
+    }
+
+    fn close(&self) {
+        Client::close(self)
+    }
 }
 
-fn unexpected(what: &str, r: &Response) -> Error {
-    Error::protocol(format!("unexpected reply to {what}: {r:?}"))
+/// Something that answers requests: one server's connection ([`Client`]),
+/// or several servers behind one front (`mymps_cluster::Cluster`), in the
+/// spirit of `tower::Service`.
+///
+/// It works at the wire's level, so that an implementation can route by
+/// the request's kind without knowing the typed requests; callers use
+/// [`Service::rpc`] or, with the short forms, [`Caller`].
+pub trait Service: Clone + Send + Sync + 'static {
+    /// Sends one request (its header and tensor buffers) and waits for its
+    /// reply: the response header and its tensor buffers. An error response
+    /// is `Err`.
+    fn send(
+        &self,
+        request: Request,
+        tensors: Vec<Bytes>,
+    ) -> impl Future<Output = Result<(Response, Vec<Bytes>)>> + Send;
+
+    /// Closes the connections; requests still waiting fail.
+    fn close(&self);
+
+    /// Sends a typed request and reads its typed reply.
+    fn rpc<R: Rpc>(&self, rpc: R) -> impl Future<Output = Result<R::Reply>> + Send {
+        let (request, tensors) = rpc.into_request();
+        let reply = self.send(request, tensors);
+        async move {
+            let (response, tensors) = reply.await?;
+            R::from_response(response, tensors)
+        }
+    }
 }
 
-/// A client for programs without an async runtime: the same calls, blocking.
+/// Typed calls and their short forms, for async and blocking callers alike.
+///
+/// [`Caller::call`] sends any typed request ([`Call`] for `exec`, or one of
+/// [`protocol::rpc`](crate::protocol::rpc)); the other methods are written
+/// once over it. What a call returns is [`Caller::Out`]: for every
+/// [`Service`] (the async [`Client`], the cluster) a future of the reply,
+/// to `.await`; for a [`Blocking`] caller the reply itself.
+///
+/// ```no_run
+/// # async fn demo() -> mymps_core::Result<()> {
+/// use mymps_core::client::{Caller, Client, blocking};
+/// // async: a call is a future
+/// let health = Client::connect("tcp://127.0.0.1:5555").await?.health().await?;
+/// // blocking: a call is the reply
+/// let health = blocking::Client::connect("tcp://127.0.0.1:5555")?.health()?;
+/// # Ok(()) }
+/// ```
+pub trait Caller {
+    /// What a call returns: a future of `T` (async callers) or `T` itself
+    /// (blocking callers).
+    type Out<T: 'static>;
+
+    /// Sends a typed request; its reply is `R::Reply`.
+    fn call<R: Rpc>(&self, rpc: R) -> Self::Out<Result<R::Reply>>;
+
+    /// Runs a whitelisted op. `inputs`: `"0"`, `"1"`, ... positional, other
+    /// names keyword; `kwargs`: scalar arguments.
+    fn exec<K: Into<String>, V: Into<String>>(
+        &self,
+        op: &str,
+        inputs: impl IntoIterator<Item = (K, Tensor)>,
+        kwargs: impl IntoIterator<Item = (V, Value)>,
+    ) -> Self::Out<Result<Outputs>> {
+        self.call(Call::with(op, inputs, kwargs))
+    }
+
+    /// A forward pass of a loaded model. `inputs`: `"0"`, `"1"`, ...
+    /// positional, other names keyword (`input_ids`, ...).
+    fn infer<K: Into<String>>(
+        &self,
+        name: &str,
+        inputs: impl IntoIterator<Item = (K, Tensor)>,
+    ) -> Self::Out<Result<Outputs>> {
+        self.call(Infer::new(name, inputs))
+    }
+
+    /// Loads a model on the server (see [`LoadRequest`]); replaces a model
+    /// of the same name.
+    fn load_model(&self, request: LoadRequest) -> Self::Out<Result<ModelInfo>> {
+        self.call(rpc::LoadModel(request))
+    }
+
+    /// The loaded models, sorted by name.
+    fn list_models(&self) -> Self::Out<Result<Vec<ModelInfo>>> {
+        self.call(rpc::ListModels)
+    }
+
+    /// One loaded model's description.
+    fn model_info(&self, name: &str) -> Self::Out<Result<ModelInfo>> {
+        self.call(rpc::ModelInfo { name: name.into() })
+    }
+
+    /// Unloads a model.
+    fn unload_model(&self, name: &str) -> Self::Out<Result<()>> {
+        self.call(rpc::UnloadModel { name: name.into() })
+    }
+
+    /// The whitelist, sorted by name.
+    fn list_ops(&self) -> Self::Out<Result<Vec<String>>> {
+        self.call(rpc::OpNames)
+    }
+
+    /// The whitelist with categories and docs, sorted by name.
+    fn list_ops_detailed(&self) -> Self::Out<Result<Vec<OpSummary>>> {
+        self.call(rpc::ListOps)
+    }
+
+    /// One op's signature and doc.
+    fn describe_op(&self, op: &str) -> Self::Out<Result<OpInfo>> {
+        self.call(rpc::DescribeOp { op: op.into() })
+    }
+
+    /// Server status.
+    fn health(&self) -> Self::Out<Result<HealthInfo>> {
+        self.call(rpc::Health)
+    }
+
+    /// Host and accelerator statistics of the server.
+    fn stats(&self) -> Self::Out<Result<StatsInfo>> {
+        self.call(rpc::Stats)
+    }
+
+    /// The server's metrics: request counts, latency histograms, errors and
+    /// gauges ([`crate::metrics::render_prometheus`] renders them).
+    fn metrics(&self) -> Self::Out<Result<MetricsSnapshot>> {
+        self.call(rpc::Metrics)
+    }
+}
+
+/// Every service is an async caller: a call is a future that owns what it
+/// needs (`'static`; spawn it, or `.await` it).
+impl<S: Service> Caller for S {
+    type Out<T: 'static> = BoxFuture<'static, T>;
+
+    fn call<R: Rpc>(&self, rpc: R) -> BoxFuture<'static, Result<R::Reply>> {
+        let service = self.clone();
+        Box::pin(async move { service.rpc(rpc).await })
+    }
+}
+
+/// A [`Service`] with a runtime of its own: a blocking [`Caller`], for
+/// programs without an async runtime ([`blocking::Client`], the cluster's
+/// `blocking::Cluster`, the Python classes).
+///
+/// It is `Send + Sync`: share it between threads (e.g. behind an `Arc`);
+/// calls from several threads run concurrently over the service's
+/// connections.
+#[derive(Debug)]
+pub struct Blocking<S> {
+    // Dropped first: the runtime's tasks end before the service does.
+    runtime: tokio::runtime::Runtime,
+    inner: S,
+}
+
+impl<S: Service> Blocking<S> {
+    /// Runs `connect` (which makes the service) on `runtime`, and keeps
+    /// both.
+    pub fn start(
+        runtime: tokio::runtime::Runtime,
+        connect: impl Future<Output = Result<S>>,
+    ) -> Result<Blocking<S>> {
+        let inner = runtime.block_on(connect)?;
+        Ok(Blocking { runtime, inner })
+    }
+
+    /// The async service underneath.
+    pub fn as_async(&self) -> &S {
+        &self.inner
+    }
+
+    /// Runs a future on this caller's runtime (for the async API).
+    pub fn block_on<F: Future>(&self, f: F) -> F::Output {
+        self.runtime.block_on(f)
+    }
+
+    /// See [`Service::close`].
+    pub fn close(&self) {
+        self.inner.close()
+    }
+}
+
+impl<S: Service> Caller for Blocking<S> {
+    type Out<T: 'static> = T;
+
+    fn call<R: Rpc>(&self, rpc: R) -> Result<R::Reply> {
+        self.runtime.block_on(self.inner.rpc(rpc))
+    }
+}
+
+/// A client for programs without an async runtime: the same calls
+/// ([`Caller`]), blocking.
 ///
 /// It owns a small runtime. It is `Send + Sync`: share it between threads
 /// (e.g. behind an `Arc`); calls from several threads run concurrently over
@@ -675,12 +652,9 @@ fn unexpected(what: &str, r: &Response) -> Error {
 pub mod blocking {
     use super::*;
 
-    /// A blocking client. See the [module docs](self).
-    #[derive(Debug)]
-    pub struct Client {
-        runtime: tokio::runtime::Runtime,
-        inner: super::Client,
-    }
+    /// A blocking client: [`Blocking`] over one connection. See the
+    /// [module docs](self).
+    pub type Client = Blocking<super::Client>;
 
     impl Client {
         /// Connects to `url` with default options.
@@ -718,97 +692,7 @@ pub mod blocking {
                 .enable_all()
                 .build()
                 .map_err(|e| Error::internal(format!("cannot start the client runtime: {e}")))?;
-            let inner = runtime.block_on(super::Client::connect_endpoint(endpoint, options))?;
-            Ok(Client { runtime, inner })
-        }
-
-        /// The async client underneath.
-        pub fn as_async(&self) -> &super::Client {
-            &self.inner
-        }
-
-        /// Runs a future on this client's runtime (for the async API).
-        pub fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
-            self.runtime.block_on(f)
-        }
-
-        /// See [`super::Client::exec`].
-        pub fn exec<K: Into<String>, V: Into<String>>(
-            &self,
-            op: &str,
-            inputs: impl IntoIterator<Item = (K, Tensor)>,
-            kwargs: impl IntoIterator<Item = (V, Value)>,
-        ) -> Result<Outputs> {
-            self.runtime.block_on(self.inner.exec(op, inputs, kwargs))
-        }
-
-        /// See [`super::Client::call`].
-        pub fn call(&self, call: Call) -> Result<Outputs> {
-            self.runtime.block_on(self.inner.call(call))
-        }
-
-        /// See [`super::Client::load_model`].
-        pub fn load_model(&self, request: LoadRequest) -> Result<ModelInfo> {
-            self.runtime.block_on(self.inner.load_model(request))
-        }
-
-        /// See [`super::Client::infer`].
-        pub fn infer<K: Into<String>>(
-            &self,
-            name: &str,
-            inputs: impl IntoIterator<Item = (K, Tensor)>,
-        ) -> Result<Outputs> {
-            self.runtime.block_on(self.inner.infer(name, inputs))
-        }
-
-        /// See [`super::Client::list_models`].
-        pub fn list_models(&self) -> Result<Vec<ModelInfo>> {
-            self.runtime.block_on(self.inner.list_models())
-        }
-
-        /// See [`super::Client::model_info`].
-        pub fn model_info(&self, name: &str) -> Result<ModelInfo> {
-            self.runtime.block_on(self.inner.model_info(name))
-        }
-
-        /// See [`super::Client::unload_model`].
-        pub fn unload_model(&self, name: &str) -> Result<()> {
-            self.runtime.block_on(self.inner.unload_model(name))
-        }
-
-        /// See [`super::Client::list_ops`].
-        pub fn list_ops(&self) -> Result<Vec<String>> {
-            self.runtime.block_on(self.inner.list_ops())
-        }
-
-        /// See [`super::Client::list_ops_detailed`].
-        pub fn list_ops_detailed(&self) -> Result<Vec<OpSummary>> {
-            self.runtime.block_on(self.inner.list_ops_detailed())
-        }
-
-        /// See [`super::Client::describe_op`].
-        pub fn describe_op(&self, op: &str) -> Result<OpInfo> {
-            self.runtime.block_on(self.inner.describe_op(op))
-        }
-
-        /// See [`super::Client::health`].
-        pub fn health(&self) -> Result<HealthInfo> {
-            self.runtime.block_on(self.inner.health())
-        }
-
-        /// See [`super::Client::stats`].
-        pub fn stats(&self) -> Result<StatsInfo> {
-            self.runtime.block_on(self.inner.stats())
-        }
-
-        /// See [`super::Client::metrics`].
-        pub fn metrics(&self) -> Result<crate::metrics::MetricsSnapshot> {
-            self.runtime.block_on(self.inner.metrics())
-        }
-
-        /// See [`super::Client::close`].
-        pub fn close(&self) {
-            self.inner.close()
+            Blocking::start(runtime, super::Client::connect_endpoint(endpoint, options))
         }
     }
 }

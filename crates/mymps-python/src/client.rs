@@ -1,16 +1,15 @@
-//! `MympsClient`: the Python face of [`mymps::client::blocking::Client`].
+//! `MympsClient`: the Python face of [`mymps::client::blocking::Client`],
+//! over [`Remote`] (the calls it shares with `MympsCluster`).
 
-use std::mem::ManuallyDrop;
 use std::time::Duration;
 
-use mymps::Value;
-use mymps::client::{ClientOptions, blocking};
+use mymps::client::{Client, ClientOptions, blocking};
 use mymps::transport::Endpoint;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 
-use crate::convert;
 use crate::errors::{bad_argument, to_py};
+use crate::remote::{Remote, load_request};
 
 /// A connection to a mymps server: run whitelisted torch ops on numpy
 /// arrays, remotely.
@@ -51,25 +50,11 @@ use crate::errors::{bad_argument, to_py};
 /// by fork it raises MympsConnectionError. Make one client per process.
 #[pyclass(module = "mymps", name = "MympsClient", frozen, subclass)]
 pub struct MympsClient {
-    /// Dropped by hand (see `Drop`): never in a forked child.
-    inner: ManuallyDrop<blocking::Client>,
+    remote: Remote<Client>,
     host: String,
     port: u16,
     timeout: Option<f64>,
     transport: String,
-    /// The process that made the client: after a `fork`, the child has the
-    /// client's memory but not its runtime threads, so it must not use it.
-    pid: u32,
-}
-
-fn model_dict<'py>(py: Python<'py>, m: &mymps::model::ModelInfo) -> PyResult<Bound<'py, PyDict>> {
-    let d = PyDict::new(py);
-    d.set_item("name", &m.name)?;
-    d.set_item("model_type", &m.model_type)?;
-    d.set_item("device", &m.device)?;
-    d.set_item("loaded_at", &m.loaded_at)?;
-    d.set_item("metadata", m.metadata.clone())?;
-    Ok(d)
 }
 
 fn timeout_duration(timeout: Option<f64>) -> PyResult<Duration> {
@@ -87,79 +72,6 @@ fn timeout_duration(timeout: Option<f64>) -> PyResult<Duration> {
 /// `s` quoted as Python's `repr` quotes a plain string.
 fn py_str(s: &str) -> String {
     format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'"))
-}
-
-fn value_to_py<'py>(py: Python<'py>, v: &Value) -> PyResult<Bound<'py, PyAny>> {
-    Ok(match v {
-        Value::None => py.None().into_bound(py),
-        Value::Bool(b) => b.into_pyobject(py)?.to_owned().into_any(),
-        Value::Int(i) => i.into_pyobject(py)?.into_any(),
-        Value::Float(x) => x.into_pyobject(py)?.into_any(),
-        Value::Str(s) => s.into_pyobject(py)?.into_any(),
-        Value::List(items) => {
-            let l = PyList::empty(py);
-            for x in items {
-                l.append(value_to_py(py, x)?)?;
-            }
-            l.into_any()
-        }
-    })
-}
-
-/// How often a waiting call wakes up to let Python handle signals (Ctrl-C).
-const SIGNAL_CHECK: Duration = Duration::from_millis(50);
-
-impl Drop for MympsClient {
-    fn drop(&mut self) {
-        if self.forked() {
-            // A forked child has the runtime's memory but not its threads:
-            // shutting it down would wait for threads that do not exist (and
-            // its locks may have been held at the fork). The memory is the
-            // parent's copy; leaving it is harmless.
-            return;
-        }
-        // SAFETY: `inner` is not used after this.
-        unsafe { ManuallyDrop::drop(&mut self.inner) };
-    }
-}
-
-impl MympsClient {
-    /// Whether this process is a fork of the one that made the client.
-    fn forked(&self) -> bool {
-        std::process::id() != self.pid
-    }
-
-    /// Runs one request of the async client to completion on the client's
-    /// runtime, with the GIL released while it waits.
-    ///
-    /// The wait wakes every [`SIGNAL_CHECK`] to run Python's signal
-    /// handlers (with the GIL), so Ctrl-C interrupts a long call at once
-    /// (`KeyboardInterrupt`) instead of after the reply or the timeout. The
-    /// request is then abandoned: its late reply is dropped when it comes.
-    fn wait<F, T>(&self, py: Python<'_>, request: F) -> PyResult<T>
-    where
-        F: std::future::Future<Output = mymps::Result<T>> + Send,
-        T: Send,
-    {
-        if self.forked() {
-            return Err(to_py(mymps::Error::connection(
-                "this client was created in another process (before a fork) and cannot be \
-                 used in this one; create a new MympsClient here",
-            )));
-        }
-        let mut request = std::pin::pin!(request);
-        loop {
-            // The timer must be made inside the runtime, hence the async block.
-            let step = py.detach(|| {
-                self.inner
-                    .block_on(async { tokio::time::timeout(SIGNAL_CHECK, request.as_mut()).await })
-            });
-            match step {
-                Ok(done) => return done.map_err(to_py),
-                Err(_elapsed) => py.check_signals()?,
-            }
-        }
-    }
 }
 
 #[pymethods]
@@ -202,12 +114,11 @@ impl MympsClient {
             .detach(|| blocking::Client::connect_endpoint(endpoint, options))
             .map_err(to_py)?;
         Ok(MympsClient {
-            inner: ManuallyDrop::new(inner),
+            remote: Remote::new(inner, "MympsClient"),
             host,
             port,
             timeout,
             transport,
-            pid: std::process::id(),
         })
     }
 
@@ -261,61 +172,25 @@ impl MympsClient {
         inputs: Option<&Bound<'py, PyAny>>,
         kwargs: Option<&Bound<'py, PyDict>>,
     ) -> PyResult<Bound<'py, PyDict>> {
-        let (tensors, kwargs) = convert::exec_args(inputs, kwargs)?;
-        let client = self.inner.as_async();
-        let out = self.wait(py, client.exec(op, tensors, kwargs))?;
-        convert::outputs(py, out.tensors)
+        self.remote.exec(py, op, inputs, kwargs)
     }
 
     /// The names of the ops the server runs (its whitelist), sorted.
     fn list_ops(&self, py: Python<'_>) -> PyResult<Vec<String>> {
-        let mut ops = self.wait(py, self.inner.as_async().list_ops())?;
-        ops.sort_unstable();
-        Ok(ops)
+        self.remote.list_ops(py)
     }
 
     /// One op's description: {"name", "category", "doc", "signature",
     /// "params": [{"name", "kind", "required", "default"}], "outputs"}.
     /// Raises UnknownOpError for an op not in the whitelist.
     fn describe_op<'py>(&self, py: Python<'py>, op: &str) -> PyResult<Bound<'py, PyDict>> {
-        let info = self.wait(py, self.inner.as_async().describe_op(op))?;
-        let d = PyDict::new(py);
-        d.set_item("name", &info.name)?;
-        d.set_item("category", &info.category)?;
-        d.set_item("doc", &info.doc)?;
-        d.set_item("signature", &info.signature)?;
-        let params = PyList::empty(py);
-        for p in &info.params {
-            let pd = PyDict::new(py);
-            pd.set_item("name", &p.name)?;
-            pd.set_item("kind", &p.kind)?;
-            pd.set_item("required", p.required)?;
-            match &p.default {
-                Some(v) => pd.set_item("default", value_to_py(py, v)?)?,
-                None => pd.set_item("default", py.None())?,
-            }
-            params.append(pd)?;
-        }
-        d.set_item("params", params)?;
-        d.set_item("outputs", &info.outputs)?;
-        Ok(d)
+        self.remote.describe_op(py, op)
     }
 
     /// Server status: {"status": "ok", "version", "protocol", "backend",
     /// "device", "torch_version", "models_loaded", "ops", "uptime_s"}.
     fn health<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let h = self.wait(py, self.inner.as_async().health())?;
-        let d = PyDict::new(py);
-        d.set_item("status", h.status)?;
-        d.set_item("version", h.version)?;
-        d.set_item("protocol", h.protocol)?;
-        d.set_item("backend", h.backend)?;
-        d.set_item("device", h.device)?;
-        d.set_item("torch_version", h.torch_version)?;
-        d.set_item("models_loaded", h.models_loaded)?;
-        d.set_item("ops", h.ops)?;
-        d.set_item("uptime_s", h.uptime_s)?;
-        Ok(d)
+        self.remote.health(py)
     }
 
     /// Host, process and accelerator statistics of the server:
@@ -326,21 +201,7 @@ impl MympsClient {
     /// "accelerator_memory_free_mb"}; the accelerator fields are None where
     /// the device does not report them (the CPU).
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let s = self.wait(py, self.inner.as_async().stats())?;
-        let d = PyDict::new(py);
-        d.set_item("cpu_percent", s.cpu_percent)?;
-        d.set_item("cpu_count", s.cpu_count)?;
-        d.set_item("load_avg", s.load_avg.to_vec())?;
-        d.set_item("memory_total_gb", s.memory_total_gb)?;
-        d.set_item("memory_used_gb", s.memory_used_gb)?;
-        d.set_item("memory_percent", s.memory_percent)?;
-        d.set_item("process_rss_mb", s.process_rss_mb)?;
-        d.set_item("process_cpu_percent", s.process_cpu_percent)?;
-        d.set_item("device", s.device)?;
-        d.set_item("accelerator_memory_total_mb", s.accelerator_memory_total_mb)?;
-        d.set_item("accelerator_memory_used_mb", s.accelerator_memory_used_mb)?;
-        d.set_item("accelerator_memory_free_mb", s.accelerator_memory_free_mb)?;
-        Ok(d)
+        self.remote.stats(py)
     }
 
     /// Load a model on the server, registered under `name` (which may
@@ -383,8 +244,7 @@ impl MympsClient {
         trust_remote_code: bool,
         config: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyDict>> {
-        let config = convert::model_config(config)?;
-        let request = mymps::model::LoadRequest {
+        let request = load_request(
             name,
             model_type,
             model_path,
@@ -392,11 +252,8 @@ impl MympsClient {
             dtype,
             trust_remote_code,
             config,
-        };
-        let info = self.wait(py, self.inner.as_async().load_model(request))?;
-        let d = model_dict(py, &info)?;
-        d.set_item("status", "ok")?;
-        Ok(d)
+        )?;
+        self.remote.load_model(py, request)
     }
 
     /// A forward pass of a loaded model.
@@ -423,52 +280,38 @@ impl MympsClient {
         name: &str,
         inputs: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyDict>> {
-        let inputs = convert::infer_inputs(inputs)?;
-        let out = self.wait(py, self.inner.as_async().infer(name, inputs))?;
-        convert::outputs(py, out.tensors)
+        self.remote.infer(py, name, inputs)
     }
 
     /// The loaded models: a list of {"name", "model_type", "device",
     /// "loaded_at", "metadata"}, sorted by name.
     fn list_models<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
-        let models = self.wait(py, self.inner.as_async().list_models())?;
-        let l = PyList::empty(py);
-        for m in &models {
-            l.append(model_dict(py, m)?)?;
-        }
-        Ok(l)
+        self.remote.list_models(py)
     }
 
     /// One loaded model: {"name", "model_type", "device", "loaded_at",
     /// "metadata"}. Raises ModelNotFoundError if it is not loaded.
     fn model_info<'py>(&self, py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyDict>> {
-        let info = self.wait(py, self.inner.as_async().model_info(name))?;
-        model_dict(py, &info)
+        self.remote.model_info(py, name)
     }
 
     /// Unload a model: {"status": "ok", "name"}. Raises ModelNotFoundError
     /// if it is not loaded.
     fn unload_model<'py>(&self, py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyDict>> {
-        self.wait(py, self.inner.as_async().unload_model(name))?;
-        let d = PyDict::new(py);
-        d.set_item("status", "ok")?;
-        d.set_item("name", name)?;
-        Ok(d)
+        self.remote.unload_model(py, name)
     }
 
     /// Close the connection. Calls still waiting (in other threads) raise
     /// MympsConnectionError, and so does every later call. Closing twice is
     /// harmless.
     fn close(&self) {
-        if !self.forked() {
-            self.inner.close();
-        }
+        self.remote.close()
     }
 
     /// Whether the connection is closed (by close(), the server, or a failure).
     #[getter]
     fn closed(&self) -> bool {
-        self.forked() || self.inner.as_async().is_closed()
+        self.remote.forked() || self.remote.as_async().is_closed()
     }
 
     /// The server's host, as given.
@@ -499,13 +342,13 @@ impl MympsClient {
     /// the handshake.
     #[getter]
     fn device(&self) -> &str {
-        &self.inner.as_async().welcome().device
+        &self.remote.as_async().welcome().device
     }
 
     /// The server software and version, from the handshake ("mymps/0.1.0").
     #[getter]
     fn server_version(&self) -> &str {
-        &self.inner.as_async().welcome().agent
+        &self.remote.as_async().welcome().agent
     }
 
     fn __enter__(slf: Bound<'_, Self>) -> Bound<'_, Self> {

@@ -1,15 +1,15 @@
-//! `MympsCluster`: the Python face of [`mymps::cluster::blocking::Cluster`].
+//! `MympsCluster`: the Python face of [`mymps::cluster::blocking::Cluster`],
+//! over [`Remote`] (the calls it shares with `MympsClient`).
 
-use std::mem::ManuallyDrop;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use mymps::cluster::{ClusterConfig, HostConfig, Placement, blocking};
+use mymps::cluster::{Cluster, ClusterConfig, HostConfig, Placement, blocking};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyTuple};
 
-use crate::convert;
 use crate::errors::{bad_argument, to_py};
+use crate::remote::{Remote, load_request, loaded_dict, model_dict};
 
 /// A client of several mymps servers, used like one MympsClient.
 ///
@@ -44,23 +44,7 @@ use crate::errors::{bad_argument, to_py};
 /// the GIL and run concurrently.
 #[pyclass(module = "mymps", name = "MympsCluster", frozen)]
 pub struct MympsCluster {
-    /// Dropped by hand (see `Drop`): never in a forked child.
-    inner: ManuallyDrop<blocking::Cluster>,
-    pid: u32,
-}
-
-/// How often a waiting call wakes up to let Python handle signals (Ctrl-C).
-const SIGNAL_CHECK: Duration = Duration::from_millis(50);
-
-impl Drop for MympsCluster {
-    fn drop(&mut self) {
-        if std::process::id() != self.pid {
-            // A forked child has the runtime's memory but not its threads.
-            return;
-        }
-        // SAFETY: `inner` is not used after this.
-        unsafe { ManuallyDrop::drop(&mut self.inner) };
-    }
+    remote: Remote<Cluster>,
 }
 
 fn seconds(what: &str, t: f64) -> PyResult<Duration> {
@@ -71,16 +55,6 @@ fn seconds(what: &str, t: f64) -> PyResult<Duration> {
             "{what} must be a positive number of seconds, not {t}"
         )))
     }
-}
-
-fn model_dict<'py>(py: Python<'py>, m: &mymps::model::ModelInfo) -> PyResult<Bound<'py, PyDict>> {
-    let d = PyDict::new(py);
-    d.set_item("name", &m.name)?;
-    d.set_item("model_type", &m.model_type)?;
-    d.set_item("device", &m.device)?;
-    d.set_item("loaded_at", &m.loaded_at)?;
-    d.set_item("metadata", m.metadata.clone())?;
-    Ok(d)
 }
 
 /// An address: a string, or a (host, port) pair.
@@ -96,34 +70,6 @@ fn addr_of(item: &Bound<'_, PyAny>) -> PyResult<String> {
         "a host is an address string or a (host, port) pair, not {}",
         item.repr()?
     )))
-}
-
-impl MympsCluster {
-    /// Runs one request to completion with the GIL released, waking every
-    /// [`SIGNAL_CHECK`] to let Ctrl-C through (as `MympsClient` does).
-    fn wait<F, T>(&self, py: Python<'_>, request: F) -> PyResult<T>
-    where
-        F: std::future::Future<Output = mymps::Result<T>> + Send,
-        T: Send,
-    {
-        if std::process::id() != self.pid {
-            return Err(to_py(mymps::Error::connection(
-                "this cluster client was created in another process (before a fork) and \
-                 cannot be used in this one; create a new MympsCluster here",
-            )));
-        }
-        let mut request = std::pin::pin!(request);
-        loop {
-            let step = py.detach(|| {
-                self.inner
-                    .block_on(async { tokio::time::timeout(SIGNAL_CHECK, request.as_mut()).await })
-            });
-            match step {
-                Ok(done) => return done.map_err(to_py),
-                Err(_elapsed) => py.check_signals()?,
-            }
-        }
-    }
 }
 
 #[pymethods]
@@ -181,8 +127,7 @@ impl MympsCluster {
             .detach(|| blocking::Cluster::connect(cfg))
             .map_err(to_py)?;
         Ok(MympsCluster {
-            inner: ManuallyDrop::new(inner),
-            pid: std::process::id(),
+            remote: Remote::new(inner.into_blocking(), "MympsCluster"),
         })
     }
 
@@ -198,9 +143,7 @@ impl MympsCluster {
         inputs: Option<&Bound<'py, PyAny>>,
         kwargs: Option<&Bound<'py, PyDict>>,
     ) -> PyResult<Bound<'py, PyDict>> {
-        let (tensors, kwargs) = convert::exec_args(inputs, kwargs)?;
-        let out = self.wait(py, self.inner.as_async().exec(op, tensors, kwargs))?;
-        convert::outputs(py, out.tensors)
+        self.remote.exec(py, op, inputs, kwargs)
     }
 
     /// A forward pass of a loaded model on the least busy host that has it.
@@ -213,9 +156,7 @@ impl MympsCluster {
         name: &str,
         inputs: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyDict>> {
-        let inputs = convert::infer_inputs(inputs)?;
-        let out = self.wait(py, self.inner.as_async().infer(name, inputs))?;
-        convert::outputs(py, out.tensors)
+        self.remote.infer(py, name, inputs)
     }
 
     /// Load a model on the hosts named in `hosts` (names or addresses), or
@@ -245,8 +186,7 @@ impl MympsCluster {
         config: Option<&Bound<'py, PyAny>>,
         hosts: Option<Vec<String>>,
     ) -> PyResult<Bound<'py, PyDict>> {
-        let config = convert::model_config(config)?;
-        let request = mymps::model::LoadRequest {
+        let request = load_request(
             name,
             model_type,
             model_path,
@@ -254,17 +194,18 @@ impl MympsCluster {
             dtype,
             trust_remote_code,
             config,
-        };
+        )?;
         let placement = match hosts {
             None => Placement::All,
             Some(h) => Placement::Hosts(h),
         };
-        let loaded = self.wait(py, self.inner.as_async().load_model(request, placement))?;
+        let cluster = self.remote.as_async();
+        let loaded = self
+            .remote
+            .wait(py, cluster.load_model(request, placement))?;
         let out = PyDict::new(py);
         for (host, info) in &loaded {
-            let d = model_dict(py, info)?;
-            d.set_item("status", "ok")?;
-            out.set_item(host, d)?;
+            out.set_item(host, loaded_dict(py, info)?)?;
         }
         Ok(out)
     }
@@ -273,7 +214,9 @@ impl MympsCluster {
     /// [hosts it was unloaded from]}. Raises ModelNotFoundError if no host
     /// had it.
     fn unload_model<'py>(&self, py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyDict>> {
-        let hosts = self.wait(py, self.inner.as_async().unload_model(name))?;
+        let hosts = self
+            .remote
+            .wait(py, self.remote.as_async().unload_model(name))?;
         let d = PyDict::new(py);
         d.set_item("status", "ok")?;
         d.set_item("name", name)?;
@@ -284,7 +227,7 @@ impl MympsCluster {
     /// The models of each host that is up: {host: [{"name", "model_type",
     /// "device", "loaded_at", "metadata"}, ...]}.
     fn list_models<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let lists = self.wait(py, self.inner.as_async().list_models())?;
+        let lists = self.remote.wait(py, self.remote.as_async().list_models())?;
         let out = PyDict::new(py);
         for h in &lists {
             let l = PyList::empty(py);
@@ -298,9 +241,7 @@ impl MympsCluster {
 
     /// The op whitelist, sorted (from a host that is up).
     fn list_ops(&self, py: Python<'_>) -> PyResult<Vec<String>> {
-        let mut ops = self.wait(py, self.inner.as_async().list_ops())?;
-        ops.sort_unstable();
-        Ok(ops)
+        self.remote.list_ops(py)
     }
 
     /// Each host's state, in the configuration's order: a list of
@@ -310,7 +251,7 @@ impl MympsCluster {
     /// "error"}.
     fn status<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
         let l = PyList::empty(py);
-        for h in self.inner.status() {
+        for h in self.remote.as_async().status() {
             let d = PyDict::new(py);
             d.set_item("name", &h.name)?;
             d.set_item("addr", &h.addr)?;
@@ -333,9 +274,7 @@ impl MympsCluster {
     /// Close every connection and stop the health checks; later calls
     /// raise MympsConnectionError. Closing twice is harmless.
     fn close(&self) {
-        if std::process::id() == self.pid {
-            self.inner.close();
-        }
+        self.remote.close()
     }
 
     fn __enter__(slf: Bound<'_, Self>) -> Bound<'_, Self> {
@@ -350,7 +289,8 @@ impl MympsCluster {
 
     fn __repr__(&self) -> String {
         let hosts: Vec<String> = self
-            .inner
+            .remote
+            .as_async()
             .status()
             .iter()
             .map(|h| format!("'{}' ({})", h.name, h.state))

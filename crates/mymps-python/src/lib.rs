@@ -2,11 +2,15 @@
 //!
 //! The Python client of mymps, as the extension module `mymps._native` of
 //! the `mymps` package (built with maturin, one abi3 wheel for CPython 3.9
-//! and later). It wraps [`mymps::client::blocking::Client`] and needs
+//! and later). It wraps [`mymps::client::blocking::Client`] (and the
+//! cluster's blocking client) and needs
 //! numpy only: no libtorch, no torch.
 //!
 //! - [`client`]: the `MympsClient` class (the API of `client-api.md`).
 //! - [`cluster`]: the `MympsCluster` class (one client over several servers).
+//! - [`remote`]: what both share, over any
+//!   [`Service`](mymps::client::Service): the blocking wait (GIL released,
+//!   Ctrl-C), the fork check, typed requests and replies ⇄ Python objects.
 //! - [`convert`]: numpy arrays ⇄ tensors without copies, kwargs → values.
 //! - [`errors`]: error codes → the exception classes of `mymps.errors`.
 //!
@@ -18,6 +22,7 @@ pub mod client;
 pub mod cluster;
 pub mod convert;
 pub mod errors;
+pub mod remote;
 
 use pyo3::prelude::*;
 

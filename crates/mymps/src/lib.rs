@@ -30,7 +30,7 @@
 //!
 //! ## Client
 //! ```no_run
-//! use mymps::{Tensor, client::{Call, blocking::Client}};
+//! use mymps::{Tensor, client::{Call, Caller, blocking::Client}};
 //! let c = Client::connect("tcp://127.0.0.1:5555")?;
 //! let a = Tensor::from_vec(vec![1.0f32; 64 * 128], &[64, 128])?;
 //! let b = Tensor::from_vec(vec![1.0f32; 128 * 32], &[128, 32])?;

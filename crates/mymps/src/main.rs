@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args as ClapArgs, Parser, Subcommand};
-use mymps::client::{ClientOptions, blocking::Client};
+use mymps::client::{Caller, ClientOptions, blocking::Client};
 use mymps::server::{Server, ServerConfig};
 use mymps::transport::{Endpoint, TransportOptions};
 use mymps::{Error, ErrorCode, Tensor, Value, npy};

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use mymps::client::Call;
+use mymps::client::{Call, Caller};
 use mymps::cluster::{Cluster, ClusterConfig, HostState, HostStatus, Placement};
 use mymps::model::LoadRequest;
 use mymps::{ErrorCode, Tensor};

@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use common::{Exec, Framed, Op, randn};
-use mymps::client::{Client, ClientOptions, Outputs};
+use mymps::client::{Caller, Client, ClientOptions, Outputs};
 use mymps::protocol::{
     self, ExecRequest, Frame, FrameKind, HealthInfo, Request, StatsInfo, TensorMeta,
 };

@@ -6,7 +6,7 @@
 mod common;
 
 use common::{randn, start};
-use mymps::client::{Call, Client};
+use mymps::client::{Call, Caller, Client};
 use mymps::{ErrorCode, Tensor};
 
 fn f32s(v: Vec<f32>, shape: &[usize]) -> Tensor {

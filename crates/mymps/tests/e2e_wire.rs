@@ -12,6 +12,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::Raw;
 use mymps::ErrorCode;
+use mymps::client::Caller;
 use mymps::protocol::{self, ExecRequest, Frame, FrameKind, Request, Response, TensorMeta};
 
 fn exec_frame(id: u64, dtype: &str, shape: Vec<u64>, data: Vec<u8>) -> Frame {

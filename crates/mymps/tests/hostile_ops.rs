@@ -10,7 +10,7 @@ mod common;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use mymps::client::{Call, Client, ClientOptions};
+use mymps::client::{Call, Caller, Client, ClientOptions};
 use mymps::{DType, Error, ErrorCode, Tensor, Value};
 
 /// `mymps serve` on an ephemeral loopback port, killed on drop.

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use common::Raw;
-use mymps::client::{Call, Client};
+use mymps::client::{Call, Caller, Client};
 use mymps::protocol::{self, ExecRequest, Frame, FrameKind, Prefix, Request, Response, TensorMeta};
 use mymps::{ErrorCode, Tensor, Value};
 

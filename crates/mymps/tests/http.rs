@@ -4,7 +4,7 @@
 
 mod common;
 
-use mymps::client::Client;
+use mymps::client::{Caller, Client};
 use mymps::server::ServerConfig;
 use mymps::transport::Endpoint;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};

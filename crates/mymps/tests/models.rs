@@ -7,6 +7,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use mymps::client::Caller;
 use mymps::model::LoadRequest;
 use mymps::plugin::HostVersions;
 use mymps::{DType, ErrorCode, Tensor};

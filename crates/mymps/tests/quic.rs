@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use mymps::client::{Call, Client, ClientOptions};
+use mymps::client::{Call, Caller, Client, ClientOptions};
 use mymps::protocol::{self, ExecRequest, Frame, FrameKind, Request, Response, TensorMeta};
 use mymps::server::{ServerConfig, ServerHandle};
 use mymps::transport::TransportOptions;

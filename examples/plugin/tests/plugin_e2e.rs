@@ -5,7 +5,7 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-use mymps::client::blocking::Client;
+use mymps::client::{Caller, blocking::Client};
 use mymps::model::LoadRequest;
 use mymps::{Tensor, Value};
 use tch::{Device, Kind};

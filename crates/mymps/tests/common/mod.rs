@@ -7,7 +7,7 @@ use std::io::{BufRead, BufReader, Lines};
 use std::process::{Child, ChildStdout, Command, Stdio};
 use std::sync::Arc;
 
-use mymps::client::{Call, Client, Outputs};
+use mymps::client::{Call, Caller, Client, Outputs};
 use mymps::protocol::{self, Frame, FrameKind, Limits, Request, Response};
 use mymps::server::{Server, ServerConfig, ServerHandle};
 use mymps::stream::StreamReader;
