@@ -130,6 +130,13 @@ struct Slot {
     failovers: u64,
 }
 
+impl Slot {
+    /// Whether connection `generation` is the current one.
+    fn is(&self, generation: u64) -> bool {
+        self.conn.as_ref().map(|c| c.1) == Some(generation)
+    }
+}
+
 impl Host {
     fn slot(&self) -> MutexGuard<'_, Slot> {
         self.slot.lock().unwrap_or_else(|p| p.into_inner())
@@ -268,6 +275,16 @@ impl Drop for InFlight<'_> {
     }
 }
 
+/// `f`, given up after `t`.
+async fn timed<T>(t: Duration, what: &str, f: impl Future<Output = Result<T>>) -> Result<T> {
+    tokio::time::timeout(t, f).await.unwrap_or_else(|_| {
+        Err(Error::new(
+            ErrorCode::Timeout,
+            format!("{what}: no answer within {}", secs(t)),
+        ))
+    })
+}
+
 fn secs(d: Duration) -> String {
     format!("{:.1} s", d.as_secs_f64())
 }
@@ -283,7 +300,7 @@ impl Shared {
         let h = &self.hosts[i];
         let conn = {
             let mut s = h.slot();
-            if s.conn.as_ref().map(|c| c.1) != Some(generation) {
+            if !s.is(generation) {
                 return;
             }
             s.state = HostState::Down;
@@ -522,21 +539,45 @@ impl Shared {
         )
     }
 
+    /// Runs `f` on the connection of every host that is up and `chosen`,
+    /// concurrently (a task each: a slow host holds up no other); returns
+    /// each host's index, connection generation and result, in host order.
+    async fn fan_out<T, Fut>(
+        &self,
+        chosen: impl Fn(usize) -> bool,
+        f: impl Fn(Client) -> Fut,
+    ) -> Vec<(usize, u64, Result<T>)>
+    where
+        Fut: Future<Output = Result<T>> + Send + 'static,
+        T: Send + 'static,
+    {
+        let tasks: Vec<_> = (0..self.hosts.len())
+            .filter(|&i| chosen(i))
+            .filter_map(|i| {
+                let (c, g) = self.hosts[i].conn()?;
+                Some((i, g, tokio::spawn(f(c))))
+            })
+            .collect();
+        let mut out = Vec::with_capacity(tasks.len());
+        for (i, g, task) in tasks {
+            let r = task.await.unwrap_or_else(|e| {
+                Err(Error::internal(format!("the request's task failed: {e}")))
+            });
+            out.push((i, g, r));
+        }
+        out
+    }
+
     /// Asks every host that is up for its models.
     async fn refresh_models(&self) {
-        let mut waits = Vec::new();
-        for i in 0..self.hosts.len() {
-            if let Some((c, g)) = self.hosts[i].conn() {
-                let t = self.config.health_timeout;
-                waits.push(tokio::spawn(async move {
-                    (i, g, tokio::time::timeout(t, c.list_models()).await)
-                }));
-            }
-        }
-        for w in waits {
-            if let Ok((i, g, Ok(Ok(models)))) = w.await {
+        let t = self.config.health_timeout;
+        let lists = self
+            .fan_out(|_| true, |c| timed(t, "list_models", c.list_models()))
+            .await;
+        for (i, g, r) in lists {
+            if let Ok(models) = r {
                 let mut s = self.hosts[i].slot();
-                if s.conn.as_ref().map(|c| c.1) == Some(g) {
+                if s.is(g) {
                     s.models = models.into_iter().map(|m| m.name).collect();
                 }
             }
@@ -616,7 +657,7 @@ impl Shared {
                 let r = tokio::time::timeout(shared.config.timeout, c.load_model(request)).await;
                 {
                     let mut s = h.slot();
-                    if s.conn.as_ref().map(|c| c.1) != Some(g) {
+                    if !s.is(g) {
                         return;
                     }
                     s.restoring.remove(&name);
@@ -681,7 +722,7 @@ impl Shared {
                             let stale = {
                                 let mut s = h.slot();
                                 s.latency = Some(t0.elapsed());
-                                s.conn.as_ref().map(|c| c.1) == Some(generation)
+                                s.is(generation)
                                     && health.models_loaded != s.models.len() as u64
                                     && s.restoring.is_empty()
                             };
@@ -694,7 +735,7 @@ impl Shared {
                                 .await
                                 {
                                     let mut s = h.slot();
-                                    if s.conn.as_ref().map(|c| c.1) == Some(generation) {
+                                    if s.is(generation) {
                                         s.models = models.into_iter().map(|m| m.name).collect();
                                     }
                                     drop(s);
@@ -853,20 +894,12 @@ impl Cluster {
     ) -> Result<Vec<(String, ModelInfo)>> {
         let shared = self.shared();
         let targets = shared.resolve(&placement)?;
-        let chosen: Vec<usize> = (0..shared.hosts.len())
-            .filter(|i| targets.as_ref().is_none_or(|t| t.contains(i)))
-            .collect();
-        let mut loads = Vec::new();
-        for &i in &chosen {
-            if let Some((c, g)) = shared.hosts[i].conn() {
-                let request = request.clone();
-                loads.push((
-                    i,
-                    g,
-                    tokio::spawn(async move { c.load_model(request).await }),
-                ));
-            }
-        }
+        let loads = shared
+            .fan_out(
+                |i| targets.as_ref().is_none_or(|t| t.contains(&i)),
+                |c| c.load_model(request.clone()),
+            )
+            .await;
         if loads.is_empty() {
             return Err(Error::connection(format!(
                 "load_model {}: no host of the placement is up ({})",
@@ -876,15 +909,12 @@ impl Cluster {
         }
         let mut loaded = Vec::new();
         let mut failed = Vec::new();
-        for (i, g, task) in loads {
-            let r = task
-                .await
-                .unwrap_or_else(|e| Err(Error::internal(format!("load task failed: {e}"))));
+        for (i, g, r) in loads {
             let h = &shared.hosts[i];
             match r {
                 Ok(info) => {
                     let mut s = h.slot();
-                    if s.conn.as_ref().map(|c| c.1) == Some(g) {
+                    if s.is(g) {
                         s.models.insert(info.name.clone());
                     }
                     loaded.push((i, info));
@@ -962,23 +992,10 @@ impl Cluster {
             .unwrap_or_else(|p| p.into_inner())
             .remove(name)
             .is_some();
-        let mut unloads = Vec::new();
-        for i in 0..shared.hosts.len() {
-            if let Some((c, g)) = shared.hosts[i].conn() {
-                let name = name.to_owned();
-                unloads.push((
-                    i,
-                    g,
-                    tokio::spawn(async move { c.unload_model(&name).await }),
-                ));
-            }
-        }
+        let unloads = shared.fan_out(|_| true, |c| c.unload_model(name)).await;
         let mut done = Vec::new();
         let mut first_error = None;
-        for (i, g, task) in unloads {
-            let r = task
-                .await
-                .unwrap_or_else(|e| Err(Error::internal(format!("unload task failed: {e}"))));
+        for (i, g, r) in unloads {
             let h = &shared.hosts[i];
             match r {
                 Ok(()) => {
@@ -1021,22 +1038,14 @@ impl Cluster {
     /// knows of them).
     pub async fn list_models(&self) -> Result<Vec<HostModels>> {
         let shared = self.shared();
-        let mut lists = Vec::new();
-        for i in 0..shared.hosts.len() {
-            if let Some((c, g)) = shared.hosts[i].conn() {
-                lists.push((i, g, tokio::spawn(async move { c.list_models().await })));
-            }
-        }
+        let lists = shared.fan_out(|_| true, |c| c.list_models()).await;
         let mut out = Vec::new();
-        for (i, g, task) in lists {
-            let r = task
-                .await
-                .unwrap_or_else(|e| Err(Error::internal(format!("list task failed: {e}"))));
+        for (i, g, r) in lists {
             let h = &shared.hosts[i];
             match r {
                 Ok(models) => {
                     let mut s = h.slot();
-                    if s.conn.as_ref().map(|c| c.1) == Some(g) {
+                    if s.is(g) {
                         s.models = models.iter().map(|m| m.name.clone()).collect();
                     }
                     out.push(HostModels {
@@ -1056,24 +1065,12 @@ impl Cluster {
     /// (CPU use, load average, memory), in the configuration's order.
     pub async fn stats(&self) -> Vec<HostStats> {
         let shared = self.shared();
-        let mut asks = Vec::new();
-        for (i, h) in shared.hosts.iter().enumerate() {
-            if let Some((c, g)) = h.conn() {
-                let t = shared.config.health_timeout;
-                asks.push((
-                    i,
-                    g,
-                    tokio::spawn(async move { tokio::time::timeout(t, c.stats()).await }),
-                ));
-            }
-        }
+        let t = shared.config.health_timeout;
+        let asks = shared
+            .fan_out(|_| true, |c| timed(t, "stats", c.stats()))
+            .await;
         let mut out = Vec::new();
-        for (i, g, task) in asks {
-            let r = match task.await {
-                Ok(Ok(r)) => r,
-                Ok(Err(_)) => Err(Error::new(ErrorCode::Timeout, "stats: no answer in time")),
-                Err(e) => Err(Error::internal(format!("stats task failed: {e}"))),
-            };
+        for (i, g, r) in asks {
             if let Err(e) = &r {
                 if e.code == ErrorCode::Connection {
                     shared.mark_down(i, g, e.clone());
