@@ -370,6 +370,9 @@ async fn next_stream(
             Err(e) => Err(end_of(&e)),
         },
         Source::Opened(opened) => tokio::select! {
+            // A stream that arrived before the close is read first: it may
+            // be the server's last word (a refused handshake's reason).
+            biased;
             r = opened.recv() => r.map(|recv| (None, recv)).ok_or(None),
             e = conn.closed() => Err(Some(end_of(&e).unwrap_or_else(|| {
                 io::Error::new(io::ErrorKind::ConnectionAborted, "the server closed the connection")

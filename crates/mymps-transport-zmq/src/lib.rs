@@ -121,15 +121,16 @@ pub struct ZmqConfig {
 }
 
 impl ZmqConfig {
-    /// The defaults: 1024 sessions, 256 frames or 256 MiB queued per
-    /// session and 4 GiB for all (one frame of the default payload limit
+    /// The defaults: 1024 sessions, 1024 frames (as many as the server keeps
+    /// in flight per connection) or 256 MiB queued per session and 4 GiB
+    /// for all (one frame of the default payload limit
     /// fits), sessions end after 5 minutes of silence (30 s before their
     /// first request), parts up to the
     /// default frame limits, 100 000 unread replies per peer, heartbeats
     /// every 10 s (a silent server is dropped after 30 s), 10 s to connect.
     pub const DEFAULT: ZmqConfig = ZmqConfig {
         max_peers: 1024,
-        peer_queue: 256,
+        peer_queue: 1024,
         peer_queue_bytes: 256 << 20,
         queue_bytes: 4 << 30,
         idle_timeout: Duration::from_secs(300),

@@ -475,17 +475,13 @@ async fn shapes(wire: Wire) {
 /// the nearest thing: 300 requests pipelined on one keep-alive connection,
 /// written while the replies are read, answered in order.
 ///
-/// Over ZeroMQ this fails now and then (5-8 % of runs alone, more beside
-/// the other cases) with `Busy: ... 256 messages are already queued`: a
-/// known limit of that transport, not of this test. Its pump must keep
-/// reading the one ROUTER socket all peers share, so a session whose queue
-/// (`ZmqConfig::peer_queue`, 256 frames) is full gets `Busy` where TCP and
-/// QUIC would stop reading and let flow control slow the client down.
-/// Here the server's connection task shares the test's two worker threads
-/// with the client's 300 tasks; when they keep it from reading for as
-/// long as the client takes to send 256 frames, the rest are refused.
-/// (With the server on a runtime of its own: 0 failures in 60 runs; a
-/// single task sending 1000 frames back to back gets 190-250 `Busy`.)
+/// Over ZeroMQ the server's pump must keep reading the one ROUTER socket
+/// all peers share, so a session whose queue is full gets `Busy` where TCP
+/// and QUIC stop reading and let flow control slow the client down. That
+/// queue holds 1024 frames (`ZmqConfig::peer_queue`), as many as the server
+/// keeps in flight per connection; at 256 this case failed in 5-15 % of
+/// runs (the server's task shares the test's two worker threads with the
+/// client's 300 tasks).
 async fn in_flight(wire: Wire) {
     let f = Fixture::start(wire, |_| {}).await;
     match f.client().await {
@@ -642,13 +638,10 @@ async fn caps(wire: Wire) {
 /// A server with a token refuses a client without it or with a wrong one
 /// (`Unauthenticated`) and serves the right one.
 ///
-/// Over QUIC a refused handshake is now and then reported as `Connection:
-/// ... the server closed the connection` (about 3 % of runs): the server
-/// answers the Hello, waits for the answer's acknowledgement and closes;
-/// the answer is still readable after the close, but the client's reader
-/// (`next_stream` in the quic crate) picks between the Hello's stream and
-/// `conn.closed()` with an unbiased `select!`, and when both are ready it
-/// takes the close half of the time.
+/// Over QUIC the server answers the Hello, waits for the acknowledgement
+/// and closes; the client's reader (`next_stream` in the quic crate) takes
+/// a stream that arrived before the close first (`biased`), else a refused
+/// handshake was reported as a lost connection in about 3 % of runs.
 async fn tokens(wire: Wire) {
     let f = Fixture::start(wire, |c| c.auth_token = Some("s3cret-token".into())).await;
     // Over the binary protocol the handshake fails; over HTTP, every

@@ -310,12 +310,26 @@ async fn a_reset_connection_does_not_leave_its_work_queued() {
         ))
         .await;
     }
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    // The client crashes: RST, not FIN.
+    // Once the server has read them all (the slow one runs, 39 wait for
+    // the worker), the client crashes: RST, not FIN.
+    let client = Client::connect(&addr).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let m = client.metrics().await.unwrap();
+        if m.requests_in_flight > total {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the server never held the {total} requests at once: {} in flight, ops {:?}",
+            m.requests_in_flight,
+            m.ops
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     c.reset();
     // The queued requests are answered `Cancelled` (nobody to send to) as
     // they reach the worker, not run.
-    let client = Client::connect(&addr).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     let (count, errors) = loop {
         let m = client.metrics().await.unwrap();
