@@ -12,10 +12,15 @@
 //!   them without another copy.
 //! - An op the device has no kernel for runs again on the CPU; the reply
 //!   names the device that ran it.
-//! - On the CPU, a unary element-wise op ([`IN_PLACE`]) on a large float
-//!   tensor received into a buffer of its own runs in place, in that buffer
-//!   (torch's `op_` variant): the reply is sent from the request's memory
-//!   and the call allocates nothing.
+//! - On the CPU, a unary op that declares an in-place variant
+//!   ([`mymps_ops::InPlaceFn`], torch's `op_`) runs it on a large float
+//!   input whose memory the call holds alone
+//!   ([`LargeBuf::reclaim`](mymps_core::buffer::LargeBuf::reclaim): the
+//!   `Bytes`' reference count, not a convention, says so): the reply is sent
+//!   from the request's memory and the call allocates nothing.
+//! - Received buffers that nothing refers to any more go back to the pool
+//!   of large buffers ([`mymps_core::buffer`]) when the last result that may
+//!   view them is dropped.
 //! - Every libtorch call is fallible (`f_*`); errors become error replies.
 #![warn(missing_docs)]
 
@@ -23,8 +28,9 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use mymps_core::backend::{AcceleratorMemory, Backend, BackendInfo, ExecOutput};
+use mymps_core::buffer::{LARGE, LargeBuf};
 use mymps_core::ops::{Args, OpEntry, OpRegistry};
-use mymps_core::{Error, ErrorCode, Result};
+use mymps_core::{DType, Error, ErrorCode, Result};
 use mymps_ops::{KernelError, dtype_of, kind_of, torch_error};
 use tch::{Device, Tensor};
 
@@ -121,12 +127,30 @@ pub fn device_name(d: Device) -> String {
     }
 }
 
+/// Received buffers that libtorch views of them need alive. When the last
+/// holder drops, those that nothing else refers to go back to the pool
+/// (through [`LargeBuf::reclaim`], which only succeeds for memory whose
+/// every other handle is gone).
+#[derive(Default)]
+struct Kept(Vec<Bytes>);
+
+impl Drop for Kept {
+    fn drop(&mut self) {
+        for b in self.0.drain(..) {
+            // A reclaimed buffer goes to the pool as it drops; one still
+            // shared just loses this handle.
+            let _ = LargeBuf::reclaim(b);
+        }
+    }
+}
+
 /// Owns the memory a result's bytes live in: the libtorch tensor, and the
-/// received buffers it may be a view of.
+/// received buffers it may be a view of (dropped after the tensor: fields
+/// drop in order).
 struct TensorBytes {
     tensor: Tensor,
     len: usize,
-    _inputs: Arc<Vec<Bytes>>,
+    _inputs: Arc<Kept>,
 }
 
 impl AsRef<[u8]> for TensorBytes {
@@ -146,30 +170,44 @@ impl AsRef<[u8]> for AlignedBytes {
     }
 }
 
-/// A CPU libtorch tensor over `ptr` with `t`'s dtype, shape and strides.
+/// A CPU libtorch tensor over `ptr` with `dtype`, `shape` and element
+/// `strides`.
 ///
 /// # Safety
 ///
-/// `ptr` must be the address of `t`'s data, alive (and written only through
-/// this view) for as long as the tensor made here or any view of it is used.
-/// The layout was validated against the buffer's length when `t` was built.
-unsafe fn host_view(t: &mymps_core::Tensor, ptr: *const u8) -> Result<Tensor> {
-    let shape: Vec<i64> = t.shape().iter().map(|&d| d as i64).collect();
-    let strides: Vec<i64> = t
-        .strides_or_contiguous()
-        .iter()
-        .map(|&s| s as i64)
-        .collect();
+/// `ptr` must point to memory that holds every element the layout reaches
+/// (as a host tensor's layout is validated against its buffer when it is
+/// built), alive for as long as the tensor made here or any view of it is
+/// used, and written, if at all, only through them, by the holder of the
+/// memory's only handle.
+unsafe fn host_view(
+    dtype: DType,
+    shape: &[usize],
+    strides: &[usize],
+    ptr: *const u8,
+) -> Result<Tensor> {
+    let shape: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
+    let strides: Vec<i64> = strides.iter().map(|&s| s as i64).collect();
     // SAFETY: see the function's contract.
-    unsafe { Tensor::f_from_blob(ptr, &shape, &strides, kind_of(t.dtype()), Device::Cpu) }
+    unsafe { Tensor::f_from_blob(ptr, &shape, &strides, kind_of(dtype), Device::Cpu) }
         .map_err(torch_error)
+}
+
+/// An input held by the converter alone, viewed by a libtorch tensor that
+/// may write to it (the in-place path).
+struct Exclusive {
+    buf: LargeBuf,
+    dtype: DType,
+    shape: Vec<usize>,
 }
 
 /// Converts host tensors to libtorch tensors on one device, and back.
 pub struct Converter {
     device: Device,
     /// Received buffers that CPU tensors are views of.
-    inputs: Vec<Bytes>,
+    inputs: Kept,
+    /// The input taken over by [`Converter::upload_exclusive`].
+    exclusive: Option<Exclusive>,
 }
 
 impl Converter {
@@ -177,8 +215,71 @@ impl Converter {
     pub fn new(device: Device) -> Converter {
         Converter {
             device,
-            inputs: Vec::new(),
+            inputs: Kept::default(),
+            exclusive: None,
         }
+    }
+
+    /// [`Converter::upload`] on the CPU, except that an input whose memory
+    /// nothing else refers to ([`LargeBuf::reclaim`]) is taken over: the
+    /// converter then holds it alone, and the view it returns may be
+    /// written (see [`Converter::take_in_place`]). At most one input is
+    /// taken over; a contiguous one, aligned for its dtype.
+    fn upload_exclusive(&mut self, t: mymps_core::Tensor) -> Result<Tensor> {
+        let aligned = (t.data().as_ptr() as usize) % t.dtype().itemsize() == 0;
+        if self.device != Device::Cpu
+            || self.exclusive.is_some()
+            || !t.is_contiguous()
+            || t.numel() == 0
+            || !aligned
+        {
+            return self.upload(t);
+        }
+        let (dtype, shape) = (t.dtype(), t.shape().to_vec());
+        match LargeBuf::reclaim(t.into_data()) {
+            Ok(mut buf) => {
+                let ptr = buf.as_mut_slice().as_mut_ptr();
+                let strides = mymps_core::tensor::contiguous_strides(&shape);
+                // SAFETY: `buf` holds the tensor's bytes (its length was
+                // checked against the shape when the tensor was built) and
+                // is the only handle to them (`LargeBuf`); it is kept in
+                // `self.exclusive` for as long as the view is used (the
+                // result is built from it after every view is dropped), and
+                // nothing else writes to it. Moving the `LargeBuf` does not
+                // move its memory.
+                let view = unsafe { host_view(dtype, &shape, &strides, ptr)? };
+                self.exclusive = Some(Exclusive { buf, dtype, shape });
+                Ok(view)
+            }
+            Err(bytes) => self.upload(mymps_core::Tensor::new(dtype, &shape, bytes)?),
+        }
+    }
+
+    /// The result of an op run in place in the input taken over by
+    /// [`Converter::upload_exclusive`]: sent from that memory when `y` is
+    /// the input itself (every view of it dropped first), else downloaded
+    /// as any result.
+    fn take_in_place(&mut self, y: Tensor) -> Result<mymps_core::Tensor> {
+        let Some(ex) = self.exclusive.take() else {
+            return self.download(y);
+        };
+        let same = y.device() == Device::Cpu
+            && y.data_ptr() as *const u8 == ex.buf.as_ref().as_ptr()
+            && dtype_of(y.kind()).ok() == Some(ex.dtype)
+            && y.size()
+                .iter()
+                .map(|&d| d as usize)
+                .eq(ex.shape.iter().copied())
+            && y.is_contiguous();
+        if same {
+            drop(y);
+            // Shared from here on (never written again); back to the pool
+            // when the reply is sent.
+            return mymps_core::Tensor::new(ex.dtype, &ex.shape, ex.buf.share());
+        }
+        // Another tensor (perhaps a view of the input): a result like any.
+        self.inputs.0.push(ex.buf.share());
+        self.download(y)
     }
 
     /// A host tensor as a libtorch tensor on the device. On the CPU the
@@ -187,12 +288,15 @@ impl Converter {
     pub fn upload(&mut self, t: mymps_core::Tensor) -> Result<Tensor> {
         let kind = kind_of(t.dtype());
         let shape: Vec<i64> = t.shape().iter().map(|&d| d as i64).collect();
-        let cpu = if t.numel() == 0 {
-            Tensor::f_empty(&shape, (kind, Device::Cpu)).map_err(torch_error)?
-        } else if (t.data().as_ptr() as usize) % t.dtype().itemsize() != 0 {
+        if t.numel() == 0 {
+            return Tensor::f_empty(&shape, (kind, self.device)).map_err(torch_error);
+        }
+        // The received buffer, as it is: never more than was received,
+        // whatever the strides make of it (a stride-0 view of a few bytes
+        // may describe terabytes), so a view is never densified on the host.
+        let base = if (t.data().as_ptr() as usize) % t.dtype().itemsize() != 0 {
             // Misaligned (a small tensor sliced out of a read buffer): copy
-            // the buffer as it is (never more than was received, whatever
-            // the strides make of it) into aligned memory, and view that.
+            // the buffer into aligned memory.
             let words = t.data().len().div_ceil(8);
             let mut aligned: Vec<u64> = Vec::new();
             aligned.try_reserve_exact(words).map_err(|_| {
@@ -204,31 +308,62 @@ impl Converter {
             aligned.resize(words, 0);
             bytemuck::cast_slice_mut::<u64, u8>(&mut aligned)[..t.data().len()]
                 .copy_from_slice(t.data());
-            let owned = Bytes::from_owner(AlignedBytes(aligned, t.data().len()));
-            // SAFETY: as below; `owned` holds the same bytes as `t`'s data
-            // and is kept alive in `self.inputs`.
-            let view = unsafe { host_view(&t, owned.as_ptr())? };
-            self.inputs.push(owned);
-            view
+            Bytes::from_owner(AlignedBytes(aligned, t.data().len()))
         } else {
-            // SAFETY: the buffer is kept alive in `self.inputs` for as long
-            // as any tensor made here is used, and kernels only read it.
-            let view = unsafe { host_view(&t, t.data().as_ptr())? };
-            self.inputs.push(t.into_data());
-            view
+            t.data().clone()
         };
-        match self.device {
-            Device::Cpu => Ok(cpu),
-            Device::Cuda(_) => {
-                // Pinned staging: host → pinned is a memcpy, pinned → device
-                // runs at full PCIe speed and asynchronously.
-                let pinned = cpu.f_pin_memory(self.device).map_err(torch_error)?;
-                pinned
-                    .f_to_device_(self.device, kind, true, false)
-                    .map_err(torch_error)
+        let strides = t.strides_or_contiguous();
+        // SAFETY (both views): `base` holds every element of `t`'s layout
+        // (validated when `t` was built; the copy holds the same bytes), is
+        // kept alive in `self.inputs` for as long as any tensor made here is
+        // used, and kernels only read it.
+        let view = |dtype, shape: &[usize], strides: &[usize]| unsafe {
+            host_view(dtype, shape, strides, base.as_ptr())
+        };
+        let on_device = match self.device {
+            Device::Cpu => None,
+            _ if !t.is_contiguous() => {
+                // A view (transposed, broadcast): its bytes go to the device
+                // as they are and the view is rebuilt there (`to` would give
+                // a stride-0 view a destination of the same layout, which
+                // libtorch refuses to write).
+                let raw = view(mymps_core::DType::UInt8, &[base.len()], &[1])?;
+                let on = match self.device {
+                    Device::Cuda(_) => raw
+                        .f_pin_memory(self.device)
+                        .and_then(|p| p.f_to_device_(self.device, tch::Kind::Uint8, true, false)),
+                    d => raw.f_to_device(d),
+                };
+                let st: Vec<i64> = strides.iter().map(|&s| s as i64).collect();
+                Some(
+                    on.and_then(|d| d.f_view_dtype(kind))
+                        .and_then(|d| d.f_as_strided(&shape, &st, 0))
+                        .map_err(torch_error)?,
+                )
             }
-            d => cpu.f_to_device(d).map_err(torch_error),
-        }
+            _ => None,
+        };
+        let out = match on_device {
+            Some(d) => d,
+            None => {
+                let cpu = view(t.dtype(), t.shape(), &strides)?;
+                match self.device {
+                    Device::Cpu => cpu,
+                    Device::Cuda(_) => {
+                        // Pinned staging: host → pinned is a memcpy, pinned →
+                        // device runs at full PCIe speed and asynchronously.
+                        let pinned = cpu.f_pin_memory(self.device).map_err(torch_error)?;
+                        pinned
+                            .f_to_device_(self.device, kind, true, false)
+                            .map_err(torch_error)?
+                    }
+                    d => cpu.f_to_device(d).map_err(torch_error)?,
+                }
+            }
+        };
+        self.inputs.0.push(base);
+        drop(t);
+        Ok(out)
     }
 
     /// A libtorch result as a host tensor, without copying on the CPU.
@@ -261,7 +396,7 @@ impl Converter {
             Bytes::from_owner(TensorBytes {
                 tensor: t,
                 len,
-                _inputs: Arc::new(self.inputs.clone()),
+                _inputs: Arc::new(Kept(self.inputs.0.clone())),
             })
         };
         mymps_core::Tensor::new(dtype, &shape, data)
@@ -322,24 +457,39 @@ impl TchBackend {
         args: Args<mymps_core::Tensor>,
         device: Device,
     ) -> Result<ExecOutput> {
-        if device == Device::Cpu
-            && let Some(out) = run_in_place(op, &args)?
-        {
-            return Ok(out);
-        }
         let mut conv = Converter::new(device);
-        let args = args.try_map_tensors(|t| conv.upload(t))?;
-        let out = mymps_ops::run_kernel(op, &args)
-            .ok_or_else(|| {
-                Error::internal(format!("op '{}' has no libtorch kernel", op.spec.name))
-            })?
-            .map_err(|KernelError(e)| e)?;
-        drop(args);
-        let outputs = out
-            .into_named()
-            .into_iter()
-            .map(|(name, t)| Ok((name, conv.download(t)?)))
-            .collect::<Result<Vec<_>>>()?;
+        let in_place = device == Device::Cpu && in_place_input(op, &args).is_some();
+        let args = args.try_map_tensors(|t| {
+            if in_place {
+                conv.upload_exclusive(t)
+            } else {
+                conv.upload(t)
+            }
+        })?;
+        let outputs = if conv.exclusive.is_some() {
+            // The op's one input is the call's alone: its in-place variant
+            // runs in it.
+            let mut x = args.tensor(op.spec.params[0].name)?.shallow_clone();
+            drop(args);
+            let y = mymps_ops::run_in_place(op, &mut x)
+                .ok_or_else(|| {
+                    Error::internal(format!("op '{}' has no in-place variant", op.spec.name))
+                })?
+                .map_err(|KernelError(e)| e)?;
+            drop(x);
+            vec![("output".to_owned(), conv.take_in_place(y)?)]
+        } else {
+            let out = mymps_ops::run_kernel(op, &args)
+                .ok_or_else(|| {
+                    Error::internal(format!("op '{}' has no libtorch kernel", op.spec.name))
+                })?
+                .map_err(|KernelError(e)| e)?;
+            drop(args);
+            out.into_named()
+                .into_iter()
+                .map(|(name, t)| Ok((name, conv.download(t)?)))
+                .collect::<Result<Vec<_>>>()?
+        };
         Ok(ExecOutput {
             outputs,
             device: device_name(device),
@@ -347,101 +497,25 @@ impl TchBackend {
     }
 }
 
-/// A torch in-place op (`Tensor::f_neg_`, ...).
-pub type InPlaceFn = fn(&mut Tensor) -> std::result::Result<Tensor, tch::TchError>;
-
-/// Unary element-wise ops that may run in place on the CPU (see
-/// [`run_in_place`]): the op's name and torch's in-place variant, which
-/// gives what the op's kernel gives for a real floating-point input.
-pub const IN_PLACE: &[(&str, InPlaceFn)] = &[
-    ("neg", |t| t.f_neg_()),
-    ("abs", |t| t.f_abs_()),
-    ("ceil", |t| t.f_ceil_()),
-    ("floor", |t| t.f_floor_()),
-    ("trunc", |t| t.f_trunc_()),
-    ("frac", |t| t.f_frac_()),
-    ("exp", |t| t.f_exp_()),
-    ("exp2", |t| t.f_exp2_()),
-    ("expm1", |t| t.f_expm1_()),
-    ("log", |t| t.f_log_()),
-    ("log2", |t| t.f_log2_()),
-    ("log10", |t| t.f_log10_()),
-    ("log1p", |t| t.f_log1p_()),
-    ("sqrt", |t| t.f_sqrt_()),
-    ("rsqrt", |t| t.f_rsqrt_()),
-    ("square", |t| t.f_square_()),
-    ("reciprocal", |t| t.f_reciprocal_()),
-    ("sign", |t| t.f_sign_()),
-    ("sin", |t| t.f_sin_()),
-    ("cos", |t| t.f_cos_()),
-    ("tan", |t| t.f_tan_()),
-    ("asin", |t| t.f_asin_()),
-    ("acos", |t| t.f_acos_()),
-    ("atan", |t| t.f_atan_()),
-    ("sinh", |t| t.f_sinh_()),
-    ("cosh", |t| t.f_cosh_()),
-    ("tanh", |t| t.f_tanh_()),
-    ("erf", |t| t.f_erf_()),
-    ("erfc", |t| t.f_erfc_()),
-    ("relu", |t| t.f_relu_()),
-    ("sigmoid", |t| t.f_sigmoid_()),
-];
-
-/// The in-place variant of `op` and its input, when `op` is in [`IN_PLACE`]
-/// and its one argument is a contiguous real floating-point tensor of
-/// [`LARGE`](mymps_core::buffer::LARGE) bytes or more (whether its buffer
-/// is writable is checked when it runs).
-fn in_place_candidate<'a>(
+/// The input of `op` that may be computed in, when `op` has an in-place
+/// variant ([`mymps_ops::has_in_place`]: a unary op) and its input is a
+/// contiguous real floating-point tensor of [`LARGE`] bytes or more,
+/// aligned for its dtype (whether its memory is the call's alone is known
+/// only when it is taken: [`Converter::upload_exclusive`]).
+fn in_place_input<'a>(
     op: &'static OpEntry,
     args: &'a Args<mymps_core::Tensor>,
-) -> Option<(InPlaceFn, &'a mymps_core::Tensor)> {
-    use mymps_core::DType;
-    let &(_, f) = IN_PLACE.iter().find(|(name, _)| *name == op.spec.name)?;
-    if op.spec.params.len() != 1 {
+) -> Option<&'a mymps_core::Tensor> {
+    if !mymps_ops::has_in_place(op) {
         return None;
     }
-    let t = args.tensor("input").ok()?;
+    let t = args.tensor(op.spec.params[0].name).ok()?;
     let float = matches!(
         t.dtype(),
         DType::Float16 | DType::BFloat16 | DType::Float32 | DType::Float64
     );
-    if !float || !t.is_contiguous() || t.data().len() < mymps_core::buffer::LARGE {
-        return None;
-    }
-    Some((f, t))
-}
-
-/// Runs `op` in place when it is in [`IN_PLACE`] and its one argument is a
-/// contiguous real floating-point tensor of [`LARGE`](mymps_core::buffer::LARGE)
-/// bytes or more whose buffer is a whole received buffer
-/// ([`mymps_core::buffer::writable`]); `None` otherwise (the op then runs as
-/// usual). The result is the input's memory.
-fn run_in_place(
-    op: &'static OpEntry,
-    args: &Args<mymps_core::Tensor>,
-) -> Result<Option<ExecOutput>> {
-    let Some((f, t)) = in_place_candidate(op, args) else {
-        return Ok(None);
-    };
-    // SAFETY: the server hands `Backend::exec` the request's tensors, which
-    // its reader made and nothing else holds (on the CPU no copy is kept for
-    // a retry); `data` is kept alive in the result's owner below for as long
-    // as libtorch's view of it is used.
-    let Some(ptr) = (unsafe { mymps_core::buffer::writable(t.data()) }) else {
-        return Ok(None);
-    };
-    // SAFETY: `ptr` is `t`'s data, valid for writes (above) and kept alive
-    // in the result's owner below.
-    let mut x = unsafe { host_view(t, ptr)? };
-    let y = f(&mut x).map_err(torch_error)?;
-    let conv = Converter {
-        device: Device::Cpu,
-        inputs: vec![t.data().clone()],
-    };
-    Ok(Some(ExecOutput {
-        outputs: vec![("output".to_owned(), conv.download(y)?)],
-        device: device_name(Device::Cpu),
-    }))
+    let aligned = (t.data().as_ptr() as usize) % t.dtype().itemsize() == 0;
+    (float && aligned && t.is_contiguous() && t.data().len() >= LARGE).then_some(t)
 }
 
 impl Backend for TchBackend {
@@ -474,9 +548,11 @@ impl Backend for TchBackend {
     }
 
     /// Shape inference on meta tensors (see `estimate.rs`); 0 for an op
-    /// that will run in place in its received buffer.
+    /// that will run in place, in an input that nothing else refers to.
     fn output_bytes(&self, op: &'static OpEntry, args: &Args<mymps_core::Tensor>) -> Option<u64> {
-        if self.device == Device::Cpu && in_place_candidate(op, args).is_some() {
+        if self.device == Device::Cpu
+            && in_place_input(op, args).is_some_and(|t| t.data().is_unique())
+        {
             return Some(0);
         }
         estimate::output_bytes(op, args)
@@ -638,8 +714,8 @@ mod tests {
     use mymps_core::DType;
     use mymps_core::buffer::{Filler, LARGE};
 
-    /// `n` float32 values in (0.05, 0.95), a valid input for every op of
-    /// `IN_PLACE` (log, sqrt, asin, acos, erf, ...).
+    /// `n` float32 values in (0.05, 0.95), a valid input for every op with
+    /// an in-place variant (log, sqrt, asin, acos, erf, ...).
     fn values(n: usize) -> Vec<f32> {
         (0..n)
             .map(|i| 0.05 + 0.9 * ((i * 7919) % 1000) as f32 / 1000.0)
@@ -669,22 +745,30 @@ mod tests {
     }
 
     #[test]
-    fn in_place_ops_are_unary_whitelisted_ops_and_give_what_their_kernels_give() {
+    fn in_place_variants_give_what_their_kernels_give_in_the_inputs_memory() {
         let b = TchBackend::new("cpu").unwrap();
         let n = LARGE / 4 + 3;
         let input = le_bytes(&values(n));
-        for &(name, _) in IN_PLACE {
-            let entry = b
-                .ops()
-                .lookup(name)
-                .unwrap_or_else(|e| panic!("{name}: {e}"));
-            assert_eq!(entry.spec.params.len(), 1, "{name} takes one tensor");
-            // An ordinary buffer: the kernel runs, the input stays.
-            let plain = Bytes::from(input.clone());
-            let expected = exec(&b, name, plain.clone(), n);
-            assert_eq!(&plain[..], &input[..], "{name}: input untouched");
-            assert_ne!(expected.data().as_ptr(), plain.as_ptr());
-            // A received buffer: in place, the same values.
+        let ops: Vec<&OpEntry> = b
+            .ops()
+            .iter()
+            .filter(|e| mymps_ops::has_in_place(e))
+            .collect();
+        assert!(
+            ops.len() >= 31,
+            "{} ops with an in-place variant",
+            ops.len()
+        );
+        for entry in ops {
+            let name = entry.spec.name;
+            // A buffer the caller keeps a handle to: the kernel runs, and
+            // the caller's bytes stay as they were.
+            let kept = received(&input);
+            let expected = exec(&b, name, kept.clone(), n);
+            assert_eq!(&kept[..], &input[..], "{name}: input untouched");
+            assert_ne!(expected.data().as_ptr(), kept.as_ptr());
+            drop(kept);
+            // The call's alone: in place, the same values.
             let buf = received(&input);
             let ptr = buf.as_ptr();
             let got = exec(&b, name, buf, n);
@@ -694,37 +778,97 @@ mod tests {
                 got.data()[..] == expected.data()[..],
                 "{name}: same bytes as the kernel"
             );
+            // Ordinary memory qualifies too, when the call holds it alone.
+            let plain = Bytes::from(input.clone());
+            let ptr = plain.as_ptr();
+            let got = exec(&b, name, plain, n);
+            assert_eq!(got.data().as_ptr(), ptr, "{name} in place in a Vec");
+            assert!(got.data()[..] == expected.data()[..]);
         }
     }
 
     #[test]
-    fn only_large_float_contiguous_received_inputs_run_in_place() {
+    fn only_large_float_contiguous_inputs_the_call_holds_alone_run_in_place() {
         let b = TchBackend::new("cpu").unwrap();
-        // Under LARGE: not a received large buffer, so not in place.
+        // Under LARGE: never in place.
         let n = 1000;
-        let buf = Bytes::from(le_bytes(&values(n)));
-        let got = exec(&b, "neg", buf.clone(), n);
-        assert_ne!(got.data().as_ptr(), buf.as_ptr());
-        // A slice of a received buffer is not the whole buffer.
+        let got = exec(&b, "neg", Bytes::from(le_bytes(&values(n))), n);
+        let small = Bytes::from(le_bytes(&values(n)));
+        assert_ne!(got.data().as_ptr(), small.as_ptr());
+        // A slice while its whole is alive is shared memory.
         let n = LARGE / 4;
         let whole = received(&le_bytes(&values(n + 1)));
         let part = whole.slice(4..);
         let got = exec(&b, "neg", part.clone(), n);
         assert_ne!(got.data().as_ptr(), part.as_ptr());
         assert_eq!(&part[..], &whole[4..], "input untouched");
+        // Once the rest is gone (the whole, and the earlier result, which
+        // keeps its inputs: it could be a view of them), the slice is the
+        // call's alone.
+        drop((whole, got));
+        let ptr = part.as_ptr();
+        let expected = le_bytes(&values(n + 1)[1..].iter().map(|x| -x).collect::<Vec<_>>());
+        let got = exec(&b, "neg", part, n);
+        assert_eq!(got.data().as_ptr(), ptr);
+        assert_eq!(&got.data()[..], &expected[..]);
+        // A clone held anywhere, even by the result of an earlier call,
+        // keeps the memory shared.
+        let buf = received(&le_bytes(&values(n)));
+        let other = buf.clone();
+        let got = exec(&b, "exp", buf, n);
+        assert_ne!(got.data().as_ptr(), other.as_ptr());
+        assert_eq!(&other[..], &le_bytes(&values(n))[..]);
         // An integer input is never changed in place (abs keeps the dtype,
         // but only floats qualify).
         let ints: Vec<u8> = (0..LARGE as i32 / 4)
             .flat_map(|i| (-i).to_le_bytes())
             .collect();
         let buf = received(&ints);
+        let ptr = buf.as_ptr();
         let entry = b.ops().lookup("abs").unwrap();
-        let t = mymps_core::Tensor::new(DType::Int32, &[LARGE / 4], buf.clone()).unwrap();
+        let t = mymps_core::Tensor::new(DType::Int32, &[LARGE / 4], buf).unwrap();
         let args =
             mymps_core::ops::bind(&entry.spec, vec![("0".to_owned(), t)], Default::default())
                 .unwrap();
         let out = b.exec(entry, args).unwrap().outputs.remove(0).1;
-        assert_ne!(out.data().as_ptr(), buf.as_ptr());
-        assert_eq!(&buf[..], &ints[..]);
+        assert_ne!(out.data().as_ptr(), ptr);
+        // An op without an in-place variant runs its kernel.
+        let buf = received(&le_bytes(&values(n)));
+        let ptr = buf.as_ptr();
+        let got = exec(&b, "sinc", buf, n);
+        assert_ne!(got.data().as_ptr(), ptr);
+    }
+
+    #[test]
+    fn inputs_go_back_to_the_pool_once_no_result_needs_them() {
+        // A size no other test here asks for (the pool is the process's).
+        let b = TchBackend::new("cpu").unwrap();
+        let n = 5 * LARGE / 4 + 7;
+        for op in ["sinc", "neg"] {
+            let buf = received(&le_bytes(&values(n)));
+            let ptr = buf.as_ptr();
+            let got = exec(&b, op, buf, n);
+            drop(got);
+            // The next large buffer of that size is the same memory.
+            let again = LargeBuf::with_capacity(n * 4).unwrap();
+            assert_eq!(again.as_ref().as_ptr(), ptr, "{op}: pooled");
+        }
+    }
+
+    #[test]
+    fn the_budget_estimate_of_an_in_place_run_is_zero_only_for_memory_held_alone() {
+        let b = TchBackend::new("cpu").unwrap();
+        let entry = b.ops().lookup("sqrt").unwrap();
+        let n = LARGE / 4;
+        let buf = received(&le_bytes(&values(n)));
+        let estimate = |data: Bytes| {
+            let t = mymps_core::Tensor::new(DType::Float32, &[n], data).unwrap();
+            let args =
+                mymps_core::ops::bind(&entry.spec, vec![("0".to_owned(), t)], Default::default())
+                    .unwrap();
+            b.output_bytes(entry, &args)
+        };
+        assert_eq!(estimate(buf.clone()), Some(LARGE as u64), "a clone is kept");
+        assert_eq!(estimate(buf), Some(0));
     }
 }

@@ -48,11 +48,12 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Runs `op` on arguments already checked against its signature.
     ///
-    /// The tensors are the caller's to give: a backend may compute in place
-    /// in an input whose buffer is a whole received large buffer
-    /// ([`crate::buffer::writable`]), so a caller must not keep another
-    /// handle to such a buffer (the server passes the request's tensors,
-    /// which nothing else holds).
+    /// A backend may compute in an input's memory, but only in memory it
+    /// proves is the call's alone: [`crate::buffer::LargeBuf::reclaim`]
+    /// succeeds only when no other handle to the `Bytes` exists, so a
+    /// caller that keeps a clone of an input simply sees the op run out of
+    /// place (the server passes the request's tensors, which nothing else
+    /// holds, and so gets in-place runs where the backend has them).
     fn exec(&self, op: &'static OpEntry, args: Args<Tensor>) -> Result<ExecOutput>;
 
     /// The bytes that `op`'s outputs will take on `args`, found without

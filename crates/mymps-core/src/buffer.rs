@@ -1,25 +1,49 @@
-//! Memory for large received tensors.
+//! Memory for large received tensors, and who may write to it.
 //!
-//! A tensor of [`LARGE`] bytes or more is read into memory of its own,
-//! which then becomes the tensor's storage without a copy. Fresh memory
-//! costs a page fault per page on first touch, and for large transfers the
-//! faults, not the copy, dominate: a 64 MiB tensor in 4 KiB pages is 16,384
-//! faults. On Linux the buffer is therefore an anonymous mapping aligned to
-//! 2 MiB and marked `MADV_HUGEPAGE`, so that the kernel backs it with
-//! transparent huge pages where it can (32 faults for 64 MiB). Where huge
-//! pages are off, or on other systems, it is ordinary memory.
+//! A tensor of [`LARGE`] bytes or more is read into memory of its own, a
+//! [`LargeBuf`], which then becomes the tensor's storage without a copy.
+//! Fresh memory costs a page fault per page on first touch, and for large
+//! transfers the faults, not the copy, dominate: a 64 MiB tensor in 4 KiB
+//! pages is 16,384 faults. The buffer's data therefore starts on a 2 MiB
+//! boundary and, on Linux, is marked `MADV_HUGEPAGE`, so that the kernel
+//! backs it with transparent huge pages where it can (32 faults for
+//! 64 MiB). Where huge pages are off, or on other systems, it is ordinary
+//! memory.
 //!
 //! Fresh memory still costs zeroing a page at each fault (about 6 ms for
-//! 64 MiB in huge pages here). So a buffer that is dropped goes back to a
-//! small process-wide pool ([`POOL_MAX_BYTES`], [`POOL_MAX_BUFFERS`]) and the
-//! next large tensor of a similar size is read into it, already faulted in:
-//! repeated large calls then touch no fresh memory on either side. A pooled
-//! buffer is marked `MADV_FREE`, so under memory pressure the kernel may
-//! take its pages back (they then fault in again, zeroed); one idle for
-//! [`POOL_IDLE`] is unmapped (by a thread that runs while the pool holds
-//! buffers), so an idle process gives the memory back. A reused buffer
-//! still holds an earlier tensor's bytes until it is overwritten, and it is
-//! always overwritten in full before it becomes a tensor ([`Filler`]).
+//! 64 MiB in huge pages here). So a `LargeBuf` that is dropped goes back to
+//! a small process-wide pool ([`POOL_MAX_BYTES`], [`POOL_MAX_BUFFERS`]) and
+//! the next large tensor of a similar size is read into it, already
+//! faulted in. A pooled buffer is marked `MADV_FREE`, so under memory
+//! pressure the kernel may take its pages back (they then fault in again,
+//! zeroed); one idle for [`POOL_IDLE`] is freed (by a thread that runs while
+//! the pool holds buffers), so an idle process gives the memory back. A
+//! reused buffer still holds an earlier tensor's bytes where it is not
+//! written, and a [`Filler`] writes every byte before it becomes a tensor.
+//!
+//! # Uniqueness is a type
+//!
+//! A [`LargeBuf`] is not `Clone`: whoever holds one holds the only handle
+//! to its memory, and may write to it (`&mut self`). A tensor's data is
+//! shared [`Bytes`], which anyone may clone, so writing to it needs proof
+//! that no other handle exists. That proof is the `Bytes`' own reference
+//! count: [`LargeBuf::freeze`] makes `Bytes` of the buffer's allocation
+//! itself (the `bytes` crate's shared storage, not an owner it cannot see
+//! into), and [`LargeBuf::reclaim`] turns `Bytes` back into a `LargeBuf`
+//! only when `Bytes::try_into_mut` finds the count at one: no clone or
+//! slice of them is alive anywhere. The check is the library's, made at run
+//! time, and cannot be wrong whatever a caller did; there is no table of
+//! addresses and no "the caller must not keep a clone". (`Bytes` made with
+//! `Bytes::from_owner`, as [`LargeBuf::share`] and every backend's result
+//! are, always answer "shared": the `bytes` crate cannot count their
+//! handles, so those are never written.)
+//!
+//! The server's CPU backend reclaims a large input to run a unary op in it
+//! (the result is sent from the request's own memory), and gives its inputs
+//! back to the pool once the last handle to them drops; the Python client
+//! hands a reclaimed result to numpy as a writable array, which gives it
+//! back to the pool when the array dies. Memory nobody reclaims is freed
+//! as any `Bytes`' is.
 //!
 //! A backend may supply the memory instead ([`HostAlloc`]): a CUDA server's
 //! is pinned host memory, which the device copies from at full DMA speed
@@ -28,12 +52,11 @@
 //! the tensor's [`Bytes`].
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
-#[cfg(not(target_os = "linux"))]
-use bytes::BytesMut;
 use bytes::buf::UninitSlice;
-use bytes::{BufMut, Bytes};
+use bytes::{BufMut, Bytes, BytesMut};
 
 /// Tensors of at least this many bytes get a [`LargeBuf`].
 pub const LARGE: usize = 2 << 20;
@@ -42,312 +65,191 @@ pub const LARGE: usize = 2 << 20;
 pub const POOL_MAX_BYTES: usize = 512 << 20;
 /// At most this many free large buffers are kept for reuse.
 pub const POOL_MAX_BUFFERS: usize = 8;
-/// A free buffer unused this long is unmapped.
-pub const POOL_IDLE: std::time::Duration = std::time::Duration::from_secs(30);
+/// A free buffer unused this long is freed.
+pub const POOL_IDLE: Duration = Duration::from_secs(30);
 
-/// Memory for one large tensor (bytes of unspecified value: zero, or an
-/// earlier tensor's); becomes a [`Bytes`] with [`LargeBuf::freeze`].
+/// The alignment of a [`LargeBuf`]'s data: a huge page.
+pub const ALIGN: usize = 2 << 20;
+
+/// Memory for one large tensor, held by this value alone: it is not
+/// `Clone`, and it is made only from fresh or pooled memory or by
+/// [`LargeBuf::reclaim`] of `Bytes` that nothing else refers to. Its
+/// length grows as it is filled ([`BufMut`], up to its capacity);
+/// [`LargeBuf::freeze`] makes it a tensor's shared [`Bytes`]. Dropped, it
+/// goes back to the pool (see the module docs).
 pub struct LargeBuf {
-    #[cfg(target_os = "linux")]
-    map: Option<Mapping>,
-    #[cfg(target_os = "linux")]
-    len: usize,
-    #[cfg(not(target_os = "linux"))]
-    inner: BytesMut,
+    /// Unique (not shared with any other `BytesMut` or `Bytes`), so the
+    /// `bytes` crate frees its allocation when it drops.
+    buf: BytesMut,
 }
 
-/// A private anonymous mapping with a 2 MiB aligned data area of `cap`
-/// bytes; unmapped on drop.
-#[cfg(target_os = "linux")]
-struct Mapping {
-    map: *mut libc::c_void,
-    map_len: usize,
-    data: *mut u8,
-    cap: usize,
-}
-
-// SAFETY: the mapping is owned by this value alone, and shared access after
-// `freeze` is read-only.
-#[cfg(target_os = "linux")]
-unsafe impl Send for Mapping {}
-#[cfg(target_os = "linux")]
-unsafe impl Sync for Mapping {}
-
-#[cfg(target_os = "linux")]
-const HUGE: usize = 2 << 20;
-
-#[cfg(target_os = "linux")]
-impl Mapping {
-    /// A fresh mapping for `len` bytes, marked for huge pages.
-    fn new(len: usize) -> std::io::Result<Mapping> {
-        let cap = len
-            .checked_next_multiple_of(HUGE)
-            .ok_or_else(|| std::io::Error::other("buffer size overflows"))?;
-        let rounded = cap
-            .checked_add(HUGE)
-            .ok_or_else(|| std::io::Error::other("buffer size overflows"))?;
-        // SAFETY: a fresh private anonymous mapping; the arguments are valid.
-        let map = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                rounded,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if map == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error());
-        }
-        let offset = (map as usize).next_multiple_of(HUGE) - map as usize;
-        // SAFETY: offset < HUGE, so the data area of `cap` bytes lies inside
-        // the mapping.
-        let data = unsafe { (map as *mut u8).add(offset) };
-        // Advice only: without transparent huge pages it fails and the
-        // buffer is ordinary memory.
-        // SAFETY: the range lies inside the mapping.
-        let _ = unsafe { libc::madvise(data.cast(), cap, libc::MADV_HUGEPAGE) };
-        Ok(Mapping {
-            map,
-            map_len: rounded,
-            data,
-            cap,
-        })
+impl fmt::Debug for LargeBuf {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LargeBuf")
+            .field("len", &self.buf.len())
+            .field("capacity", &self.buf.capacity())
+            .finish()
     }
 }
 
+/// Pages of `buf`'s capacity (rounded inward to whole pages, so nothing
+/// outside its allocation is touched), for `madvise`.
 #[cfg(target_os = "linux")]
-impl Drop for Mapping {
-    fn drop(&mut self) {
-        // SAFETY: the mapping made in `new`, unmapped once.
-        unsafe {
-            libc::munmap(self.map, self.map_len);
-        }
-    }
-}
-
-/// Free mappings kept for reuse, most recently freed last.
-#[cfg(target_os = "linux")]
-struct Pool {
-    free: Vec<(Mapping, std::time::Instant)>,
-    max_bytes: usize,
-    max_buffers: usize,
-    idle: std::time::Duration,
-    /// Whether the thread that unmaps idle buffers runs (see [`reap`]).
-    reaper: bool,
-}
-
-#[cfg(target_os = "linux")]
-impl Pool {
-    const fn new(max_bytes: usize, max_buffers: usize, idle: std::time::Duration) -> Pool {
-        Pool {
-            free: Vec::new(),
-            max_bytes,
-            max_buffers,
-            idle,
-            reaper: false,
-        }
-    }
-
-    /// Unmaps (drops) the buffers idle for too long.
-    fn expire(&mut self, now: std::time::Instant) -> Vec<Mapping> {
-        let idle = self.idle;
-        let (old, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.free)
-            .into_iter()
-            .partition(|(_, t)| now.duration_since(*t) >= idle);
-        self.free = keep;
-        old.into_iter().map(|(m, _)| m).collect()
-    }
-
-    /// The smallest free mapping that holds `len` bytes and is not over
-    /// four times larger (a small tensor does not take a big buffer).
-    fn take(&mut self, len: usize) -> Option<Mapping> {
-        let i = self
-            .free
-            .iter()
-            .enumerate()
-            .filter(|(_, (m, _))| m.cap >= len && m.cap / 4 <= len)
-            .min_by_key(|(_, (m, _))| m.cap)
-            .map(|(i, _)| i)?;
-        Some(self.free.remove(i).0)
-    }
-
-    /// Keeps `m` for reuse, making room by evicting the least recently
-    /// freed; gives back what is not kept (to be unmapped).
-    fn put(&mut self, m: Mapping, now: std::time::Instant) -> Vec<Mapping> {
-        if m.cap > self.max_bytes || self.max_buffers == 0 {
-            return vec![m];
-        }
-        let mut out = Vec::new();
-        let held = |p: &Pool| p.free.iter().map(|(m, _)| m.cap).sum::<usize>();
-        while !self.free.is_empty()
-            && (self.free.len() >= self.max_buffers || held(self) + m.cap > self.max_bytes)
-        {
-            out.push(self.free.remove(0).0);
-        }
-        self.free.push((m, now));
-        out
-    }
-}
-
-#[cfg(target_os = "linux")]
-static POOL: std::sync::Mutex<Pool> =
-    std::sync::Mutex::new(Pool::new(POOL_MAX_BYTES, POOL_MAX_BUFFERS, POOL_IDLE));
-
-#[cfg(target_os = "linux")]
-fn pool() -> std::sync::MutexGuard<'static, Pool> {
-    POOL.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// The pool's reaper: while the pool holds buffers, unmaps those idle for
-/// [`POOL_IDLE`] every few seconds, so that an idle process gives the
-/// memory back; ends when the pool is empty.
-#[cfg(target_os = "linux")]
-fn reap() {
-    loop {
-        std::thread::sleep(POOL_IDLE / 6);
-        let mut p = pool();
-        let expired = p.expire(std::time::Instant::now());
-        let done = p.free.is_empty();
-        if done {
-            p.reaper = false;
-        }
-        drop(p);
-        drop(expired); // Unmapped outside the lock.
-        if done {
-            return;
-        }
+fn advise(buf: &mut BytesMut, advice: libc::c_int) {
+    const PAGE: usize = 4096;
+    let start = buf.as_mut_ptr() as usize;
+    let first = start.next_multiple_of(PAGE);
+    let end = (start + buf.capacity()) / PAGE * PAGE;
+    if end > first {
+        // Advice only: without transparent huge pages MADV_HUGEPAGE fails
+        // and the memory is ordinary memory; MADV_FREE only lets the kernel
+        // reclaim pages whose bytes are never read before they are written.
+        // SAFETY: whole pages inside the buffer's own allocation, which this
+        // value holds alone; neither advice makes the memory invalid.
+        let _ = unsafe { libc::madvise(first as *mut libc::c_void, end - first, advice) };
     }
 }
 
 impl LargeBuf {
-    /// Memory for `len` bytes: a pooled buffer of a similar size, else a
-    /// fresh mapping.
-    #[cfg(target_os = "linux")]
-    pub fn new(len: usize) -> std::io::Result<LargeBuf> {
+    /// An empty buffer for `capacity` bytes: a pooled one of a similar size
+    /// (at most four times larger), else fresh memory. Either way its data
+    /// starts on an [`ALIGN`] boundary; its bytes are unspecified until
+    /// written.
+    pub fn with_capacity(capacity: usize) -> std::io::Result<LargeBuf> {
         let (reused, expired) = {
             let mut p = pool();
-            let expired = p.expire(std::time::Instant::now());
-            (p.take(len), expired)
+            let expired = p.expire(Instant::now());
+            (p.take(capacity), expired)
         };
-        drop(expired); // Unmapped outside the lock.
-        let map = match reused {
-            Some(m) => m,
-            None => Mapping::new(len)?,
-        };
-        Ok(LargeBuf {
-            map: Some(map),
-            len,
-        })
+        drop(expired); // Freed outside the lock.
+        if let Some(buf) = reused {
+            return Ok(LargeBuf { buf });
+        }
+        let total = capacity
+            .checked_add(ALIGN)
+            .ok_or_else(|| std::io::Error::other("buffer size overflows"))?;
+        let mut v: Vec<u8> = Vec::new();
+        v.try_reserve_exact(total).map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::OutOfMemory,
+                format!("cannot allocate {total} bytes"),
+            )
+        })?;
+        // (No copy: a Vec's only handle becomes a BytesMut as it is.)
+        let mut whole = BytesMut::from(Bytes::from(v));
+        // The data starts at the first huge-page boundary: the bytes before
+        // it are split off (nothing is written or initialised) and dropped,
+        // which leaves this part the allocation's only handle.
+        let offset = whole.as_ptr().align_offset(ALIGN);
+        let mut buf = whole.split_off(offset);
+        drop(whole);
+        #[cfg(target_os = "linux")]
+        advise(&mut buf, libc::MADV_HUGEPAGE);
+        debug_assert!(buf.capacity() >= capacity);
+        Ok(LargeBuf { buf })
     }
 
-    /// `len` zeroed bytes.
-    #[cfg(not(target_os = "linux"))]
-    pub fn new(len: usize) -> std::io::Result<LargeBuf> {
-        let mut b = BytesMut::new();
-        b.resize(len, 0);
-        Ok(LargeBuf { inner: b })
+    /// Takes back exclusive ownership of `bytes`, without a copy, when
+    /// nothing else refers to their memory (their reference count is one:
+    /// no clone or slice of them is alive); gives them back otherwise, and
+    /// always for `Bytes` whose handles the `bytes` crate cannot count
+    /// (`Bytes::from_owner`, static). Any such bytes qualify, whoever made
+    /// them; the buffer holds their length, and whatever capacity their
+    /// allocation has beyond them.
+    pub fn reclaim(bytes: Bytes) -> Result<LargeBuf, Bytes> {
+        bytes.try_into_mut().map(|buf| LargeBuf { buf })
     }
 
-    /// The bytes, to be filled.
+    /// The bytes written so far.
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Whether nothing is written yet.
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+
+    /// The bytes it can hold.
+    pub fn capacity(&self) -> usize {
+        self.buf.capacity()
+    }
+
+    /// The bytes written so far, for reading and writing.
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
-        #[cfg(target_os = "linux")]
-        {
-            let m = self.map.as_ref().expect("mapped until dropped");
-            // SAFETY: `len <= cap` initialised bytes (zeroed by the kernel or
-            // written before), borrowed uniquely through `&mut self`.
-            unsafe { std::slice::from_raw_parts_mut(m.data, self.len) }
-        }
-        #[cfg(not(target_os = "linux"))]
-        &mut self.inner[..]
+        &mut self.buf[..]
     }
 
-    /// The buffer as immutable, shareable bytes (no copy).
-    pub fn freeze(self) -> Bytes {
-        #[cfg(target_os = "linux")]
-        {
-            let m = self.map.as_ref().expect("mapped until dropped");
-            frozen().insert(m.data as usize, (WritePtr(m.data), self.len));
-            Bytes::from_owner(self)
-        }
-        #[cfg(not(target_os = "linux"))]
-        self.inner.freeze()
+    /// Whether holding the buffer holds not much more memory than its
+    /// bytes, so that a long-lived owner of them (a numpy array) may keep
+    /// it: its capacity beyond them is at most a quarter of them, or, for
+    /// [`LARGE`] bytes or more, at most what the pool hands out for them
+    /// (four times, plus the [`ALIGN`] slack; pooled pages beyond the bytes
+    /// are `MADV_FREE`, the kernel's to take back).
+    pub fn is_tight(&self) -> bool {
+        let (len, spare) = (self.len(), self.capacity() - self.len());
+        spare <= len / 4
+            || (len >= LARGE && self.capacity() <= len.saturating_mul(4).saturating_add(ALIGN))
     }
-}
 
-/// A frozen buffer's data pointer, as the mapping gave it (so writes
-/// through it are allowed).
-#[cfg(target_os = "linux")]
-struct WritePtr(*mut u8);
-
-// SAFETY: only handed out by `writable`, whose caller owns the bytes.
-#[cfg(target_os = "linux")]
-unsafe impl Send for WritePtr {}
-
-/// Frozen large buffers alive now: data address → (pointer, length).
-#[cfg(target_os = "linux")]
-static FROZEN: std::sync::Mutex<std::collections::BTreeMap<usize, (WritePtr, usize)>> =
-    std::sync::Mutex::new(std::collections::BTreeMap::new());
-
-#[cfg(target_os = "linux")]
-fn frozen() -> std::sync::MutexGuard<'static, std::collections::BTreeMap<usize, (WritePtr, usize)>>
-{
-    FROZEN.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// The memory of `bytes` for writing, when they are the whole of a large
-/// buffer this module made (a received tensor of [`LARGE`] bytes or more,
-/// see [`Filler`]); `None` otherwise. A client hands such a result to a
-/// program that writes to it (a numpy array) without copying it.
-///
-/// # Safety
-///
-/// The caller must hold the only handle to these bytes (no clone or slice
-/// of them alive anywhere else), and write through the pointer only while
-/// it keeps `bytes` alive.
-pub unsafe fn writable(bytes: &Bytes) -> Option<*mut u8> {
-    #[cfg(target_os = "linux")]
-    {
-        let f = frozen();
-        let (ptr, len) = f.get(&(bytes.as_ptr() as usize))?;
-        (*len == bytes.len()).then_some(ptr.0)
+    /// The buffer as shared bytes that [`LargeBuf::reclaim`] can make
+    /// exclusive again once they are the only handle (no copy). Their
+    /// memory is freed, not pooled, if nobody reclaims it.
+    pub fn freeze(mut self) -> Bytes {
+        // `self` drops empty, which gives nothing to the pool.
+        std::mem::take(&mut self.buf).freeze()
     }
-    #[cfg(not(target_os = "linux"))]
-    {
-        let _ = bytes;
-        None
+
+    /// The buffer as shared bytes that go back to the pool when their last
+    /// handle drops, and can never be exclusive again (for memory nobody
+    /// will write: a reply sent from it).
+    pub fn share(self) -> Bytes {
+        Bytes::from_owner(self)
     }
 }
 
 impl AsRef<[u8]> for LargeBuf {
     fn as_ref(&self) -> &[u8] {
-        #[cfg(target_os = "linux")]
-        {
-            let m = self.map.as_ref().expect("mapped until dropped");
-            // SAFETY: `len` initialised bytes that live as long as `self`.
-            unsafe { std::slice::from_raw_parts(m.data, self.len) }
-        }
-        #[cfg(not(target_os = "linux"))]
-        &self.inner[..]
+        &self.buf[..]
     }
 }
 
-/// Gives the mapping to the pool (see the module docs).
-#[cfg(target_os = "linux")]
+// SAFETY: `chunk_mut` is the unwritten capacity (never more: the buffer
+// does not grow), and `advance_mut` only moves over what the caller wrote,
+// checked against the capacity.
+unsafe impl BufMut for LargeBuf {
+    fn remaining_mut(&self) -> usize {
+        self.buf.capacity() - self.buf.len()
+    }
+
+    unsafe fn advance_mut(&mut self, cnt: usize) {
+        assert!(cnt <= self.remaining_mut(), "advance past the end");
+        // SAFETY: the caller initialised `cnt` bytes of the spare capacity.
+        unsafe { self.buf.set_len(self.buf.len() + cnt) };
+    }
+
+    fn chunk_mut(&mut self) -> &mut UninitSlice {
+        UninitSlice::uninit(self.buf.spare_capacity_mut())
+    }
+}
+
+/// Gives the memory to the pool (see the module docs).
 impl Drop for LargeBuf {
     fn drop(&mut self) {
-        let Some(m) = self.map.take() else { return };
-        frozen().remove(&(m.data as usize));
+        let mut buf = std::mem::take(&mut self.buf);
+        if buf.capacity() < LARGE || (buf.as_ptr() as usize) % ALIGN != 0 {
+            return; // Not one this module makes: freed.
+        }
+        buf.clear();
         // Pages the kernel may reclaim under pressure until written again.
-        // SAFETY: the data area lies inside the mapping, which is not in use.
-        let _ = unsafe { libc::madvise(m.data.cast(), m.cap, libc::MADV_FREE) };
+        #[cfg(target_os = "linux")]
+        advise(&mut buf, libc::MADV_FREE);
         let mut p = pool();
-        let evicted = p.put(m, std::time::Instant::now());
+        let evicted = p.put(buf, Instant::now());
         let start_reaper = !p.reaper && !p.free.is_empty();
         p.reaper |= start_reaper;
         drop(p);
-        drop(evicted); // Unmapped outside the lock.
+        drop(evicted); // Freed outside the lock.
         if start_reaper {
             let spawned = std::thread::Builder::new()
                 .name("mymps-buffers".into())
@@ -359,56 +261,185 @@ impl Drop for LargeBuf {
     }
 }
 
+/// Free buffers kept for reuse (each empty, with its capacity), most
+/// recently freed last.
+struct Pool {
+    free: Vec<(BytesMut, Instant)>,
+    max_bytes: usize,
+    max_buffers: usize,
+    idle: Duration,
+    /// Whether the thread that frees idle buffers runs (see [`reap`]).
+    reaper: bool,
+}
+
+impl Pool {
+    const fn new(max_bytes: usize, max_buffers: usize, idle: Duration) -> Pool {
+        Pool {
+            free: Vec::new(),
+            max_bytes,
+            max_buffers,
+            idle,
+            reaper: false,
+        }
+    }
+
+    /// Takes out (to be freed) the buffers idle for too long.
+    fn expire(&mut self, now: Instant) -> Vec<BytesMut> {
+        let idle = self.idle;
+        let (old, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.free)
+            .into_iter()
+            .partition(|(_, t)| now.duration_since(*t) >= idle);
+        self.free = keep;
+        old.into_iter().map(|(b, _)| b).collect()
+    }
+
+    /// The smallest free buffer that holds `len` bytes and is not over
+    /// four times larger (a small tensor does not take a big buffer).
+    fn take(&mut self, len: usize) -> Option<BytesMut> {
+        let i = self
+            .free
+            .iter()
+            .enumerate()
+            .filter(|(_, (b, _))| b.capacity() >= len && b.capacity() / 4 <= len)
+            .min_by_key(|(_, (b, _))| b.capacity())
+            .map(|(i, _)| i)?;
+        Some(self.free.remove(i).0)
+    }
+
+    /// Keeps `b` for reuse, making room by evicting the least recently
+    /// freed; gives back what is not kept (to be freed).
+    fn put(&mut self, b: BytesMut, now: Instant) -> Vec<BytesMut> {
+        if b.capacity() > self.max_bytes || self.max_buffers == 0 {
+            return vec![b];
+        }
+        let mut out = Vec::new();
+        let held = |p: &Pool| p.free.iter().map(|(b, _)| b.capacity()).sum::<usize>();
+        while !self.free.is_empty()
+            && (self.free.len() >= self.max_buffers || held(self) + b.capacity() > self.max_bytes)
+        {
+            out.push(self.free.remove(0).0);
+        }
+        self.free.push((b, now));
+        out
+    }
+}
+
+static POOL: Mutex<Pool> = Mutex::new(Pool::new(POOL_MAX_BYTES, POOL_MAX_BUFFERS, POOL_IDLE));
+
+fn pool() -> MutexGuard<'static, Pool> {
+    POOL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The pool's reaper: while the pool holds buffers, frees those idle for
+/// [`POOL_IDLE`] every few seconds, so that an idle process gives the
+/// memory back; ends when the pool is empty.
+fn reap() {
+    loop {
+        std::thread::sleep(POOL_IDLE / 6);
+        let mut p = pool();
+        let expired = p.expire(Instant::now());
+        let done = p.free.is_empty();
+        if done {
+            p.reaper = false;
+        }
+        drop(p);
+        drop(expired); // Freed outside the lock.
+        if done {
+            return;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// A frozen buffer of `len` bytes of `fill`.
+    fn frozen(len: usize, fill: u8) -> Bytes {
+        let mut b = LargeBuf::with_capacity(len).unwrap();
+        b.put_bytes(fill, len);
+        b.freeze()
+    }
+
     #[test]
-    fn large_buffers_are_writable_and_become_bytes() {
+    fn large_buffers_fill_up_to_their_capacity_and_become_bytes() {
         for len in [LARGE, LARGE + 1, 3 * LARGE + 12345] {
-            let mut b = LargeBuf::new(len).unwrap();
-            let s = b.as_mut_slice();
-            assert_eq!(s.len(), len);
-            s.fill(7);
-            s[0] = 1;
-            s[len - 1] = 2;
+            let mut b = LargeBuf::with_capacity(len).unwrap();
+            assert!(b.is_empty() && b.capacity() >= len);
+            b.put_bytes(7, len - 1);
+            b.put_u8(2);
+            assert_eq!(b.len(), len);
+            b.as_mut_slice()[0] = 1;
+            assert!(b.is_tight());
             let bytes = b.freeze();
             assert_eq!(bytes.len(), len);
-            assert_eq!((bytes[0], bytes[len - 1]), (1, 2));
+            assert_eq!((bytes[0], bytes[1], bytes[len - 1]), (1, 7, 2));
             // Huge-page aligned, so that the whole buffer can use them.
-            #[cfg(target_os = "linux")]
-            assert_eq!(bytes.as_ptr() as usize % (2 << 20), 0);
+            assert_eq!(bytes.as_ptr() as usize % ALIGN, 0);
             let part = bytes.slice(10..20);
             drop(bytes);
             assert_eq!(&part[..], &[7; 10]);
         }
+        let mut b = LargeBuf::with_capacity(LARGE).unwrap();
+        let room = b.remaining_mut();
+        b.put_bytes(0, room);
+        assert_eq!(b.remaining_mut(), 0, "it never grows");
     }
 
-    #[cfg(target_os = "linux")]
+    #[test]
+    fn only_bytes_nothing_else_refers_to_are_reclaimed() {
+        let bytes = frozen(LARGE + 5, 1);
+        let ptr = bytes.as_ptr();
+        // A clone or a slice alive: shared, given back untouched.
+        let clone = bytes.clone();
+        let bytes = LargeBuf::reclaim(bytes).unwrap_err();
+        drop(clone);
+        let part = bytes.slice(1..);
+        let bytes = LargeBuf::reclaim(bytes).unwrap_err();
+        drop(part);
+        // The only handle: the same memory, writable, no copy.
+        let mut b = LargeBuf::reclaim(bytes).expect("unique");
+        assert_eq!((b.as_mut_slice().as_ptr(), b.len()), (ptr, LARGE + 5));
+        b.as_mut_slice()[LARGE + 4] = 9;
+        let bytes = b.freeze();
+        assert_eq!((bytes[0], bytes[LARGE + 4]), (1, 9));
+        // A slice that outlived its whole is unique too: only its bytes.
+        let part = bytes.slice(4..);
+        drop(bytes);
+        let b = LargeBuf::reclaim(part).expect("the only handle");
+        assert_eq!(b.len(), LARGE + 1);
+        // Bytes the crate cannot count are never unique.
+        let shared = LargeBuf::with_capacity(LARGE).unwrap().share();
+        assert!(LargeBuf::reclaim(shared).is_err());
+        assert!(LargeBuf::reclaim(Bytes::from_static(b"static")).is_err());
+        // Ordinary unique bytes are.
+        let v = LargeBuf::reclaim(Bytes::from(vec![3u8; 100])).unwrap();
+        assert!(v.is_tight());
+    }
+
     #[test]
     fn the_pool_reuses_fits_evicts_the_oldest_and_expires_idle_buffers() {
-        use std::time::{Duration, Instant};
         const M: usize = 2 << 20;
         let t0 = Instant::now();
         let mut p = Pool::new(10 * M, 3, Duration::from_secs(30));
-        let map = |len| Mapping::new(len).unwrap();
-        let (a, b) = (map(4 * M), map(8 * M));
-        let (a_ptr, b_ptr) = (a.data, b.data);
+        let buf = |len| BytesMut::with_capacity(len);
+        let (a, b) = (buf(4 * M), buf(8 * M));
+        let (a_ptr, b_ptr) = (a.as_ptr(), b.as_ptr());
         assert!(p.put(a, t0).is_empty());
         // 4 + 8 MiB is over 10 MiB: the oldest (a) goes.
         let out = p.put(b, t0);
-        assert_eq!(out.iter().map(|m| m.data).collect::<Vec<_>>(), [a_ptr]);
+        assert_eq!(out.iter().map(|b| b.as_ptr()).collect::<Vec<_>>(), [a_ptr]);
         drop(out);
         // Too small a request for an 8 MiB buffer; then one that fits.
         assert!(p.take(M).is_none());
         let got = p.take(5 * M).expect("fits");
-        assert_eq!(got.data, b_ptr);
+        assert_eq!(got.as_ptr(), b_ptr);
         assert!(p.take(5 * M).is_none(), "taken once");
         // Buffers over the byte cap are never kept.
-        assert_eq!(p.put(map(12 * M), t0).len(), 1);
+        assert_eq!(p.put(buf(12 * M), t0).len(), 1);
         // At most 3 buffers.
         for _ in 0..4 {
-            let _ = p.put(map(M), t0);
+            let _ = p.put(buf(M), t0);
         }
         assert_eq!(p.free.len(), 3);
         // Idle ones expire.
@@ -416,58 +447,28 @@ mod tests {
         let expired = p.expire(t0 + Duration::from_secs(40));
         assert_eq!(expired.len(), 2);
         assert_eq!(p.free.len(), 1);
-        assert_eq!(p.free[0].0.data, b_ptr);
+        assert_eq!(p.free[0].0.as_ptr(), b_ptr);
     }
 
     #[test]
-    fn only_whole_frozen_large_buffers_are_writable() {
-        let mut b = LargeBuf::new(LARGE + 5).unwrap();
-        b.as_mut_slice().fill(1);
-        let bytes = b.freeze();
-        // SAFETY: `bytes` is the only handle; written while alive.
-        let p = unsafe { writable(&bytes) };
-        if cfg!(target_os = "linux") {
-            let p = p.expect("a whole frozen buffer");
-            assert_eq!(p as usize, bytes.as_ptr() as usize);
-            // SAFETY: inside the buffer, which nothing else uses.
-            unsafe { p.add(LARGE + 4).write(7) };
-            assert_eq!(bytes[LARGE + 4], 7);
-        }
-        let part = bytes.slice(1..);
-        // SAFETY: not written through.
-        assert!(unsafe { writable(&part) }.is_none(), "a slice is not");
-        drop(part);
-        let addr = bytes.as_ptr() as usize;
-        drop(bytes);
-        let other = Bytes::from(vec![0u8; 16]);
-        // SAFETY: not written through.
-        assert!(unsafe { writable(&other) }.is_none(), "nor other bytes");
-        // (Another test may have taken the memory from the pool since: the
-        // length, unique to this test, tells.)
-        #[cfg(target_os = "linux")]
-        assert_ne!(
-            frozen().get(&addr).map(|e| e.1),
-            Some(LARGE + 5),
-            "forgotten when dropped"
-        );
-        let _ = addr;
-    }
-
-    #[cfg(target_os = "linux")]
-    #[test]
-    fn a_reused_buffer_holds_old_bytes_or_zeros() {
-        // The process-wide pool: another test may take the buffer first, and
-        // the kernel may reclaim pooled pages (MADV_FREE), which then read
-        // as zeros; every 4 KiB page holds one or the other, never garbage.
-        let len = 5 * LARGE + 3;
-        let mut b = LargeBuf::new(len).unwrap();
-        b.as_mut_slice().fill(9);
+    fn dropped_buffers_go_back_to_the_pool_and_others_do_not() {
+        // An odd size no other test uses, so the pooled buffer is this one.
+        let len = 7 * LARGE + 77;
+        let b = LargeBuf::with_capacity(len).unwrap();
+        let ptr = b.buf.as_ptr();
         drop(b);
-        let mut c = LargeBuf::new(len).unwrap();
-        let s = c.as_mut_slice();
-        assert_eq!(s.len(), len);
-        for page in s.chunks(4096) {
-            assert!(page.iter().all(|&x| x == 9) || page.iter().all(|&x| x == 0));
+        let again = LargeBuf::with_capacity(len).unwrap();
+        // (Another test may have taken it meanwhile: then it is fresh.)
+        if again.buf.as_ptr() == ptr {
+            assert!(again.is_empty());
+        }
+        drop(again);
+        // Reclaimed ordinary memory is freed, never pooled.
+        let other = LargeBuf::reclaim(Bytes::from(vec![0u8; LARGE])).unwrap();
+        let other_ptr = other.buf.as_ptr();
+        drop(other);
+        if other_ptr as usize % ALIGN != 0 {
+            assert!(pool().free.iter().all(|(b, _)| b.as_ptr() != other_ptr));
         }
     }
 }
@@ -555,7 +556,7 @@ impl Filler {
     pub fn new(len: usize, alloc: Option<&dyn HostAlloc>) -> std::io::Result<Filler> {
         let backing = match alloc.and_then(|a| a.alloc(len)) {
             Some(block) if block.len == len => Backing::Host(block),
-            _ => Backing::Default(LargeBuf::new(len)?),
+            _ => Backing::Default(LargeBuf::with_capacity(len)?),
         };
         Ok(Filler {
             backing,
@@ -569,7 +570,9 @@ impl Filler {
         matches!(self.backing, Backing::Host(_))
     }
 
-    /// The bytes, once every one is written; `None` before.
+    /// The bytes, once every one is written; `None` before. From the
+    /// default memory they can be made exclusive again
+    /// ([`LargeBuf::reclaim`]); a backend's block never can.
     pub fn freeze(self) -> Option<Bytes> {
         if self.filled != self.len {
             return None;
@@ -590,13 +593,19 @@ unsafe impl BufMut for Filler {
 
     unsafe fn advance_mut(&mut self, cnt: usize) {
         assert!(cnt <= self.len - self.filled, "advance past the end");
+        if let Backing::Default(b) = &mut self.backing {
+            // SAFETY: the caller wrote `cnt` bytes of `chunk_mut`, the start
+            // of the buffer's unwritten capacity.
+            unsafe { b.advance_mut(cnt) };
+        }
         self.filled += cnt;
     }
 
     fn chunk_mut(&mut self) -> &mut UninitSlice {
-        let filled = self.filled;
+        let (filled, len) = (self.filled, self.len);
         match &mut self.backing {
-            Backing::Default(b) => UninitSlice::new(&mut b.as_mut_slice()[filled..]),
+            // The buffer's unwritten capacity, up to the tensor's length.
+            Backing::Default(b) => &mut b.chunk_mut()[..len - filled],
             // SAFETY: the block is valid for `len` bytes (HostBlock::new) and
             // borrowed uniquely through `&mut self`.
             Backing::Host(h) => unsafe {

@@ -25,8 +25,10 @@
 //!   it; `numpy.asarray` makes
 //!   a writable array whose `.base` is that object. Large tensors are read
 //!   from the socket into a buffer of their own, which is taken over as it
-//!   is ([`Bytes::try_into_mut`], or [`mymps::buffer::writable`] for the
-//!   huge-page buffers of 2 MiB and more); tensors under 64 KiB may be slices of
+//!   is: [`LargeBuf::reclaim`] makes it the array's alone, and only when
+//!   the `Bytes`' reference count says that nothing else refers to it (a
+//!   huge-page buffer of 2 MiB and more goes back to the pool when the array
+//!   dies); tensors under 64 KiB may be slices of
 //!   the connection's read buffer, which a long-lived array must not pin,
 //!   and are copied once (a few microseconds, less than the call around
 //!   them).
@@ -37,6 +39,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::{Bytes, BytesMut};
+use mymps::buffer::LargeBuf;
 use mymps::{DType, Tensor, Value};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
@@ -687,11 +690,11 @@ const TAKE_OVER_MIN: usize = 64 * 1024;
 /// that comes with it).
 #[allow(dead_code)]
 enum Owned {
-    /// Ordinary memory of our own.
+    /// A copy.
     Mut(BytesMut),
-    /// A large received buffer (huge pages, pooled): written through the
-    /// pointer [`mymps::buffer::writable`] gave.
-    Large(Bytes),
+    /// The received bytes themselves, held alone (back to the pool of
+    /// large buffers, if they came from it, when the array dies).
+    Received(LargeBuf),
 }
 
 /// The received bytes as a buffer of our own without copying (with the
@@ -702,18 +705,10 @@ fn take_over(data: Bytes) -> Result<(Owned, usize), Bytes> {
     if data.len() < TAKE_OVER_MIN {
         return Err(data);
     }
-    // SAFETY: a received tensor's bytes are moved from the connection's
-    // reader to here (frame, tensor, `into_data`) and never cloned, so this
-    // is the only handle; the pointer is written through only while
-    // `ResultBuffer` keeps the bytes.
-    if let Some(ptr) = unsafe { mymps::buffer::writable(&data) } {
-        return Ok((Owned::Large(data), ptr as usize));
-    }
-    let len = data.len();
-    match data.try_into_mut() {
-        Ok(mut b) if b.capacity() - len <= len / 4 => {
-            let ptr = b.as_mut_ptr() as usize;
-            Ok((Owned::Mut(b), ptr))
+    match LargeBuf::reclaim(data) {
+        Ok(mut b) if b.is_tight() => {
+            let ptr = b.as_mut_slice().as_mut_ptr() as usize;
+            Ok((Owned::Received(b), ptr))
         }
         Ok(b) => Err(b.freeze()),
         Err(b) => Err(b),
