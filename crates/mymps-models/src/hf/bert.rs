@@ -40,9 +40,19 @@ struct Bert {
     pooler: Option<Linear>,
 }
 
-pub(super) fn build(b: &mut Build) -> Result<Box<dyn Arch>> {
+/// Which of the two encoders: their position ids and defaults differ.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Variant {
+    /// Positions `0..seq`; vocabulary 30522, padding id 0.
+    Bert,
+    /// Positions from `pad_token_id + 1`, skipping padding; vocabulary
+    /// 50265, padding id 1 (RoBERTa, XLM-RoBERTa).
+    Roberta,
+}
+
+pub(super) fn build(b: &mut Build, variant: Variant) -> Result<Box<dyn Arch>> {
     let cfg = b.cfg;
-    let roberta = b.model_type != "bert";
+    let roberta = variant == Variant::Roberta;
     let pos_type = cfg.string("position_embedding_type", "absolute")?;
     if pos_type != "absolute" {
         return Err(model_error(format!(

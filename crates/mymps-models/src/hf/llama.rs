@@ -133,12 +133,77 @@ fn sliding_window(cfg: &Config) -> Result<Option<i64>> {
         .transpose()
 }
 
+/// What sets the Llama relatives apart: config defaults, which projections
+/// have biases, and which layers attend through a sliding window.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Variant {
+    /// `vocab_size` when the config gives none.
+    vocab: i64,
+    /// `intermediate_size` when the config gives none.
+    intermediate: i64,
+    /// `num_key_value_heads` when the config gives none (`None`: one per
+    /// attention head).
+    kv_heads: Option<i64>,
+    biases: Biases,
+    windows: Windows,
+}
+
+/// Which projections have biases.
+#[derive(Debug, Clone, Copy)]
+enum Biases {
+    /// As the config's `attention_bias` (q/k/v/o) and `mlp_bias` say (Llama).
+    FromConfig,
+    /// On q/k/v only (Qwen2).
+    Qkv,
+    /// None (Mistral).
+    None,
+}
+
+/// Which layers use a sliding window.
+#[derive(Debug, Clone, Copy)]
+enum Windows {
+    /// None (Llama).
+    None,
+    /// Every layer, of the config's `sliding_window` (Mistral).
+    All,
+    /// As Qwen2's `layer_types`, or `use_sliding_window` with
+    /// `max_window_layers`.
+    Qwen2,
+}
+
+/// `LlamaModel`.
+pub(super) const LLAMA: Variant = Variant {
+    vocab: 32000,
+    intermediate: 11008,
+    kv_heads: None,
+    biases: Biases::FromConfig,
+    windows: Windows::None,
+};
+
+/// `MistralModel`.
+pub(super) const MISTRAL: Variant = Variant {
+    vocab: 32000,
+    intermediate: 14336,
+    kv_heads: Some(8),
+    biases: Biases::None,
+    windows: Windows::All,
+};
+
+/// `Qwen2Model`.
+pub(super) const QWEN2: Variant = Variant {
+    vocab: 151936,
+    intermediate: 22016,
+    kv_heads: None,
+    biases: Biases::Qkv,
+    windows: Windows::Qwen2,
+};
+
 /// The sliding window of each layer, as transformers decides it.
-fn windows(cfg: &Config, model_type: &str, n_layers: i64) -> Result<Vec<Option<i64>>> {
+fn windows(cfg: &Config, windows: Windows, n_layers: i64) -> Result<Vec<Option<i64>>> {
     let n = n_layers as usize;
-    match model_type {
-        "mistral" => Ok(vec![sliding_window(cfg)?; n]),
-        "qwen2" => {
+    match windows {
+        Windows::All => Ok(vec![sliding_window(cfg)?; n]),
+        Windows::Qwen2 => {
             let window = if cfg.boolean("use_sliding_window", false)? {
                 sliding_window(cfg)?
             } else {
@@ -173,25 +238,23 @@ fn windows(cfg: &Config, model_type: &str, n_layers: i64) -> Result<Vec<Option<i
                 })
                 .collect())
         }
-        _ => Ok(vec![None; n]),
+        Windows::None => Ok(vec![None; n]),
     }
 }
 
-pub(super) fn build(b: &mut Build) -> Result<Box<dyn Arch>> {
+pub(super) fn build(b: &mut Build, variant: &Variant) -> Result<Box<dyn Arch>> {
     let cfg = b.cfg;
-    let mt = b.model_type;
-    let (vocab_d, inter_d) = match mt {
-        "mistral" => (32000, 14336),
-        "qwen2" => (151936, 22016),
-        _ => (32000, 11008),
-    };
     let hidden = cfg.size("hidden_size", Some(4096), Bound::Width)?;
-    let inter = cfg.size("intermediate_size", Some(inter_d), Bound::Width)?;
+    let inter = cfg.size(
+        "intermediate_size",
+        Some(variant.intermediate),
+        Bound::Width,
+    )?;
     let n_layers = cfg.size("num_hidden_layers", Some(32), Bound::Layers)?;
     let heads = cfg.size("num_attention_heads", Some(32), Bound::Heads)?;
     let kv_heads = cfg.size(
         "num_key_value_heads",
-        Some(if mt == "mistral" { 8 } else { heads }),
+        Some(variant.kv_heads.unwrap_or(heads)),
         Bound::Heads,
     )?;
     if heads % kv_heads != 0 {
@@ -215,13 +278,13 @@ pub(super) fn build(b: &mut Build) -> Result<Box<dyn Arch>> {
             "config.json: the head size {head_dim} is odd; rotary embeddings need an even one"
         )));
     }
-    let vocab = cfg.size("vocab_size", Some(vocab_d), Bound::Vocab)?;
+    let vocab = cfg.size("vocab_size", Some(variant.vocab), Bound::Vocab)?;
     let eps = cfg.float("rms_norm_eps", 1e-6)?;
     let act = Activation::from_config(cfg, "hidden_act", "silu")?;
-    let (qkv_bias, o_bias, mlp_bias) = match mt {
-        "qwen2" => (true, false, false),
-        "mistral" => (false, false, false),
-        _ => {
+    let (qkv_bias, o_bias, mlp_bias) = match variant.biases {
+        Biases::Qkv => (true, false, false),
+        Biases::None => (false, false, false),
+        Biases::FromConfig => {
             let a = cfg.boolean("attention_bias", false)?;
             (a, a, cfg.boolean("mlp_bias", false)?)
         }
@@ -229,7 +292,7 @@ pub(super) fn build(b: &mut Build) -> Result<Box<dyn Arch>> {
     b.ws.check_layers("num_hidden_layers", n_layers, |i| {
         format!("layers.{i}.self_attn.q_proj.weight")
     })?;
-    let windows = windows(cfg, mt, n_layers)?;
+    let windows = windows(cfg, variant.windows, n_layers)?;
     let (inv_freq, rope_scale) = rope(cfg, head_dim, b.ws.device)?;
     let ws = &mut *b.ws;
     let embed = Embedding::load(ws, "embed_tokens.weight", vocab, hidden)?;

@@ -47,18 +47,96 @@ use crate::checkpoint::read_state_dict;
 use crate::convert::{Weight, clip, device, download, float_kind, list, model_error};
 use layers::{Tx, bad_input};
 
-/// The `model_type` values this loader runs, with their base class, sorted.
-pub const ARCHITECTURES: &[(&str, &str)] = &[
-    ("bert", "BertModel"),
-    ("distilbert", "DistilBertModel"),
-    ("gpt2", "GPT2Model"),
-    ("llama", "LlamaModel"),
-    ("mistral", "MistralModel"),
-    ("qwen2", "Qwen2Model"),
-    ("roberta", "RobertaModel"),
-    ("vit", "ViTModel"),
-    ("xlm-roberta", "XLMRobertaModel"),
+/// An architecture this loader runs: everything the loader knows of it
+/// apart from the code that builds it.
+pub struct Architecture {
+    /// The config's `model_type`.
+    pub model_type: &'static str,
+    /// transformers' base class (the model's `architecture` when the config
+    /// names none).
+    pub base_class: &'static str,
+    /// The key prefix of the base model inside `...ForXxx` checkpoints
+    /// (weights are looked up under it first, then without it).
+    pub prefix: &'static str,
+    /// Builds it from the config and the weights.
+    build: fn(&mut Build) -> Result<Box<dyn Arch>>,
+}
+
+/// The architectures this loader runs, sorted by `model_type`: one entry
+/// each, and nothing about an architecture anywhere else.
+pub const ARCHITECTURES: &[Architecture] = &[
+    Architecture {
+        model_type: "bert",
+        base_class: "BertModel",
+        prefix: "bert.",
+        build: |b| bert::build(b, bert::Variant::Bert),
+    },
+    Architecture {
+        model_type: "distilbert",
+        base_class: "DistilBertModel",
+        prefix: "distilbert.",
+        build: distilbert::build,
+    },
+    Architecture {
+        model_type: "gpt2",
+        base_class: "GPT2Model",
+        prefix: "transformer.",
+        build: gpt2::build,
+    },
+    Architecture {
+        model_type: "llama",
+        base_class: "LlamaModel",
+        prefix: "model.",
+        build: |b| llama::build(b, &llama::LLAMA),
+    },
+    Architecture {
+        model_type: "mistral",
+        base_class: "MistralModel",
+        prefix: "model.",
+        build: |b| llama::build(b, &llama::MISTRAL),
+    },
+    Architecture {
+        model_type: "qwen2",
+        base_class: "Qwen2Model",
+        prefix: "model.",
+        build: |b| llama::build(b, &llama::QWEN2),
+    },
+    Architecture {
+        model_type: "roberta",
+        base_class: "RobertaModel",
+        prefix: "roberta.",
+        build: |b| bert::build(b, bert::Variant::Roberta),
+    },
+    Architecture {
+        model_type: "vit",
+        base_class: "ViTModel",
+        prefix: "vit.",
+        build: vit::build,
+    },
+    Architecture {
+        model_type: "xlm-roberta",
+        base_class: "XLMRobertaModel",
+        prefix: "roberta.",
+        build: |b| bert::build(b, bert::Variant::Roberta),
+    },
 ];
+
+impl Architecture {
+    /// The architecture of `model_type`.
+    pub fn get(model_type: &str) -> Option<&'static Architecture> {
+        ARCHITECTURES.iter().find(|a| a.model_type == model_type)
+    }
+}
+
+impl std::fmt::Debug for Architecture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Architecture")
+            .field("model_type", &self.model_type)
+            .field("base_class", &self.base_class)
+            .field("prefix", &self.prefix)
+            .finish_non_exhaustive()
+    }
+}
 
 /// Loads HuggingFace model directories.
 #[derive(Debug, Clone, Copy, Default)]
@@ -362,8 +440,6 @@ pub(crate) trait Arch: Send + Sync {
 pub(crate) struct Build<'a> {
     pub cfg: &'a Config,
     pub ws: &'a mut Weights,
-    /// `model_type`.
-    pub model_type: &'a str,
     /// Whether `architectures` names a causal LM (give `logits`).
     pub lm_head: bool,
 }
@@ -588,23 +664,10 @@ fn read_weights(dir: &Path) -> Result<(BTreeMap<String, Tensor>, String)> {
     Ok((map, source))
 }
 
-/// The key prefix of the base model inside `...ForXxx` checkpoints.
-fn base_prefix(model_type: &str) -> &'static str {
-    match model_type {
-        "bert" => "bert.",
-        "roberta" | "xlm-roberta" => "roberta.",
-        "distilbert" => "distilbert.",
-        "gpt2" => "transformer.",
-        "llama" | "mistral" | "qwen2" => "model.",
-        "vit" => "vit.",
-        _ => "",
-    }
-}
-
 fn supported() -> String {
     ARCHITECTURES
         .iter()
-        .map(|(t, c)| format!("{t} ({c})"))
+        .map(|a| format!("{} ({})", a.model_type, a.base_class))
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -637,7 +700,7 @@ impl ModelLoader for HuggingFaceLoader {
         let cfg = Config { json };
         let model_type = cfg.string("model_type", "")?;
         let architecture = cfg.architecture();
-        let Some((_, base_class)) = ARCHITECTURES.iter().find(|(t, _)| *t == model_type) else {
+        let Some(entry) = Architecture::get(&model_type) else {
             return Err(model_error(format!(
                 "unsupported architecture: model_type '{model_type}'{}; this server runs: {}",
                 architecture
@@ -659,7 +722,7 @@ impl ModelLoader for HuggingFaceLoader {
         let (map, source) = read_weights(dir)?;
         let mut ws = Weights {
             map,
-            prefix: base_prefix(&model_type),
+            prefix: entry.prefix,
             taken: BTreeSet::new(),
             params: 0,
             kind,
@@ -668,22 +731,14 @@ impl ModelLoader for HuggingFaceLoader {
         let mut b = Build {
             cfg: &cfg,
             ws: &mut ws,
-            model_type: &model_type,
             lm_head,
         };
-        let arch: Box<dyn Arch> = tch::no_grad(|| match model_type.as_str() {
-            "bert" | "roberta" | "xlm-roberta" => bert::build(&mut b),
-            "distilbert" => distilbert::build(&mut b),
-            "gpt2" => gpt2::build(&mut b),
-            "llama" | "mistral" | "qwen2" => llama::build(&mut b),
-            "vit" => vit::build(&mut b),
-            other => Err(model_error(format!("no implementation of '{other}'"))),
-        })?;
+        let arch: Box<dyn Arch> = tch::no_grad(|| (entry.build)(&mut b))?;
         let dtype = mymps_ops::dtype_of(kind).map_or("other", |d| d.name());
         let metadata = BTreeMap::from([
             (
                 "architecture".to_owned(),
-                architecture.unwrap_or_else(|| (*base_class).to_owned()),
+                architecture.unwrap_or_else(|| entry.base_class.to_owned()),
             ),
             ("hf_model_type".to_owned(), model_type.clone()),
             ("parameters".to_owned(), ws.params.to_string()),

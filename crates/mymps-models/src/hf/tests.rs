@@ -10,7 +10,7 @@ use serde_json::json;
 use tch::{Device, Kind, Tensor};
 
 use super::layers::{Activation, Mask, attention, repeat_kv};
-use super::{Bound, Config, HuggingFaceLoader, inside, llama};
+use super::{ARCHITECTURES, Architecture, Bound, Config, HuggingFaceLoader, inside, llama};
 
 const CPU: (Kind, Device) = (Kind::Float, Device::Cpu);
 
@@ -28,6 +28,31 @@ fn scratch(name: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
+}
+
+#[test]
+fn one_entry_per_architecture_sorted_with_its_prefix() {
+    let types: Vec<&str> = ARCHITECTURES.iter().map(|a| a.model_type).collect();
+    assert!(
+        types.windows(2).all(|w| w[0] < w[1]),
+        "sorted, unique: {types:?}"
+    );
+    for a in ARCHITECTURES {
+        assert!(
+            a.prefix.ends_with('.') && a.base_class.ends_with("Model"),
+            "{a:?}"
+        );
+        assert_eq!(
+            Architecture::get(a.model_type).map(|b| b.model_type),
+            Some(a.model_type)
+        );
+        // The module docs' table names every architecture.
+        assert!(
+            include_str!("mod.rs").contains(&format!("`{}`", a.model_type)),
+            "{a:?}"
+        );
+    }
+    assert!(Architecture::get("t5").is_none());
 }
 
 #[test]
