@@ -881,6 +881,30 @@ mod tests {
     }
 
     #[test]
+    fn plugin_ops_keep_their_cost_and_in_place_variant_across_the_vtable() {
+        let ops = plugin_ops(&["neg", "sort"]).unwrap();
+        let (neg, sort) = (ops[0], ops[1]);
+        assert!(matches!(neg.kernel, Kernel::Foreign(_)));
+        assert_eq!(
+            (neg.spec.cost, sort.spec.cost),
+            (Cost::Elementwise, Cost::Heavy)
+        );
+        assert!(has_in_place(neg) && !has_in_place(sort));
+        let mut x = Tensor::from_slice(&[1.0f64, -2.0]);
+        let y = run_in_place(neg, &mut x).unwrap().unwrap();
+        assert_eq!(
+            y.data_ptr(),
+            x.data_ptr(),
+            "in place, through the plugin boundary"
+        );
+        assert_eq!(Vec::<f64>::try_from(&x).unwrap(), [-1.0, 2.0]);
+        // An error comes back as one (neg of bool is refused by libtorch).
+        let mut b = Tensor::from_slice(&[true]);
+        let e = run_in_place(neg, &mut b).unwrap().unwrap_err();
+        assert_eq!(e.0.code, mymps_core::ErrorCode::Backend, "{}", e.0);
+    }
+
+    #[test]
     fn every_legacy_op_is_registered() {
         let r = registry().unwrap();
         let missing: Vec<&str> = LEGACY

@@ -16,12 +16,17 @@ use mymps_ops::{OpOutput, Outputs, Param, op, torch_error};
 use serde_json::Value as Json;
 use tch::Tensor;
 
+// Element-wise: each output element from its own input element, a bounded
+// amount of work each. Saying so lets the server run small calls on its I/O
+// thread and bound the output before it runs; an op that does not say so is
+// `Cost::Heavy`. (A unary op could also give its in-place variant:
+// `in_place: |t| Ok(t.f_sigmoid_()?)`.)
 op!("example_swish", "example", "x × sigmoid(beta × x) (an example plugin's op)",
 [Param::tensor("input"), Param::float("beta").or_float(1.0)] -> Outputs::One,
 |a| {
     let x = a.tensor("input")?;
     Ok(OpOutput::One(x.f_mul(&x.f_mul_scalar(a.float("beta")?)?.f_sigmoid()?)?))
-});
+}, cost: Elementwise);
 
 /// A SwiGLU feed-forward block, as in LLaMA:
 /// `w3(silu(w1(x)) * w2(x))` with bias-free `nn.Linear` layers `w1`, `w2`
