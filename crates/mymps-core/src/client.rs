@@ -5,12 +5,12 @@
 //! - [`Service`]: sends one request and returns its reply, at the wire's
 //!   level ([`Request`] → [`Response`]). The client implements it over one
 //!   connection, the cluster (`mymps-cluster`) over several servers.
-//! - [`Caller`]: typed calls ([`Caller::call`] with any
-//!   [`Rpc`](crate::protocol::rpc::Rpc): [`Call`], `Health`, ...) and their
-//!   short forms ([`Caller::exec`], [`Caller::health`], ...), written once
-//!   for every caller: each [`Service`] is an async `Caller` (a call is a
-//!   future), and [`Blocking`] makes any [`Service`] a blocking one (a call
-//!   is its reply).
+//! - [`Caller`]: typed calls ([`Caller::call`] with any [`Rpc`]: [`Call`],
+//!   `Health`, ...) and their short forms ([`Caller::exec`],
+//!   [`Caller::health`], ...), written once for every caller: each
+//!   [`Service`] is an async `Caller` (a call is a future), and
+//!   [`Blocking`] makes any [`Service`] a blocking one (a call is its
+//!   reply).
 //!
 //! One connection carries any number of requests at once: a `Client` is
 //! cheap to clone and every clone shares the connection, so tasks (or, with
@@ -480,8 +480,7 @@ pub trait Service: Clone + Send + Sync + 'static {
 /// Typed calls and their short forms, for async and blocking callers alike.
 ///
 /// [`Caller::call`] sends any typed request ([`Call`] for `exec`, or one of
-/// [`protocol::rpc`](crate::protocol::rpc)); the other methods are written
-/// once over it. What a call returns is [`Caller::Out`]: for every
+/// [`protocol::rpc`]); the other methods are written once over it. What a call returns is [`Caller::Out`]: for every
 /// [`Service`] (the async [`Client`], the cluster) a future of the reply,
 /// to `.await`; for a [`Blocking`] caller the reply itself.
 ///
