@@ -9,7 +9,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyTuple};
 
 use crate::errors::{bad_argument, to_py};
-use crate::remote::{Remote, load_request, loaded_dict, model_dict};
+use crate::remote::{Remote, fields, load_request, loaded_dict, model_dict};
 
 /// A client of several mymps servers, used like one MympsClient.
 ///
@@ -252,20 +252,10 @@ impl MympsCluster {
     fn status<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
         let l = PyList::empty(py);
         for h in self.remote.as_async().status() {
-            let d = PyDict::new(py);
-            d.set_item("name", &h.name)?;
-            d.set_item("addr", &h.addr)?;
+            let d = fields!(py, h; name, addr);
             d.set_item("state", h.state.to_string())?;
-            d.set_item("state_for_s", h.state_for_s)?;
-            d.set_item("in_flight", h.in_flight)?;
-            d.set_item("latency_ms", h.latency_ms)?;
-            d.set_item("device", &h.device)?;
-            d.set_item("server_version", &h.server_version)?;
-            d.set_item("models", &h.models)?;
-            d.set_item("served", h.served)?;
-            d.set_item("failovers", h.failovers)?;
-            d.set_item("connections", h.connections)?;
-            d.set_item("error", &h.error)?;
+            fields!(in d, h; state_for_s, in_flight, latency_ms, device, server_version, models,
+                    served, failovers, connections, error);
             l.append(d)?;
         }
         Ok(l)

@@ -20,6 +20,22 @@ use pyo3::types::{PyDict, PyList};
 use crate::convert;
 use crate::errors::to_py;
 
+/// A dict of `value`'s fields named here, by their names:
+/// `fields!(py, info; name, device)` is `{"name": info.name, "device":
+/// info.device}`; `fields!(in d, info; ...)` adds them to the dict `d`.
+macro_rules! fields {
+    (in $dict:expr, $value:expr; $($field:ident),* $(,)?) => {{
+        let v = &$value;
+        $($dict.set_item(stringify!($field), &v.$field)?;)*
+    }};
+    ($py:expr, $value:expr; $($field:ident),* $(,)?) => {{
+        let d = PyDict::new($py);
+        fields!(in d, $value; $($field),*);
+        d
+    }};
+}
+pub(crate) use fields;
+
 /// How often a waiting call wakes up to let Python handle signals (Ctrl-C).
 pub const SIGNAL_CHECK: Duration = Duration::from_millis(50);
 
@@ -50,13 +66,7 @@ impl<S: Service> Drop for Remote<S> {
 
 /// A model's description as Python sees it.
 pub fn model_dict<'py>(py: Python<'py>, m: &ModelInfo) -> PyResult<Bound<'py, PyDict>> {
-    let d = PyDict::new(py);
-    d.set_item("name", &m.name)?;
-    d.set_item("model_type", &m.model_type)?;
-    d.set_item("device", &m.device)?;
-    d.set_item("loaded_at", &m.loaded_at)?;
-    d.set_item("metadata", m.metadata.clone())?;
-    Ok(d)
+    Ok(fields!(py, m; name, model_type, device, loaded_at, metadata))
 }
 
 /// A loaded model's description with `"status": "ok"` (`load_model`'s
@@ -206,17 +216,10 @@ impl<S: Service> Remote<S> {
     /// `describe_op(op)`.
     pub fn describe_op<'py>(&self, py: Python<'py>, op: &str) -> PyResult<Bound<'py, PyDict>> {
         let info = self.call(py, rpc::DescribeOp { op: op.into() })?;
-        let d = PyDict::new(py);
-        d.set_item("name", &info.name)?;
-        d.set_item("category", &info.category)?;
-        d.set_item("doc", &info.doc)?;
-        d.set_item("signature", &info.signature)?;
+        let d = fields!(py, info; name, category, doc, signature);
         let params = PyList::empty(py);
         for p in &info.params {
-            let pd = PyDict::new(py);
-            pd.set_item("name", &p.name)?;
-            pd.set_item("kind", &p.kind)?;
-            pd.set_item("required", p.required)?;
+            let pd = fields!(py, p; name, kind, required);
             match &p.default {
                 Some(v) => pd.set_item("default", value_to_py(py, v)?)?,
                 None => pd.set_item("default", py.None())?,
@@ -231,36 +234,21 @@ impl<S: Service> Remote<S> {
     /// `health()`.
     pub fn health<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let h = self.call(py, rpc::Health)?;
-        let d = PyDict::new(py);
-        d.set_item("status", h.status)?;
-        d.set_item("version", h.version)?;
-        d.set_item("protocol", h.protocol)?;
-        d.set_item("backend", h.backend)?;
-        d.set_item("device", h.device)?;
-        d.set_item("torch_version", h.torch_version)?;
-        d.set_item("models_loaded", h.models_loaded)?;
-        d.set_item("ops", h.ops)?;
-        d.set_item("uptime_s", h.uptime_s)?;
-        Ok(d)
+        Ok(
+            fields!(py, h; status, version, protocol, backend, device, torch_version,
+                   models_loaded, ops, uptime_s),
+        )
     }
 
     /// `stats()`.
     pub fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let s = self.call(py, rpc::Stats)?;
-        let d = PyDict::new(py);
-        d.set_item("cpu_percent", s.cpu_percent)?;
-        d.set_item("cpu_count", s.cpu_count)?;
-        d.set_item("load_avg", s.load_avg.to_vec())?;
-        d.set_item("memory_total_gb", s.memory_total_gb)?;
-        d.set_item("memory_used_gb", s.memory_used_gb)?;
-        d.set_item("memory_percent", s.memory_percent)?;
-        d.set_item("process_rss_mb", s.process_rss_mb)?;
-        d.set_item("process_cpu_percent", s.process_cpu_percent)?;
-        d.set_item("device", s.device)?;
-        d.set_item("accelerator_memory_total_mb", s.accelerator_memory_total_mb)?;
-        d.set_item("accelerator_memory_used_mb", s.accelerator_memory_used_mb)?;
-        d.set_item("accelerator_memory_free_mb", s.accelerator_memory_free_mb)?;
-        Ok(d)
+        Ok(
+            fields!(py, s; cpu_percent, cpu_count, load_avg, memory_total_gb, memory_used_gb,
+                   memory_percent, process_rss_mb, process_cpu_percent, device,
+                   accelerator_memory_total_mb, accelerator_memory_used_mb,
+                   accelerator_memory_free_mb),
+        )
     }
 
     /// `load_model(...)` on one server.
