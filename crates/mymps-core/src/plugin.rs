@@ -39,8 +39,10 @@ use crate::tensor::Tensor;
 
 /// The first bytes of every plugin header.
 pub const PLUGIN_MAGIC: [u8; 8] = *b"MYMPSPLG";
-/// The layout version of [`PluginHeader`] and [`PluginRegistrar`].
-pub const PLUGIN_ABI_VERSION: u32 = 1;
+/// The layout version of [`PluginHeader`] and [`PluginRegistrar`], and of
+/// what crosses through them (`OpSpec`, `ForeignKernel`). 2: ops carry a
+/// cost class, and plugin kernels an in-place variant.
+pub const PLUGIN_ABI_VERSION: u32 = 2;
 /// The entry point a plugin exports: `mymps_plugin_header_<crate>` (what
 /// [`declare_plugin!`] writes; the crate name keeps two plugin crates
 /// linkable into one program), or plain `mymps_plugin_header`.

@@ -324,7 +324,10 @@ fn mismatched_and_broken_plugins_are_refused() {
         (
             "abi",
             "built for plugin ABI 999".to_owned(),
-            "this server speaks plugin ABI 1".to_owned(),
+            format!(
+                "this server speaks plugin ABI {}",
+                mymps::plugin::PLUGIN_ABI_VERSION
+            ),
         ),
         (
             "mymps",
