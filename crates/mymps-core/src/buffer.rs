@@ -387,6 +387,38 @@ mod tests {
     }
 
     #[test]
+    fn a_large_tensor_that_is_the_last_holder_gives_its_memory_to_the_pool() {
+        use crate::{DType, Tensor};
+        // An unusual size, so that no other test takes the buffer meanwhile.
+        let len = 43 * 1024 * 1024 + 4 * 17;
+        let tensor = |data: Bytes| Tensor::new(DType::Float32, &[len / 4], data).unwrap();
+        let pooled = |ptr: *const u8| {
+            let mut p = pool();
+            match p.take(len) {
+                Some(b) if b.as_ptr() == ptr => true,
+                Some(b) => {
+                    p.put(b, Instant::now());
+                    false
+                }
+                None => false,
+            }
+        };
+        // Shared: the clone keeps the memory, nothing is pooled.
+        let t = tensor(frozen(len, 1));
+        let ptr = t.data().as_ptr();
+        let keep = t.data().clone();
+        drop(t);
+        assert!(!pooled(ptr));
+        assert_eq!(keep[len - 1], 1);
+        drop(keep);
+        // The only holder: its memory goes to the pool as it drops.
+        let t = tensor(frozen(len, 2));
+        let ptr = t.data().as_ptr();
+        drop(t);
+        assert!(pooled(ptr), "the tensor's memory is in the pool");
+    }
+
+    #[test]
     fn only_bytes_nothing_else_refers_to_are_reclaimed() {
         let bytes = frozen(LARGE + 5, 1);
         let ptr = bytes.as_ptr();

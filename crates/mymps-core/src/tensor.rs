@@ -195,8 +195,8 @@ impl Tensor {
     }
 
     /// Consumes the tensor, giving the raw bytes.
-    pub fn into_data(self) -> Bytes {
-        self.data
+    pub fn into_data(mut self) -> Bytes {
+        std::mem::take(&mut self.data)
     }
 
     /// The bytes a C-contiguous copy takes: `numel × itemsize`, which for a
@@ -281,6 +281,22 @@ impl Tensor {
     pub fn to_bools(&self) -> Result<Vec<bool>> {
         self.check_dtype(DType::Bool)?;
         Ok(self.contiguous()?.data.iter().map(|&b| b != 0).collect())
+    }
+}
+
+/// A large tensor whose bytes nothing else refers to gives its memory back
+/// to the pool of receive buffers as it drops (a received result dropped by
+/// its reader, say), so that the next large tensor lands in memory already
+/// faulted in. Whether nothing else refers to the bytes is their reference
+/// count's answer ([`LargeBuf::reclaim`](crate::buffer::LargeBuf::reclaim)),
+/// and only the pool's own buffers are kept.
+impl Drop for Tensor {
+    fn drop(&mut self) {
+        if self.data.len() >= crate::buffer::LARGE {
+            drop(crate::buffer::LargeBuf::reclaim(std::mem::take(
+                &mut self.data,
+            )));
+        }
     }
 }
 
