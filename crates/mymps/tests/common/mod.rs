@@ -277,6 +277,40 @@ pub fn spawn_serve(cmd: &mut Command) -> (Child, String, Lines<BufReader<ChildSt
     (child, addr, lines)
 }
 
+/// The next frame `reader` gives, or `None` when the server closed the
+/// connection (what [`Raw`] and [`Framed`] read replies with).
+pub async fn recv_frame(reader: &mut dyn FrameReader) -> Option<Frame> {
+    let limits = Limits {
+        max_payload: u64::MAX,
+        ..Limits::DEFAULT
+    };
+    match tokio::time::timeout(Duration::from_secs(20), reader.read_frame(&limits, None)).await {
+        Ok(Ok(Some(inc))) => Some(inc.frame),
+        Ok(Ok(None)) | Ok(Err(_)) => None,
+        Err(_) => panic!("no answer from the server within 20 s"),
+    }
+}
+
+/// The error a reply carries; panics unless it is one, answering `id`.
+fn error_reply(f: Option<Frame>, id: u64) -> mymps::Error {
+    let f = f.expect("an error reply");
+    assert_eq!(f.id, id);
+    match protocol::decode_header::<Response>(&f).unwrap() {
+        Response::Error(e) => e,
+        other => panic!("expected an error, got {other:?}"),
+    }
+}
+
+/// Panics unless `f` is a health reply answering `id`.
+fn assert_health_reply(f: Option<Frame>, id: u64) {
+    let f = f.expect("health reply");
+    assert_eq!(f.id, id);
+    assert!(matches!(
+        protocol::decode_header::<Response>(&f).unwrap(),
+        Response::Health(_)
+    ));
+}
+
 /// A client that speaks the wire protocol by hand, for tests that send
 /// what a well-behaved client never would.
 pub struct Raw {
@@ -323,44 +357,20 @@ impl Raw {
 
     /// The next frame, or `None` when the server closed the connection.
     pub async fn recv(&mut self) -> Option<Frame> {
-        let limits = Limits {
-            max_payload: u64::MAX,
-            ..Limits::DEFAULT
-        };
-        match tokio::time::timeout(
-            Duration::from_secs(20),
-            self.reader.read_frame(&limits, None),
-        )
-        .await
-        {
-            Ok(Ok(Some(inc))) => Some(inc.frame),
-            Ok(Ok(None)) | Ok(Err(_)) => None,
-            Err(_) => panic!("no answer from the server within 20 s"),
-        }
+        recv_frame(&mut self.reader).await
     }
 
     pub async fn expect_error(&mut self, id: u64, code: ErrorCode) -> String {
-        let f = self.recv().await.expect("an error reply");
-        assert_eq!(f.id, id);
-        match protocol::decode_header::<Response>(&f).unwrap() {
-            Response::Error(e) => {
-                assert_eq!(e.code, code, "{e}");
-                e.message
-            }
-            other => panic!("expected an error, got {other:?}"),
-        }
+        let e = error_reply(self.recv().await, id);
+        assert_eq!(e.code, code, "{e}");
+        e.message
     }
 
     /// Health works on this connection.
     pub async fn still_serves(&mut self, id: u64) {
         self.send(&protocol::encode(FrameKind::Request, id, &Request::Health, vec![]).unwrap())
             .await;
-        let f = self.recv().await.expect("health reply");
-        assert_eq!(f.id, id);
-        assert!(matches!(
-            protocol::decode_header::<Response>(&f).unwrap(),
-            Response::Health(_)
-        ));
+        assert_health_reply(self.recv().await, id);
     }
 }
 
@@ -449,41 +459,18 @@ impl Framed {
 
     /// The next frame, or `None` when the server closed the connection.
     pub async fn recv(&mut self) -> Option<Frame> {
-        let limits = Limits {
-            max_payload: u64::MAX,
-            ..Limits::DEFAULT
-        };
-        match tokio::time::timeout(
-            Duration::from_secs(20),
-            self.reader.read_frame(&limits, None),
-        )
-        .await
-        {
-            Ok(Ok(Some(inc))) => Some(inc.frame),
-            Ok(Ok(None)) | Ok(Err(_)) => None,
-            Err(_) => panic!("no answer from the server within 20 s"),
-        }
+        recv_frame(&mut *self.reader).await
     }
 
     /// The error that answers request `id`.
     pub async fn expect_error(&mut self, id: u64) -> mymps::Error {
-        let f = self.recv().await.expect("an error reply");
-        assert_eq!(f.id, id);
-        match protocol::decode_header::<Response>(&f).unwrap() {
-            Response::Error(e) => e,
-            other => panic!("expected an error, got {other:?}"),
-        }
+        error_reply(self.recv().await, id)
     }
 
     /// Health works on this connection.
     pub async fn still_serves(&mut self, id: u64) {
         self.send(protocol::encode(FrameKind::Request, id, &Request::Health, vec![]).unwrap())
             .await;
-        let f = self.recv().await.expect("health reply");
-        assert_eq!(f.id, id);
-        assert!(matches!(
-            protocol::decode_header::<Response>(&f).unwrap(),
-            Response::Health(_)
-        ));
+        assert_health_reply(self.recv().await, id);
     }
 }
