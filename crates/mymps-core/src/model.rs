@@ -39,6 +39,13 @@ pub struct LoadRequest {
     /// config), or `None`.
     #[serde(default)]
     pub config: Option<String>,
+    /// Which engine should run the model: `native` (the Rust
+    /// implementations) or `python` (the Python bridge: transformers,
+    /// user classes, `torch.export` programs). `None`: the native engine
+    /// where it covers the model, else the bridge. Absent from the wire when
+    /// `None`, so older peers see the request they know.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine: Option<String>,
 }
 
 impl LoadRequest {

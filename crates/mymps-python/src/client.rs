@@ -209,19 +209,27 @@ impl MympsClient {
     ///
     /// Args:
     ///     name: the model's name; also its path when model_path is None.
-    ///     model_type: "huggingface", "torchscript" or "checkpoint" (or a
-    ///         server plugin's own type).
+    ///     model_type: "huggingface", "torchscript", "checkpoint" or
+    ///         "torch_export" (or a server plugin's own type).
     ///     model_path: where the model is on the server's filesystem: a
     ///         .pt file saved by torch.jit.save (torchscript), a state_dict
     ///         (.pt/.bin from torch.save, or .safetensors) for checkpoint, a
-    ///         model directory for huggingface.
+    ///         model directory (or a hub name in the server's Hugging Face
+    ///         cache) for huggingface, a .pt2 file from torch.export.save
+    ///         or AOTInductor for torch_export.
     ///     model_class: the architecture to build, for checkpoints
-    ///         ("linear", "mlp", "cnn", or a plugin's class).
+    ///         ("linear", "mlp", "cnn", a plugin's class, or
+    ///         "package.Class" from the server's Python path).
     ///     dtype: "float32", "float16", "bfloat16" (None: the loader's
     ///         default); floating-point inputs are cast to it.
-    ///     trust_remote_code: accepted for compatibility; the server never
-    ///         runs code shipped with a model.
+    ///     trust_remote_code: whether code shipped with a Hugging Face model
+    ///         may run (the Python bridge only); refused unless the server
+    ///         was started with --allow-remote-code.
     ///     config: the model class's options, a dict (or a JSON string).
+    ///     engine: "native" (the server's Rust implementations) or "python"
+    ///         (its Python bridge: transformers, user classes, torch.export);
+    ///         None: native where it covers the model, else python. The
+    ///         answer's metadata["engine"] says which one runs it.
     ///
     /// Returns:
     ///     {"status": "ok", "name", "model_type", "device", "loaded_at",
@@ -231,7 +239,7 @@ impl MympsClient {
     ///     ModelError: the model cannot be loaded (the message says why:
     ///         unknown type or class, missing file, keys or shapes that do
     ///         not match the class).
-    #[pyo3(signature = (name, model_type = "huggingface".to_owned(), model_path = None, model_class = None, dtype = None, trust_remote_code = false, config = None))]
+    #[pyo3(signature = (name, model_type = "huggingface".to_owned(), model_path = None, model_class = None, dtype = None, trust_remote_code = false, config = None, engine = None))]
     #[allow(clippy::too_many_arguments)]
     fn load_model<'py>(
         &self,
@@ -243,6 +251,7 @@ impl MympsClient {
         dtype: Option<String>,
         trust_remote_code: bool,
         config: Option<&Bound<'py, PyAny>>,
+        engine: Option<String>,
     ) -> PyResult<Bound<'py, PyDict>> {
         let request = load_request(
             name,
@@ -252,6 +261,7 @@ impl MympsClient {
             dtype,
             trust_remote_code,
             config,
+            engine,
         )?;
         self.remote.load_model(py, request)
     }

@@ -172,7 +172,7 @@ impl MympsCluster {
     ///     ModelError: a host could not load it (the message lists each
     ///         host's outcome).
     ///     BadArgumentError: a host that is not in the cluster.
-    #[pyo3(signature = (name, model_type = "huggingface".to_owned(), model_path = None, model_class = None, dtype = None, trust_remote_code = false, config = None, *, hosts = None))]
+    #[pyo3(signature = (name, model_type = "huggingface".to_owned(), model_path = None, model_class = None, dtype = None, trust_remote_code = false, config = None, engine = None, *, hosts = None))]
     #[allow(clippy::too_many_arguments)]
     fn load_model<'py>(
         &self,
@@ -184,6 +184,7 @@ impl MympsCluster {
         dtype: Option<String>,
         trust_remote_code: bool,
         config: Option<&Bound<'py, PyAny>>,
+        engine: Option<String>,
         hosts: Option<Vec<String>>,
     ) -> PyResult<Bound<'py, PyDict>> {
         let request = load_request(
@@ -194,6 +195,7 @@ impl MympsCluster {
             dtype,
             trust_remote_code,
             config,
+            engine,
         )?;
         let placement = match hosts {
             None => Placement::All,

@@ -87,6 +87,7 @@ pub fn load_request(
     dtype: Option<String>,
     trust_remote_code: bool,
     config: Option<&Bound<'_, PyAny>>,
+    engine: Option<String>,
 ) -> PyResult<LoadRequest> {
     Ok(LoadRequest {
         name,
@@ -96,6 +97,7 @@ pub fn load_request(
         dtype,
         trust_remote_code,
         config: convert::model_config(config)?,
+        engine,
     })
 }
 

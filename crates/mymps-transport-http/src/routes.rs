@@ -415,6 +415,10 @@ struct LoadBody {
     /// JSON text.
     #[serde(default)]
     config: Option<serde_json::Value>,
+    /// Ours: `native` or `python` (absent: the native engine where it
+    /// covers the model, else the Python bridge).
+    #[serde(default)]
+    engine: Option<String>,
 }
 
 fn load_request(body: Bytes) -> Result<LoadRequest, Error> {
@@ -432,6 +436,7 @@ fn load_request(body: Bytes) -> Result<LoadRequest, Error> {
             Some(serde_json::Value::String(s)) => Some(s),
             Some(v) => Some(v.to_string()),
         },
+        engine: b.engine,
     })
 }
 

@@ -119,6 +119,10 @@ enum ModelsCommand {
         /// Loader options as a JSON object (a model class's config).
         #[arg(long)]
         config: Option<String>,
+        /// The engine: native or python (default: native where it covers
+        /// the model, else the Python bridge).
+        #[arg(long)]
+        engine: Option<String>,
     },
     /// Unload a model.
     Unload {
@@ -619,6 +623,7 @@ fn models(c: &ClientArgs, command: ModelsCommand) -> Result<(), Error> {
             model_class,
             dtype,
             config,
+            engine,
         } => {
             let info = client.load_model(mymps::model::LoadRequest {
                 name,
@@ -628,6 +633,7 @@ fn models(c: &ClientArgs, command: ModelsCommand) -> Result<(), Error> {
                 dtype,
                 trust_remote_code: false,
                 config,
+                engine,
             })?;
             if c.json {
                 print_json(&info)

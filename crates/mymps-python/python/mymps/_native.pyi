@@ -63,6 +63,7 @@ class MympsClient:
         dtype: Optional[str] = None,
         trust_remote_code: bool = False,
         config: Optional[Union[Mapping[str, Any], str]] = None,
+        engine: Optional[str] = None,
     ) -> Dict[str, Any]:
         """Load a model on the server; see help(MympsClient.load_model)."""
     def infer(self, name: str, inputs: Optional[_Inputs] = None) -> Dict[str, np.ndarray]:
@@ -127,6 +128,7 @@ class MympsCluster:
         dtype: Optional[str] = None,
         trust_remote_code: bool = False,
         config: Optional[Union[Mapping[str, Any], str]] = None,
+        engine: Optional[str] = None,
         *,
         hosts: Optional[Sequence[str]] = None,
     ) -> Dict[str, Dict[str, Any]]:
