@@ -4,6 +4,19 @@
 //!
 //! Models take and return host tensors: a loader converts them to and from
 //! its own device tensors, so this crate stays free of any tensor library.
+//!
+//! Text generation ([`Model::generate`]) is driven by a callback: the model
+//! runs the prompt (prefill), then one forward pass per new token, and
+//! after each one hands the caller a [`Step`] — the new id and the newly
+//! complete text of every sequence of the batch — whose answer
+//! ([`Control`]) either lets it go on or stops it at once (no further
+//! forward pass). A server turns each step into a reply frame and stops on
+//! a cancelled request; a caller that wants the whole result ignores the
+//! steps and reads the [`GenerateSummary`]. Every size is fixed before the
+//! first allocation: [`Model::plan_generate`] says what a request will
+//! take (its KV cache, exactly, and the largest transient), and
+//! `generate` refuses a request over the caller's [`GenerateLimits`] with
+//! `ErrorCode::LimitReached` before it allocates anything.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -71,6 +84,211 @@ pub struct ModelInfo {
     pub metadata: BTreeMap<String, String>,
 }
 
+/// A prompt to continue: text (tokenized by the model's tokenizer, on the
+/// server) or token ids. On the wire (msgpack, JSON) a string or a list of
+/// integers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Prompt {
+    /// Text, encoded with the model's tokenizer.
+    Text(String),
+    /// Token ids, each in `[0, vocab_size)`.
+    Ids(Vec<i64>),
+}
+
+/// What to generate: the prompts (a batch, left-padded together) and how
+/// to choose each next token.
+///
+/// The options are transformers' `generate` arguments, with its meanings.
+/// An option left `None` takes the model's `generation_config.json` value,
+/// else transformers' default (`GenerationConfig`'s): greedy unless
+/// `do_sample`; when sampling, `temperature` 1, `top_k` 50, `top_p` 1;
+/// `repetition_penalty` 1; `max_new_tokens` 20. Setting `temperature`,
+/// `top_k` or `top_p` in a request that does not sample is an error (in
+/// transformers they would be ignored, with a warning).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct GenerateRequest {
+    /// One prompt per sequence of the batch (at least one).
+    pub prompts: Vec<Prompt>,
+    /// The most tokens to add to each sequence.
+    #[serde(default)]
+    pub max_new_tokens: Option<usize>,
+    /// Sample (`true`) or take the most likely token (`false`, greedy).
+    #[serde(default)]
+    pub do_sample: Option<bool>,
+    /// Divides the logits before sampling; positive.
+    #[serde(default)]
+    pub temperature: Option<f64>,
+    /// Sample among the `top_k` most likely tokens only (0: all).
+    #[serde(default)]
+    pub top_k: Option<usize>,
+    /// Sample among the most likely tokens whose probabilities add up to
+    /// `top_p` (nucleus sampling), in `(0, 1]`.
+    #[serde(default)]
+    pub top_p: Option<f64>,
+    /// transformers' `repetition_penalty` (CTRL's): the logit of every
+    /// token already in the sequence (prompt included) is divided by it
+    /// when positive, multiplied when negative; positive, 1 = none.
+    #[serde(default)]
+    pub repetition_penalty: Option<f64>,
+    /// Seed of this request's own random generator (sampling only): the
+    /// same seed and request give the same tokens. `None`: a fresh seed.
+    #[serde(default)]
+    pub seed: Option<u64>,
+    /// Ids that end a sequence, besides the model's end-of-sequence ids
+    /// (the id is kept in the output, as transformers keeps its EOS).
+    #[serde(default)]
+    pub stop_ids: Vec<i64>,
+    /// Texts that end a sequence as soon as its generated text contains
+    /// one (the tokens that made it are kept); needs a tokenizer.
+    #[serde(default)]
+    pub stop_strings: Vec<String>,
+    /// Do not stop at the model's end-of-sequence ids (`stop_ids` still
+    /// stop): generate `max_new_tokens` tokens, for benchmarks.
+    #[serde(default)]
+    pub ignore_eos: bool,
+    /// Whether text prompts get the tokenizer's special tokens (a BOS, ...),
+    /// as `tokenizer(text)` does by default. `None`: true.
+    #[serde(default)]
+    pub add_special_tokens: Option<bool>,
+    /// Whether special tokens (EOS, ...) are left out of the text pieces
+    /// and texts. `None`: true.
+    #[serde(default)]
+    pub skip_special_tokens: Option<bool>,
+}
+
+/// What the caller (the server) allows one `generate` request: checked
+/// before anything is allocated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GenerateLimits {
+    /// The most bytes the request may take on the model's device: its KV
+    /// cache plus the largest transient of a forward pass
+    /// ([`GeneratePlan::peak_bytes`]). Over it: `ErrorCode::LimitReached`.
+    pub max_bytes: u64,
+    /// The most new tokens a sequence may ask for. Over it:
+    /// `ErrorCode::LimitReached`.
+    pub max_new_tokens: usize,
+    /// The most prompts in one request. Over it:
+    /// `ErrorCode::LimitReached`.
+    pub max_batch: usize,
+}
+
+impl Default for GenerateLimits {
+    /// 1 GiB, 4096 new tokens, 64 prompts.
+    fn default() -> GenerateLimits {
+        GenerateLimits {
+            max_bytes: 1 << 30,
+            max_new_tokens: 4096,
+            max_batch: 64,
+        }
+    }
+}
+
+/// What a `generate` request will take, known before it runs
+/// ([`Model::plan_generate`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GeneratePlan {
+    /// Tokens of each prompt, once encoded.
+    pub prompt_tokens: Vec<usize>,
+    /// New tokens each sequence may get (the request's, or the default).
+    pub max_new_tokens: usize,
+    /// The KV cache, exactly: allocated once, for the longest prompt plus
+    /// `max_new_tokens`.
+    pub cache_bytes: u64,
+    /// The cache plus an upper estimate of the largest transient (the
+    /// prompt's forward pass: attention scores, MLP activations, logits).
+    pub peak_bytes: u64,
+}
+
+/// The caller's answer to a [`Step`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    /// Go on.
+    Continue,
+    /// Stop now: no further forward pass; unfinished sequences end with
+    /// [`FinishReason::Cancelled`].
+    Stop,
+}
+
+/// Why a sequence ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    /// It got `max_new_tokens` tokens.
+    Length,
+    /// It produced an end-of-sequence id or one of the request's
+    /// `stop_ids` (kept as its last token).
+    StopId,
+    /// Its text came to contain one of the request's `stop_strings`.
+    StopString,
+    /// The caller stopped the generation ([`Control::Stop`]).
+    Cancelled,
+}
+
+/// One sequence's share of a [`Step`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepToken {
+    /// The id it got at this step; `None` once it has finished.
+    pub id: Option<i64>,
+    /// The text that became complete at this step (decoded incrementally:
+    /// a character whose bytes span several tokens comes whole, with the
+    /// token that completes it), possibly empty; always empty for a model
+    /// without a tokenizer.
+    pub text: String,
+    /// Set at the step the sequence ends.
+    pub finish: Option<FinishReason>,
+}
+
+/// One generation step: a new token for every sequence still running.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Step {
+    /// 0 for the first new token (the one the prompt's forward pass gave).
+    pub index: usize,
+    /// One entry per prompt, in the request's order.
+    pub tokens: Vec<StepToken>,
+}
+
+/// One sequence of a finished generation.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GeneratedSequence {
+    /// The prompt's ids (a text prompt's, once encoded; no padding).
+    pub prompt_ids: Vec<i64>,
+    /// The new ids (the end-of-sequence or stop id included).
+    pub ids: Vec<i64>,
+    /// The new ids as text (the concatenated step pieces); `None` for a
+    /// model without a tokenizer.
+    pub text: Option<String>,
+    /// Why it ended.
+    pub finish: FinishReason,
+}
+
+/// What a `generate` call did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GenerateSummary {
+    /// One per prompt, in the request's order.
+    pub sequences: Vec<GeneratedSequence>,
+    /// Steps handed to the callback.
+    pub steps: usize,
+    /// Forward passes run (the prompt's one included).
+    pub forward_passes: usize,
+    /// The bytes its KV cache took.
+    pub cache_bytes: u64,
+    /// The seed its sampling drew from (the request's, or the fresh one
+    /// chosen: pass it back to repeat the run); `None` when greedy.
+    pub seed: Option<u64>,
+}
+
+fn no_generation() -> Error {
+    Error::new(
+        ErrorCode::Unsupported,
+        "this model does not generate text (no causal language model head)",
+    )
+}
+
+fn no_tokenizer() -> Error {
+    Error::new(ErrorCode::Unsupported, "this model has no tokenizer")
+}
+
 /// A loaded model.
 pub trait Model: Send + Sync {
     /// One forward pass; blocking. Inputs are named as in `infer` (`"0"`,
@@ -80,6 +298,53 @@ pub trait Model: Send + Sync {
 
     /// Loader-specific metadata (architecture, parameter count, dtype, ...).
     fn metadata(&self) -> BTreeMap<String, String>;
+
+    /// Generates text (blocking): encodes the prompts, runs them, then one
+    /// forward pass per new token, calling `on_step` after each with the
+    /// new token of every sequence; returns once every sequence has ended
+    /// or `on_step` answered [`Control::Stop`] (after which no forward pass
+    /// runs). Refuses, before allocating, a request over `limits`
+    /// (`ErrorCode::LimitReached`) and bad options
+    /// ([`ErrorCode::BadArgument`]). `on_step` must not panic (it may be
+    /// called from a plugin, across which a panic cannot unwind).
+    ///
+    /// Default: [`ErrorCode::Unsupported`].
+    fn generate(
+        &self,
+        request: &GenerateRequest,
+        limits: &GenerateLimits,
+        on_step: &mut dyn FnMut(Step) -> Control,
+    ) -> Result<GenerateSummary> {
+        let _ = (request, limits, on_step);
+        Err(no_generation())
+    }
+
+    /// What `generate` would take for `request` (prompts encoded, options
+    /// and `limits` checked), without running it: for a caller that
+    /// reserves memory first. Default: [`ErrorCode::Unsupported`].
+    fn plan_generate(
+        &self,
+        request: &GenerateRequest,
+        limits: &GenerateLimits,
+    ) -> Result<GeneratePlan> {
+        let _ = (request, limits);
+        Err(no_generation())
+    }
+
+    /// `text` as token ids, with the tokenizer's special tokens when
+    /// `add_special_tokens`. Default: [`ErrorCode::Unsupported`].
+    fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<i64>> {
+        let _ = (text, add_special_tokens);
+        Err(no_tokenizer())
+    }
+
+    /// Token ids as text, without special tokens when
+    /// `skip_special_tokens`; an id outside the vocabulary is a
+    /// [`ErrorCode::BadArgument`]. Default: [`ErrorCode::Unsupported`].
+    fn decode(&self, ids: &[i64], skip_special_tokens: bool) -> Result<String> {
+        let _ = (ids, skip_special_tokens);
+        Err(no_tokenizer())
+    }
 }
 
 /// Loads models of one `model_type` onto a device.
@@ -359,6 +624,47 @@ impl ModelRegistry {
         self.get(name)?.forward(inputs).map_err(model_error)
     }
 
+    /// Generates text with the model called `name` (blocking): see
+    /// [`Model::generate`].
+    pub fn generate(
+        &self,
+        name: &str,
+        request: &GenerateRequest,
+        limits: &GenerateLimits,
+        on_step: &mut dyn FnMut(Step) -> Control,
+    ) -> Result<GenerateSummary> {
+        self.get(name)?
+            .generate(request, limits, on_step)
+            .map_err(model_error)
+    }
+
+    /// What generating `request` with the model called `name` would take:
+    /// see [`Model::plan_generate`].
+    pub fn plan_generate(
+        &self,
+        name: &str,
+        request: &GenerateRequest,
+        limits: &GenerateLimits,
+    ) -> Result<GeneratePlan> {
+        self.get(name)?
+            .plan_generate(request, limits)
+            .map_err(model_error)
+    }
+
+    /// `text` as ids by the tokenizer of the model called `name`.
+    pub fn encode(&self, name: &str, text: &str, add_special_tokens: bool) -> Result<Vec<i64>> {
+        self.get(name)?
+            .encode(text, add_special_tokens)
+            .map_err(model_error)
+    }
+
+    /// Ids as text by the tokenizer of the model called `name`.
+    pub fn decode(&self, name: &str, ids: &[i64], skip_special_tokens: bool) -> Result<String> {
+        self.get(name)?
+            .decode(ids, skip_special_tokens)
+            .map_err(model_error)
+    }
+
     /// Unloads a model; its memory is freed once requests using it finish.
     pub fn unload(&self, name: &str) -> Result<()> {
         // The guard must be gone before `not_found` takes the lock again.
@@ -514,6 +820,37 @@ mod tests {
             r.infer("x", vec![]).unwrap_err().code,
             ErrorCode::ModelNotFound
         );
+        // A model without generation or a tokenizer says so, typed.
+        let req = GenerateRequest {
+            prompts: vec![Prompt::Text("hi".into())],
+            ..Default::default()
+        };
+        let limits = GenerateLimits::default();
+        let mut steps = 0;
+        let e = r
+            .generate("org/m", &req, &limits, &mut |_| {
+                steps += 1;
+                Control::Continue
+            })
+            .unwrap_err();
+        assert_eq!(e.code, ErrorCode::Unsupported, "{e}");
+        assert_eq!(steps, 0);
+        assert_eq!(
+            r.plan_generate("org/m", &req, &limits).unwrap_err().code,
+            ErrorCode::Unsupported
+        );
+        assert_eq!(
+            r.encode("org/m", "hi", true).unwrap_err().code,
+            ErrorCode::Unsupported
+        );
+        assert_eq!(
+            r.decode("org/m", &[1], true).unwrap_err().code,
+            ErrorCode::Unsupported
+        );
+        assert_eq!(
+            r.encode("x", "hi", true).unwrap_err().code,
+            ErrorCode::ModelNotFound
+        );
         r.unload("org/m").unwrap();
         assert_eq!(
             r.unload("org/m").unwrap_err().code,
@@ -521,5 +858,32 @@ mod tests {
         );
         assert!(r.is_empty());
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn generate_requests_read_as_the_wire_writes_them() {
+        // A prompt is a string or a list of ids; absent options are None.
+        let r: GenerateRequest = rmp_serde::from_slice(
+            &rmp_serde::to_vec_named(&serde_json::json!({
+                "prompts": ["Hello", [1, 2, 3]],
+                "max_new_tokens": 5,
+                "stop_strings": ["\n"],
+            }))
+            .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            r.prompts,
+            vec![Prompt::Text("Hello".into()), Prompt::Ids(vec![1, 2, 3])]
+        );
+        assert_eq!(r.max_new_tokens, Some(5));
+        assert_eq!(r.temperature, None);
+        assert_eq!(r.stop_strings, ["\n"]);
+        assert!(!r.ignore_eos);
+        let back: GenerateRequest =
+            rmp_serde::from_slice(&rmp_serde::to_vec_named(&r).unwrap()).unwrap();
+        assert_eq!(back, r);
+        let f: FinishReason = serde_json::from_str("\"stop_string\"").unwrap();
+        assert_eq!(f, FinishReason::StopString);
     }
 }

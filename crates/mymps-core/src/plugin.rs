@@ -33,7 +33,10 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 
 use crate::error::{Error, ErrorCode, Result};
-use crate::model::{LoadRequest, Model, ModelLoader};
+use crate::model::{
+    Control, GenerateLimits, GeneratePlan, GenerateRequest, GenerateSummary, LoadRequest, Model,
+    ModelLoader, Step,
+};
 use crate::ops::OpEntry;
 use crate::tensor::Tensor;
 
@@ -41,8 +44,9 @@ use crate::tensor::Tensor;
 pub const PLUGIN_MAGIC: [u8; 8] = *b"MYMPSPLG";
 /// The layout version of [`PluginHeader`] and [`PluginRegistrar`], and of
 /// what crosses through them (`OpSpec`, `ForeignKernel`). 2: ops carry a
-/// cost class, and plugin kernels an in-place variant.
-pub const PLUGIN_ABI_VERSION: u32 = 2;
+/// cost class, and plugin kernels an in-place variant. 3: `Model` has
+/// `generate`, `plan_generate`, `encode` and `decode`.
+pub const PLUGIN_ABI_VERSION: u32 = 3;
 /// The entry point a plugin exports: `mymps_plugin_header_<crate>` (what
 /// [`declare_plugin!`] writes; the crate name keeps two plugin crates
 /// linkable into one program), or plain `mymps_plugin_header`.
@@ -191,6 +195,31 @@ impl Model for GuardedModel {
 
     fn metadata(&self) -> BTreeMap<String, String> {
         catch_unwind(AssertUnwindSafe(|| self.0.metadata())).unwrap_or_default()
+    }
+
+    fn generate(
+        &self,
+        request: &GenerateRequest,
+        limits: &GenerateLimits,
+        on_step: &mut dyn FnMut(Step) -> Control,
+    ) -> Result<GenerateSummary> {
+        guard("model", || self.0.generate(request, limits, on_step))
+    }
+
+    fn plan_generate(
+        &self,
+        request: &GenerateRequest,
+        limits: &GenerateLimits,
+    ) -> Result<GeneratePlan> {
+        guard("model", || self.0.plan_generate(request, limits))
+    }
+
+    fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<i64>> {
+        guard("tokenizer", || self.0.encode(text, add_special_tokens))
+    }
+
+    fn decode(&self, ids: &[i64], skip_special_tokens: bool) -> Result<String> {
+        guard("tokenizer", || self.0.decode(ids, skip_special_tokens))
     }
 }
 
