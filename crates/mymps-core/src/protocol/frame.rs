@@ -212,19 +212,44 @@ impl Prefix {
 }
 
 /// Parses the tensor length table (at most 8 × 65535 bytes, so always read)
-/// and checks the tensor count, header and payload sizes against `limits`.
+/// and checks the tensor count, header and payload sizes against `limits`
+/// ([`check_lengths`]).
 pub fn parse_lengths(
     prefix: &Prefix,
     table: &[u8],
     limits: &Limits,
 ) -> Result<Vec<u64>, FrameError> {
     debug_assert_eq!(table.len(), prefix.table_len());
+    let (lens, total) = read_table(table);
+    check_lengths(prefix, total, limits)?;
+    Ok(lens)
+}
+
+/// The lengths of a length table, and their sum (`None`: over 2^64).
+fn read_table(table: &[u8]) -> (Vec<u64>, Option<u64>) {
     let lens: Vec<u64> = table
         .chunks_exact(8)
         .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
         .collect();
     let total = lens.iter().try_fold(0u64, |acc, &l| acc.checked_add(l));
-    let skip = total.and_then(|t| t.checked_add(prefix.header_len as u64));
+    (lens, total)
+}
+
+/// Checks a frame's sizes against `limits`: its tensor count and header
+/// length (from `prefix`) and `payload`, the sum of its tensor lengths
+/// (`None`: more than 2^64). A refusal is [`FrameError::TooLarge`], whose
+/// `skip` is the header and the payload.
+///
+/// Byte streams check a whole length table at once ([`parse_lengths`]); a
+/// message transport that learns each length just before its bytes
+/// (ZeroMQ: one part per tensor) checks the lengths declared so far, again
+/// as each one arrives, with [`check_sizes`].
+pub fn check_lengths(
+    prefix: &Prefix,
+    payload: Option<u64>,
+    limits: &Limits,
+) -> Result<(), FrameError> {
+    let skip = payload.and_then(|t| t.checked_add(prefix.header_len as u64));
     let too_large = |message: String| FrameError::TooLarge {
         id: prefix.id,
         kind: prefix.kind,
@@ -243,13 +268,31 @@ pub fn parse_lengths(
             prefix.header_len, limits.max_header_len
         )));
     }
-    match total {
-        Some(t) if t <= limits.max_payload => Ok(lens),
+    match payload {
+        Some(t) if t <= limits.max_payload => Ok(()),
         _ => Err(too_large(format!(
             "tensor payload of {} bytes exceeds the limit of {} bytes",
-            total.map_or_else(|| "more than 2^64".to_owned(), |t| t.to_string()),
+            payload.map_or_else(|| "more than 2^64".to_owned(), |t| t.to_string()),
             limits.max_payload
         ))),
+    }
+}
+
+/// [`decode_head`]'s decision on a frame's sizes ([`check_lengths`]):
+/// `Ok` within the limits, else [`Head::Skip`] or [`Head::Close`] by the
+/// same rules. For message transports that learn the tensor lengths one at
+/// a time: they ask with the lengths declared so far (`payload`), again as
+/// each one arrives, and skip or close before reading its bytes.
+pub fn check_sizes(prefix: &Prefix, payload: Option<u64>, limits: &Limits) -> Result<(), Head> {
+    match check_lengths(prefix, payload, limits) {
+        Ok(()) => Ok(()),
+        Err(e @ FrameError::TooLarge { .. }) => {
+            let FrameError::TooLarge { skip, .. } = e else {
+                unreachable!()
+            };
+            Err(skip_or_close(prefix, e, skip, limits))
+        }
+        Err(e) => Err(Head::Close(e)),
     }
 }
 
@@ -304,19 +347,14 @@ pub fn decode_head(buf: &[u8], limits: &Limits) -> Result<(Head, usize), usize> 
     if buf.len() < table_end {
         return Err(table_end);
     }
-    let head = match parse_lengths(&prefix, &buf[PREFIX_LEN..table_end], limits) {
-        Ok(lens) => Head::Read {
-            payload: lens.iter().sum(),
+    let (lens, total) = read_table(&buf[PREFIX_LEN..table_end]);
+    let head = match check_sizes(&prefix, total, limits) {
+        Ok(()) => Head::Read {
+            payload: total.expect("within the payload limit"),
             prefix,
             lens,
         },
-        Err(e @ FrameError::TooLarge { .. }) => {
-            let FrameError::TooLarge { skip, .. } = e else {
-                unreachable!()
-            };
-            skip_or_close(&prefix, e, skip, limits)
-        }
-        Err(e) => Head::Close(e),
+        Err(refused) => refused,
     };
     Ok((head, table_end))
 }
@@ -539,6 +577,65 @@ mod tests {
             admit_payload(&p, 900, 500, &limits),
             Head::Skip { skip: 910, .. }
         ));
+    }
+
+    #[test]
+    fn lengths_learnt_one_at_a_time_meet_the_same_decision() {
+        let limits = Limits {
+            max_payload: 1000,
+            max_header_len: 100,
+            max_tensors: 3,
+            ..Limits::DEFAULT
+        };
+        let prefix = |n_tensors: u16, header_len: u32| Prefix {
+            kind: FrameKind::Request,
+            flags: 0,
+            n_tensors,
+            header_len,
+            id: 9,
+        };
+        let whole = |p: &Prefix, lens: &[u64]| {
+            let mut v = p.encode().to_vec();
+            for l in lens {
+                v.extend_from_slice(&l.to_le_bytes());
+            }
+            decode_head(&v, &limits).unwrap().0
+        };
+        for (p, lens) in [
+            (prefix(3, 10), vec![400u64, 500, 90]),
+            (prefix(2, 10), vec![600, 500]),
+            (prefix(2, 10), vec![600, 5000]),
+            (prefix(2, 10), vec![u64::MAX, 1]),
+            (prefix(4, 10), vec![1, 1, 1, 1]),
+            (prefix(1, 150), vec![1]),
+            (prefix(1, 250), vec![1]),
+        ] {
+            // Before any length: the count and the header.
+            let mut verdict = check_sizes(&p, Some(0), &limits);
+            let mut seen = Some(0u64);
+            for &l in &lens {
+                if verdict.is_err() {
+                    break;
+                }
+                seen = seen.and_then(|s| s.checked_add(l));
+                verdict = check_sizes(&p, seen, &limits);
+            }
+            // The same verdict; the incremental one may come before the
+            // last length (with the sizes declared so far in its message).
+            let kind = |h: &Head| match h {
+                Head::Read { .. } => "read",
+                Head::Skip { .. } => "skip",
+                Head::Close(FrameError::Unskippable { id: 9, .. }) => "close",
+                Head::Close(_) => "other",
+            };
+            let w = whole(&p, &lens);
+            let v = verdict.err().unwrap_or(Head::Read {
+                prefix: p,
+                lens: vec![],
+                payload: 0,
+            });
+            assert_eq!(kind(&w), kind(&v), "{p:?} {lens:?}: {w:?} vs {v:?}");
+        }
     }
 
     #[test]
