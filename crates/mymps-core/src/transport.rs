@@ -177,6 +177,54 @@ impl MemoryBudget {
         }
     }
 
+    /// Grows `permit`, a frame's payload permit (from
+    /// [`acquire`](Self::acquire)), to `total` bytes: for a message
+    /// transport that learns a frame's tensor lengths one at a time
+    /// (ZeroMQ: one part per tensor, each length just before its bytes), so
+    /// that it takes each tensor's bytes before it reads them.
+    ///
+    /// The frame holds memory while it waits, so two such frames could
+    /// wait for each other for ever: this waits at most `wait`, and says
+    /// `false` (the permit unchanged) when the bytes did not come in time
+    /// or never can ([`max_request`](Self::max_request)). They come from
+    /// the part of the budget the permit is from, except that a frame that
+    /// outgrows the small-request reserve takes its whole size from the
+    /// rest and gives the reserve's share back.
+    pub async fn acquire_more(
+        &self,
+        permit: &mut OwnedSemaphorePermit,
+        total: u64,
+        wait: std::time::Duration,
+    ) -> bool {
+        let kib = total.div_ceil(1024);
+        if kib > self.max_request().div_ceil(1024) {
+            return false;
+        }
+        let kib = kib as u32;
+        let have = u32::try_from(permit.num_permits()).unwrap_or(u32::MAX);
+        if kib <= have {
+            return true;
+        }
+        let in_reserve = Arc::ptr_eq(permit.semaphore(), &self.reserve);
+        if in_reserve && (kib as u64 * 1024 > self.small_limit() || kib > self.reserve_kib) {
+            let Ok(Some(whole)) = tokio::time::timeout(wait, self.acquire(total)).await else {
+                return false;
+            };
+            *permit = whole;
+            return true;
+        }
+        let from = permit.semaphore().clone();
+        let more = match from.clone().try_acquire_many_owned(kib - have) {
+            Ok(p) => p,
+            Err(_) => match tokio::time::timeout(wait, from.acquire_many_owned(kib - have)).await {
+                Ok(Ok(p)) => p,
+                _ => return false,
+            },
+        };
+        permit.merge(more);
+        true
+    }
+
     /// Takes `bytes` now if they fit, without waiting.
     pub fn try_acquire(&self, bytes: u64) -> Option<OwnedSemaphorePermit> {
         let kib = u32::try_from(bytes.div_ceil(1024)).ok()?;
@@ -508,6 +556,60 @@ mod tests {
         assert!(budget.acquire(256 << 20).await.is_none(), "never fits");
         drop(held);
         assert!(waiting.await.unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn a_frame_s_permit_grows_part_by_part_or_says_it_cannot() {
+        use std::time::Duration;
+        let short = Duration::from_millis(50);
+        let budget = MemoryBudget::new(64 << 20);
+        // 56 MiB for large requests, 8 MiB reserved, small = 512 KiB.
+        assert_eq!(budget.small_limit(), 512 << 10);
+        let mut p = budget.acquire(10 << 20).await.unwrap();
+        assert!(budget.acquire_more(&mut p, 30 << 20, short).await);
+        assert_eq!(budget.in_use(), 30 << 20);
+        // Never: more than the budget admits; the permit is unchanged.
+        assert!(!budget.acquire_more(&mut p, 57 << 20, short).await);
+        assert_eq!(budget.in_use(), 30 << 20);
+        // Not now: the rest is taken, and stays taken past the wait.
+        let other = budget.acquire(26 << 20).await.unwrap();
+        assert!(!budget.acquire_more(&mut p, 31 << 20, short).await);
+        assert_eq!(budget.in_use(), 56 << 20);
+        // Freed while it waits: granted.
+        let b = budget.clone();
+        let grow = tokio::spawn(async move {
+            let ok = b
+                .acquire_more(&mut p, 40 << 20, Duration::from_secs(5))
+                .await;
+            (ok, p)
+        });
+        tokio::time::sleep(short).await;
+        drop(other);
+        let (ok, p) = grow.await.unwrap();
+        assert!(ok);
+        assert_eq!(budget.in_use(), 40 << 20);
+        drop(p);
+        assert_eq!(budget.in_use(), 0);
+
+        // A frame that begins small in the reserve and outgrows it takes
+        // its whole size from the rest, and gives the reserve's share back.
+        let main = budget.acquire(56 << 20).await.unwrap();
+        let mut small = budget.acquire(4 << 10).await.unwrap();
+        assert!(budget.acquire_more(&mut small, 8 << 10, short).await);
+        assert_eq!(budget.in_use(), (56 << 20) + (8 << 10));
+        assert!(!budget.acquire_more(&mut small, 1 << 20, short).await);
+        drop(main);
+        assert!(budget.acquire_more(&mut small, 1 << 20, short).await);
+        assert_eq!(budget.in_use(), 1 << 20);
+        // All 8 MiB of the reserve are free again: with the rest taken,
+        // sixteen small requests of 512 KiB fit, a seventeenth does not.
+        let rest = budget.acquire(55 << 20).await.unwrap();
+        let reserve: Vec<_> = (0..16)
+            .map(|_| budget.try_acquire(512 << 10).expect("room in the reserve"))
+            .collect();
+        assert!(budget.try_acquire(512 << 10).is_none());
+        drop((rest, reserve, small));
+        assert_eq!(budget.in_use(), 0);
     }
 
     async fn acquire_n(n: usize, b: &MemoryBudget, bytes: u64) -> Vec<OwnedSemaphorePermit> {
