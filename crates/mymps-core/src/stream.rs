@@ -26,30 +26,28 @@ const READ_CHUNK: usize = 64 * 1024;
 /// get a buffer of their own.
 const SMALL_TENSOR: usize = 16 * 1024;
 
-/// Reads frames from a byte stream.
+/// A byte stream read through one buffer: the reading half of
+/// [`StreamReader`], public for transports that frame their messages their
+/// own way over a byte stream (ZeroMQ's ZMTP), so that they buffer, time
+/// and allocate exactly as it does.
 ///
-/// Once a frame's first byte has arrived, every further read must make
-/// progress within [`Limits::stall_timeout`], or the read fails with
-/// [`io::ErrorKind::TimedOut`] (the connection is then lost, and the memory
-/// budget its frame held is released). A refused frame is reported at once
-/// and its bytes are skipped at the start of the next read, so the peer
-/// gets its answer before the skipping starts.
-pub struct StreamReader<R> {
+/// Reads of bytes that belong to something already begun (`mid`, or bytes
+/// already buffered) must make progress within the stall timeout
+/// ([`set_stall`](Self::set_stall)), or fail with
+/// [`io::ErrorKind::TimedOut`]. Large tensors are read straight into
+/// buffers of their own ([`read_tensor`](Self::read_tensor)).
+pub struct Buffered<R> {
     inner: R,
     buf: BytesMut,
     host_alloc: Option<Arc<dyn HostAlloc>>,
-    /// Bytes of a refused frame still to be skipped.
-    skip: u64,
-    /// The stall timeout of the read in progress.
     stall: Duration,
 }
 
-impl<R> std::fmt::Debug for StreamReader<R> {
+impl<R> std::fmt::Debug for Buffered<R> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StreamReader")
+        f.debug_struct("Buffered")
             .field("buffered", &self.buf.len())
             .field("host_alloc", &self.host_alloc.is_some())
-            .field("skip", &self.skip)
             .finish_non_exhaustive()
     }
 }
@@ -71,25 +69,38 @@ async fn within<T>(stall: Duration, read: impl Future<Output = io::Result<T>>) -
     }
 }
 
-impl<R: AsyncRead + Unpin + Send + 'static> StreamReader<R> {
-    /// Wraps the receiving half of a stream.
-    pub fn new(inner: R) -> StreamReader<R> {
-        StreamReader {
+impl<R: AsyncRead + Unpin> Buffered<R> {
+    /// Wraps the receiving half of a stream; large tensors are read into
+    /// memory from `alloc` (a backend's, e.g. pinned memory) when given.
+    pub fn new(inner: R, host_alloc: Option<Arc<dyn HostAlloc>>) -> Buffered<R> {
+        Buffered {
             inner,
             buf: BytesMut::with_capacity(READ_CHUNK),
-            host_alloc: None,
-            skip: 0,
+            host_alloc,
             stall: Limits::DEFAULT.stall_timeout,
         }
     }
 
-    /// Wraps the receiving half of a stream; large tensors are read into
-    /// memory from `alloc` (a backend's, e.g. pinned memory) when given.
-    pub fn with_host_alloc(inner: R, alloc: Option<Arc<dyn HostAlloc>>) -> StreamReader<R> {
-        StreamReader {
-            host_alloc: alloc,
-            ..StreamReader::new(inner)
-        }
+    /// The stall timeout of the reads that follow.
+    pub fn set_stall(&mut self, stall: Duration) {
+        self.stall = stall;
+    }
+
+    /// The bytes buffered and not consumed yet.
+    pub fn buffered(&self) -> &[u8] {
+        &self.buf
+    }
+
+    /// Takes the first `n` buffered bytes (at most what is buffered).
+    pub fn take(&mut self, n: usize) -> Bytes {
+        let n = n.min(self.buf.len());
+        self.buf.split_to(n).freeze()
+    }
+
+    /// Drops the first `n` buffered bytes (at most what is buffered).
+    pub fn consume(&mut self, n: usize) {
+        let n = n.min(self.buf.len());
+        let _ = self.buf.split_to(n);
     }
 
     /// The stream back (bytes already buffered are dropped).
@@ -97,24 +108,10 @@ impl<R: AsyncRead + Unpin + Send + 'static> StreamReader<R> {
         self.inner
     }
 
-    /// Consumes the head of a refused frame, arranges for what follows it to
-    /// be skipped where the frame is skipped, and gives the error to report.
-    fn refuse(&mut self, table_end: usize, refused: Head) -> ReadError {
-        let _ = self.buf.split_to(table_end);
-        match refused {
-            Head::Skip { error, skip } => {
-                self.skip = skip;
-                ReadError::Frame(error)
-            }
-            Head::Close(error) => ReadError::Frame(error),
-            Head::Read { .. } => unreachable!("a refusal"),
-        }
-    }
-
     /// Reads until the buffer holds `n` bytes. `Ok(false)` on end of stream
     /// with the buffer empty (a clean close between frames). Reads are
     /// timed once the frame has begun (`mid`, or bytes already buffered).
-    async fn fill(&mut self, n: usize, mid: bool) -> io::Result<bool> {
+    pub async fn fill(&mut self, n: usize, mid: bool) -> io::Result<bool> {
         while self.buf.len() < n {
             self.buf.reserve((n - self.buf.len()).max(READ_CHUNK));
             let timed = mid || !self.buf.is_empty();
@@ -137,27 +134,32 @@ impl<R: AsyncRead + Unpin + Send + 'static> StreamReader<R> {
         Ok(true)
     }
 
-    /// Skips what is left of a refused frame.
-    async fn skip_pending(&mut self) -> io::Result<()> {
-        let from_buf = self.skip.min(self.buf.len() as u64) as usize;
+    /// Skips `n` bytes (buffered first, then read and dropped), each read
+    /// timed.
+    pub async fn skip(&mut self, mut n: u64) -> io::Result<()> {
+        let from_buf = n.min(self.buf.len() as u64) as usize;
         let _ = self.buf.split_to(from_buf);
-        self.skip -= from_buf as u64;
-        if self.skip == 0 {
+        n -= from_buf as u64;
+        if n == 0 {
             return Ok(());
         }
         let mut scratch = vec![0u8; READ_CHUNK];
-        while self.skip > 0 {
-            let want = self.skip.min(READ_CHUNK as u64) as usize;
+        while n > 0 {
+            let want = n.min(READ_CHUNK as u64) as usize;
             let got = within(self.stall, self.inner.read(&mut scratch[..want])).await?;
             if got == 0 {
                 return Err(io::ErrorKind::UnexpectedEof.into());
             }
-            self.skip -= got as u64;
+            n -= got as u64;
         }
         Ok(())
     }
 
-    async fn read_tensor(&mut self, len: usize) -> io::Result<Bytes> {
+    /// Reads the next `len` bytes as a tensor: small ones sliced out of the
+    /// buffer, large ones read straight into a buffer of their own
+    /// ([`crate::buffer::LargeBuf`] from 2 MiB, or the host allocator's
+    /// memory).
+    pub async fn read_tensor(&mut self, len: usize) -> io::Result<Bytes> {
         if len <= SMALL_TENSOR || self.buf.len() >= len {
             self.fill(len, true).await?;
             return Ok(self.buf.split_to(len).freeze());
@@ -188,24 +190,83 @@ impl<R: AsyncRead + Unpin + Send + 'static> StreamReader<R> {
         }
         Ok(t.freeze())
     }
+}
+
+/// Reads frames from a byte stream.
+///
+/// Once a frame's first byte has arrived, every further read must make
+/// progress within [`Limits::stall_timeout`], or the read fails with
+/// [`io::ErrorKind::TimedOut`] (the connection is then lost, and the memory
+/// budget its frame held is released). A refused frame is reported at once
+/// and its bytes are skipped at the start of the next read, so the peer
+/// gets its answer before the skipping starts.
+pub struct StreamReader<R> {
+    input: Buffered<R>,
+    /// Bytes of a refused frame still to be skipped.
+    skip: u64,
+}
+
+impl<R> std::fmt::Debug for StreamReader<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StreamReader")
+            .field("input", &self.input)
+            .field("skip", &self.skip)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<R: AsyncRead + Unpin + Send + 'static> StreamReader<R> {
+    /// Wraps the receiving half of a stream.
+    pub fn new(inner: R) -> StreamReader<R> {
+        StreamReader::with_host_alloc(inner, None)
+    }
+
+    /// Wraps the receiving half of a stream; large tensors are read into
+    /// memory from `alloc` (a backend's, e.g. pinned memory) when given.
+    pub fn with_host_alloc(inner: R, alloc: Option<Arc<dyn HostAlloc>>) -> StreamReader<R> {
+        StreamReader {
+            input: Buffered::new(inner, alloc),
+            skip: 0,
+        }
+    }
+
+    /// The stream back (bytes already buffered are dropped).
+    pub fn into_inner(self) -> R {
+        self.input.into_inner()
+    }
+
+    /// Consumes the head of a refused frame, arranges for what follows it to
+    /// be skipped where the frame is skipped, and gives the error to report.
+    fn refuse(&mut self, table_end: usize, refused: Head) -> ReadError {
+        self.input.consume(table_end);
+        match refused {
+            Head::Skip { error, skip } => {
+                self.skip = skip;
+                ReadError::Frame(error)
+            }
+            Head::Close(error) => ReadError::Frame(error),
+            Head::Read { .. } => unreachable!("a refusal"),
+        }
+    }
 
     async fn read(
         &mut self,
         limits: &Limits,
         budget: Option<&MemoryBudget>,
     ) -> Result<Option<Incoming>, ReadError> {
-        self.stall = limits.stall_timeout;
+        self.input.set_stall(limits.stall_timeout);
         if self.skip > 0 {
-            self.skip_pending().await?;
+            let skip = std::mem::take(&mut self.skip);
+            self.input.skip(skip).await?;
         }
-        if !self.fill(PREFIX_LEN, false).await? {
+        if !self.input.fill(PREFIX_LEN, false).await? {
             return Ok(None);
         }
         let (head, table_end) = loop {
-            match decode_head(&self.buf, limits) {
+            match decode_head(self.input.buffered(), limits) {
                 Ok(decoded) => break decoded,
                 Err(need) => {
-                    self.fill(need, true).await?;
+                    self.input.fill(need, true).await?;
                 }
             }
         };
@@ -222,12 +283,12 @@ impl<R: AsyncRead + Unpin + Send + 'static> StreamReader<R> {
             Err(refused) => return Err(self.refuse(table_end, refused)),
         };
         let header_end = table_end + prefix.header_len as usize;
-        self.fill(header_end, true).await?;
-        let _ = self.buf.split_to(table_end);
-        let header = self.buf.split_to(prefix.header_len as usize).freeze();
+        self.input.fill(header_end, true).await?;
+        self.input.consume(table_end);
+        let header = self.input.take(prefix.header_len as usize);
         let mut tensors = Vec::with_capacity(lens.len());
         for len in lens {
-            tensors.push(self.read_tensor(len as usize).await?);
+            tensors.push(self.input.read_tensor(len as usize).await?);
         }
         Ok(Some(Incoming {
             frame: Frame {
@@ -268,36 +329,42 @@ impl<W: AsyncWrite + Unpin + Send + 'static> StreamWriter<W> {
         let head = frame.encode_head();
         let mut parts: Vec<&[u8]> = Vec::with_capacity(1 + frame.tensors.len());
         parts.push(&head);
-        parts.extend(
-            frame
-                .tensors
-                .iter()
-                .map(|t| &t[..])
-                .filter(|t| !t.is_empty()),
-        );
-        let (mut part, mut offset) = (0usize, 0usize);
-        while part < parts.len() {
-            let slices: Vec<IoSlice<'_>> = std::iter::once(IoSlice::new(&parts[part][offset..]))
-                .chain(parts[part + 1..].iter().take(63).map(|p| IoSlice::new(p)))
-                .collect();
-            let mut n = self.inner.write_vectored(&slices).await?;
-            if n == 0 {
-                return Err(io::ErrorKind::WriteZero.into());
-            }
-            while n > 0 {
-                let left = parts[part].len() - offset;
-                if n >= left {
-                    n -= left;
-                    part += 1;
-                    offset = 0;
-                } else {
-                    offset += n;
-                    n = 0;
-                }
-            }
-        }
+        parts.extend(frame.tensors.iter().map(|t| &t[..]));
+        write_all_vectored(&mut self.inner, &parts).await?;
         self.inner.flush().await
     }
+}
+
+/// Writes `parts` one after another with vectored writes (up to 64 buffers
+/// a call, empty ones left out): each goes to the kernel from where it is,
+/// never copied into a contiguous buffer. Does not flush.
+pub async fn write_all_vectored<W: AsyncWrite + Unpin + ?Sized>(
+    w: &mut W,
+    parts: &[&[u8]],
+) -> io::Result<()> {
+    let parts: Vec<&[u8]> = parts.iter().copied().filter(|p| !p.is_empty()).collect();
+    let (mut part, mut offset) = (0usize, 0usize);
+    while part < parts.len() {
+        let slices: Vec<IoSlice<'_>> = std::iter::once(IoSlice::new(&parts[part][offset..]))
+            .chain(parts[part + 1..].iter().take(63).map(|p| IoSlice::new(p)))
+            .collect();
+        let mut n = w.write_vectored(&slices).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        while n > 0 {
+            let left = parts[part].len() - offset;
+            if n >= left {
+                n -= left;
+                part += 1;
+                offset = 0;
+            } else {
+                offset += n;
+                n = 0;
+            }
+        }
+    }
+    Ok(())
 }
 
 impl<W: AsyncWrite + Unpin + Send + 'static> FrameWriter for StreamWriter<W> {

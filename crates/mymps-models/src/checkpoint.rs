@@ -197,6 +197,10 @@ impl ModelLoader for CheckpointLoader {
     }
 
     fn handles(&self, request: &LoadRequest) -> bool {
+        // engine="python" is the Python engine's (crate::bridge).
+        if request.engine.as_deref() == Some("python") {
+            return false;
+        }
         match request.model_class.as_deref() {
             Some(c) => self.mine().iter().any(|m| m.name == c),
             // The loader of every class explains that a class is needed.
@@ -262,6 +266,7 @@ impl ModelLoader for CheckpointLoader {
             .map_or("none", |d| d.name());
         let metadata = BTreeMap::from([
             ("architecture".to_owned(), class_name.to_owned()),
+            ("engine".to_owned(), "native".to_owned()),
             ("parameters".to_owned(), count.to_string()),
             ("dtype".to_owned(), dtype.to_owned()),
             ("path".to_owned(), request.path().to_owned()),

@@ -9,6 +9,10 @@
 //! - [`checkpoint`]: a state_dict (`torch.save(model.state_dict())` as
 //!   `.pt`/`.bin`, or `.safetensors`) loaded into a registered
 //!   [`checkpoint::ModelClass`] (built in: `linear`, `mlp`, `cnn`).
+//! - [`bridge`]: the Python engine (the `mymps-bridge` plugin, started on
+//!   first use): Hugging Face architectures the native path lacks, a
+//!   `package.Class` of the server's Python path for `checkpoint`, and
+//!   `torch_export` programs (`.pt2`); and the per-request engine choice.
 //!
 //! Model files are not trusted. A failed allocation aborts a Rust process
 //! and a stack overflow cannot be caught, so no guard around a load could
@@ -32,6 +36,7 @@ use mymps_core::Result;
 use mymps_core::model::ModelLoader;
 use mymps_core::plugin::PluginRegistrar;
 
+pub mod bridge;
 pub mod checkpoint;
 mod convert;
 pub mod hf;
@@ -44,6 +49,8 @@ pub fn loaders() -> Vec<Arc<dyn ModelLoader>> {
         Arc::new(hf::HuggingFaceLoader),
         Arc::new(torchscript::TorchScriptLoader),
         Arc::new(checkpoint::CheckpointLoader::all()),
+        Arc::new(bridge::PythonClassLoader),
+        Arc::new(bridge::TorchExportLoader),
     ]
 }
 
@@ -51,6 +58,8 @@ fn register(r: &mut PluginRegistrar) -> Result<()> {
     r.add_loader(hf::HuggingFaceLoader);
     r.add_loader(torchscript::TorchScriptLoader);
     r.add_loader(checkpoint::CheckpointLoader::all());
+    r.add_loader(bridge::PythonClassLoader);
+    r.add_loader(bridge::TorchExportLoader);
     Ok(())
 }
 

@@ -31,6 +31,11 @@ impl ModelLoader for TorchScriptLoader {
     }
 
     fn load(&self, request: &LoadRequest, device_name: &str) -> Result<Box<dyn Model>> {
+        if crate::bridge::requested(request)? == Some(crate::bridge::Engine::Python) {
+            return Err(model_error(
+                "TorchScript files run on the native engine (libtorch's own loader); for the Python engine export the model with torch.export (model_type \"torch_export\")",
+            ));
+        }
         let path = request.path();
         if !Path::new(path).is_file() {
             return Err(model_error(format!(
@@ -57,6 +62,7 @@ impl ModelLoader for TorchScriptLoader {
         );
         let metadata = BTreeMap::from([
             ("architecture".to_owned(), "torchscript".to_owned()),
+            ("engine".to_owned(), "native".to_owned()),
             ("parameters".to_owned(), count.to_string()),
             ("dtype".to_owned(), dtype),
             ("path".to_owned(), path.to_owned()),

@@ -685,6 +685,10 @@ impl ModelLoader for HuggingFaceLoader {
                 dir.display()
             )));
         }
+        let engine = crate::bridge::requested(request)?;
+        if engine == Some(crate::bridge::Engine::Python) {
+            return crate::bridge::load(request, device_name);
+        }
         let config_path = inside(dir, "config.json")?.ok_or_else(|| {
             model_error(format!(
                 "no config.json in '{}' (a huggingface model directory, as save_pretrained writes it, has config.json and the weights; models are not downloaded from a hub)",
@@ -701,14 +705,27 @@ impl ModelLoader for HuggingFaceLoader {
         let model_type = cfg.string("model_type", "")?;
         let architecture = cfg.architecture();
         let Some(entry) = Architecture::get(&model_type) else {
-            return Err(model_error(format!(
-                "unsupported architecture: model_type '{model_type}'{}; this server runs: {}",
+            let unsupported = format!(
+                "model_type '{}'{} has no native implementation (native: {})",
+                clip(&model_type),
                 architecture
                     .as_deref()
-                    .map(|a| format!(" ({a})"))
+                    .map(|a| format!(" ({})", clip(a)))
                     .unwrap_or_default(),
                 supported()
-            )));
+            );
+            if engine == Some(crate::bridge::Engine::Native) {
+                return Err(model_error(format!(
+                    "{unsupported}; engine=\"python\" runs it through transformers"
+                )));
+            }
+            // Not native: transformers runs it, through the Python engine.
+            return match crate::bridge::available() {
+                Ok(()) => crate::bridge::load(request, device_name),
+                Err(why) => Err(model_error(format!(
+                    "{unsupported}, and the Python engine that would run it through transformers is not available: {why}"
+                ))),
+            };
         };
         let dev = device(device_name)?;
         let kind = float_kind(request.dtype.as_deref())?.unwrap_or(if dev == Device::Cpu {
@@ -748,6 +765,7 @@ impl ModelLoader for HuggingFaceLoader {
             ("weights".to_owned(), source),
             ("inputs".to_owned(), arch.inputs().join(", ")),
             ("outputs".to_owned(), arch.outputs().join(", ")),
+            ("engine".to_owned(), "native".to_owned()),
         ]);
         Ok(Box::new(HfModel {
             arch,
