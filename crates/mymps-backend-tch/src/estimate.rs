@@ -6,8 +6,8 @@
 //! vectors, a broadcast of a stride-0 view) is refused with the size it
 //! would have had, instead of taking the host or the device down.
 
-use mymps_core::DType;
 use mymps_core::ops::{Args, Kernel, OpEntry};
+use mymps_core::{DType, Operand};
 use tch::Tensor;
 
 /// `c10::ScalarType`'s number for a dtype.
@@ -30,7 +30,7 @@ fn scalar_type(d: DType) -> i32 {
 
 /// A meta tensor with `t`'s dtype, shape and strides; `None` if libtorch
 /// refuses it.
-fn meta_like(t: &mymps_core::Tensor) -> Option<Tensor> {
+fn meta_like(t: &Operand) -> Option<Tensor> {
     unsafe extern "C" {
         fn mymps_empty_meta(
             sizes: *const i64,
@@ -46,7 +46,7 @@ fn meta_like(t: &mymps_core::Tensor) -> Option<Tensor> {
         .map(|&d| i64::try_from(d).ok())
         .collect::<Option<_>>()?;
     let strides: Vec<i64> = t
-        .strides_or_contiguous()
+        .strides()
         .iter()
         .map(|&s| i64::try_from(s).ok())
         .collect::<Option<_>>()?;
@@ -78,7 +78,7 @@ fn meta_like(t: &mymps_core::Tensor) -> Option<Tensor> {
 /// tensors without data), or an op whose output size depends on the
 /// values of its inputs (`nonzero`, `unique`, a kernel that reads an
 /// index), which fails on meta tensors.
-pub fn output_bytes(op: &'static OpEntry, args: &Args<mymps_core::Tensor>) -> Option<u64> {
+pub fn output_bytes(op: &'static OpEntry, args: &Args<Operand>) -> Option<u64> {
     if !matches!(op.kernel, Kernel::Native(_)) {
         return None;
     }

@@ -21,6 +21,13 @@
 //! - Received buffers that nothing refers to any more go back to the pool
 //!   of large buffers ([`mymps_core::buffer`]) when the last result that may
 //!   view them is dropped.
+//! - Server-resident tensors ([`Resident`]) are libtorch tensors on the
+//!   server's device: an op on them runs there and a kept result stays
+//!   there, so a chain of ops copies nothing between host and device
+//!   between its steps. On the CPU a kept tensor owns its memory (a small
+//!   received tensor is copied out of the read buffer it was sliced from,
+//!   a result that views a request's buffer is copied), so that what it
+//!   counts for in the server's budget is what it holds.
 //! - Every libtorch call is fallible (`f_*`); errors become error replies.
 #![warn(missing_docs)]
 
@@ -30,7 +37,8 @@ use bytes::Bytes;
 use mymps_core::backend::{AcceleratorMemory, Backend, BackendInfo, ExecOutput};
 use mymps_core::buffer::{LARGE, LargeBuf};
 use mymps_core::ops::{Args, OpEntry, OpRegistry};
-use mymps_core::{DType, Error, ErrorCode, Result};
+use mymps_core::resident::OperandOutput;
+use mymps_core::{DType, Error, ErrorCode, Operand, Resident, Result};
 use mymps_ops::{KernelError, dtype_of, kind_of, torch_error};
 use tch::{Device, Tensor};
 
@@ -403,6 +411,64 @@ impl Converter {
     }
 }
 
+/// A libtorch tensor kept between requests (the value of a [`Resident`]).
+struct Stored(Tensor);
+
+// SAFETY: `tch::Tensor` is `Send` but not `Sync`. A `Stored` tensor is only
+// ever used through `&self` to make a new handle of it (`shallow_clone`:
+// an atomic reference count increment in libtorch) that kernels then read;
+// nothing writes to a stored tensor (kernels never write to their inputs,
+// and the in-place path only takes received host buffers held alone).
+// Concurrent reads of one tensor from several threads are what libtorch
+// supports.
+unsafe impl Sync for Stored {}
+
+/// A copy of `t` in memory of its own.
+fn deep_copy(t: &Tensor) -> Result<Tensor> {
+    let mut y = t.f_empty_like().map_err(torch_error)?;
+    y.f_copy_(t).map_err(torch_error)?;
+    Ok(y)
+}
+
+/// `t` (on the device that holds it) as a [`Resident`].
+fn stored(t: Tensor) -> Result<Resident> {
+    let dtype = dtype_of(t.kind())?;
+    let shape: Vec<usize> = t.size().iter().map(|&d| d as usize).collect();
+    let strides: Vec<usize> = t.stride().iter().map(|&d| d.max(0) as usize).collect();
+    let device = device_name(t.device());
+    Ok(Resident::new(Stored(t), dtype, shape, strides, device))
+}
+
+/// The libtorch tensor of a [`Resident`] this backend made (a new handle to
+/// it), or, for one of another backend's host tensors, its upload.
+fn stored_tensor(r: &Resident, conv: &mut Converter) -> Result<Tensor> {
+    let held = r
+        .get::<Stored>()
+        .or_else(|| r.get::<StoredView>().map(|v| &v.tensor));
+    match held {
+        Some(Stored(t)) => Ok(t.shallow_clone()),
+        None => match r.as_host() {
+            Some(h) => conv.upload(h.clone()),
+            None => Err(Error::internal(
+                "a server-resident tensor this backend did not make",
+            )),
+        },
+    }
+}
+
+/// Whether `t`'s memory lies in one of the received buffers `conv` holds
+/// (a view of a request's data, which a kept result must not pin).
+fn views_inputs(t: &Tensor, conv: &Converter) -> bool {
+    if t.device() != Device::Cpu || t.numel() == 0 {
+        return false;
+    }
+    let p = t.data_ptr() as usize;
+    conv.inputs
+        .0
+        .iter()
+        .any(|b| p >= b.as_ptr() as usize && p < b.as_ptr() as usize + b.len().max(1))
+}
+
 /// Whether a libtorch error means "this device has no kernel for that".
 fn is_unsupported_on_device(e: &Error) -> bool {
     let m = &e.message;
@@ -451,6 +517,58 @@ impl TchBackend {
         self.device
     }
 
+    /// [`Backend::exec_operands`] on `device`: host operands uploaded,
+    /// resident ones used where they are (moved, when `device` is the CPU
+    /// of a fallback), kept results left on the server's device.
+    fn run_operands(
+        &self,
+        op: &'static OpEntry,
+        args: Args<Operand>,
+        device: Device,
+        keep: &dyn Fn(&str) -> bool,
+    ) -> Result<OperandOutput> {
+        let mut conv = Converter::new(device);
+        let args = args.try_map_tensors(|o| {
+            let t = match o {
+                Operand::Host(t) => conv.upload(t)?,
+                Operand::Resident(r) => stored_tensor(&r, &mut conv)?,
+            };
+            if t.device() == device {
+                Ok(t)
+            } else {
+                t.f_to_device(device).map_err(torch_error)
+            }
+        })?;
+        let out = mymps_ops::run_kernel(op, &args)
+            .ok_or_else(|| {
+                Error::internal(format!("op '{}' has no libtorch kernel", op.spec.name))
+            })?
+            .map_err(|KernelError(e)| e)?;
+        drop(args);
+        let outputs = out
+            .into_named()
+            .into_iter()
+            .map(|(name, y)| {
+                let o = if keep(&name) {
+                    let mut y = y;
+                    if y.device() != self.device {
+                        y = y.f_to_device(self.device).map_err(torch_error)?;
+                    } else if views_inputs(&y, &conv) {
+                        y = deep_copy(&y)?;
+                    }
+                    Operand::Resident(stored(y)?)
+                } else {
+                    Operand::Host(conv.download(y)?)
+                };
+                Ok((name, o))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(OperandOutput {
+            outputs,
+            device: device_name(device),
+        })
+    }
+
     fn run(
         &self,
         op: &'static OpEntry,
@@ -495,6 +613,29 @@ impl TchBackend {
             device: device_name(device),
         })
     }
+}
+
+/// A CPU tensor that views received buffers, kept with them.
+struct StoredView {
+    tensor: Stored,
+    _buffers: Kept,
+}
+
+/// [`stored`] for a CPU view of `buffers`.
+fn stored_with(t: Tensor, buffers: Kept) -> Result<Resident> {
+    let r = stored(t.shallow_clone())?;
+    let (dtype, shape, strides) = (r.dtype(), r.shape().to_vec(), r.strides().to_vec());
+    drop(r);
+    Ok(Resident::new(
+        StoredView {
+            tensor: Stored(t),
+            _buffers: buffers,
+        },
+        dtype,
+        shape,
+        strides,
+        "cpu",
+    ))
 }
 
 /// The input of `op` that may be computed in, when `op` has an in-place
@@ -555,7 +696,66 @@ impl Backend for TchBackend {
         {
             return Some(0);
         }
+        let operands = args
+            .clone()
+            .try_map_tensors(|t| Ok(Operand::Host(t)))
+            .ok()?;
+        estimate::output_bytes(op, &operands)
+    }
+
+    fn operand_output_bytes(&self, op: &'static OpEntry, args: &Args<Operand>) -> Option<u64> {
         estimate::output_bytes(op, args)
+    }
+
+    /// Uploads `t` to the device and waits for the copy (so the host
+    /// buffer may go); on the CPU a large tensor stays in the buffer it
+    /// was received into, a small one is copied out of the read buffer it
+    /// is a slice of.
+    fn put(&self, t: mymps_core::Tensor) -> Result<Resident> {
+        let small = t.data().len() < LARGE;
+        let mut conv = Converter::new(self.device);
+        let x = conv.upload(t)?;
+        let x = match self.device {
+            Device::Cpu if small => deep_copy(&x)?,
+            Device::Cpu => {
+                // The view's memory is the received buffer: the resident
+                // tensor keeps it (and nothing else does).
+                let kept = std::mem::take(&mut conv.inputs);
+                return stored_with(x, kept);
+            }
+            Device::Cuda(i) => {
+                tch::Cuda::synchronize(i as i64);
+                x
+            }
+            _ => x,
+        };
+        drop(conv);
+        stored(x)
+    }
+
+    fn fetch(&self, r: &Resident) -> Result<mymps_core::Tensor> {
+        let mut conv = Converter::new(self.device);
+        let t = stored_tensor(r, &mut conv)?;
+        conv.download(t)
+    }
+
+    fn exec_operands(
+        &self,
+        op: &'static OpEntry,
+        args: Args<Operand>,
+        keep: &dyn Fn(&str) -> bool,
+    ) -> Result<OperandOutput> {
+        if self.device == Device::Cpu {
+            return self.run_operands(op, args, Device::Cpu, keep);
+        }
+        let retry = args.clone();
+        match self.run_operands(op, args, self.device, keep) {
+            Err(e) if is_unsupported_on_device(&e) => {
+                tracing::info!(op = op.spec.name, device = %device_name(self.device), "no kernel on the device; running on the CPU");
+                self.run_operands(op, retry, Device::Cpu, keep)
+            }
+            r => r,
+        }
     }
 
     fn accelerator_memory(&self) -> Option<AcceleratorMemory> {

@@ -2,6 +2,7 @@
 
 use crate::error::Result;
 use crate::ops::{Args, OpEntry, OpRegistry};
+use crate::resident::{Operand, OperandOutput, Resident};
 use crate::tensor::Tensor;
 
 /// What a backend reports about itself.
@@ -65,6 +66,63 @@ pub trait Backend: Send + Sync + 'static {
     fn output_bytes(&self, op: &'static OpEntry, args: &Args<Tensor>) -> Option<u64> {
         let _ = (op, args);
         None
+    }
+
+    /// [`output_bytes`](Self::output_bytes) for arguments that may be
+    /// server-resident tensors (only their descriptions are read). Default:
+    /// `None`.
+    fn operand_output_bytes(&self, op: &'static OpEntry, args: &Args<Operand>) -> Option<u64> {
+        let _ = (op, args);
+        None
+    }
+
+    /// Keeps `t` between requests: on an accelerator, in device memory (the
+    /// upload finished when this returns, so `t`'s memory may be reused).
+    /// Default: the host tensor itself.
+    fn put(&self, t: Tensor) -> Result<Resident> {
+        Ok(Resident::host(t))
+    }
+
+    /// A kept tensor's data, as a host tensor. Default: the host tensor
+    /// [`put`](Self::put) kept.
+    fn fetch(&self, r: &Resident) -> Result<Tensor> {
+        r.as_host()
+            .cloned()
+            .ok_or_else(crate::resident::foreign_value)
+    }
+
+    /// Runs `op` on arguments that may be kept tensors, keeping the results
+    /// whose names `keep` accepts ([`Operand::Resident`], on the device:
+    /// no copy to the host) and returning the others as data. Default:
+    /// kept arguments are [fetched](Self::fetch), the op runs through
+    /// [`exec`](Self::exec), and kept results are [put](Self::put).
+    fn exec_operands(
+        &self,
+        op: &'static OpEntry,
+        args: Args<Operand>,
+        keep: &dyn Fn(&str) -> bool,
+    ) -> Result<OperandOutput> {
+        let args = args.try_map_tensors(|o| match o {
+            Operand::Host(t) => Ok(t),
+            Operand::Resident(r) => self.fetch(&r),
+        })?;
+        let out = self.exec(op, args)?;
+        let outputs = out
+            .outputs
+            .into_iter()
+            .map(|(name, t)| {
+                let o = if keep(&name) {
+                    Operand::Resident(self.put(t)?)
+                } else {
+                    Operand::Host(t)
+                };
+                Ok((name, o))
+            })
+            .collect::<Result<_>>()?;
+        Ok(OperandOutput {
+            outputs,
+            device: out.device,
+        })
     }
 
     /// Accelerator memory, if the device is an accelerator that reports it.

@@ -45,7 +45,8 @@ use crate::model::{LoadRequest, ModelInfo};
 use crate::ops::OpInfo;
 use crate::protocol::rpc::{self, Infer, Rpc};
 use crate::protocol::{
-    self, Frame, FrameKind, HealthInfo, Limits, OpSummary, Request, Response, StatsInfo, Welcome,
+    self, Frame, FrameKind, HandleInfo, HealthInfo, Limits, OpSummary, Request, Response,
+    StatsInfo, TensorRef, Welcome,
 };
 use crate::tensor::Tensor;
 use crate::transport::{
@@ -312,6 +313,21 @@ impl Client {
         tensors: Vec<Bytes>,
     ) -> Result<(Response, Vec<Bytes>)> {
         let w = &self.inner.welcome;
+        if request.uses_resident_tensors()
+            && !w
+                .features
+                .iter()
+                .any(|f| f == protocol::features::RESIDENT_TENSORS)
+        {
+            return Err(Error::new(
+                ErrorCode::Unsupported,
+                format!(
+                    "{} with server-resident tensors: this server ({}) does not support them",
+                    request.kind_name(),
+                    w.agent
+                ),
+            ));
+        }
         let payload: u64 = tensors.iter().map(|t| t.len() as u64).sum();
         if payload > w.max_payload || tensors.len() > w.max_tensors as usize {
             return Err(Error::new(
@@ -572,6 +588,22 @@ pub trait Caller {
     /// gauges ([`crate::metrics::render_prometheus`] renders them).
     fn metrics(&self) -> Self::Out<Result<MetricsSnapshot>> {
         self.call(rpc::Metrics)
+    }
+
+    /// Keeps a tensor on the server (in device memory on an accelerator);
+    /// its handle names it in later calls ([`Call::arg_ref`]).
+    fn put(&self, t: Tensor) -> Self::Out<Result<Vec<HandleInfo>>> {
+        self.call(rpc::Put::one(t))
+    }
+
+    /// Server-resident tensors' data, in the order given.
+    fn fetch(&self, refs: Vec<TensorRef>) -> Self::Out<Result<Vec<Tensor>>> {
+        self.call(rpc::Fetch { refs })
+    }
+
+    /// Frees server-resident tensors (any number, one round trip).
+    fn free(&self, refs: Vec<TensorRef>) -> Self::Out<Result<rpc::Freed>> {
+        self.call(rpc::Free { refs })
     }
 }
 

@@ -44,6 +44,12 @@ pub enum ErrorCode {
     Unsupported,
     /// A bug on the reporting side.
     Internal,
+    /// A server-resident tensor that this connection cannot use: unknown,
+    /// already freed, or another connection's (unshared) handle.
+    UnknownTensor,
+    /// A cap on server-resident tensors (their number or bytes, per
+    /// connection or for the server) would be exceeded.
+    LimitReached,
     /// A code this build does not know, from a newer peer.
     Other(u16),
 }
@@ -68,6 +74,8 @@ impl ErrorCode {
             ErrorCode::Busy => 14,
             ErrorCode::Unsupported => 15,
             ErrorCode::Internal => 16,
+            ErrorCode::UnknownTensor => 17,
+            ErrorCode::LimitReached => 18,
             ErrorCode::Other(n) => n,
         }
     }
@@ -91,6 +99,8 @@ impl ErrorCode {
             14 => ErrorCode::Busy,
             15 => ErrorCode::Unsupported,
             16 => ErrorCode::Internal,
+            17 => ErrorCode::UnknownTensor,
+            18 => ErrorCode::LimitReached,
             n => ErrorCode::Other(n),
         }
     }
@@ -115,6 +125,8 @@ impl ErrorCode {
             ErrorCode::Busy => "busy",
             ErrorCode::Unsupported => "unsupported",
             ErrorCode::Internal => "internal",
+            ErrorCode::UnknownTensor => "unknown_tensor",
+            ErrorCode::LimitReached => "limit_reached",
             ErrorCode::Other(_) => "other",
         }
     }

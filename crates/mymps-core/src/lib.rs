@@ -34,10 +34,13 @@ pub mod model;
 pub mod ops;
 pub mod plugin;
 pub mod protocol;
+pub mod resident;
 #[cfg(feature = "server")]
 pub mod server;
 #[cfg(feature = "server")]
 pub mod stats;
+#[cfg(feature = "server")]
+mod store;
 pub mod stream;
 pub mod tensor;
 pub mod transport;
@@ -49,6 +52,7 @@ pub use error::{Error, ErrorCode, Result};
 pub use ops::{
     Args, OpEntry, OpOutput, OpRegistry, OpSpec, Outputs as OpOutputs, Param, ParamKind,
 };
+pub use resident::{Operand, Resident};
 pub use tensor::Tensor;
 pub use value::Value;
 

@@ -46,12 +46,12 @@ pub const LATENCY_BOUNDS_NS: [u64; 20] = [
 
 const N_BUCKETS: usize = LATENCY_BOUNDS_NS.len() + 1;
 
-/// Error codes 1..=16 have a slot each; any other code shares the last.
-const N_ERROR_SLOTS: usize = 17;
+/// Error codes 1..=18 have a slot each; any other code shares the last.
+const N_ERROR_SLOTS: usize = 19;
 
 fn error_slot(code: ErrorCode) -> usize {
     match code.as_u16() {
-        n @ 1..=16 => n as usize - 1,
+        n @ 1..=18 => n as usize - 1,
         _ => N_ERROR_SLOTS - 1,
     }
 }
@@ -170,6 +170,10 @@ pub struct Gauges {
     pub memory_budget_bytes: u64,
     /// Part of the budget held by requests in flight, bytes.
     pub memory_budget_used_bytes: u64,
+    /// Server-resident tensors held.
+    pub resident_tensors: u64,
+    /// Their bytes.
+    pub resident_bytes: u64,
     /// Accelerator memory, bytes (total, free), where the device reports it.
     pub accelerator_memory: Option<(u64, u64)>,
 }
@@ -334,6 +338,8 @@ impl Metrics {
             models_loaded: gauges.models_loaded,
             memory_budget_bytes: gauges.memory_budget_bytes,
             memory_budget_used_bytes: gauges.memory_budget_used_bytes,
+            resident_tensors: gauges.resident_tensors,
+            resident_bytes: gauges.resident_bytes,
             accelerator_memory_total_bytes: gauges.accelerator_memory.map(|m| m.0),
             accelerator_memory_free_bytes: gauges.accelerator_memory.map(|m| m.1),
         }
@@ -465,8 +471,14 @@ pub struct MetricsSnapshot {
     pub models_loaded: u64,
     /// Size of the memory budget for tensors in flight, bytes.
     pub memory_budget_bytes: u64,
-    /// Part of it in use, bytes.
+    /// Part of it in use, bytes (resident tensors included).
     pub memory_budget_used_bytes: u64,
+    /// Server-resident tensors held.
+    #[serde(default)]
+    pub resident_tensors: u64,
+    /// Their bytes.
+    #[serde(default)]
+    pub resident_bytes: u64,
     /// Accelerator memory, bytes, where the device reports it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub accelerator_memory_total_bytes: Option<u64>,
@@ -671,7 +683,7 @@ pub fn render_prometheus(s: &MetricsSnapshot) -> String {
     for e in &s.errors {
         o.sample("mymps_errors_total", &[("code", &e.name)], e.count as f64);
     }
-    let gauges: [(&str, &str, &str, f64); 8] = [
+    let gauges: [(&str, &str, &str, f64); 10] = [
         (
             "mymps_connections_total",
             "counter",
@@ -717,8 +729,20 @@ pub fn render_prometheus(s: &MetricsSnapshot) -> String {
         (
             "mymps_memory_budget_used_bytes",
             "gauge",
-            "Part of the memory budget held by requests in flight.",
+            "Part of the memory budget held by requests in flight and resident tensors.",
             s.memory_budget_used_bytes as f64,
+        ),
+        (
+            "mymps_resident_tensors",
+            "gauge",
+            "Server-resident tensors held (every connection's and the shared ones).",
+            s.resident_tensors as f64,
+        ),
+        (
+            "mymps_resident_bytes",
+            "gauge",
+            "Bytes of the server-resident tensors.",
+            s.resident_bytes as f64,
         ),
     ];
     for (name, kind, help, v) in gauges {
@@ -760,6 +784,7 @@ mod tests {
             op: op.into(),
             inputs: vec![],
             kwargs: Default::default(),
+            ..Default::default()
         })
     }
 
@@ -775,6 +800,7 @@ mod tests {
             Request::Infer(crate::protocol::InferRequest {
                 name: "m".into(),
                 inputs: vec![],
+                ..Default::default()
             }),
             Request::ListModels,
             Request::ModelInfo { name: "m".into() },
@@ -806,6 +832,8 @@ mod tests {
         }
         let s = m.snapshot(Gauges {
             models_loaded: 2,
+            resident_tensors: 3,
+            resident_bytes: 4096,
             accelerator_memory: Some((100, 40)),
             ..Gauges::default()
         });
@@ -843,6 +871,8 @@ mod tests {
         assert!(text.contains("mymps_request_duration_seconds_count{kind=\"exec\"} 3\n"));
         assert!(text.contains("mymps_errors_total{code=\"unknown_op\"} 1\n"));
         assert!(text.contains("mymps_models_loaded 2\n"));
+        assert!(text.contains("mymps_resident_tensors 3\n"));
+        assert!(text.contains("mymps_resident_bytes 4096\n"));
         assert!(text.contains("mymps_accelerator_memory_used_bytes{device=\"\"} 60\n"));
         // Every sample line is `name{labels} value` with a parsable value,
         // and every family is announced before its samples.

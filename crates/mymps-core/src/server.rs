@@ -25,10 +25,14 @@ use crate::protocol::{
     Limits, Request, Response, Welcome,
 };
 use crate::stats::HostStats;
+pub use crate::store::ResidentLimits;
+use crate::store::Store;
 use crate::transport::{
     Connection, Endpoint, FrameWriter, Listener, MemoryBudget, ReadError, TransportOptions,
     transport_for,
 };
+
+mod resident;
 
 /// Server settings.
 #[derive(Debug, Clone)]
@@ -59,6 +63,9 @@ pub struct ServerConfig {
     pub auth_token: Option<String>,
     /// Transport settings (TLS material) for every listener.
     pub transport: TransportOptions,
+    /// Caps on server-resident tensors (per connection and in all; their
+    /// bytes also count in `memory_budget`).
+    pub resident: ResidentLimits,
 }
 
 impl Default for ServerConfig {
@@ -76,6 +83,7 @@ impl Default for ServerConfig {
             model_root: None,
             auth_token: None,
             transport: TransportOptions::default(),
+            resident: ResidentLimits::default(),
         }
     }
 }
@@ -95,6 +103,10 @@ struct Shared {
     stats: HostStats,
     models: Arc<ModelRegistry>,
     metrics: Arc<Metrics>,
+    /// Server-resident tensors.
+    store: Store,
+    /// The next connection's number (owner of its resident tensors).
+    next_connection: std::sync::atomic::AtomicU64,
 }
 
 /// A server with its listeners bound.
@@ -168,11 +180,13 @@ impl Server {
                 budget: MemoryBudget::new(config.memory_budget),
                 workers: Arc::new(Semaphore::new(config.workers.max(1))),
                 backend,
-                config,
                 started: Instant::now(),
                 stats: HostStats::new(),
                 models,
                 metrics,
+                store: Store::new(config.resident),
+                next_connection: std::sync::atomic::AtomicU64::new(1),
+                config,
             }),
             listeners,
         })
@@ -346,12 +360,20 @@ async fn serve_connection(shared: Arc<Shared>, conn: Connection, mut stop: watch
     let peer_info = match welcome {
         Ok(w) => {
             let v = Peer {
+                id: shared
+                    .next_connection
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
                 protocol: w.protocol,
                 strided: w
                     .features
                     .iter()
                     .any(|f| f == protocol::features::STRIDED_TENSORS),
+                resident: w
+                    .features
+                    .iter()
+                    .any(|f| f == protocol::features::RESIDENT_TENSORS),
                 replies: tx.clone(),
+                graphs: Default::default(),
             };
             let frame =
                 protocol::encode(FrameKind::Welcome, 0, &w, vec![]).expect("welcome encodes");
@@ -465,15 +487,27 @@ async fn serve_connection(shared: Arc<Shared>, conn: Connection, mut stop: watch
     // Let requests in flight finish; their replies go out before the close.
     while handlers.join_next().await.is_some() {}
     tx.close().await;
+    // The connection's resident tensors go with it (freed off the reactor:
+    // a device free or an unmap may take a while).
+    let freed = shared.store.close(peer_info.id);
+    if !freed.is_empty() {
+        tokio::task::spawn_blocking(move || drop(freed));
+    }
     debug!(%peer, "connection closed");
 }
 
 /// What a connection's requests need to know of it.
 struct Peer {
+    /// The connection's number: the owner of its resident tensors.
+    id: u64,
     /// The protocol version agreed in the handshake.
     protocol: u32,
     /// Whether the client may send strided tensors.
     strided: bool,
+    /// Whether the client negotiated server-resident tensors.
+    resident: bool,
+    /// Graphs registered on this connection.
+    graphs: std::sync::Mutex<resident::Graphs>,
     /// Its sending half: once a reply cannot be written, queued work of the
     /// connection is dropped instead of run.
     replies: Replies,
@@ -489,6 +523,21 @@ impl Peer {
             ));
         }
         Ok(())
+    }
+
+    /// Refuses resident-tensor requests from a client that did not
+    /// negotiate them.
+    fn check_resident(&self) -> Result<()> {
+        if self.resident {
+            return Ok(());
+        }
+        Err(Error::new(
+            ErrorCode::Unsupported,
+            format!(
+                "server-resident tensors need the '{}' feature, which this connection did not negotiate",
+                protocol::features::RESIDENT_TENSORS
+            ),
+        ))
     }
 
     /// Refuses strides from a client that did not negotiate them.
@@ -517,6 +566,39 @@ impl Held {
     /// The memory budget held, bytes (permits are KiB).
     fn bytes(&self) -> u64 {
         self.0.iter().map(|p| p.num_permits() as u64 * 1024).sum()
+    }
+
+    /// Takes `bytes` of the budget out of what is held (for a tensor that
+    /// outlives the request: a resident one), and from `budget` what is
+    /// missing; `None` if the budget has not that much free now.
+    fn take(
+        &mut self,
+        bytes: u64,
+        budget: &MemoryBudget,
+    ) -> Option<Vec<tokio::sync::OwnedSemaphorePermit>> {
+        let mut need = bytes.div_ceil(1024);
+        let mut out = Vec::new();
+        while need > 0 {
+            let Some(p) = self.0.last_mut() else { break };
+            let n = p.num_permits() as u64;
+            if n <= need {
+                out.push(self.0.pop().expect("just seen"));
+                need -= n;
+            } else {
+                out.push(p.split(need as usize).expect("fewer than held"));
+                need = 0;
+            }
+        }
+        if need > 0 {
+            match budget.try_acquire(need * 1024) {
+                Some(p) => out.push(p),
+                None => {
+                    self.0.extend(out);
+                    return None;
+                }
+            }
+        }
+        Some(out)
     }
 }
 
@@ -596,6 +678,9 @@ async fn answer(
 /// its tensor specs before they are checked against the buffers.
 fn exec_inline(shared: &Shared, req: &ExecRequest, bufs: &[Bytes]) -> bool {
     let limit = shared.backend.inline_limit();
+    if !req.refs.is_empty() || !req.keep.is_none() {
+        return false;
+    }
     if limit == 0 || bufs.iter().map(|b| b.len() as u64).sum::<u64>() > limit {
         return false;
     }
@@ -631,6 +716,8 @@ async fn handle(
                 models_loaded: shared.models.len() as u64,
                 ops: shared.backend.ops().len() as u64,
                 uptime_s: shared.started.elapsed().as_secs_f64(),
+                resident_tensors: shared.store.totals().0,
+                resident_bytes: shared.store.totals().1,
             })
         }
         Request::Stats => {
@@ -647,6 +734,12 @@ async fn handle(
             ops: shared.backend.ops().summaries(),
         },
         Request::DescribeOp { op } => Response::Op(shared.backend.ops().lookup(&op)?.spec.info()),
+        Request::Exec(req) if !req.refs.is_empty() || !req.keep.is_none() => {
+            return resident::exec(shared, id, req, tensors, peer, held).await;
+        }
+        Request::Infer(req) if !req.refs.is_empty() || !req.keep.is_none() => {
+            return resident::infer(shared, id, req, tensors, peer, held).await;
+        }
         Request::Exec(req) => return exec(shared, id, req, tensors, peer, Some(held)).await,
         Request::Infer(req) => return infer(shared, id, req, tensors, peer, held).await,
         Request::LoadModel(req) => {
@@ -676,6 +769,14 @@ async fn handle(
             Response::Unloaded { name }
         }
         Request::Metrics => Response::Metrics(metrics_snapshot(shared).await?),
+        r @ (Request::Put { .. }
+        | Request::Fetch { .. }
+        | Request::Free { .. }
+        | Request::Share { .. }
+        | Request::RegisterGraph { .. }
+        | Request::RunGraph(_)) => {
+            return resident::handle(shared, id, r, tensors, peer, held).await;
+        }
         Request::Unknown => {
             return Err(Error::new(
                 ErrorCode::Unsupported,
@@ -704,6 +805,8 @@ async fn metrics_snapshot(shared: &Arc<Shared>) -> Result<metrics::MetricsSnapsh
         models_loaded: shared.models.len() as u64,
         memory_budget_bytes: shared.budget.capacity(),
         memory_budget_used_bytes: shared.budget.in_use(),
+        resident_tensors: shared.store.totals().0,
+        resident_bytes: shared.store.totals().1,
         accelerator_memory: accelerator.map(|m| (m.total, m.free)),
     }))
 }
@@ -823,7 +926,7 @@ async fn infer(
     peer: &Peer,
     held: &mut Held,
 ) -> Result<Frame> {
-    let InferRequest { name, inputs } = req;
+    let InferRequest { name, inputs, .. } = req;
     peer.check_strides(&inputs)?;
     let inputs = protocol::tensors_from_wire(inputs, bufs)?;
     check_dense_sizes(shared, inputs.iter().map(|(n, t)| (n.as_str(), t)))?;
@@ -847,6 +950,7 @@ async fn infer(
             outputs,
             device,
             elapsed_s,
+            kept: Vec::new(),
         }),
         tensors,
     )
@@ -900,6 +1004,18 @@ async fn reserve_outputs(
         Ok(shared.backend.output_bytes(entry, args))
     })?
     .or_else(|| broadcast_bytes(entry, args));
+    reserve_bytes(shared, peer, op, estimate, held).await
+}
+
+/// Takes `estimate` bytes (an op's outputs) from the memory budget into
+/// `held`, as [`reserve_outputs`] does.
+async fn reserve_bytes(
+    shared: &Shared,
+    peer: &Peer,
+    op: &str,
+    estimate: Option<u64>,
+    held: &mut Held,
+) -> Result<()> {
     peer.check_alive()?;
     let Some(bytes) = estimate.filter(|&b| b > 0) else {
         return Ok(());
@@ -945,7 +1061,9 @@ async fn exec(
     peer: &Peer,
     held: Option<&mut Held>,
 ) -> Result<Frame> {
-    let ExecRequest { op, inputs, kwargs } = req;
+    let ExecRequest {
+        op, inputs, kwargs, ..
+    } = req;
     peer.check_strides(&inputs)?;
     let inputs = protocol::tensors_from_wire(inputs, bufs)?;
     let entry = shared.backend.ops().lookup(&op)?;
@@ -973,6 +1091,7 @@ async fn exec(
             outputs,
             device: out.device,
             elapsed_s,
+            kept: Vec::new(),
         }),
         tensors,
     )

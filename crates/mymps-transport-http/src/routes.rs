@@ -505,7 +505,15 @@ async fn dispatch(
                 Box::new(move |body| {
                     let (op, kwargs) = (op?, kwargs?);
                     let (inputs, bufs) = msgpack::decode_tensors(&body)?;
-                    Ok((Request::Exec(ExecRequest { op, inputs, kwargs }), bufs))
+                    Ok((
+                        Request::Exec(ExecRequest {
+                            op,
+                            inputs,
+                            kwargs,
+                            ..Default::default()
+                        }),
+                        bufs,
+                    ))
                 })
             } else {
                 let name = header_str(headers, "x-model").and_then(|o| {
@@ -516,7 +524,14 @@ async fn dispatch(
                 Box::new(move |body| {
                     let name = name?;
                     let (inputs, bufs) = msgpack::decode_tensors(&body)?;
-                    Ok((Request::Infer(InferRequest { name, inputs }), bufs))
+                    Ok((
+                        Request::Infer(InferRequest {
+                            name,
+                            inputs,
+                            ..Default::default()
+                        }),
+                        bufs,
+                    ))
                 })
             };
             let is_exec = matches!(route, Route::Exec);

@@ -771,6 +771,7 @@ fn exec_frame(
         op: op.into(),
         inputs,
         kwargs,
+        ..Default::default()
     });
     protocol::encode(FrameKind::Request, id, &req, data).unwrap()
 }

@@ -25,6 +25,7 @@ fn exec_frame(id: u64, dtype: &str, shape: Vec<u64>, data: Vec<u8>) -> Frame {
             strides: None,
         }],
         kwargs: Default::default(),
+        ..Default::default()
     });
     protocol::encode(FrameKind::Request, id, &req, vec![Bytes::from(data)]).unwrap()
 }

@@ -23,6 +23,7 @@ fn exec(id: u64, op: &str, inputs: Vec<(TensorMeta, Vec<u8>)>, kwargs: &[(&str, 
             .iter()
             .map(|(k, v)| (k.to_string(), v.clone()))
             .collect(),
+        ..Default::default()
     });
     protocol::encode(
         FrameKind::Request,

@@ -369,6 +369,7 @@ fn neg_frame(id: u64, n: usize) -> Frame {
             strides: None,
         }],
         kwargs: Default::default(),
+        ..Default::default()
     });
     let data: Vec<u8> = (0..n).flat_map(|i| (i as f32).to_le_bytes()).collect();
     protocol::encode(FrameKind::Request, id, &req, vec![Bytes::from(data)]).unwrap()

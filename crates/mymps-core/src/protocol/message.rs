@@ -31,8 +31,13 @@ pub mod features {
     pub const STRIDED_TENSORS: &str = "strided-tensors";
     /// Replies may arrive out of order (always true in protocol 1).
     pub const OUT_OF_ORDER: &str = "out-of-order";
+    /// Server-resident tensors: `put`, `fetch`, `free`, `share`, `graph`
+    /// requests, and `refs` / `keep` in `exec` and `infer`. A client sends
+    /// none of them to a server that did not list this feature (an older
+    /// server would ignore `refs` and `keep`).
+    pub const RESIDENT_TENSORS: &str = "resident-tensors";
     /// Every feature this build supports.
-    pub const ALL: &[&str] = &[STRIDED_TENSORS, OUT_OF_ORDER];
+    pub const ALL: &[&str] = &[STRIDED_TENSORS, OUT_OF_ORDER, RESIDENT_TENSORS];
 }
 
 /// First frame of a connection, client → server.
@@ -87,8 +92,76 @@ pub struct TensorMeta {
     pub strides: Option<Vec<u64>>,
 }
 
+/// A server-resident tensor, as a request names it: by the handle the
+/// server gave (valid on the connection that made it), or by the name it
+/// was shared under (valid on every connection until it is freed).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TensorRef {
+    /// A handle from `put`, a kept result, or `share`.
+    Handle(u64),
+    /// A name given with `share`.
+    Shared(String),
+}
+
+impl std::fmt::Display for TensorRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TensorRef::Handle(h) => write!(f, "handle {h}"),
+            TensorRef::Shared(n) => write!(f, "shared tensor '{}'", crate::error::clip(n, 64)),
+        }
+    }
+}
+
+/// Which results a request keeps on the server (as handles) instead of
+/// sending them back.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Keep {
+    /// Every result comes back as data (the default; what `exec` always did).
+    #[default]
+    None,
+    /// Every result stays on the server.
+    All,
+    /// The results with these names stay; the others come back as data.
+    Some(Vec<String>),
+}
+
+impl Keep {
+    /// Whether nothing is kept.
+    pub fn is_none(&self) -> bool {
+        matches!(self, Keep::None)
+    }
+
+    /// Whether the result `name` is kept.
+    pub fn keeps(&self, name: &str) -> bool {
+        match self {
+            Keep::None => false,
+            Keep::All => true,
+            Keep::Some(names) => names.iter().any(|n| n == name),
+        }
+    }
+}
+
+/// A server-resident tensor as the server describes it: enough for a client
+/// to know its shape, dtype and device without asking again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HandleInfo {
+    /// The handle, for later requests ([`TensorRef::Handle`]).
+    pub handle: u64,
+    /// The result or input name it came from (`"output"`, `"0"`, ...), or
+    /// the name it is shared under.
+    pub name: String,
+    /// numpy dtype name.
+    pub dtype: String,
+    /// Shape.
+    pub shape: Vec<u64>,
+    /// The device whose memory holds it (`cpu`, `cuda:0`, `mps`).
+    pub device: String,
+}
+
 /// An `exec` request: run one whitelisted op.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ExecRequest {
     /// Op name.
     pub op: String,
@@ -97,24 +170,97 @@ pub struct ExecRequest {
     /// Scalar keyword arguments.
     #[serde(default)]
     pub kwargs: BTreeMap<String, Value>,
+    /// Tensor arguments that are server-resident tensors, by argument name
+    /// (names as in `inputs`; a name may not be in both).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub refs: BTreeMap<String, TensorRef>,
+    /// Results kept on the server; they come back in the reply's `kept`.
+    #[serde(default, skip_serializing_if = "Keep::is_none")]
+    pub keep: Keep,
 }
 
 /// An `infer` request: a forward pass of a loaded model.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct InferRequest {
     /// Model name.
     pub name: String,
     /// Input tensors: `"0"`, `"1"`, ... positional, other names keyword
     /// (`input_ids`, `attention_mask`, ...).
     pub inputs: Vec<TensorMeta>,
+    /// Inputs that are server-resident tensors, by name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub refs: BTreeMap<String, TensorRef>,
+    /// Results kept on the server.
+    #[serde(default, skip_serializing_if = "Keep::is_none")]
+    pub keep: Keep,
+}
+
+/// Where a graph step's input comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    /// An input of the graph, by name (given as data or a reference when
+    /// the graph runs).
+    Input(String),
+    /// A result of an earlier step: the step's index and the result's name
+    /// (`"output"`, `"0"`, ...).
+    Step(u32, String),
+}
+
+/// One op of a graph.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GraphStep {
+    /// Op name.
+    pub op: String,
+    /// Tensor arguments by argument name (`"0"`, `"1"`, ... positional).
+    pub inputs: BTreeMap<String, Source>,
+    /// Scalar keyword arguments.
+    #[serde(default)]
+    pub kwargs: BTreeMap<String, Value>,
+}
+
+/// A graph of ops: steps that run in order, each on the graph's inputs and
+/// earlier steps' results, and the results it returns.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Graph {
+    /// The steps, in the order they run.
+    pub steps: Vec<GraphStep>,
+    /// The graph's results: a name and where it comes from.
+    pub outputs: Vec<(String, Source)>,
+}
+
+/// Which graph a `run_graph` request runs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GraphSpec {
+    /// A graph registered on this connection with `register_graph`.
+    Id(u64),
+    /// A graph given in full (validated on every run).
+    Inline(Graph),
+}
+
+/// A `run_graph` request: every step of a graph in one request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunGraphRequest {
+    /// The graph.
+    pub graph: GraphSpec,
+    /// The graph's inputs sent as data.
+    pub inputs: Vec<TensorMeta>,
+    /// The graph's inputs that are server-resident tensors.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub refs: BTreeMap<String, TensorRef>,
+    /// Results kept on the server.
+    #[serde(default, skip_serializing_if = "Keep::is_none")]
+    pub keep: Keep,
 }
 
 /// A request header.
 ///
-/// Room is left for later protocol versions: server-resident tensors
-/// (a `TensorMeta` naming a handle instead of carrying bytes), graphs of ops
-/// in one request (a new `graph` kind), streamed replies (frames with
-/// [`FLAG_MORE`](super::FLAG_MORE)) and cancellation ([`FrameKind::Cancel`](super::FrameKind::Cancel)).
+/// Server-resident tensors (`put`, `fetch`, `free`, `share`, graphs, and
+/// `refs` / `keep` in `exec` and `infer`) need the
+/// [`features::RESIDENT_TENSORS`] feature. Room is left for streamed
+/// replies (frames with [`FLAG_MORE`](super::FLAG_MORE)) and cancellation
+/// ([`FrameKind::Cancel`](super::FrameKind::Cancel)).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Request {
@@ -149,6 +295,38 @@ pub enum Request {
     },
     /// The server's metrics (request counts, latencies, errors, gauges).
     Metrics,
+    /// Keep tensors on the server; answered with their handles.
+    Put {
+        /// The tensors (their bytes are the frame's).
+        inputs: Vec<TensorMeta>,
+    },
+    /// Send server-resident tensors back as data (results `"0"`, `"1"`,
+    /// ... in the order asked).
+    Fetch {
+        /// The tensors.
+        refs: Vec<TensorRef>,
+    },
+    /// Free server-resident tensors, any number in one request.
+    Free {
+        /// The tensors.
+        refs: Vec<TensorRef>,
+    },
+    /// Give a handle of this connection a name that every connection can
+    /// use; the tensor then outlives the connection, until it is freed.
+    Share {
+        /// The handle.
+        handle: u64,
+        /// The name (unique on the server).
+        name: String,
+    },
+    /// Validate a graph and keep it on this connection; answered with its
+    /// id for `run_graph`.
+    RegisterGraph {
+        /// The graph.
+        graph: Graph,
+    },
+    /// Run a graph.
+    RunGraph(RunGraphRequest),
     /// A kind this build does not know.
     #[serde(other)]
     Unknown,
@@ -204,6 +382,18 @@ request_kinds! {
     UnloadModel => "unload_model",
     /// `metrics`.
     Metrics => "metrics",
+    /// `put`.
+    Put => "put",
+    /// `fetch`.
+    Fetch => "fetch",
+    /// `free`.
+    Free => "free",
+    /// `share`.
+    Share => "share",
+    /// `register_graph`.
+    RegisterGraph => "register_graph",
+    /// `run_graph`.
+    RunGraph => "run_graph",
     /// A kind this build does not know, or an undecodable request.
     Unknown => "unknown",
 }
@@ -223,7 +413,30 @@ impl Request {
             Request::ModelInfo { .. } => RequestKind::ModelInfo,
             Request::UnloadModel { .. } => RequestKind::UnloadModel,
             Request::Metrics => RequestKind::Metrics,
+            Request::Put { .. } => RequestKind::Put,
+            Request::Fetch { .. } => RequestKind::Fetch,
+            Request::Free { .. } => RequestKind::Free,
+            Request::Share { .. } => RequestKind::Share,
+            Request::RegisterGraph { .. } => RequestKind::RegisterGraph,
+            Request::RunGraph(_) => RequestKind::RunGraph,
             Request::Unknown => RequestKind::Unknown,
+        }
+    }
+
+    /// Whether the request needs the [`features::RESIDENT_TENSORS`]
+    /// feature (a server without it would refuse it, or ignore its `refs`
+    /// and `keep`).
+    pub fn uses_resident_tensors(&self) -> bool {
+        match self {
+            Request::Exec(r) => !r.refs.is_empty() || !r.keep.is_none(),
+            Request::Infer(r) => !r.refs.is_empty() || !r.keep.is_none(),
+            Request::Put { .. }
+            | Request::Fetch { .. }
+            | Request::Free { .. }
+            | Request::Share { .. }
+            | Request::RegisterGraph { .. }
+            | Request::RunGraph(_) => true,
+            _ => false,
         }
     }
 
@@ -254,6 +467,13 @@ pub struct HealthInfo {
     pub ops: u64,
     /// Seconds since the server started.
     pub uptime_s: f64,
+    /// Server-resident tensors held now (every connection's and the shared
+    /// ones).
+    #[serde(default)]
+    pub resident_tensors: u64,
+    /// Bytes of the server-resident tensors.
+    #[serde(default)]
+    pub resident_bytes: u64,
 }
 
 /// Host, process and accelerator statistics, as `stats` returns them.
@@ -310,6 +530,9 @@ pub struct ExecResponse {
     pub device: String,
     /// Seconds spent running the op on the server.
     pub elapsed_s: f64,
+    /// Results kept on the server (see [`Keep`]), in the op's order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub kept: Vec<HandleInfo>,
 }
 
 /// A response header.
@@ -343,6 +566,24 @@ pub enum Response {
     },
     /// Answer to `metrics`.
     Metrics(MetricsSnapshot),
+    /// Answer to `put` and `share`: the tensors kept.
+    Handles {
+        /// One per tensor, in the order of the request.
+        handles: Vec<HandleInfo>,
+    },
+    /// Answer to `free`.
+    Freed {
+        /// Tensors freed.
+        freed: u64,
+        /// References that named no tensor of this connection (unknown,
+        /// already freed, or another connection's handle).
+        unknown: Vec<TensorRef>,
+    },
+    /// Answer to `register_graph`.
+    GraphRegistered {
+        /// The graph's id on this connection.
+        id: u64,
+    },
     /// The request failed.
     Error(Error),
     /// A kind this build does not know.

@@ -25,6 +25,16 @@
 //! | [`ModelInfo`] | `model_info` | [`model::ModelInfo`] |
 //! | [`UnloadModel`] | `unload_model` | `()` |
 //! | [`Metrics`] | `metrics` | [`MetricsSnapshot`] |
+//! | [`Put`] | `put` | `Vec<`[`HandleInfo`]`>` |
+//! | [`Fetch`] | `fetch` | `Vec<`[`Tensor`]`>` |
+//! | [`Free`] | `free` | [`Freed`] |
+//! | [`Share`] | `share` | [`HandleInfo`] |
+//! | [`RegisterGraph`] | `register_graph` | graph id (`u64`) |
+//! | [`RunGraph`] | `run_graph` | [`Outputs`] |
+//!
+//! [`Call`], [`Infer`] and [`RunGraph`] take server-resident tensors as
+//! arguments ([`TensorRef`], from a [`HandleInfo`]) and keep results on the
+//! server ([`Keep`]); kept results come back in [`Outputs::kept`].
 //!
 //! No I/O: these are conversions, testable without sockets.
 
@@ -33,8 +43,9 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 
 use super::{
-    ExecRequest, ExecResponse, HealthInfo, InferRequest, MetricsSnapshot, OpSummary, Request,
-    RequestKind, Response, StatsInfo, tensors_from_wire, tensors_to_wire,
+    ExecRequest, ExecResponse, Graph, GraphSpec, HandleInfo, HealthInfo, InferRequest, Keep,
+    MetricsSnapshot, OpSummary, Request, RequestKind, Response, RunGraphRequest, StatsInfo,
+    TensorRef, tensors_from_wire, tensors_to_wire,
 };
 use crate::error::{Error, Result};
 use crate::model::{self, LoadRequest};
@@ -157,12 +168,14 @@ rpc!(UnloadModel, UnloadModel -> (), |UnloadModel { name }| Request::UnloadModel
 pub struct Metrics;
 rpc!(Metrics, Metrics -> MetricsSnapshot, |_| Request::Metrics, Response::Metrics(m) => m);
 
-/// The results of `exec` and `infer`.
+/// The results of `exec`, `infer` and `run_graph`.
 #[derive(Debug, Clone)]
 pub struct Outputs {
-    /// Results by name, in the server's order: `"output"` for one tensor,
-    /// `"0"`, `"1"`, ... for a tuple (or a model's own names).
+    /// Results sent back, by name, in the server's order: `"output"` for
+    /// one tensor, `"0"`, `"1"`, ... for a tuple (or a model's own names).
     pub tensors: Vec<(String, Tensor)>,
+    /// Results kept on the server (as the request's [`Keep`] asked).
+    pub kept: Vec<HandleInfo>,
     /// The device that ran the op.
     pub device: String,
     /// Seconds the op took on the server.
@@ -191,6 +204,11 @@ impl Outputs {
         self.tensors.into_iter().collect()
     }
 
+    /// The kept result called `name`.
+    pub fn handle(&self, name: &str) -> Option<&HandleInfo> {
+        self.kept.iter().find(|h| h.name == name)
+    }
+
     /// The reply of `exec` or `infer` (`Response::Exec`) with its tensors.
     fn from_response(kind: RequestKind, response: Response, tensors: Vec<Bytes>) -> Result<Self> {
         match response {
@@ -198,8 +216,10 @@ impl Outputs {
                 outputs,
                 device,
                 elapsed_s,
+                kept,
             }) => Ok(Outputs {
                 tensors: tensors_from_wire(outputs, tensors)?,
+                kept,
                 device,
                 elapsed_s,
             }),
@@ -215,8 +235,10 @@ impl Outputs {
 pub struct Call {
     op: String,
     inputs: Vec<(String, Tensor)>,
+    refs: BTreeMap<String, TensorRef>,
     positional: usize,
     kwargs: BTreeMap<String, Value>,
+    keep: Keep,
 }
 
 impl Call {
@@ -225,8 +247,10 @@ impl Call {
         Call {
             op: op.into(),
             inputs: Vec::new(),
+            refs: BTreeMap::new(),
             positional: 0,
             kwargs: BTreeMap::new(),
+            keep: Keep::None,
         }
     }
 
@@ -246,7 +270,9 @@ impl Call {
                 .filter(|(n, _)| n.parse::<usize>().is_ok())
                 .count(),
             inputs,
+            refs: BTreeMap::new(),
             kwargs: kwargs.into_iter().map(|(k, v)| (k.into(), v)).collect(),
+            keep: Keep::None,
         }
     }
 
@@ -273,6 +299,26 @@ impl Call {
         self.kwargs.insert(name.into(), v.into());
         self
     }
+
+    /// Adds the next positional argument as a server-resident tensor.
+    pub fn arg_ref(mut self, r: impl Into<TensorRef>) -> Call {
+        self.refs.insert(self.positional.to_string(), r.into());
+        self.positional += 1;
+        self
+    }
+
+    /// Adds a named argument as a server-resident tensor.
+    pub fn input_ref(mut self, name: impl Into<String>, r: impl Into<TensorRef>) -> Call {
+        self.refs.insert(name.into(), r.into());
+        self
+    }
+
+    /// Keeps results on the server instead of sending them back
+    /// ([`Keep::All`], or the named ones).
+    pub fn keep(mut self, keep: Keep) -> Call {
+        self.keep = keep;
+        self
+    }
 }
 
 impl Rpc for Call {
@@ -285,6 +331,8 @@ impl Rpc for Call {
             op: self.op,
             inputs,
             kwargs: self.kwargs,
+            refs: self.refs,
+            keep: self.keep,
         });
         (request, tensors)
     }
@@ -302,6 +350,10 @@ pub struct Infer {
     /// Its inputs: `"0"`, `"1"`, ... positional, other names keyword
     /// (`input_ids`, ...).
     pub inputs: Vec<(String, Tensor)>,
+    /// Inputs that are server-resident tensors.
+    pub refs: BTreeMap<String, TensorRef>,
+    /// Results kept on the server.
+    pub keep: Keep,
 }
 
 impl Infer {
@@ -313,6 +365,8 @@ impl Infer {
         Infer {
             name: name.into(),
             inputs: inputs.into_iter().map(|(k, t)| (k.into(), t)).collect(),
+            refs: BTreeMap::new(),
+            keep: Keep::None,
         }
     }
 }
@@ -326,6 +380,205 @@ impl Rpc for Infer {
         let request = Request::Infer(InferRequest {
             name: self.name,
             inputs,
+            refs: self.refs,
+            keep: self.keep,
+        });
+        (request, tensors)
+    }
+
+    fn from_response(response: Response, tensors: Vec<Bytes>) -> Result<Outputs> {
+        Outputs::from_response(Self::KIND, response, tensors)
+    }
+}
+
+impl From<&HandleInfo> for TensorRef {
+    fn from(h: &HandleInfo) -> TensorRef {
+        TensorRef::Handle(h.handle)
+    }
+}
+
+impl From<HandleInfo> for TensorRef {
+    fn from(h: HandleInfo) -> TensorRef {
+        TensorRef::Handle(h.handle)
+    }
+}
+
+impl From<u64> for TensorRef {
+    fn from(h: u64) -> TensorRef {
+        TensorRef::Handle(h)
+    }
+}
+
+/// `put`: keeps tensors on the server; the reply describes each (handle,
+/// shape, dtype, device), in order.
+#[derive(Debug, Clone, Default)]
+pub struct Put {
+    /// The tensors, by name (names are only echoed back).
+    pub tensors: Vec<(String, Tensor)>,
+}
+
+impl Put {
+    /// Keeps one tensor.
+    pub fn one(t: Tensor) -> Put {
+        Put {
+            tensors: vec![("0".to_owned(), t)],
+        }
+    }
+}
+
+impl Rpc for Put {
+    type Reply = Vec<HandleInfo>;
+    const KIND: RequestKind = RequestKind::Put;
+
+    fn into_request(self) -> (Request, Vec<Bytes>) {
+        let (inputs, tensors) = tensors_to_wire(self.tensors);
+        (Request::Put { inputs }, tensors)
+    }
+
+    fn from_response(response: Response, _: Vec<Bytes>) -> Result<Vec<HandleInfo>> {
+        match response {
+            Response::Handles { handles } => Ok(handles),
+            other => Err(unexpected(Self::KIND, other)),
+        }
+    }
+}
+
+/// `fetch`: server-resident tensors' data, in the order asked.
+#[derive(Debug, Clone, Default)]
+pub struct Fetch {
+    /// The tensors.
+    pub refs: Vec<TensorRef>,
+}
+
+impl Rpc for Fetch {
+    type Reply = Vec<Tensor>;
+    const KIND: RequestKind = RequestKind::Fetch;
+
+    fn into_request(self) -> (Request, Vec<Bytes>) {
+        (Request::Fetch { refs: self.refs }, Vec::new())
+    }
+
+    fn from_response(response: Response, tensors: Vec<Bytes>) -> Result<Vec<Tensor>> {
+        let out = Outputs::from_response(Self::KIND, response, tensors)?;
+        Ok(out.tensors.into_iter().map(|(_, t)| t).collect())
+    }
+}
+
+/// What `free` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Freed {
+    /// Tensors freed.
+    pub freed: u64,
+    /// References that named nothing this connection may free.
+    pub unknown: Vec<TensorRef>,
+}
+
+/// `free`: frees server-resident tensors, any number at once.
+#[derive(Debug, Clone, Default)]
+pub struct Free {
+    /// The tensors.
+    pub refs: Vec<TensorRef>,
+}
+
+rpc!(Free, Free -> Freed, |Free { refs }| Request::Free { refs },
+     Response::Freed { freed, unknown } => Freed { freed, unknown });
+
+/// `share`: makes a handle of this connection usable by every connection
+/// under `name` (it then outlives the connection, until it is freed).
+#[derive(Debug, Clone)]
+pub struct Share {
+    /// The handle.
+    pub handle: u64,
+    /// The name.
+    pub name: String,
+}
+
+impl Rpc for Share {
+    type Reply = HandleInfo;
+    const KIND: RequestKind = RequestKind::Share;
+
+    fn into_request(self) -> (Request, Vec<Bytes>) {
+        let Share { handle, name } = self;
+        (Request::Share { handle, name }, Vec::new())
+    }
+
+    fn from_response(response: Response, _: Vec<Bytes>) -> Result<HandleInfo> {
+        match response {
+            Response::Handles { mut handles } if handles.len() == 1 => {
+                Ok(handles.pop().expect("one"))
+            }
+            other => Err(unexpected(Self::KIND, other)),
+        }
+    }
+}
+
+/// `register_graph`: validates a graph and keeps it on the connection;
+/// the reply is its id for [`RunGraph::registered`].
+#[derive(Debug, Clone)]
+pub struct RegisterGraph(pub Graph);
+
+rpc!(RegisterGraph, RegisterGraph -> u64, |RegisterGraph(graph)| Request::RegisterGraph { graph },
+     Response::GraphRegistered { id } => id);
+
+/// `run_graph`: every step of a graph in one request.
+#[derive(Debug, Clone)]
+pub struct RunGraph {
+    graph: GraphSpec,
+    inputs: Vec<(String, Tensor)>,
+    refs: BTreeMap<String, TensorRef>,
+    keep: Keep,
+}
+
+impl RunGraph {
+    /// Runs `graph` (validated on every run; register it to skip that).
+    pub fn inline(graph: Graph) -> RunGraph {
+        RunGraph::of(GraphSpec::Inline(graph))
+    }
+
+    /// Runs the graph registered as `id` on this connection.
+    pub fn registered(id: u64) -> RunGraph {
+        RunGraph::of(GraphSpec::Id(id))
+    }
+
+    fn of(graph: GraphSpec) -> RunGraph {
+        RunGraph {
+            graph,
+            inputs: Vec::new(),
+            refs: BTreeMap::new(),
+            keep: Keep::None,
+        }
+    }
+
+    /// Gives the graph input `name` as data.
+    pub fn input(mut self, name: impl Into<String>, t: Tensor) -> RunGraph {
+        self.inputs.push((name.into(), t));
+        self
+    }
+
+    /// Gives the graph input `name` as a server-resident tensor.
+    pub fn input_ref(mut self, name: impl Into<String>, r: impl Into<TensorRef>) -> RunGraph {
+        self.refs.insert(name.into(), r.into());
+        self
+    }
+
+    /// Keeps outputs on the server.
+    pub fn keep(mut self, keep: Keep) -> RunGraph {
+        self.keep = keep;
+        self
+    }
+}
+
+impl Rpc for RunGraph {
+    type Reply = Outputs;
+    const KIND: RequestKind = RequestKind::RunGraph;
+
+    fn into_request(self) -> (Request, Vec<Bytes>) {
+        let (inputs, tensors) = tensors_to_wire(self.inputs);
+        let request = Request::RunGraph(RunGraphRequest {
+            graph: self.graph,
+            inputs,
+            refs: self.refs,
+            keep: self.keep,
         });
         (request, tensors)
     }
@@ -401,6 +654,28 @@ mod tests {
                 UnloadModel { name: "m".into() }.into_request().0,
             ),
             (Metrics::KIND, Metrics.into_request().0),
+            (Put::KIND, Put::one(t()).into_request().0),
+            (Fetch::KIND, Fetch::default().into_request().0),
+            (Free::KIND, Free::default().into_request().0),
+            (
+                Share::KIND,
+                Share {
+                    handle: 1,
+                    name: "w".into(),
+                }
+                .into_request()
+                .0,
+            ),
+            (
+                RegisterGraph::KIND,
+                RegisterGraph(Graph {
+                    steps: vec![],
+                    outputs: vec![],
+                })
+                .into_request()
+                .0,
+            ),
+            (RunGraph::KIND, RunGraph::registered(1).into_request().0),
         ];
         for (kind, request) in &typed {
             assert_eq!(request.kind(), *kind, "{request:?}");
@@ -420,6 +695,7 @@ mod tests {
             outputs: m,
             device: "cpu".into(),
             elapsed_s: 0.5,
+            kept: vec![],
         });
         let out = Call::from_response(reply, bufs).unwrap();
         assert_eq!(out.output().unwrap().to_vec::<i64>().unwrap(), vec![2]);

@@ -53,6 +53,7 @@ fn golden_exec_request() {
         op: "matmul".into(),
         inputs: metas,
         kwargs,
+        ..Default::default()
     });
     golden(
         "exec_request",
@@ -125,6 +126,8 @@ fn golden_metrics_response() {
         models_loaded: 0,
         memory_budget_bytes: 1 << 30,
         memory_budget_used_bytes: 4096,
+        resident_tensors: 0,
+        resident_bytes: 0,
         accelerator_memory_total_bytes: Some(80 << 30),
         accelerator_memory_free_bytes: Some(70 << 30),
     };
@@ -262,6 +265,7 @@ fn decoders_survive_random_and_mutated_input() {
         op: "neg".into(),
         inputs: metas,
         kwargs: BTreeMap::new(),
+        ..Default::default()
     });
     let valid = encode(FrameKind::Request, 9, &req, bufs).unwrap().to_vec();
     let limits = Limits {
@@ -294,4 +298,85 @@ fn decoders_survive_random_and_mutated_input() {
         }
         buf.clear();
     }
+}
+
+#[test]
+fn golden_resident_tensor_frames() {
+    // put: one tensor's bytes; the reply names its handle.
+    let t = crate::Tensor::from_vec(vec![1.0f32, 2.0], &[2]).unwrap();
+    let (metas, bufs) = tensors_to_wire(vec![("0".into(), t)]);
+    let put = Request::Put { inputs: metas };
+    golden(
+        "put_request",
+        &encode(FrameKind::Request, 5, &put, bufs).unwrap(),
+    );
+    let handles = Response::Handles {
+        handles: vec![HandleInfo {
+            handle: 17,
+            name: "0".into(),
+            dtype: "float32".into(),
+            shape: vec![2],
+            device: "cuda:0".into(),
+        }],
+    };
+    golden(
+        "handles_response",
+        &encode(FrameKind::Response, 5, &handles, vec![]).unwrap(),
+    );
+    // exec on a handle and a shared tensor, its result kept.
+    let exec = Request::Exec(ExecRequest {
+        op: "matmul".into(),
+        refs: [
+            ("0".to_owned(), TensorRef::Handle(17)),
+            ("1".to_owned(), TensorRef::Shared("w".into())),
+        ]
+        .into(),
+        keep: Keep::All,
+        ..Default::default()
+    });
+    golden(
+        "exec_refs_request",
+        &encode(FrameKind::Request, 6, &exec, vec![]).unwrap(),
+    );
+    let free = Request::Free {
+        refs: vec![TensorRef::Handle(17), TensorRef::Handle(18)],
+    };
+    golden(
+        "free_request",
+        &encode(FrameKind::Request, 7, &free, vec![]).unwrap(),
+    );
+    // A two-step graph: relu(x) @ w, y kept.
+    let graph = Graph {
+        steps: vec![
+            GraphStep {
+                op: "relu".into(),
+                inputs: [("0".to_owned(), Source::Input("x".into()))].into(),
+                kwargs: BTreeMap::new(),
+            },
+            GraphStep {
+                op: "matmul".into(),
+                inputs: [
+                    ("0".to_owned(), Source::Step(0, "output".into())),
+                    ("1".to_owned(), Source::Input("w".into())),
+                ]
+                .into(),
+                kwargs: BTreeMap::new(),
+            },
+        ],
+        outputs: vec![("y".into(), Source::Step(1, "output".into()))],
+    };
+    let run = Request::RunGraph(RunGraphRequest {
+        graph: GraphSpec::Inline(graph),
+        inputs: vec![],
+        refs: [
+            ("x".to_owned(), TensorRef::Handle(17)),
+            ("w".to_owned(), TensorRef::Shared("w".into())),
+        ]
+        .into(),
+        keep: Keep::Some(vec!["y".into()]),
+    });
+    golden(
+        "run_graph_request",
+        &encode(FrameKind::Request, 8, &run, vec![]).unwrap(),
+    );
 }

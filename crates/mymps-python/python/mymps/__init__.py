@@ -34,7 +34,9 @@ from .errors import (
     OpError,
     PayloadTooLargeError,
     ProtocolError,
+    LimitReachedError,
     UnknownOpError,
+    UnknownTensorError,
     UnsupportedError,
     UnsupportedVersionError,
 )

@@ -41,6 +41,8 @@ __all__ = [
     "BusyError",
     "UnsupportedError",
     "InternalError",
+    "UnknownTensorError",
+    "LimitReachedError",
 ]
 
 
@@ -203,6 +205,25 @@ class InternalError(MympsError):
     code_number = 16
 
 
+class UnknownTensorError(MympsError, KeyError):
+    """A server-resident tensor this connection cannot use: unknown, already
+    freed, or another connection's handle that was not shared."""
+
+    code = "unknown_tensor"
+    code_number = 17
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return MympsError.__str__(self)
+
+
+class LimitReachedError(MympsError):
+    """A cap on server-resident tensors (their number or bytes, for this
+    connection or the whole server) would be exceeded: free some first."""
+
+    code = "limit_reached"
+    code_number = 18
+
+
 _BY_CODE: Dict[str, Type[MympsError]] = {
     cls.code: cls
     for cls in (
@@ -222,6 +243,8 @@ _BY_CODE: Dict[str, Type[MympsError]] = {
         BusyError,
         UnsupportedError,
         InternalError,
+        UnknownTensorError,
+        LimitReachedError,
     )
 }
 
