@@ -270,9 +270,9 @@ def load_torch_export(path, device, dtype):
     if not os.path.isfile(path):
         raise BridgeError(f"no .pt2 file at '{path}'")
     if _is_aoti_package(path):
-        import torch._inductor
+        from torch import _inductor
 
-        runner = torch._inductor.aoti_load_package(path)
+        runner = _inductor.aoti_load_package(path)
         kind = "aoti"
         fn = lambda a, k: runner(*a, **k)  # noqa: E731
         n, d = 0, "compiled"
