@@ -50,13 +50,17 @@ if [ "$(readlink .libtorch 2>/dev/null)" != "$torch_dir" ]; then
 fi
 
 # 3. The Rust build: the server, the libraries and the plugins. The model
-#    loaders plugin goes where `mymps serve` looks for plugins by default.
+#    loaders plugin goes where `mymps serve` looks for plugins by default,
+#    the Python engine (mymps-bridge) into its python/ folder.
 profile=() dir=debug
 [ "${1:-}" = "--release" ] && profile=(--release) dir=release
 say "building (cargo build ${profile[*]:-})"
 cargo build "${profile[@]}" --workspace --quiet
-mkdir -p "target/$dir/plugins"
+mkdir -p "target/$dir/plugins/python"
 cp -f "target/$dir/libmymps_models.so" "target/$dir/plugins/"
+# The Python engine: loaded by the models plugin once it has found the
+# interpreter (so not from plugins/ itself, whose files the server loads).
+cp -f "target/$dir/libmymps_bridge.so" "target/$dir/plugins/python/"
 
 # 4. The Python client wheel (abi3), installed into .venv.
 say "building the Python client (scripts/build-python.sh)"
