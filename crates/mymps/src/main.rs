@@ -184,6 +184,11 @@ struct ServeArgs {
     /// Log filter (error, warn, info, debug, trace, or a tracing filter).
     #[arg(long, default_value = "info", env = "MYMPS_LOG")]
     log: String,
+    /// Let clients load Hugging Face models with trust_remote_code=True:
+    /// the Python engine then runs the Python code that comes with such a
+    /// model. Off by default; only for model folders you trust.
+    #[arg(long, env = "MYMPS_ALLOW_REMOTE_CODE")]
+    allow_remote_code: bool,
 }
 
 #[derive(ClapArgs)]
@@ -297,6 +302,13 @@ fn serve(a: ServeArgs) -> Result<(), Error> {
         )
         .with_writer(std::io::stderr)
         .init();
+    if a.allow_remote_code {
+        // The Python engine (a plugin) reads the operator's choice here.
+        // SAFETY: no other thread runs yet (the runtime and the plugins
+        // start below), so nothing reads the environment meanwhile.
+        unsafe { std::env::set_var("MYMPS_ALLOW_REMOTE_CODE", "1") };
+        tracing::warn!("--allow-remote-code: models loaded with trust_remote_code=True run their own Python code");
+    }
     if std::env::var_os("RUST_BACKTRACE").is_none() {
         // Panics in requests are caught and answered (and logged whole);
         // the default hook would also dump each one to stderr, and a
