@@ -368,9 +368,20 @@ pub trait ModelLoader: Send + Sync {
         Vec::new()
     }
 
+    /// Where this loader finds `path` when the model root has nothing
+    /// there: the Hugging Face loader looks a hub name (`org/name`) up in
+    /// the local Hugging Face cache. `None`: nowhere else (the default);
+    /// `Some(Err(e))`: not found, `e` saying where it looked. A path found
+    /// here is the loader's to bound (it lies in a folder the operator
+    /// chose, never one a client names).
+    fn locate(&self, _path: &str) -> Option<Result<PathBuf>> {
+        None
+    }
+
     /// Loads a model; blocking. `device` is the backend's device string
     /// (`cpu`, `cuda:0`, `mps`); `request.model_path` has been resolved to
-    /// an existing path under the server's model root.
+    /// an existing path under the server's model root (or one that a
+    /// loader's [`locate`](ModelLoader::locate) found).
     fn load(&self, request: &LoadRequest, device: &str) -> Result<Box<dyn Model>>;
 }
 
@@ -537,7 +548,23 @@ impl ModelRegistry {
             ));
         }
         let mut resolved = request.clone();
-        resolved.model_path = Some(self.resolve(request.path())?.display().to_string());
+        let path = match self.resolve(request.path()) {
+            Ok(p) => p,
+            Err(e) => {
+                // Not under the root: a loader may know another place.
+                let mut looked = vec![e.message];
+                let found = candidates.iter().find_map(|l| match l.locate(request.path()) {
+                    Some(Ok(p)) => Some(p),
+                    Some(Err(e)) => {
+                        looked.push(e.message);
+                        None
+                    }
+                    None => None,
+                });
+                found.ok_or_else(|| Error::new(ErrorCode::Model, looked.join("; ")))?
+            }
+        };
+        resolved.model_path = Some(path.display().to_string());
         let loader = candidates
             .iter()
             .find(|l| l.handles(&resolved))

@@ -45,8 +45,9 @@ pub const PLUGIN_MAGIC: [u8; 8] = *b"MYMPSPLG";
 /// The layout version of [`PluginHeader`] and [`PluginRegistrar`], and of
 /// what crosses through them (`OpSpec`, `ForeignKernel`). 2: ops carry a
 /// cost class, and plugin kernels an in-place variant. 3: `Model` has
-/// `generate`, `plan_generate`, `encode` and `decode`.
-pub const PLUGIN_ABI_VERSION: u32 = 3;
+/// `generate`, `plan_generate`, `encode` and `decode`. 4: `ModelLoader`
+/// has `locate`.
+pub const PLUGIN_ABI_VERSION: u32 = 4;
 /// The entry point a plugin exports: `mymps_plugin_header_<crate>` (what
 /// [`declare_plugin!`] writes; the crate name keeps two plugin crates
 /// linkable into one program), or plain `mymps_plugin_header`.
@@ -176,6 +177,10 @@ impl<L: ModelLoader> ModelLoader for GuardedLoader<L> {
 
     fn choices(&self) -> Vec<String> {
         catch_unwind(AssertUnwindSafe(|| self.0.choices())).unwrap_or_default()
+    }
+
+    fn locate(&self, path: &str) -> Option<Result<std::path::PathBuf>> {
+        catch_unwind(AssertUnwindSafe(|| self.0.locate(path))).unwrap_or(None)
     }
 
     fn load(&self, request: &LoadRequest, device: &str) -> Result<Box<dyn Model>> {
