@@ -26,6 +26,7 @@
 mod bert;
 mod distilbert;
 mod gpt2;
+pub mod hub;
 mod layers;
 mod llama;
 mod vit;
@@ -586,7 +587,8 @@ fn inside(dir: &Path, name: &str) -> Result<Option<PathBuf>> {
     }
     let real = std::fs::canonicalize(&joined)
         .map_err(|e| model_error(format!("'{}' cannot be opened: {e}", joined.display())))?;
-    if !real.starts_with(dir) {
+    // A snapshot of the Hugging Face cache links into its repository.
+    if !real.starts_with(hub::bound(dir)) {
         return Err(model_error(format!(
             "'{}' leads out of the model directory (to '{}'); copy the files in (e.g. cp -L)",
             joined.display(),
@@ -675,6 +677,12 @@ fn supported() -> String {
 impl ModelLoader for HuggingFaceLoader {
     fn model_type(&self) -> &str {
         "huggingface"
+    }
+
+    /// A hub name (`bert-base-uncased`, `org/name`) in the local Hugging
+    /// Face cache ([`hub`]).
+    fn locate(&self, path: &str) -> Option<Result<PathBuf>> {
+        hub::locate(path)
     }
 
     fn load(&self, request: &LoadRequest, device_name: &str) -> Result<Box<dyn Model>> {
