@@ -39,6 +39,7 @@ use mymps_core::plugin::PluginRegistrar;
 pub mod bridge;
 pub mod checkpoint;
 mod convert;
+mod generate;
 pub mod hf;
 mod torch_pickle;
 pub mod torchscript;

@@ -11,6 +11,7 @@ use super::layers::{
 };
 use super::{Arch, Bound, Build, Inputs};
 use crate::convert::model_error;
+use crate::generate::{CacheLayout, Decoder, Dims, KvCache};
 
 struct Block {
     ln_1: LayerNorm,
@@ -25,6 +26,7 @@ struct Gpt2 {
     vocab: i64,
     n_pos: i64,
     embd: i64,
+    inner: i64,
     heads: i64,
     head_dim: i64,
     act: Activation,
@@ -89,6 +91,7 @@ pub(super) fn build(b: &mut Build) -> Result<Box<dyn Arch>> {
         vocab,
         n_pos,
         embd,
+        inner,
         heads,
         head_dim: d,
         act,
@@ -102,7 +105,90 @@ pub(super) fn build(b: &mut Build) -> Result<Box<dyn Arch>> {
     }))
 }
 
+impl Gpt2 {
+    /// The decoder blocks over the embeddings `h` `[batch, s, embd]`, with
+    /// the keys and values of earlier positions from `cache` (and this
+    /// pass's written into it) when given; the hidden states before `ln_f`.
+    fn blocks(&self, mut h: Tensor, m: &Mask, mut cache: Option<&mut KvCache>) -> Result<Tensor> {
+        for (i, blk) in self.blocks.iter().enumerate() {
+            let x = blk.ln_1.forward(&h)?;
+            let qkv = blk.c_attn.forward(&x)?.f_split(self.embd, 2).tx()?;
+            let q = split_heads(&qkv[0], self.heads, self.head_dim)?;
+            let k = split_heads(&qkv[1], self.heads, self.head_dim)?;
+            let v = split_heads(&qkv[2], self.heads, self.head_dim)?;
+            let (k, v) = match cache.as_deref_mut() {
+                Some(c) => c.append(i, &k, &v)?,
+                None => (k, v),
+            };
+            let mut scale = 1.0;
+            if self.scale_attn_weights {
+                scale /= (self.head_dim as f64).sqrt();
+            }
+            if self.scale_by_layer {
+                scale /= (i + 1) as f64;
+            }
+            let ctx = merge_heads(&attention(&q, &k, &v, m, scale)?)?;
+            h = blk.attn_proj.forward(&ctx)?.f_add(&h).tx()?;
+            let x = blk.ln_2.forward(&h)?;
+            let f = blk
+                .mlp_proj
+                .forward(&self.act.forward(&blk.c_fc.forward(&x)?)?)?;
+            h = h.f_add(&f).tx()?;
+        }
+        Ok(h)
+    }
+}
+
+impl Decoder for Gpt2 {
+    fn max_positions(&self) -> i64 {
+        self.n_pos
+    }
+
+    fn layout(&self) -> CacheLayout {
+        CacheLayout {
+            layers: self.blocks.len() as i64,
+            kv_heads: self.heads,
+            head_dim: self.head_dim,
+        }
+    }
+
+    fn dims(&self) -> Dims {
+        Dims {
+            hidden: self.embd,
+            inner: self.inner,
+            heads: self.heads,
+            vocab: self.vocab,
+        }
+    }
+
+    fn decode(
+        &self,
+        ids: &Tensor,
+        pos: &Tensor,
+        keys: &Tensor,
+        cache: &mut KvCache,
+    ) -> Result<Tensor> {
+        let head = self
+            .lm_head
+            .as_ref()
+            .ok_or_else(|| model_error("no LM head"))?;
+        let s = ids.size()[1];
+        let h = self.wte.forward(ids)?.f_add(&self.wpe.forward(pos)?).tx()?;
+        let m = Mask::causal_at(s, cache.past(), ids.device(), Some(keys), None)?;
+        let h = self.blocks(h, &m, Some(cache))?;
+        let last = self.ln_f.forward(&h.f_narrow(1, s - 1, 1).tx()?)?;
+        head.forward(&last)?
+            .f_squeeze_dim(1)
+            .and_then(|l| l.f_to_kind(Kind::Float))
+            .tx()
+    }
+}
+
 impl Arch for Gpt2 {
+    fn decoder(&self) -> Option<&dyn Decoder> {
+        self.lm_head.as_ref().map(|_| self as &dyn Decoder)
+    }
+
     fn inputs(&self) -> &'static [&'static str] {
         &[
             "input_ids",
@@ -154,28 +240,7 @@ impl Arch for Gpt2 {
             h = h.f_add(&self.wte.forward(&tt)?).tx()?;
         }
         let m = Mask::causal(s, ids.device(), mask.as_ref(), None)?;
-        for (i, blk) in self.blocks.iter().enumerate() {
-            let x = blk.ln_1.forward(&h)?;
-            let qkv = blk.c_attn.forward(&x)?.f_split(self.embd, 2).tx()?;
-            let q = split_heads(&qkv[0], self.heads, self.head_dim)?;
-            let k = split_heads(&qkv[1], self.heads, self.head_dim)?;
-            let v = split_heads(&qkv[2], self.heads, self.head_dim)?;
-            let mut scale = 1.0;
-            if self.scale_attn_weights {
-                scale /= (self.head_dim as f64).sqrt();
-            }
-            if self.scale_by_layer {
-                scale /= (i + 1) as f64;
-            }
-            let ctx = merge_heads(&attention(&q, &k, &v, &m, scale)?)?;
-            h = blk.attn_proj.forward(&ctx)?.f_add(&h).tx()?;
-            let x = blk.ln_2.forward(&h)?;
-            let f = blk
-                .mlp_proj
-                .forward(&self.act.forward(&blk.c_fc.forward(&x)?)?)?;
-            h = h.f_add(&f).tx()?;
-        }
-        let h = self.ln_f.forward(&h)?;
+        let h = self.ln_f.forward(&self.blocks(h, &m, None)?)?;
         let mut out = Vec::new();
         if let Some(head) = &self.lm_head {
             out.push(("logits".to_owned(), head.forward(&h)?));

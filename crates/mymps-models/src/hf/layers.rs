@@ -305,10 +305,23 @@ impl Mask {
         padding: Option<&Tensor>,
         window: Option<i64>,
     ) -> Result<Mask> {
-        let i = Tensor::f_arange(seq, (Kind::Int64, device))
+        Mask::causal_at(seq, 0, device, padding, window)
+    }
+
+    /// [`Mask::causal`] for `seq` queries at positions `past..past + seq`
+    /// over `past + seq` keys (the new tokens of a step through a KV
+    /// cache); `padding` is `[batch, past + seq]`.
+    pub fn causal_at(
+        seq: i64,
+        past: i64,
+        device: Device,
+        padding: Option<&Tensor>,
+        window: Option<i64>,
+    ) -> Result<Mask> {
+        let i = Tensor::f_arange_start(past, past + seq, (Kind::Int64, device))
             .and_then(|t| t.f_unsqueeze(1))
             .tx()?;
-        let j = Tensor::f_arange(seq, (Kind::Int64, device))
+        let j = Tensor::f_arange(past + seq, (Kind::Int64, device))
             .and_then(|t| t.f_unsqueeze(0))
             .tx()?;
         // Hidden: j > i, or (sliding window) j <= i - window.

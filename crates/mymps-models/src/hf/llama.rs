@@ -21,6 +21,7 @@ use super::layers::{
 };
 use super::{Arch, Bound, Build, Config, Inputs, check_size};
 use crate::convert::{Weight, model_error};
+use crate::generate::{CacheLayout, Decoder, Dims, KvCache};
 
 struct Layer {
     input_norm: RmsNorm,
@@ -38,6 +39,10 @@ struct Layer {
 
 struct Llama {
     vocab: i64,
+    hidden: i64,
+    inner: i64,
+    /// `max_position_embeddings`: the longest sequence generated.
+    max_positions: i64,
     heads: i64,
     kv_heads: i64,
     head_dim: i64,
@@ -141,6 +146,8 @@ pub(super) struct Variant {
     vocab: i64,
     /// `intermediate_size` when the config gives none.
     intermediate: i64,
+    /// `max_position_embeddings` when the config gives none.
+    positions: i64,
     /// `num_key_value_heads` when the config gives none (`None`: one per
     /// attention head).
     kv_heads: Option<i64>,
@@ -175,6 +182,7 @@ enum Windows {
 pub(super) const LLAMA: Variant = Variant {
     vocab: 32000,
     intermediate: 11008,
+    positions: 2048,
     kv_heads: None,
     biases: Biases::FromConfig,
     windows: Windows::None,
@@ -184,6 +192,7 @@ pub(super) const LLAMA: Variant = Variant {
 pub(super) const MISTRAL: Variant = Variant {
     vocab: 32000,
     intermediate: 14336,
+    positions: 4096 * 32,
     kv_heads: Some(8),
     biases: Biases::None,
     windows: Windows::All,
@@ -193,6 +202,7 @@ pub(super) const MISTRAL: Variant = Variant {
 pub(super) const QWEN2: Variant = Variant {
     vocab: 151936,
     intermediate: 22016,
+    positions: 32768,
     kv_heads: None,
     biases: Biases::Qkv,
     windows: Windows::Qwen2,
@@ -332,6 +342,13 @@ pub(super) fn build(b: &mut Build, variant: &Variant) -> Result<Box<dyn Arch>> {
     };
     Ok(Box::new(Llama {
         vocab,
+        hidden,
+        inner: inter,
+        max_positions: cfg.size(
+            "max_position_embeddings",
+            Some(variant.positions),
+            Bound::Positions,
+        )?,
         heads,
         kv_heads,
         head_dim,
@@ -373,7 +390,107 @@ impl Llama {
     }
 }
 
+impl Llama {
+    /// The decoder layers over `ids` `[batch, s]` at positions `pos`, the
+    /// queries at cache positions `past..past + s` seeing the keys that
+    /// `padding` (`[batch, past + s]`, if any) allows; keys and values of
+    /// earlier positions come from `cache` (and this pass's are written
+    /// into it) when given. The hidden states before the final norm.
+    fn layers(
+        &self,
+        ids: &Tensor,
+        pos: &Tensor,
+        past: i64,
+        padding: Option<&Tensor>,
+        mut cache: Option<&mut KvCache>,
+    ) -> Result<Tensor> {
+        let s = ids.size()[1];
+        let dev = ids.device();
+        let mut h = self.embed.forward(ids)?;
+        let (cos, sin) = self.rotary(pos, h.kind())?;
+        let full = Mask::causal_at(s, past, dev, padding, None)?;
+        let mut masks = BTreeMap::new();
+        for w in self.layers.iter().filter_map(|l| l.window) {
+            if let Entry::Vacant(e) = masks.entry(w) {
+                e.insert(Mask::causal_at(s, past, dev, padding, Some(w))?);
+            }
+        }
+        let rep = self.heads / self.kv_heads;
+        let scale = (self.head_dim as f64).powf(-0.5);
+        for (i, l) in self.layers.iter().enumerate() {
+            let m = l.window.and_then(|w| masks.get(&w)).unwrap_or(&full);
+            let x = l.input_norm.forward(&h)?;
+            let q = split_heads(&l.q.forward(&x)?, self.heads, self.head_dim)?;
+            let k = split_heads(&l.k.forward(&x)?, self.kv_heads, self.head_dim)?;
+            let v = split_heads(&l.v.forward(&x)?, self.kv_heads, self.head_dim)?;
+            let q = apply_rope(&q, &cos, &sin)?;
+            let k = apply_rope(&k, &cos, &sin)?;
+            let (k, v) = match cache.as_deref_mut() {
+                Some(c) => c.append(i, &k, &v)?,
+                None => (k, v),
+            };
+            let k = repeat_kv(&k, rep)?;
+            let v = repeat_kv(&v, rep)?;
+            let ctx = merge_heads(&attention(&q, &k, &v, m, scale)?)?;
+            h = h.f_add(&l.o.forward(&ctx)?).tx()?;
+            let x = l.post_norm.forward(&h)?;
+            let g = self.act.forward(&l.gate.forward(&x)?)?;
+            let f = l.down.forward(&g.f_mul(&l.up.forward(&x)?).tx()?)?;
+            h = h.f_add(&f).tx()?;
+        }
+        Ok(h)
+    }
+}
+
+impl Decoder for Llama {
+    fn max_positions(&self) -> i64 {
+        self.max_positions
+    }
+
+    fn layout(&self) -> CacheLayout {
+        CacheLayout {
+            layers: self.layers.len() as i64,
+            kv_heads: self.kv_heads,
+            head_dim: self.head_dim,
+        }
+    }
+
+    fn dims(&self) -> Dims {
+        Dims {
+            hidden: self.hidden,
+            inner: self.inner,
+            heads: self.heads,
+            vocab: self.vocab,
+        }
+    }
+
+    fn decode(
+        &self,
+        ids: &Tensor,
+        pos: &Tensor,
+        keys: &Tensor,
+        cache: &mut KvCache,
+    ) -> Result<Tensor> {
+        let head = self
+            .lm_head
+            .as_ref()
+            .ok_or_else(|| model_error("no LM head"))?;
+        let s = ids.size()[1];
+        let past = cache.past();
+        let h = self.layers(ids, pos, past, Some(keys), Some(cache))?;
+        let last = self.norm.forward(&h.f_narrow(1, s - 1, 1).tx()?)?;
+        head.forward(&last)?
+            .f_squeeze_dim(1)
+            .and_then(|l| l.f_to_kind(Kind::Float))
+            .tx()
+    }
+}
+
 impl Arch for Llama {
+    fn decoder(&self) -> Option<&dyn Decoder> {
+        self.lm_head.as_ref().map(|_| self as &dyn Decoder)
+    }
+
     fn inputs(&self) -> &'static [&'static str] {
         &["input_ids", "attention_mask", "position_ids"]
     }
@@ -397,33 +514,7 @@ impl Arch for Llama {
                 .and_then(|a| a.f_unsqueeze(0))
                 .tx()?,
         };
-        let mut h = self.embed.forward(&ids)?;
-        let (cos, sin) = self.rotary(&pos, h.kind())?;
-        let full = Mask::causal(s, dev, mask.as_ref(), None)?;
-        let mut masks = BTreeMap::new();
-        for w in self.layers.iter().filter_map(|l| l.window) {
-            if let Entry::Vacant(e) = masks.entry(w) {
-                e.insert(Mask::causal(s, dev, mask.as_ref(), Some(w))?);
-            }
-        }
-        let rep = self.heads / self.kv_heads;
-        let scale = (self.head_dim as f64).powf(-0.5);
-        for l in &self.layers {
-            let m = l.window.and_then(|w| masks.get(&w)).unwrap_or(&full);
-            let x = l.input_norm.forward(&h)?;
-            let q = split_heads(&l.q.forward(&x)?, self.heads, self.head_dim)?;
-            let k = split_heads(&l.k.forward(&x)?, self.kv_heads, self.head_dim)?;
-            let v = split_heads(&l.v.forward(&x)?, self.kv_heads, self.head_dim)?;
-            let q = apply_rope(&q, &cos, &sin)?;
-            let k = repeat_kv(&apply_rope(&k, &cos, &sin)?, rep)?;
-            let v = repeat_kv(&v, rep)?;
-            let ctx = merge_heads(&attention(&q, &k, &v, m, scale)?)?;
-            h = h.f_add(&l.o.forward(&ctx)?).tx()?;
-            let x = l.post_norm.forward(&h)?;
-            let g = self.act.forward(&l.gate.forward(&x)?)?;
-            let f = l.down.forward(&g.f_mul(&l.up.forward(&x)?).tx()?)?;
-            h = h.f_add(&f).tx()?;
-        }
+        let h = self.layers(&ids, &pos, 0, mask.as_ref(), None)?;
         let h = self.norm.forward(&h)?;
         let mut out = Vec::new();
         if let Some(head) = &self.lm_head {

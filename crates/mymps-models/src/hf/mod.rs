@@ -32,6 +32,8 @@ mod llama;
 mod vit;
 
 #[cfg(test)]
+mod decode_tests;
+#[cfg(test)]
 mod tests;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -46,7 +48,13 @@ use tch::{Device, Kind, Tensor};
 
 use crate::checkpoint::read_state_dict;
 use crate::convert::{Weight, clip, device, download, float_kind, list, model_error};
-use layers::{Tx, bad_input};
+pub(crate) use layers::Tx;
+use layers::bad_input;
+
+use crate::generate::{Decoder, GenerationConfig, TextModel, TextTokenizer};
+use mymps_core::model::{
+    Control, GenerateLimits, GeneratePlan, GenerateRequest, GenerateSummary, Step,
+};
 
 /// An architecture this loader runs: everything the loader knows of it
 /// apart from the code that builds it.
@@ -435,6 +443,11 @@ pub(crate) trait Arch: Send + Sync {
     fn outputs(&self) -> Vec<&'static str>;
     /// A forward pass (autograd is off).
     fn forward(&self, inputs: &mut Inputs) -> Result<Vec<(String, Tensor)>>;
+    /// The decoder that generates text, for a causal LM whose head is in
+    /// the checkpoint. Default: none.
+    fn decoder(&self) -> Option<&dyn Decoder> {
+        None
+    }
 }
 
 /// What an architecture is built from.
@@ -568,6 +581,10 @@ struct HfModel {
     device: Device,
     kind: Kind,
     metadata: BTreeMap<String, String>,
+    /// `tokenizer.json`, if the directory has one.
+    tokenizer: Option<TextTokenizer>,
+    /// Generation defaults (`generation_config.json`, `config.json`).
+    generation: GenerationConfig,
 }
 
 /// A file of the model directory; it must resolve inside it.
@@ -760,7 +777,23 @@ impl ModelLoader for HuggingFaceLoader {
         };
         let arch: Box<dyn Arch> = tch::no_grad(|| (entry.build)(&mut b))?;
         let dtype = mymps_ops::dtype_of(kind).map_or("other", |d| d.name());
-        let metadata = BTreeMap::from([
+        let tokenizer = match inside(dir, "tokenizer.json")? {
+            Some(t) => Some(TextTokenizer::load(
+                &t,
+                inside(dir, "tokenizer_config.json")?.as_deref(),
+                read_text,
+            )?),
+            None => None,
+        };
+        let generation = match inside(dir, "generation_config.json")? {
+            Some(g) => {
+                let g: Json = serde_json::from_str(&read_text(&g, MAX_CONFIG_BYTES)?)
+                    .map_err(|e| model_error(format!("generation_config.json is not JSON: {e}")))?;
+                GenerationConfig::read(&cfg.json, Some(&g))?
+            }
+            None => GenerationConfig::read(&cfg.json, None)?,
+        };
+        let mut metadata = BTreeMap::from([
             (
                 "architecture".to_owned(),
                 architecture.unwrap_or_else(|| entry.base_class.to_owned()),
@@ -775,11 +808,24 @@ impl ModelLoader for HuggingFaceLoader {
             ("outputs".to_owned(), arch.outputs().join(", ")),
             ("engine".to_owned(), "native".to_owned()),
         ]);
+        if arch.decoder().is_some() {
+            metadata.insert("generate".to_owned(), "true".to_owned());
+            let eos: Vec<String> = generation.eos.iter().map(i64::to_string).collect();
+            metadata.insert("eos_token_id".to_owned(), eos.join(", "));
+        }
+        if let Some(t) = &tokenizer {
+            metadata.insert(
+                "tokenizer".to_owned(),
+                format!("tokenizer.json ({} tokens)", t.vocab()),
+            );
+        }
         Ok(Box::new(HfModel {
             arch,
             device: dev,
             kind,
             metadata,
+            tokenizer,
+            generation,
         }))
     }
 }
@@ -830,5 +876,62 @@ impl Model for HfModel {
 
     fn metadata(&self) -> BTreeMap<String, String> {
         self.metadata.clone()
+    }
+
+    fn generate(
+        &self,
+        request: &GenerateRequest,
+        limits: &GenerateLimits,
+        on_step: &mut dyn FnMut(Step) -> Control,
+    ) -> Result<GenerateSummary> {
+        self.text_model()?.generate(request, limits, on_step)
+    }
+
+    fn plan_generate(
+        &self,
+        request: &GenerateRequest,
+        limits: &GenerateLimits,
+    ) -> Result<GeneratePlan> {
+        self.text_model()?.plan(request, limits)
+    }
+
+    fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<i64>> {
+        self.tokenizer()?.encode(text, add_special_tokens)
+    }
+
+    fn decode(&self, ids: &[i64], skip_special_tokens: bool) -> Result<String> {
+        self.tokenizer()?.decode(ids, skip_special_tokens)
+    }
+}
+
+impl HfModel {
+    fn tokenizer(&self) -> Result<&TextTokenizer> {
+        self.tokenizer.as_ref().ok_or_else(|| {
+            Error::new(
+                mymps_core::ErrorCode::Unsupported,
+                "this model's directory has no tokenizer.json",
+            )
+        })
+    }
+
+    /// The decoder with its tokenizer and defaults, or why it cannot
+    /// generate.
+    fn text_model(&self) -> Result<TextModel<'_>> {
+        let decoder = self.arch.decoder().ok_or_else(|| {
+            Error::new(
+                mymps_core::ErrorCode::Unsupported,
+                format!(
+                    "{} does not generate text: generation needs a causal LM (gpt2, llama, mistral, qwen2) whose checkpoint has its LM head ('architectures' naming ...ForCausalLM or ...LMHeadModel)",
+                    self.metadata.get("architecture").map_or("this model", String::as_str)
+                ),
+            )
+        })?;
+        Ok(TextModel {
+            decoder,
+            tokenizer: self.tokenizer.as_ref(),
+            config: &self.generation,
+            kind: self.kind,
+            device: self.device,
+        })
     }
 }
