@@ -65,17 +65,38 @@ pub(super) fn rope(cfg: &Config, head_dim: i64, device: Device) -> Result<(Tenso
             "config.json: partial_rotary_factor other than 1 is not supported",
         ));
     }
-    let theta = cfg.float("rope_theta", 10000.0)?;
+    // transformers 5 writes `rope_parameters` — `rope_type`, `rope_theta`
+    // and the scaling's own numbers in one object — where 4.x wrote a
+    // top-level `rope_theta` and `rope_scaling`. Read either.
+    let params = match cfg.value("rope_parameters") {
+        None | Some(Json::Null) => None,
+        Some(Json::Object(o)) if o.contains_key("rope_type") || o.contains_key("rope_theta") => {
+            Some(o)
+        }
+        Some(Json::Object(_)) => {
+            return Err(model_error(
+                "config.json: rope_parameters per layer type are not supported natively (engine=\"python\" runs the model through transformers)",
+            ));
+        }
+        Some(_) => return Err(model_error("config.json: rope_parameters must be an object")),
+    };
+    let theta = match params.and_then(|o| o.get("rope_theta")) {
+        Some(v) => v.as_f64().ok_or_else(|| {
+            model_error("config.json: rope_parameters.rope_theta must be a number")
+        })?,
+        None => cfg.float("rope_theta", 10000.0)?,
+    };
     let base = Tensor::f_arange_start_step(0, head_dim, 2, (Kind::Int64, Device::Cpu))
         .and_then(|a| a.f_to_kind(Kind::Float))
         .and_then(|a| a.f_div_scalar(head_dim as f64))
         .and_then(|e| Tensor::f_pow_scalar(theta, &e))
         .and_then(|p| p.f_reciprocal())
         .tx()?;
-    let scaling = match cfg.value("rope_scaling") {
-        None => None,
-        Some(Json::Object(o)) => Some(o),
-        Some(_) => return Err(model_error("config.json: rope_scaling must be an object")),
+    let scaling = match (params, cfg.value("rope_scaling")) {
+        (Some(o), _) => Some(o),
+        (None, None | Some(Json::Null)) => None,
+        (None, Some(Json::Object(o))) => Some(o),
+        (None, Some(_)) => return Err(model_error("config.json: rope_scaling must be an object")),
     };
     let rope_type = scaling
         .and_then(|o| o.get("rope_type").or_else(|| o.get("type")))
