@@ -615,7 +615,9 @@ fn inside(dir: &Path, name: &str) -> Result<Option<PathBuf>> {
     if !real.is_file() {
         return Err(model_error(format!("'{}' is not a file", joined.display())));
     }
-    Ok(Some(real))
+    // The name in the directory, not its target: a cache's blobs have no
+    // extension, and readers tell formats by it.
+    Ok(Some(joined))
 }
 
 /// The shard files of a `*.index.json`, in order, each once.
