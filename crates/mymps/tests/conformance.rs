@@ -1070,6 +1070,7 @@ fn outputs_of(r: &Reply) -> Outputs {
         .collect();
     Outputs {
         tensors,
+        kept: Vec::new(),
         device: r.header("x-device").expect("x-device").to_owned(),
         elapsed_s: r.header("x-time").expect("x-time").parse().unwrap(),
     }
