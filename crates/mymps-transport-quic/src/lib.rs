@@ -24,15 +24,16 @@
 //! The server presents `TransportOptions::tls_cert`/`tls_key` (PEM), or
 //! generates a self-signed certificate at every start, writes it to
 //! `tls_cert_out` (default [`DEFAULT_CERT_FILE`]) and logs its SHA-256
-//! fingerprint. The client verifies the server with a CA / certificate file
-//! (`tls_ca`), a pinned fingerprint (`tls_fingerprint`), or both; with
-//! neither it refuses to connect and says what to pass.
+//! fingerprint. The client verifies the server with a `--ca` file of CA
+//! and/or server certificates (`tls_ca`; a server certificate, self-signed
+//! ones included, is a pin of exactly that certificate), a pinned
+//! fingerprint (`tls_fingerprint`), or both; with neither it refuses to
+//! connect and says what to pass. All of it is [`mymps_tls`]'s, shared
+//! with `tcp+tls://`.
 //!
 //! Linking this crate registers the transport; [`TRANSPORT`] is also
 //! exported for explicit use.
 #![warn(missing_docs)]
-
-mod tls;
 
 use std::collections::HashMap;
 use std::io;
@@ -52,7 +53,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tracing::{debug, warn};
 
-pub use tls::{DEFAULT_CERT_FILE, certificate_names, fingerprint, fingerprint_of_pem_file};
+pub use mymps_tls::{DEFAULT_CERT_FILE, certificate_names, fingerprint, fingerprint_of_pem_file};
 
 /// The QUIC transport.
 #[derive(Debug, Clone, Copy, Default)]
@@ -218,17 +219,22 @@ async fn accept_loop(
             let peer = incoming.remote_address();
             let connecting = match incoming.accept() {
                 Ok(c) => c,
-                Err(e) => return tls::log_refused_handshake(peer, &e),
+                Err(e) => return log_refused_handshake(peer, &e),
             };
             match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, connecting).await {
                 Ok(Ok(conn)) => {
                     let _ = accepted.send(server_connection(conn, refusals)).await;
                 }
-                Ok(Err(e)) => tls::log_refused_handshake(peer, &e),
+                Ok(Err(e)) => log_refused_handshake(peer, &e),
                 Err(_) => warn!(%peer, "quic: TLS handshake timed out"),
             }
         });
     }
+}
+
+/// Logs that a client was refused at the TLS level (on the server).
+fn log_refused_handshake(peer: SocketAddr, e: &quinn::ConnectionError) {
+    warn!(%peer, error = %e, "quic: handshake failed");
 }
 
 type Replies = Arc<Mutex<HashMap<u64, quinn::SendStream>>>;
@@ -568,15 +574,17 @@ impl Transport for QuicTransport {
         Box::pin(async move {
             let addr = resolve(endpoint).await?;
             let socket = std::net::UdpSocket::bind(addr)?;
-            let identity = tls::server_identity(
+            let identity = mymps_tls::server_identity(
+                SCHEME,
                 &endpoint.host,
                 options.tls_cert.as_deref(),
                 options.tls_key.as_deref(),
                 options.tls_cert_out.as_deref(),
             )?;
-            let crypto =
-                quinn::crypto::rustls::QuicServerConfig::try_from(tls::server_config(identity)?)
-                    .map_err(|e| io::Error::other(format!("QUIC TLS set-up: {e}")))?;
+            let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(
+                mymps_tls::server_config(identity)?,
+            )
+            .map_err(|e| io::Error::other(format!("QUIC TLS set-up: {e}")))?;
             let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
             config.transport_config(Arc::new(transport_config(true)));
             let quic = quinn::Endpoint::new(
@@ -604,14 +612,15 @@ impl Transport for QuicTransport {
         options: &'a TransportOptions,
     ) -> BoxFuture<'a, io::Result<Connection>> {
         Box::pin(async move {
-            let verifier = Arc::new(tls::Verifier::new(
+            let verifier = Arc::new(mymps_tls::Verifier::new(
+                SCHEME,
                 options.tls_ca.as_deref(),
                 options.tls_fingerprint.as_deref(),
             )?);
             let addr = resolve(endpoint).await?;
-            let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls::client_config(
-                verifier.clone(),
-            )?)
+            let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(
+                mymps_tls::client_config(verifier.clone())?,
+            )
             .map_err(|e| io::Error::other(format!("QUIC TLS set-up: {e}")))?;
             let mut config = quinn::ClientConfig::new(Arc::new(crypto));
             config.transport_config(Arc::new(transport_config(false)));
@@ -627,12 +636,7 @@ impl Transport for QuicTransport {
             let conn = match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
                 Ok(Ok(conn)) => conn,
                 Ok(Err(e)) => {
-                    let refusal = verifier
-                        .refusal
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .take();
-                    return Err(match refusal {
+                    return Err(match verifier.take_refusal() {
                         Some(why) => io::Error::new(io::ErrorKind::PermissionDenied, why),
                         None => io::Error::new(
                             io::ErrorKind::ConnectionRefused,

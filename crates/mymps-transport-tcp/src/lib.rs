@@ -4,9 +4,16 @@
 //! framed by [`mymps_core::stream`] (vectored writes straight from tensor
 //! buffers, reads into buffers that become the tensors).
 //!
-//! Linking this crate registers the transport; [`TRANSPORT`] is also
-//! exported for explicit use.
+//! With the `tls` feature, also `tcp+tls://host:port`: the same frames in
+//! TLS 1.3 (tokio-rustls; certificates and verification are
+//! [`mymps_tls`]'s, shared with `quic://`). See [`TlsTransport`].
+//!
+//! Linking this crate registers the transports; [`TRANSPORT`] (and
+//! `TLS_TRANSPORT`) are also exported for explicit use.
 #![warn(missing_docs)]
+
+#[cfg(feature = "tls")]
+mod tls;
 
 use std::io;
 use std::sync::Arc;
@@ -18,6 +25,11 @@ use mymps_core::transport::{
 };
 use tokio::net::{TcpListener, TcpStream};
 
+#[cfg(feature = "tls")]
+pub use tls::{
+    HANDSHAKE_TIMEOUT as TLS_HANDSHAKE_TIMEOUT, MAX_HANDSHAKES, SCHEME as TLS_SCHEME, TlsTransport,
+};
+
 /// The TCP transport.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct TcpTransport;
@@ -26,6 +38,16 @@ pub struct TcpTransport;
 pub static TRANSPORT: TcpTransport = TcpTransport;
 
 inventory::submit! { TransportRegistration { transport: &TRANSPORT } }
+
+/// The transport instance registered for `tcp+tls://` (feature `tls`).
+///
+/// It is declared here, beside [`TRANSPORT`], so that a program that names
+/// either static to keep this crate linked keeps both registrations.
+#[cfg(feature = "tls")]
+pub static TLS_TRANSPORT: TlsTransport = TlsTransport;
+
+#[cfg(feature = "tls")]
+inventory::submit! { TransportRegistration { transport: &TLS_TRANSPORT } }
 
 const SCHEME: &str = "tcp";
 
@@ -68,7 +90,8 @@ impl Transport for TcpTransport {
         SCHEME
     }
 
-    /// Binds; of the options TCP uses only `host_alloc` (it has no TLS).
+    /// Binds; of the options TCP uses only `host_alloc` (it has no TLS:
+    /// see `tcp+tls://`).
     fn bind<'a>(
         &'a self,
         endpoint: &'a Endpoint,

@@ -9,6 +9,10 @@
 //!
 //! ## Features
 //! - `tcp` (default): the TCP transport, `tcp://host:port`.
+//! - `tcp+tls` (default): TLS 1.3 over TCP, `tcp+tls://host:port`: the TCP
+//!   transport's frames, verified like QUIC (a CA file, a server
+//!   certificate, or a pinned fingerprint; see `mymps::tls`); registered by
+//!   [`tcp`] (`tcp::TLS_TRANSPORT`).
 //! - `quic` (default): the QUIC transport, `quic://host:port`: TLS 1.3
 //!   (verified with a CA file or a pinned fingerprint), one stream per
 //!   request; see [`quic`].
@@ -20,11 +24,12 @@
 //! - `http` (default): the HTTP listener, `http://host:port`: the first
 //!   mymps's REST API (JSON + msgpack), a live dashboard at `/` and
 //!   Prometheus metrics at `/metrics` (see `docs/http.md`). Server side
-//!   only: mymps clients connect with `tcp://`, `quic://` or `zmq://`.
+//!   only: mymps clients connect with `tcp://`, `tcp+tls://`, `quic://` or
+//!   `zmq://`.
 //! - `server` (default): the libtorch backend ([`backend_tch`]) and the op
 //!   whitelist ([`ops`]); needs libtorch at build time. A client-only build
-//!   (`default-features = false, features = ["tcp"]`, plus `"quic"` or
-//!   `"zmq"` for those) needs no libtorch.
+//!   (`default-features = false, features = ["tcp"]`, plus `"tcp+tls"`,
+//!   `"quic"` or `"zmq"` for those) needs no libtorch.
 //! - `cluster` (default): [`cluster`], one client over several servers
 //!   (least-busy routing, health checks, failover); no libtorch.
 //!
@@ -57,9 +62,16 @@ pub use mymps_core::*;
 pub mod npy;
 
 /// The TCP transport (feature `tcp`). Naming the crate here links it, which
-/// registers `tcp://` for every program that uses this facade.
+/// registers `tcp://` for every program that uses this facade (and, with
+/// the feature `tcp+tls`, `tcp+tls://`).
 #[cfg(feature = "tcp")]
 pub use mymps_transport_tcp as tcp;
+
+/// TLS as the TLS transports (`quic://`, `tcp+tls://`) do it (feature
+/// `quic` or `tcp+tls`): certificate fingerprints, the generated
+/// certificate's default file, how a client verifies a server.
+#[cfg(any(feature = "quic", feature = "tcp+tls"))]
+pub use mymps_tls as tls;
 
 /// The cluster client (feature `cluster`): one client over several
 /// servers, whatever their transports.

@@ -134,8 +134,9 @@ enum ModelsCommand {
 #[derive(ClapArgs)]
 struct ServeArgs {
     /// Where to listen (repeat for several listeners): tcp://HOST:PORT,
-    /// quic://HOST:PORT (TLS), zmq://HOST:PORT (ZeroMQ) or http://HOST:PORT
-    /// (the first mymps's REST API, dashboard and /metrics). Default:
+    /// tcp+tls://HOST:PORT (TCP in TLS), quic://HOST:PORT (TLS), zmq://HOST:PORT
+    /// (ZeroMQ) or http://HOST:PORT (the first mymps's REST API, dashboard
+    /// and /metrics). Default:
     /// tcp://$MYMPS_HOST:$MYMPS_PORT, else tcp://127.0.0.1:5555.
     #[arg(long, value_name = "URL")]
     listen: Vec<String>,
@@ -169,16 +170,18 @@ struct ServeArgs {
     /// whitespace ignored). Without it, no authentication.
     #[arg(long, value_name = "PATH", env = "MYMPS_AUTH_TOKEN_FILE")]
     auth_token_file: Option<PathBuf>,
-    /// quic://: the certificate chain to present (PEM), with --tls-key.
-    /// Without both, a self-signed certificate is generated at every start.
+    /// quic://, tcp+tls://: the certificate chain to present (PEM), with
+    /// --tls-key. Without both, a self-signed certificate is generated at
+    /// every start.
     #[arg(long, value_name = "PEM", env = "MYMPS_TLS_CERT", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
-    /// quic://: the private key of --tls-cert (PEM).
+    /// quic://, tcp+tls://: the private key of --tls-cert (PEM).
     #[arg(long, value_name = "PEM", env = "MYMPS_TLS_KEY", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
-    /// quic://: where to write the generated self-signed certificate for
-    /// clients (default: ./mymps-quic-cert.pem; a file mymps did not write
-    /// is never overwritten).
+    /// quic://, tcp+tls://: where to write the generated self-signed
+    /// certificate for clients (one for every TLS listener; default:
+    /// ./mymps-quic-cert.pem; a file mymps did not write is never
+    /// overwritten).
     #[arg(long, value_name = "PATH", env = "MYMPS_TLS_CERT_OUT")]
     tls_cert_out: Option<PathBuf>,
     /// Log filter (error, warn, info, debug, trace, or a tracing filter).
@@ -193,7 +196,8 @@ struct ServeArgs {
 
 #[derive(ClapArgs)]
 struct ClientArgs {
-    /// Server address: tcp://HOST:PORT or zmq://HOST:PORT.
+    /// Server address: tcp://HOST:PORT, tcp+tls://HOST:PORT, quic://HOST:PORT
+    /// or zmq://HOST:PORT.
     #[arg(
         long,
         env = "MYMPS_ADDR",
@@ -210,11 +214,12 @@ struct ClientArgs {
     /// Authentication token, for servers started with --auth-token-file.
     #[arg(long, env = "MYMPS_TOKEN", global = true, hide_env_values = true)]
     token: Option<String>,
-    /// quic://: the server's certificate or its CA (PEM) to verify it with.
+    /// quic://, tcp+tls://: the server's certificate (a pin of exactly that
+    /// certificate; self-signed ones too) or its CA (PEM) to verify it with.
     #[arg(long, value_name = "PEM", env = "MYMPS_CA", global = true)]
     ca: Option<PathBuf>,
-    /// quic://: the server certificate's pinned SHA-256 fingerprint (hex, as
-    /// `mymps serve` prints it).
+    /// quic://, tcp+tls://: the server certificate's pinned SHA-256
+    /// fingerprint (hex, as `mymps serve` prints it).
     #[arg(long, value_name = "SHA256", env = "MYMPS_FINGERPRINT", global = true)]
     fingerprint: Option<String>,
 }
@@ -401,19 +406,22 @@ fn serve(a: ServeArgs) -> Result<(), Error> {
         for ep in server.local_endpoints() {
             let _ = writeln!(out, "mymps: listening on {ep}");
         }
-        // Then, for quic://, the certificate clients verify the server with.
-        #[cfg(feature = "quic")]
-        if server.local_endpoints().iter().any(|ep| ep.scheme == "quic") {
+        // Then, once per TLS scheme (quic://, tcp+tls://), the certificate
+        // clients verify the server with (one file for all of them).
+        for scheme in ["quic", "tcp+tls"] {
+            if !server.local_endpoints().iter().any(|ep| ep.scheme == scheme) {
+                continue;
+            }
             let path = a.tls_cert.clone().unwrap_or_else(|| {
                 a.tls_cert_out
                     .clone()
-                    .unwrap_or_else(|| mymps::quic::DEFAULT_CERT_FILE.into())
+                    .unwrap_or_else(|| mymps::tls::DEFAULT_CERT_FILE.into())
             });
-            let fp = mymps::quic::fingerprint_of_pem_file(&path)
+            let fp = mymps::tls::fingerprint_of_pem_file(&path)
                 .map_err(|e| Error::internal(e.to_string()))?;
             let shown = std::fs::canonicalize(&path).unwrap_or(path);
-            let _ = writeln!(out, "mymps: quic certificate {} sha256 {fp}", shown.display());
-            tracing::info!(cert = %shown.display(), sha256 = %fp, "quic certificate for clients (--ca FILE or --fingerprint SHA256)");
+            let _ = writeln!(out, "mymps: {scheme} certificate {} sha256 {fp}", shown.display());
+            tracing::info!(cert = %shown.display(), sha256 = %fp, "{scheme} certificate for clients (--ca FILE or --fingerprint SHA256)");
         }
         let _ = out.flush();
         drop(out);

@@ -1,7 +1,7 @@
 //! One conformance suite over every transport, in the style of burn's
 //! `testgen`: each case below is written once and run, by `conformance!`
 //! at the end of this file, against a real server on an ephemeral
-//! loopback port over `tcp://`, `quic://` and `zmq://` (the binary
+//! loopback port over `tcp://`, `tcp+tls://`, `quic://` and `zmq://` (the binary
 //! protocol: the Rust client, and frames sent by hand), and over the HTTP
 //! listener (`http://`, the first mymps's REST API, through a hand-written
 //! HTTP/1.1 client). Where part of a case cannot be said over a transport
@@ -39,6 +39,8 @@ use tokio::net::TcpStream;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Wire {
     Tcp,
+    /// `tcp+tls://`: the TCP transport's frames in TLS.
+    TcpTls,
     Quic,
     Zmq,
     /// The HTTP listener: the first mymps's REST API (JSON and the legacy
@@ -50,6 +52,7 @@ impl Wire {
     fn scheme(self) -> &'static str {
         match self {
             Wire::Tcp => "tcp",
+            Wire::TcpTls => "tcp+tls",
             Wire::Quic => "quic",
             Wire::Zmq => "zmq",
             Wire::Http => "http",
@@ -62,14 +65,14 @@ struct Fixture {
     wire: Wire,
     server: ServerHandle,
     addr: String,
-    /// QUIC: the certificate the server generated, which clients verify
+    /// QUIC, TCP+TLS: the certificate the server generated, which clients verify
     /// it with (as `quic.rs` does); its folder lives as long as the server.
     cert: Option<(tempfile::TempDir, PathBuf)>,
 }
 
 impl Fixture {
     async fn start(wire: Wire, tweak: impl FnOnce(&mut ServerConfig)) -> Fixture {
-        let cert = (wire == Wire::Quic).then(|| {
+        let cert = matches!(wire, Wire::Quic | Wire::TcpTls).then(|| {
             let dir = tempfile::tempdir().unwrap();
             let pem = dir.path().join("server-cert.pem");
             (dir, pem)
@@ -88,7 +91,7 @@ impl Fixture {
         }
     }
 
-    /// What a client needs to reach this server (QUIC: the certificate).
+    /// What a client needs to reach this server (TLS: the certificate).
     fn transport_options(&self) -> TransportOptions {
         TransportOptions {
             tls_ca: self.cert.as_ref().map(|(_, pem)| pem.clone()),
@@ -1214,6 +1217,8 @@ macro_rules! conformance {
 
 conformance! {
     tcp: Tcp => [contract, dtypes, shapes, in_flight, many_clients, bad_input, caps, tokens, big_tensor];
+    #[cfg(feature = "tcp+tls")]
+    tcp_tls: TcpTls => [contract, dtypes, shapes, in_flight, many_clients, bad_input, caps, tokens, big_tensor];
     #[cfg(feature = "quic")]
     quic: Quic => [contract, dtypes, shapes, in_flight, many_clients, bad_input, caps, tokens, big_tensor];
     #[cfg(feature = "zmq")]
