@@ -45,8 +45,7 @@ use crate::model::{LoadRequest, ModelInfo};
 use crate::ops::OpInfo;
 use crate::protocol::rpc::{self, Infer, Rpc};
 use crate::protocol::{
-    self, Frame, FrameKind, HandleInfo, HealthInfo, Limits, OpSummary, Request, Response,
-    StatsInfo, TensorRef, Welcome,
+    self, Frame, FrameKind, HealthInfo, Limits, OpSummary, Request, Response, StatsInfo, Welcome,
 };
 use crate::tensor::Tensor;
 use crate::transport::{
@@ -55,6 +54,7 @@ use crate::transport::{
 use crate::value::Value;
 
 pub use crate::protocol::rpc::{Call, Outputs};
+pub use crate::protocol::{HandleInfo, Keep, TensorRef};
 
 /// The default port, as in the first mymps.
 pub const DEFAULT_PORT: u16 = 5555;

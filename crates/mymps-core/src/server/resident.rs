@@ -400,8 +400,11 @@ fn check_keep(keep: &Keep, produced: &[(String, Operand)]) -> Result<()> {
     Ok(())
 }
 
+/// Results to send back, and results to keep, by name.
+type Split = (Vec<(String, Tensor)>, Vec<(String, Resident)>);
+
 /// Splits results into data to send and tensors to keep.
-fn split(outputs: Vec<(String, Operand)>) -> (Vec<(String, Tensor)>, Vec<(String, Resident)>) {
+fn split(outputs: Vec<(String, Operand)>) -> Split {
     let mut data = Vec::new();
     let mut kept = Vec::new();
     for (name, o) in outputs {
