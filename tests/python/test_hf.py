@@ -8,18 +8,22 @@ safetensors, `pytorch_model.bin`, sharded `.bin`).
 
 The server runs the architectures natively (Rust on tch, no Python), from
 the `mymps-models` plugin beside its binary (scripts/setup.sh puts it
-there).
+there). Checked against transformers 4.57 and 5.x: `pytorch_model.bin`
+checkpoints are written here (`save_bin`), as transformers 5 writes
+safetensors only. Hub names resolve through a Hugging Face cache laid out
+here. Architectures the native path lacks: test_bridge.py.
 """
 
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
 import torch
 import transformers as tf
 
-from mymps import BadArgumentError, ModelError
+from mymps import BadArgumentError, ModelError, MympsClient
 
 # The server's device (conftest starts it there). On an accelerator the
 # models are loaded as float32 explicitly (its default is float16), and the
@@ -89,8 +93,46 @@ def compare(client, name, model, inputs, outputs, atol=ATOL):
     return diffs
 
 
-def load(client, name, model, path, **save_kw):
-    model.save_pretrained(str(path), **save_kw)
+def save_bin(model, path, shard_bytes=None):
+    """config.json and pytorch_model.bin (sharded with its index when
+    `shard_bytes` is given), as save_pretrained(safe_serialization=False)
+    wrote them before transformers 5, which writes safetensors only. Tied
+    parameters are saved once (the first key that holds them)."""
+    path.mkdir(parents=True, exist_ok=True)
+    model.config.architectures = [type(model).__name__]
+    model.config.save_pretrained(str(path))
+    seen, sd = set(), {}
+    for k, v in model.state_dict().items():
+        if v.data_ptr() in seen:
+            continue
+        seen.add(v.data_ptr())
+        sd[k] = v.contiguous()
+    if shard_bytes is None:
+        torch.save(sd, path / "pytorch_model.bin")
+        return
+    shards, cur, size = [], {}, 0
+    for k, v in sd.items():
+        n = v.numel() * v.element_size()
+        if cur and size + n > shard_bytes:
+            shards.append(cur)
+            cur, size = {}, 0
+        cur[k], size = v, size + n
+    shards.append(cur)
+    weight_map = {}
+    for i, shard in enumerate(shards):
+        name = f"pytorch_model-{i + 1:05d}-of-{len(shards):05d}.bin"
+        torch.save(shard, path / name)
+        weight_map.update({k: name for k in shard})
+    total = sum(v.numel() * v.element_size() for v in sd.values())
+    (path / "pytorch_model.bin.index.json").write_text(
+        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}))
+
+
+def load(client, name, model, path, bin=False, shard_bytes=None, **save_kw):
+    if bin:
+        save_bin(model, path, shard_bytes)
+    else:
+        model.save_pretrained(str(path), **save_kw)
     info = client.load_model(name, model_type="huggingface", model_path=str(path), **FLOAT32)
     assert info["status"] == "ok" and info["name"] == name
     return info
@@ -159,7 +201,7 @@ def test_distilbert_matches_transformers(client, tmp_path):
 def test_bert_from_pytorch_model_bin_and_a_masked_lm_checkpoint(client, tmp_path):
     # pytorch_model.bin (torch.save zip), read by mymps's own unpickler.
     model = tiny(tf.BertConfig, model=tf.BertModel, **dict(ENCODER_KW, hidden_act="gelu_new"))
-    info = load(client, "bert-bin", model, tmp_path / "bin", safe_serialization=False)
+    info = load(client, "bert-bin", model, tmp_path / "bin", bin=True)
     assert info["metadata"]["weights"] == "pytorch_model.bin"
     ids, mask = token_ids()
     compare(client, "bert-bin", model, {"input_ids": ids, "attention_mask": mask},
@@ -208,7 +250,7 @@ def test_gpt2_matches_transformers(client, tmp_path):
     # GPT2LMHeadModel: logits through the tied embeddings (the checkpoint
     # has no lm_head.weight), from a sharded pytorch_model.bin.
     lm = tiny(tf.GPT2Config, model=tf.GPT2LMHeadModel, **dict(kw, activation_function="gelu"))
-    info = load(client, "gpt2-lm", lm, tmp_path / "gpt2-lm", safe_serialization=False, max_shard_size="20KB")
+    info = load(client, "gpt2-lm", lm, tmp_path / "gpt2-lm", bin=True, shard_bytes=20_000)
     assert info["metadata"]["architecture"] == "GPT2LMHeadModel"
     assert info["metadata"]["weights"].startswith("pytorch_model.bin.index.json (")
     assert info["metadata"]["parameters"] == str(n_params(lm))
@@ -272,7 +314,7 @@ def test_qwen2_matches_transformers(client, tmp_path):
     assert info["metadata"]["parameters"] == str(n_params(lm))
     decoder_cases(client, "qwen2", lm, ["last_hidden_state", "logits"])
     base = tiny(tf.Qwen2Config, model=tf.Qwen2Model, **LLAMA_KW)
-    load(client, "qwen2-base", base, tmp_path / "qwen2-base", safe_serialization=False)
+    load(client, "qwen2-base", base, tmp_path / "qwen2-base", bin=True)
     decoder_cases(client, "qwen2-base", base, ["last_hidden_state"])
     for n in ["qwen2", "qwen2-base"]:
         client.unload_model(n)
@@ -344,6 +386,56 @@ def test_half_precision_loads(client, tmp_path, dtype):
     client.unload_model(f"half-vit-{dtype}")
 
 
+# ---- hub names --------------------------------------------------------------
+
+def hub_cache_entry(cache, repo_id, src, rev="0123abcd"):
+    """`src`'s files as a snapshot of the Hugging Face cache `cache` (the
+    layout huggingface_hub writes: blobs/, snapshots/REV/ of links, refs/main)."""
+    repo = cache / ("models--" + repo_id.replace("/", "--"))
+    snap = repo / "snapshots" / rev
+    (repo / "blobs").mkdir(parents=True)
+    (repo / "refs").mkdir()
+    snap.mkdir(parents=True)
+    for f in src.iterdir():
+        blob = repo / "blobs" / f"{f.name}.blob"
+        shutil.copy(f, blob)
+        (snap / f.name).symlink_to(os.path.relpath(blob, snap))
+    (repo / "refs" / "main").write_text(rev)
+    return snap
+
+
+def test_hub_names_resolve_through_the_local_cache(server_factory, tmp_path, monkeypatch):
+    model = tiny(tf.BertConfig, model=tf.BertModel, **ENCODER_KW)
+    model.save_pretrained(str(tmp_path / "src"))
+    cache = tmp_path / "hf-cache"
+    snap = hub_cache_entry(cache, "org/tiny-bert", tmp_path / "src")
+    # A snapshot whose file links out of its repository is refused.
+    bad = hub_cache_entry(cache, "org/escape", tmp_path / "src")
+    (bad / "config.json").unlink()
+    (bad / "config.json").symlink_to(tmp_path / "src" / "config.json")
+    root = tmp_path / "root"
+    root.mkdir()
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    server = server_factory("--model-root", str(root))
+    monkeypatch.delenv("HF_HUB_CACHE")
+    with MympsClient(server.host, server.port) as c:
+        # The seed's form: the name alone.
+        info = c.load_model("org/tiny-bert", **FLOAT32)
+        assert info["metadata"]["path"] == str(snap.resolve())
+        assert info["metadata"]["engine"] == "native"
+        ids, mask = token_ids()
+        compare(c, "org/tiny-bert", model, {"input_ids": ids, "attention_mask": mask},
+                ["last_hidden_state", "pooler_output"])
+        with pytest.raises(ModelError, match=r"cannot be opened.*not in the Hugging Face cache .*models--org--missing"):
+            c.load_model("org/missing")
+        with pytest.raises(ModelError, match="leads out of the model directory"):
+            c.load_model("org/escape")
+        # Paths that are no hub names are not looked up there.
+        with pytest.raises(ModelError, match="outside the model root"):
+            c.load_model("x", model_path=str(snap))
+        assert c.health()["status"] == "ok"
+
+
 # ---- errors ---------------------------------------------------------------
 
 def test_errors_are_clear_and_the_server_keeps_serving(client, tmp_path):
@@ -365,8 +457,13 @@ def test_errors_are_clear_and_the_server_keeps_serving(client, tmp_path):
     (tmp_path / "albert").mkdir()
     (tmp_path / "albert" / "config.json").write_text(
         json.dumps({"model_type": "albert", "architectures": ["AlbertModel"]}))
-    with pytest.raises(ModelError, match=r"unsupported architecture: model_type 'albert' \(AlbertModel\); "
-                                         r"this server runs: bert \(BertModel\), distilbert .*llama .*vit \(ViTModel\)"):
+    with pytest.raises(ModelError, match=r"model_type 'albert' \(AlbertModel\) has no native implementation "
+                                         r"\(native: bert \(BertModel\), distilbert .*llama .*vit \(ViTModel\).*\); "
+                                         r"engine=\"python\" runs it"):
+        client.load_model("e", model_type="huggingface", model_path=str(tmp_path / "albert"), engine="native")
+    # Without an engine, transformers (the Python engine) takes it, and
+    # says what it lacks (test_bridge.py runs such models).
+    with pytest.raises(ModelError, match="albert"):
         client.load_model("e", model_type="huggingface", model_path=str(tmp_path / "albert"))
     # No weights; a weight missing; a weight of the wrong shape.
     (tmp_path / "noweights").mkdir()
