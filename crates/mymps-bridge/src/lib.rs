@@ -195,8 +195,8 @@ pub unsafe extern "C" fn mymps_bridge_configure(
     let result = std::panic::catch_unwind(|| {
         // SAFETY: per the function's contract.
         let text = unsafe { CStr::from_ptr(json) }.to_string_lossy();
-        let config: Config = serde_json::from_str(&text)
-            .map_err(|e| format!("bad bridge configuration: {e}"))?;
+        let config: Config =
+            serde_json::from_str(&text).map_err(|e| format!("bad bridge configuration: {e}"))?;
         match ENGINE.get_or_init(|| start(&config)) {
             Ok(_) => Ok(()),
             Err(m) => Err(m.clone()),
@@ -369,7 +369,14 @@ impl Model for PyModel {
                 }
                 engine.module.bind(py).call_method1(
                     "forward",
-                    PyTuple::new(py, [self.loaded.bind(py).clone(), args.into_any(), kwargs.into_any()])?,
+                    PyTuple::new(
+                        py,
+                        [
+                            self.loaded.bind(py).clone(),
+                            args.into_any(),
+                            kwargs.into_any(),
+                        ],
+                    )?,
                 )
             };
             let out = run().map_err(|e| py_error(py, e))?;

@@ -553,14 +553,16 @@ impl ModelRegistry {
             Err(e) => {
                 // Not under the root: a loader may know another place.
                 let mut looked = vec![e.message];
-                let found = candidates.iter().find_map(|l| match l.locate(request.path()) {
-                    Some(Ok(p)) => Some(p),
-                    Some(Err(e)) => {
-                        looked.push(e.message);
-                        None
-                    }
-                    None => None,
-                });
+                let found = candidates
+                    .iter()
+                    .find_map(|l| match l.locate(request.path()) {
+                        Some(Ok(p)) => Some(p),
+                        Some(Err(e)) => {
+                            looked.push(e.message);
+                            None
+                        }
+                        None => None,
+                    });
                 found.ok_or_else(|| Error::new(ErrorCode::Model, looked.join("; ")))?
             }
         };

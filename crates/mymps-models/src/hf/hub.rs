@@ -18,7 +18,11 @@ use crate::convert::{clip, model_error};
 
 /// The Hugging Face cache folder of this process's environment.
 pub fn cache_dir() -> Option<PathBuf> {
-    let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty()).map(PathBuf::from);
+    let var = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
     var("HF_HUB_CACHE")
         .or_else(|| var("HUGGINGFACE_HUB_CACHE"))
         .or_else(|| var("HF_HOME").map(|h| h.join("hub")))
@@ -85,11 +89,13 @@ pub fn snapshot(cache: &Path, name: &str) -> Result<PathBuf> {
         }
     };
     let dir = snapshots.join(&revision);
-    let real = std::fs::canonicalize(&dir)
-        .map_err(|e| missing(format!("snapshot {revision}: {e}")))?;
+    let real =
+        std::fs::canonicalize(&dir).map_err(|e| missing(format!("snapshot {revision}: {e}")))?;
     let root = std::fs::canonicalize(cache).map_err(|e| missing(e.to_string()))?;
     if !real.starts_with(&root) || !real.is_dir() {
-        return Err(missing(format!("snapshot {revision} leads out of the cache")));
+        return Err(missing(format!(
+            "snapshot {revision} leads out of the cache"
+        )));
     }
     Ok(real)
 }
@@ -119,7 +125,10 @@ pub fn bound(dir: &Path) -> PathBuf {
         .parent()
         .filter(|s| s.file_name().is_some_and(|n| n == "snapshots"))
         .and_then(Path::parent)
-        .filter(|r| r.file_name().is_some_and(|n| n.to_string_lossy().starts_with("models--")));
+        .filter(|r| {
+            r.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("models--"))
+        });
     match repo {
         Some(r) if in_cache => r.to_path_buf(),
         _ => dir.to_path_buf(),
@@ -132,10 +141,17 @@ mod tests {
 
     #[test]
     fn hub_names() {
-        for ok in ["bert-base-uncased", "org/model", "Qwen/Qwen3-0.6B", "a.b_c-d/e"] {
+        for ok in [
+            "bert-base-uncased",
+            "org/model",
+            "Qwen/Qwen3-0.6B",
+            "a.b_c-d/e",
+        ] {
             assert!(is_hub_name(ok), "{ok}");
         }
-        for bad in ["", "/abs", "a/b/c", "../x", "a/..", ".hidden", "-x", "a b", "a/", "x\0"] {
+        for bad in [
+            "", "/abs", "a/b/c", "../x", "a/..", ".hidden", "-x", "a b", "a/", "x\0",
+        ] {
             assert!(!is_hub_name(bad), "{bad}");
         }
     }
@@ -156,7 +172,11 @@ mod tests {
         assert!(e.message.contains("several snapshots (abc, def)"), "{e}");
         std::fs::create_dir_all(repo.join("refs")).unwrap();
         std::fs::write(repo.join("refs/main"), "def\n").unwrap();
-        assert!(snapshot(&cache, "org/m").unwrap().ends_with("snapshots/def"));
+        assert!(
+            snapshot(&cache, "org/m")
+                .unwrap()
+                .ends_with("snapshots/def")
+        );
         let e = snapshot(&cache, "org/other").unwrap_err();
         assert!(e.message.contains("models--org--other"), "{e}");
         // A refs/main that names a path is ignored, not followed.

@@ -78,7 +78,11 @@ pub(super) fn rope(cfg: &Config, head_dim: i64, device: Device) -> Result<(Tenso
                 "config.json: rope_parameters per layer type are not supported natively (engine=\"python\" runs the model through transformers)",
             ));
         }
-        Some(_) => return Err(model_error("config.json: rope_parameters must be an object")),
+        Some(_) => {
+            return Err(model_error(
+                "config.json: rope_parameters must be an object",
+            ));
+        }
     };
     let theta = match params.and_then(|o| o.get("rope_theta")) {
         Some(v) => v.as_f64().ok_or_else(|| {
