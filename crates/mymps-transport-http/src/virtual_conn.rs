@@ -305,7 +305,7 @@ impl VirtualReader {
             }
         };
         let (request, tensors) = build(bytes)?;
-        if tensors.len() > limits.max_tensors as usize {
+        if tensors.len() > u16::MAX as usize {
             return Err(Error::new(
                 ErrorCode::PayloadTooLarge,
                 format!(
@@ -316,29 +316,11 @@ impl VirtualReader {
             )
             .into());
         }
-        let payload: u64 = tensors.iter().map(|t| t.len() as u64).sum();
-        if payload > limits.max_payload {
-            return Err(Error::new(
-                ErrorCode::PayloadTooLarge,
-                format!(
-                    "{payload} bytes of tensors in one request; this server accepts at most {}",
-                    limits.max_payload
-                ),
-            )
-            .into());
-        }
         let frame = protocol::encode(FrameKind::Request, id, &request, tensors)?;
-        if frame.header.len() > limits.max_header_len as usize {
-            return Err(Error::new(
-                ErrorCode::PayloadTooLarge,
-                format!(
-                    "request header of {} bytes; this server accepts at most {}",
-                    frame.header.len(),
-                    limits.max_header_len
-                ),
-            )
-            .into());
-        }
+        // The one admission of every transport: the frame's tensor count,
+        // payload and header against the server's limits, with the rules
+        // and messages of the byte streams.
+        mymps_core::transport::check_frame(&frame, limits).map_err(|e| e.to_error())?;
         Ok(Incoming { frame, permit })
     }
 }
