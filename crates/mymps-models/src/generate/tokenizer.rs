@@ -148,9 +148,14 @@ pub(crate) struct TextStream {
 }
 
 impl TextStream {
-    /// Adds `id` and returns the text it completes (possibly empty).
+    /// Adds `id` and returns the text it completes (possibly empty). An
+    /// id the tokenizer does not know (a model's vocabulary may be padded
+    /// beyond its tokenizer's) has no text.
     pub fn push(&mut self, tok: &TextTokenizer, id: i64, skip_special: bool) -> Result<String> {
-        self.ids.extend(tok.ids(&[id])?);
+        match u32::try_from(id) {
+            Ok(u) if (u as usize) < tok.vocab => self.ids.push(u),
+            _ => return Ok(String::new()),
+        }
         let before = tok.decode_u32(&self.ids[self.prefix..self.read], skip_special)?;
         let after = tok.decode_u32(&self.ids[self.prefix..], skip_special)?;
         if after.len() > before.len()

@@ -174,7 +174,11 @@ impl Decoder for Gpt2 {
             .ok_or_else(|| model_error("no LM head"))?;
         let s = ids.size()[1];
         let h = self.wte.forward(ids)?.f_add(&self.wpe.forward(pos)?).tx()?;
-        let m = Mask::causal_at(s, cache.past(), ids.device(), Some(keys), None)?;
+        let m = if s == 1 {
+            Mask::step(cache.past(), ids.device(), keys, None)?
+        } else {
+            Mask::causal_at(s, cache.past(), ids.device(), Some(keys), None)?
+        };
         let h = self.blocks(h, &m, Some(cache))?;
         let last = self.ln_f.forward(&h.f_narrow(1, s - 1, 1).tx()?)?;
         head.forward(&last)?

@@ -308,6 +308,22 @@ impl Mask {
         Mask::causal_at(seq, 0, device, padding, window)
     }
 
+    /// The mask of one new token at position `past`, whose own key is
+    /// visible (`padding` `[batch, past + 1]` is true at `past`: a
+    /// generated token): the padding alone, and the sliding window's old
+    /// keys; no query sees nothing, so no row is zeroed.
+    pub fn step(past: i64, device: Device, padding: &Tensor, window: Option<i64>) -> Result<Mask> {
+        let mut blocked = padding.f_logical_not().tx()?;
+        if let Some(w) = window {
+            let j = Tensor::f_arange(past + 1, (Kind::Int64, device)).tx()?;
+            blocked = blocked.f_logical_or(&j.f_le(past - w).tx()?).tx()?;
+        }
+        Ok(Mask {
+            blocked: Some(blocked.f_unsqueeze(1).and_then(|b| b.f_unsqueeze(1)).tx()?),
+            rows: None,
+        })
+    }
+
     /// [`Mask::causal`] for `seq` queries at positions `past..past + seq`
     /// over `past + seq` keys (the new tokens of a step through a KV
     /// cache); `padding` is `[batch, past + seq]`.

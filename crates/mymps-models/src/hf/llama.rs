@@ -433,11 +433,16 @@ impl Llama {
         let dev = ids.device();
         let mut h = self.embed.forward(ids)?;
         let (cos, sin) = self.rotary(pos, h.kind())?;
-        let full = Mask::causal_at(s, past, dev, padding, None)?;
+        // One generated token (its own key visible): the step mask.
+        let mask = |window| match (s, padding, cache.is_some()) {
+            (1, Some(p), true) => Mask::step(past, dev, p, window),
+            _ => Mask::causal_at(s, past, dev, padding, window),
+        };
+        let full = mask(None)?;
         let mut masks = BTreeMap::new();
         for w in self.layers.iter().filter_map(|l| l.window) {
             if let Entry::Vacant(e) = masks.entry(w) {
-                e.insert(Mask::causal_at(s, past, dev, padding, Some(w))?);
+                e.insert(mask(Some(w))?);
             }
         }
         let rep = self.heads / self.kv_heads;
