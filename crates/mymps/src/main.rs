@@ -312,7 +312,9 @@ fn serve(a: ServeArgs) -> Result<(), Error> {
         // SAFETY: no other thread runs yet (the runtime and the plugins
         // start below), so nothing reads the environment meanwhile.
         unsafe { std::env::set_var("MYMPS_ALLOW_REMOTE_CODE", "1") };
-        tracing::warn!("--allow-remote-code: models loaded with trust_remote_code=True run their own Python code");
+        tracing::warn!(
+            "--allow-remote-code: models loaded with trust_remote_code=True run their own Python code"
+        );
     }
     if std::env::var_os("RUST_BACKTRACE").is_none() {
         // Panics in requests are caught and answered (and logged whole);
