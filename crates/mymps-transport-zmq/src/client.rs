@@ -4,9 +4,7 @@
 //! The DEALER does not reconnect: a connection that drops (the server
 //! stopped, the network failed, or libzmq's heartbeats went unanswered) ends
 //! the `Connection` as a TCP connection would, and requests waiting on it
-//! fail. The pump watches the socket's monitor for that. It sends a
-//! heartbeat (one empty part) after `heartbeat` without sending anything,
-//! so that the server keeps the session of an idle client.
+//! fail. The pump watches the socket's monitor for that.
 
 use std::collections::VecDeque;
 use std::io;
@@ -35,7 +33,7 @@ type Inbound = Result<Frame, ReadError>;
 /// Connects a DEALER socket to `endpoint`; returns once the ZeroMQ
 /// handshake with the server has completed.
 pub async fn connect(endpoint: &Endpoint, config: &ZmqConfig) -> io::Result<Connection> {
-    let host = crate::resolve(endpoint, false).await?;
+    let host = crate::resolve(endpoint).await?;
     let addr = format!("tcp://{}:{}", crate::bracket(&host), endpoint.port);
     let ctx = context();
     let mut dealer = ctx.socket(zmq::DEALER).map_err(io_err)?;
@@ -135,7 +133,6 @@ enum Event {
 impl Pump {
     fn run(mut self) {
         let started = Instant::now();
-        let mut last_send = Instant::now();
         let mut writers_gone = false;
         let mut more = false;
         loop {
@@ -158,14 +155,12 @@ impl Pump {
                 }
             }
             let connected = self.ready.is_none();
+            // Every change of state wakes the thread; the timeout is a
+            // safety net (and the connect timeout's clock).
             let timeout = if more {
                 0
             } else if connected {
-                self.config
-                    .heartbeat
-                    .saturating_sub(last_send.elapsed())
-                    .as_millis()
-                    .clamp(1, 1000) as i64
+                1000
             } else {
                 50
             };
@@ -199,7 +194,6 @@ impl Pump {
                         if let Some(r) = self.ready.take() {
                             debug!(addr = %self.addr, "zeromq connected");
                             let _ = r.send(Ok(()));
-                            last_send = Instant::now();
                         }
                     }
                     Event::Lost(e) => {
@@ -225,7 +219,7 @@ impl Pump {
             // takes them.
             while let Some(frame) = self.backlog.pop_front() {
                 match self.send(frame) {
-                    Ok(()) => last_send = Instant::now(),
+                    Ok(()) => {}
                     Err(frame) => {
                         self.backlog.push_front(frame);
                         break;
@@ -240,7 +234,7 @@ impl Pump {
                     }
                     match self.out_rx.try_recv() {
                         Ok(frame) => match self.send(frame) {
-                            Ok(()) => last_send = Instant::now(),
+                            Ok(()) => {}
                             Err(frame) => {
                                 self.backlog.push_back(frame);
                                 break;
@@ -264,12 +258,6 @@ impl Pump {
                         break;
                     }
                 }
-            }
-            if last_send.elapsed() >= self.config.heartbeat
-                && self.backlog.is_empty()
-                && self.dealer.send(&b""[..], zmq::DONTWAIT).is_ok()
-            {
-                last_send = Instant::now();
             }
         }
         debug!(addr = %self.addr, "zeromq client thread ends");

@@ -1,56 +1,34 @@
 //! # mymps-transport-zmq
 //!
-//! The `zmq://host:port` transport: ZeroMQ over TCP, through libzmq (the
-//! `zmq` crate, which builds libzmq from the source it ships: no system
-//! package is needed and the Python wheel carries it).
+//! The `zmq://host:port` transport: ZeroMQ (ZMTP 3) over TCP.
 //!
-//! The server binds a ROUTER socket, a client connects a DEALER; one
-//! connection carries many requests in flight, as on TCP. Each frame is
-//! one multipart message: a head part (the 16-byte frame prefix and the
+//! One connection carries many requests in flight, as on TCP. Each frame
+//! is one multipart message: a head part (the 16-byte frame prefix and the
 //! msgpack header), then one part per tensor, so tensor bytes are never
 //! copied into a header. `docs/protocol.md` ("ZeroMQ framing") documents
 //! the layout for clients in other languages (any ZeroMQ binding and a
 //! msgpack library suffice).
 //!
-//! ZeroMQ has no connections to accept: the server keeps a *session* per
-//! peer identity, opened by the peer's Hello, and hands it to the generic
-//! server as a [`Connection`]. One thread per listener (and per client
-//! connection) owns the socket, since ZeroMQ sockets are not thread-safe
-//! and block; it talks to tokio through channels and is woken through an
-//! inproc socket, so no tokio worker ever blocks on ZeroMQ.
+//! **Server**: ZMTP 3 spoken
+//! natively over tokio TCP streams (no libzmq): a DEALER, ROUTER or REQ
+//! peer sees a ROUTER. One TCP connection is one [`Connection`] for the
+//! generic server, read as `tcp://` is: each ZMTP frame's size is checked
+//! before its body is read, with the core's decision and the limits the
+//! server reads with (the handshake's before a Hello), its tensors take the
+//! memory budget before they are read and land in buffers of their own,
+//! replies are written vectored from the tensors' buffers. A refused
+//! message is answered and skipped, or the connection closed, by the same
+//! rules as on `tcp://`; the ZMTP handshake (greeting, READY) is part of
+//! the wait for the Hello, under the server's handshake timeout.
 //!
-//! Bounds (see [`ZmqConfig`]):
-//!
-//! - Sessions: at most `max_peers`. A session ends as soon as its peer's
-//!   connection closes, after silence (sooner before its first request),
-//!   or, when the table is full and a new peer says Hello, if it is the
-//!   one idle longest with no request in flight (one that never sent a
-//!   request goes first). Only when every session has a request in flight
-//!   is a Hello answered with `busy`.
-//! - Parts: `ZMQ_MAXMSGSIZE`, from the server's limits
-//!   ([`TransportOptions::limits`]): a peer that declares a larger part is
-//!   disconnected by libzmq before anything is allocated. libzmq fixes the
-//!   option per socket when it binds, so it is the largest part any frame
-//!   may have (the payload limit), not the handshake's, for peers with a
-//!   session or not.
-//! - Queues: a message reaches the pump once all its parts are in. What a
-//!   peer without a session sent is dropped there and then; a Hello over
-//!   the handshake limits is answered and opens no session. Frames waiting
-//!   for the server to read them are bounded per session (frames and
-//!   bytes) and for all sessions together (bytes); the excess is answered
-//!   with `busy`. libzmq's own queue per connection is as long as a
-//!   session's (`ZMQ_RCVHWM`).
-//! - Not bounded: libzmq gathers the parts of a message without a limit on
-//!   their number, and keeps a message in progress as long as its peer
-//!   takes to send it. So a peer that never says Hello can still make the
-//!   server hold what it actually sends of one message (memory grows with
-//!   the bytes received, not with the sizes declared). libzmq 4.3 has no
-//!   option to bound that; ZeroMQ-level authentication (ZAP) would refuse
-//!   such peers before their first message.
-//!
-//! Zero copies: received parts become the tensors' `Bytes` in place (the
-//! buffer stays libzmq's until the last `Bytes` is dropped) and tensors
-//! are sent from their own buffers (`zmq_msg_init_data`).
+//! **Client**: libzmq (the `zmq` crate, which builds libzmq from the
+//! source it ships: no system package is needed and the Python wheel
+//! carries it). A DEALER socket owned by one thread, since ZeroMQ sockets
+//! are not thread-safe and block; it talks to tokio through channels and
+//! is woken through an inproc socket, so no tokio worker ever blocks on
+//! ZeroMQ. Received parts become the tensors' `Bytes` in place and tensors
+//! are sent from their own buffers (`zmq_msg_init_data`); replies are
+//! admitted with the client's limits, as the core admits whole frames.
 //!
 //! Linking this crate registers the transport; [`TRANSPORT`] is also
 //! exported for explicit use.
@@ -60,7 +38,6 @@ use std::io;
 use std::net::IpAddr;
 use std::time::Duration;
 
-use mymps_core::protocol::Limits;
 use mymps_core::transport::{
     BoxFuture, Connection, Endpoint, Listener, Transport, TransportOptions, TransportRegistration,
 };
@@ -69,73 +46,32 @@ mod client;
 mod server;
 mod sock;
 mod wire;
+mod zmtp;
 
 #[cfg(test)]
 mod tests;
 
 const SCHEME: &str = "zmq";
 
-/// Settings of the ZeroMQ transport.
+/// Settings of the ZeroMQ transport's client side (the server has none:
+/// it is bounded by the server's limits and memory budget, as `tcp://`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ZmqConfig {
-    /// Server: most sessions (peers) at once. A Hello beyond it ends the
-    /// session idle longest among those with no request in flight (one
-    /// that never sent a request first); only when every session has a
-    /// request in flight is it answered with `busy`.
-    pub max_peers: usize,
-    /// Server: frames a session may have waiting for the server to read
-    /// them; the excess is answered with `busy`.
-    pub peer_queue: usize,
-    /// Server: bytes a session may have waiting (beyond one frame, which
-    /// is always taken); the excess is answered with `busy`.
-    pub peer_queue_bytes: u64,
-    /// Server: bytes all sessions together may have waiting (beyond one
-    /// frame, taken when nothing waits); the excess is answered with
-    /// `busy`. What waits here is not yet in the server's memory budget,
-    /// which the server takes when it reads a frame.
-    pub queue_bytes: u64,
-    /// Server: a session whose peer sent nothing (not even a heartbeat)
-    /// for this long ends; the peer must send a Hello again. (A session
-    /// also ends as soon as its peer's connection closes.)
-    pub idle_timeout: Duration,
-    /// Server: the idle timeout of a session whose peer has not sent a
-    /// request yet (at most `idle_timeout`). mymps clients send heartbeats
-    /// every [`heartbeat`](Self::heartbeat), so only silent peers lose
-    /// their session this way.
-    pub unused_idle_timeout: Duration,
-    /// Server: the largest part libzmq accepts when the bind options carry
-    /// no limits (with limits: the largest part a frame may have under
-    /// them). `None`: no limit.
-    pub max_part_size: Option<u64>,
-    /// Messages libzmq queues for one peer before sends to it fail
-    /// (`ZMQ_SNDHWM`). The server drops replies to a peer that leaves
-    /// this many unread; the client waits.
+    /// Messages libzmq queues for the server before a send waits
+    /// (`ZMQ_SNDHWM`).
     pub send_hwm: i32,
-    /// Client: a heartbeat (one empty part) goes out after this long
-    /// without sending; ZeroMQ's own heartbeats (`ZMQ_HEARTBEAT_IVL`, on
-    /// the client's socket only) use it too, with a timeout of three times
-    /// it.
+    /// ZeroMQ's heartbeats (`ZMQ_HEARTBEAT_IVL`): a PING after this long
+    /// without traffic; a server that answers nothing for three times it
+    /// is taken for gone and the connection fails.
     pub heartbeat: Duration,
-    /// Client: time to complete the ZeroMQ handshake when connecting.
+    /// Time to complete the ZeroMQ handshake when connecting.
     pub connect_timeout: Duration,
 }
 
 impl ZmqConfig {
-    /// The defaults: 1024 sessions, 1024 frames (as many as the server keeps
-    /// in flight per connection) or 256 MiB queued per session and 4 GiB
-    /// for all (one frame of the default payload limit
-    /// fits), sessions end after 5 minutes of silence (30 s before their
-    /// first request), parts up to the
-    /// default frame limits, 100 000 unread replies per peer, heartbeats
-    /// every 10 s (a silent server is dropped after 30 s), 10 s to connect.
+    /// The defaults: 100 000 messages queued, heartbeats every 10 s (a
+    /// silent server is dropped after 30 s), 10 s to connect.
     pub const DEFAULT: ZmqConfig = ZmqConfig {
-        max_peers: 1024,
-        peer_queue: 1024,
-        peer_queue_bytes: 256 << 20,
-        queue_bytes: 4 << 30,
-        idle_timeout: Duration::from_secs(300),
-        unused_idle_timeout: Duration::from_secs(30),
-        max_part_size: Some(Limits::DEFAULT.max_payload),
         send_hwm: 100_000,
         heartbeat: Duration::from_secs(10),
         connect_timeout: Duration::from_secs(10),
@@ -183,9 +119,10 @@ impl Transport for ZmqTransport {
         SCHEME
     }
 
-    /// Binds a ROUTER socket. Of the options, only `limits` (for
-    /// `ZMQ_MAXMSGSIZE`) and `refusals` (what the pump answers itself is
-    /// counted there) are used; ZeroMQ over TCP has no TLS.
+    /// Binds a TCP listener that speaks ZMTP 3 (host `*`: every
+    /// interface). Of the options only `host_alloc` is used (large
+    /// received tensors go to the backend's memory, as on `tcp://`);
+    /// ZeroMQ over TCP has no TLS, and everything else is the server's.
     fn bind<'a>(
         &'a self,
         endpoint: &'a Endpoint,
@@ -193,9 +130,7 @@ impl Transport for ZmqTransport {
     ) -> BoxFuture<'a, io::Result<Box<dyn Listener>>> {
         Box::pin(server::bind(
             endpoint,
-            &self.config,
-            options.limits.as_ref(),
-            options.refusals.clone(),
+            options.host_alloc.as_ref().map(|a| a.0.clone()),
         ))
     }
 
@@ -209,10 +144,10 @@ impl Transport for ZmqTransport {
 }
 
 /// The address to give libzmq for `endpoint`'s host: an IP address (names
-/// are resolved here; libzmq's bind takes no names) or `*`.
-async fn resolve(endpoint: &Endpoint, binding: bool) -> io::Result<String> {
+/// are resolved here).
+async fn resolve(endpoint: &Endpoint) -> io::Result<String> {
     let host = endpoint.host.as_str();
-    if host.parse::<IpAddr>().is_ok() || (binding && host == "*") {
+    if host.parse::<IpAddr>().is_ok() {
         return Ok(host.to_owned());
     }
     let addr = tokio::net::lookup_host((host, endpoint.port))

@@ -12,10 +12,16 @@
 //! There is no tensor length table: each tensor's length is its part's
 //! length. `n_tensors` and `header_len` are kept so that the head is the
 //! TCP frame head minus the table, and they are checked against the parts
-//! actually received. A message of one empty part is a heartbeat.
+//! actually received. A message of one empty part is a heartbeat (a
+//! keep-alive some peers send; it gets no answer).
+//!
+//! The client decodes whole messages from libzmq ([`decode`]); the server
+//! reads the parts one at a time as ZMTP frames (`server.rs`) and refuses
+//! a message as soon as one part's header shows it wrong, with the same
+//! messages (the functions below).
 
 use bytes::{BufMut, Bytes, BytesMut};
-use mymps_core::protocol::{Frame, FrameKind, Limits, PREFIX_LEN, Prefix};
+use mymps_core::protocol::{Frame, PREFIX_LEN, Prefix};
 
 /// Most parts a message may have: the head and `u16::MAX` tensors.
 pub const MAX_PARTS: usize = 1 + u16::MAX as usize;
@@ -39,19 +45,62 @@ pub enum Parsed {
     Heartbeat,
 }
 
+/// The 16-byte prefix of `frame`'s head part; `None` for a frame no peer
+/// may receive (more than 65535 tensors, a header of 4 GiB or more).
+pub fn prefix(frame: &Frame) -> Option<[u8; PREFIX_LEN]> {
+    Some(
+        Prefix {
+            kind: frame.kind,
+            flags: frame.flags,
+            n_tensors: u16::try_from(frame.tensors.len()).ok()?,
+            header_len: u32::try_from(frame.header.len()).ok()?,
+            id: frame.id,
+        }
+        .encode(),
+    )
+}
+
 /// The head part of `frame`: its prefix, then its header.
+///
+/// Panics if the frame has more than 65535 tensors or a header over 4 GiB;
+/// the client never builds such frames.
 pub fn encode_head(frame: &Frame) -> Vec<u8> {
-    let prefix = Prefix {
-        kind: frame.kind,
-        flags: frame.flags,
-        n_tensors: u16::try_from(frame.tensors.len()).expect("at most 65535 tensors"),
-        header_len: u32::try_from(frame.header.len()).expect("header under 4 GiB"),
-        id: frame.id,
-    };
+    let prefix = prefix(frame).expect("at most 65535 tensors and a header under 4 GiB");
     let mut b = BytesMut::with_capacity(PREFIX_LEN + frame.header.len());
-    b.put_slice(&prefix.encode());
+    b.put_slice(&prefix);
     b.put_slice(&frame.header);
     b.to_vec()
+}
+
+/// The error for a first part too short for the prefix.
+pub fn short_head(len: u64) -> String {
+    format!(
+        "the first part of a message must hold the 16-byte frame prefix and the header; it has {len} bytes"
+    )
+}
+
+/// The error for a `header_len` that disagrees with the head part.
+pub fn header_mismatch(declared: u32, carried: u64) -> String {
+    format!(
+        "the prefix says the header has {declared} bytes but the first part carries {carried} after the prefix"
+    )
+}
+
+/// The error for a message whose parts after the first are not one per
+/// tensor: `parts` of them (`None`: more than `n_tensors`, found when the
+/// last announced part says more follow).
+pub fn part_count(n_tensors: u16, parts: Option<usize>) -> String {
+    match parts {
+        Some(p) if p < n_tensors as usize => format!(
+            "missing tensor parts: the prefix announces {n_tensors} tensors, one part each, but the message has {p} parts after the first"
+        ),
+        Some(p) => format!(
+            "extra parts: the prefix announces {n_tensors} tensors, one part each, but the message has {p} parts after the first"
+        ),
+        None => format!(
+            "extra parts: the prefix announces {n_tensors} tensors, one part each, but the message has more parts after the first"
+        ),
+    }
 }
 
 /// Decodes the parts of one message (after the routing identity, on the
@@ -70,10 +119,7 @@ pub fn decode(parts: Vec<Bytes>, total_parts: usize) -> Result<Parsed, Malformed
     if head.len() < PREFIX_LEN {
         return Err(Malformed {
             id: 0,
-            message: format!(
-                "the first part of a message must hold the 16-byte frame prefix and the header; it has {} bytes",
-                head.len()
-            ),
+            message: short_head(head.len() as u64),
         });
     }
     let id = u64::from_le_bytes(head[8..16].try_into().expect("8 bytes"));
@@ -82,22 +128,11 @@ pub fn decode(parts: Vec<Bytes>, total_parts: usize) -> Result<Parsed, Malformed
         .map_err(|e| bad(e.to_error().message))?;
     let header_len = head.len() - PREFIX_LEN;
     if prefix.header_len as usize != header_len {
-        return Err(bad(format!(
-            "the prefix says the header has {} bytes but the first part carries {header_len} after the prefix",
-            prefix.header_len
-        )));
+        return Err(bad(header_mismatch(prefix.header_len, header_len as u64)));
     }
     let tensor_parts = total_parts - 1;
     if prefix.n_tensors as usize != tensor_parts {
-        let what = if tensor_parts < prefix.n_tensors as usize {
-            "missing tensor parts"
-        } else {
-            "extra parts"
-        };
-        return Err(bad(format!(
-            "{what}: the prefix announces {} tensors, one part each, but the message has {tensor_parts} parts after the first",
-            prefix.n_tensors
-        )));
+        return Err(bad(part_count(prefix.n_tensors, Some(tensor_parts))));
     }
     let mut parts = parts.into_iter();
     let head = parts.next().expect("checked");
@@ -110,26 +145,14 @@ pub fn decode(parts: Vec<Bytes>, total_parts: usize) -> Result<Parsed, Malformed
     }))
 }
 
-/// The core's admission of whole frames: the limits, then the budget.
-pub use mymps_core::transport::{admit_frame as admit, check_frame as check};
-
-/// The largest part a peer may send under `limits`: a tensor of the whole
-/// payload, or the head with the largest header.
-pub fn max_part(limits: &Limits) -> u64 {
-    limits
-        .max_payload
-        .max(PREFIX_LEN as u64 + limits.max_header_len as u64)
-}
-
-/// Whether `kind` may open a session.
-pub fn opens_session(frame: &Frame) -> bool {
-    frame.kind == FrameKind::Hello
-}
+/// The core's admission of whole frames (the client's replies): the
+/// limits, then the budget.
+pub use mymps_core::transport::admit_frame as admit;
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use mymps_core::protocol::FrameError;
+    use mymps_core::protocol::{FrameError, FrameKind, Limits};
     use mymps_core::transport::MemoryBudget;
 
     fn parts_of(f: &Frame) -> Vec<Bytes> {
