@@ -312,6 +312,8 @@ fn allow_remote_code() -> bool {
 }
 
 fn start() -> std::result::Result<Started, String> {
+    // The engine's library first: without it nothing else is worth loading.
+    let engine = engine_path()?;
     let torch = torch_dir();
     let mut tried = Vec::new();
     let mut found = None;
@@ -341,7 +343,6 @@ fn start() -> std::result::Result<Started, String> {
         ));
     };
     let libpython = load_libpython(&p)?;
-    let engine = engine_path()?;
     let config = serde_json::json!({
         "executable": p.executable,
         "home": p.base_prefix,

@@ -459,11 +459,22 @@ fn an_unknown_architecture_lists_those_supported() {
         r#"{"model_type": "t5", "architectures": ["T5Model"]}"#,
     )
     .unwrap();
-    let req = LoadRequest {
+    let mut req = LoadRequest {
         model_path: Some(d.display().to_string()),
+        engine: Some("native".into()),
         ..Default::default()
     };
     let e = HuggingFaceLoader.load(&req, "cpu").err().unwrap();
-    assert!(e.message.starts_with("unsupported architecture: model_type 't5' (T5Model); this server runs: bert (BertModel), distilbert (DistilBertModel), gpt2"), "{e}");
+    assert!(e.message.starts_with("model_type 't5' (T5Model) has no native implementation (native: bert (BertModel), distilbert (DistilBertModel), gpt2"), "{e}");
+    assert!(e.message.ends_with("engine=\"python\" runs it through transformers"), "{e}");
+    // Left to the server, it goes to the Python engine, which this test
+    // program does not have beside it (tests/python/test_bridge.py runs it).
+    req.engine = None;
+    let e = HuggingFaceLoader.load(&req, "cpu").err().unwrap();
+    assert!(e.message.contains("has no native implementation"), "{e}");
+    assert!(e.message.contains("the Python engine that would run it through transformers is not available: its library libmymps_bridge.so is not installed"), "{e}");
+    req.engine = Some("rust".into());
+    let e = HuggingFaceLoader.load(&req, "cpu").err().unwrap();
+    assert_eq!(e.code, mymps_core::ErrorCode::BadArgument, "{e}");
     let _ = std::fs::remove_dir_all(&d);
 }
