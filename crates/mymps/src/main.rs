@@ -156,6 +156,20 @@ struct ServeArgs {
     /// it is disconnected and the memory it was granted is freed.
     #[arg(long, value_name = "SECONDS", default_value_t = 30.0)]
     stall_timeout: f64,
+    /// Server-resident tensors one connection may hold (default 65536).
+    #[arg(long, value_name = "N")]
+    max_resident_per_connection: Option<u64>,
+    /// Bytes one connection's resident tensors may take (default: no cap
+    /// but the memory budget, which they count in).
+    #[arg(long, value_name = "BYTES")]
+    max_resident_bytes_per_connection: Option<u64>,
+    /// Server-resident tensors of all connections, shared ones included
+    /// (default 1048576).
+    #[arg(long, value_name = "N")]
+    max_resident: Option<u64>,
+    /// Bytes of all server-resident tensors (default: the memory budget).
+    #[arg(long, value_name = "BYTES")]
+    max_resident_bytes: Option<u64>,
     /// The folder model files must lie under (default: the current directory).
     #[arg(long, value_name = "DIR", env = "MYMPS_MODEL_ROOT")]
     model_root: Option<PathBuf>,
@@ -351,6 +365,17 @@ fn serve(a: ServeArgs) -> Result<(), Error> {
     }
     if let Some(w) = a.workers {
         config.workers = w;
+    }
+    let r = &mut config.resident;
+    for (given, field) in [
+        (a.max_resident_per_connection, &mut r.per_connection),
+        (a.max_resident_bytes_per_connection, &mut r.per_connection_bytes),
+        (a.max_resident, &mut r.total),
+        (a.max_resident_bytes, &mut r.total_bytes),
+    ] {
+        if let Some(n) = given {
+            *field = n;
+        }
     }
     config.limits.stall_timeout = Duration::try_from_secs_f64(a.stall_timeout)
         .ok()
