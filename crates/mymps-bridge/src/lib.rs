@@ -42,10 +42,26 @@ use serde::Deserialize;
 /// The Python side (run as the module `mymps_bridge`).
 const BRIDGE_PY: &str = include_str!("bridge.py");
 
+#[cfg(not(mymps_no_python_headers))]
 unsafe extern "C" {
     fn mymps_thp_wrap(t: *const std::ffi::c_void) -> *mut pyo3::ffi::PyObject;
     fn mymps_thp_check(o: *mut pyo3::ffi::PyObject) -> i32;
     fn mymps_thp_unpack(o: *mut pyo3::ffi::PyObject) -> *mut std::ffi::c_void;
+}
+
+// Built without Python's headers (no thp.cpp): the engine refuses to start
+// (`start`), so these are never called.
+#[cfg(mymps_no_python_headers)]
+unsafe fn mymps_thp_wrap(_: *const std::ffi::c_void) -> *mut pyo3::ffi::PyObject {
+    std::ptr::null_mut()
+}
+#[cfg(mymps_no_python_headers)]
+unsafe fn mymps_thp_check(_: *mut pyo3::ffi::PyObject) -> i32 {
+    0
+}
+#[cfg(mymps_no_python_headers)]
+unsafe fn mymps_thp_unpack(_: *mut pyo3::ffi::PyObject) -> *mut std::ffi::c_void {
+    std::ptr::null_mut()
 }
 
 /// What the launcher tells the engine about the interpreter it loaded.
@@ -127,6 +143,11 @@ fn wide(s: &str) -> std::result::Result<*mut libc::wchar_t, String> {
 }
 
 fn start(config: &Config) -> std::result::Result<Engine, String> {
+    if cfg!(mymps_no_python_headers) {
+        return Err(
+            "this server's Python engine was built without Python's headers (Python.h): install them (Debian/Ubuntu: apt-get install python3-dev) and rebuild (scripts/setup.sh)".into(),
+        );
+    }
     // SAFETY: before the interpreter starts, from the one thread that
     // starts it (the OnceLock); the strings live for the process.
     unsafe {
