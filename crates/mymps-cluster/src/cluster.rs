@@ -18,6 +18,8 @@ use tokio::task::JoinHandle;
 
 use crate::config::ClusterConfig;
 
+mod resident;
+
 /// The first wait before reconnecting to a host that is down; it doubles
 /// after each failed try, up to the health interval.
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
@@ -175,6 +177,9 @@ struct Shared {
     placements: Mutex<BTreeMap<String, Placed>>,
     /// Set by [`Cluster::close`].
     closed: AtomicBool,
+    /// Server-resident tensors: where each handle is, shared names,
+    /// registered graphs.
+    resident: Mutex<resident::Table>,
 }
 
 struct Owner {
@@ -395,10 +400,12 @@ impl Shared {
         parts.join(" | ")
     }
 
-    /// Runs `f` on a suitable host, failing over as the type docs say.
+    /// Runs `f` on a suitable host, failing over as the type docs say;
+    /// `f` is given the host's index and connection generation, and the
+    /// connection.
     async fn route<T, F, Fut>(&self, what: &str, model: Option<&str>, f: F) -> Result<T>
     where
-        F: Fn(Client) -> Fut,
+        F: Fn(usize, u64, Client) -> Fut,
         Fut: Future<Output = Result<T>>,
     {
         let started = Instant::now();
@@ -453,7 +460,7 @@ impl Shared {
             let h = &self.hosts[i];
             let attempt = {
                 let _busy = InFlight::new(&h.in_flight);
-                let call = f(client.clone());
+                let call = f(i, generation, client.clone());
                 let limit = match self.config.attempt_timeout {
                     Some(t) => deadline.min(tokio::time::Instant::now() + t),
                     None => deadline,
@@ -822,6 +829,13 @@ impl Cluster {
     /// hosts start later.
     pub async fn open(config: ClusterConfig) -> Result<Cluster> {
         config.validate()?;
+        if config.hosts.len() > resident::MAX_HOSTS {
+            return Err(Error::bad_argument(format!(
+                "a cluster has at most {} hosts, not {}",
+                resident::MAX_HOSTS,
+                config.hosts.len()
+            )));
+        }
         let mut hosts = Vec::with_capacity(config.hosts.len());
         for (i, h) in config.hosts.iter().enumerate() {
             hosts.push(Host {
@@ -853,6 +867,7 @@ impl Cluster {
             next: AtomicUsize::new(0),
             placements: Mutex::new(BTreeMap::new()),
             closed: AtomicBool::new(false),
+            resident: Mutex::new(resident::Table::default()),
         });
         let mut tasks = Vec::new();
         let mut firsts = Vec::new();
@@ -1084,6 +1099,14 @@ impl Cluster {
         out
     }
 
+    /// The host (its name) that holds the server-resident tensor of a
+    /// handle this cluster handed out (from `put`, a kept result, or
+    /// `share`); `None` for a number no cluster hands out. It says where
+    /// the handle was made, whether or not the tensor still exists.
+    pub fn handle_host(&self, handle: u64) -> Option<String> {
+        self.shared().handle_host(handle)
+    }
+
     /// Each host's state and load, in the configuration's order.
     pub fn status(&self) -> Vec<HostStatus> {
         self.shared()
@@ -1196,8 +1219,11 @@ impl Service for Cluster {
             (_, Some(m)) => format!("{} {m}", request.kind_name()),
             (_, None) => request.kind_name().to_owned(),
         };
+        if request.uses_resident_tensors() {
+            return self.shared().send_resident(&what, request, tensors).await;
+        }
         self.shared()
-            .route(&what, model.as_deref(), |c| {
+            .route(&what, model.as_deref(), |_, _, c| {
                 let (request, tensors) = (request.clone(), tensors.clone());
                 async move { c.send(request, tensors).await }
             })
