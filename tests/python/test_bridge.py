@@ -312,11 +312,15 @@ def test_a_pickle_payload_never_runs(user_server, client, tmp_path):
     assert client.health()["status"] == "ok"
 
 
-def test_trust_remote_code_needs_the_operators_flag(client, tmp_path):
+def test_trust_remote_code_needs_the_operators_flag(client, server_factory, tmp_path):
     cfg_cls, model_cls, kw, _, _ = OUTSIDE["qwen3"]
     tiny(cfg_cls, model_cls, kw).save_pretrained(str(tmp_path / "q"))
     with pytest.raises(ModelError, match="--allow-remote-code"):
         client.load_model("q", model_path=str(tmp_path / "q"), trust_remote_code=True)
+    allowed = server_factory("--allow-remote-code")
+    with MympsClient(allowed.host, allowed.port) as c:
+        info = c.load_model("q", model_path=str(tmp_path / "q"), trust_remote_code=True)
+        assert info["metadata"]["engine"] == "python"
 
 
 # ---- torch.export ------------------------------------------------------------
