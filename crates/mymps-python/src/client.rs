@@ -10,6 +10,7 @@ use pyo3::types::{PyDict, PyList};
 
 use crate::errors::{bad_argument, to_py};
 use crate::remote::{Remote, load_request};
+use crate::tensor::RemoteTensor;
 
 /// A connection to a mymps server: run whitelisted torch ops on numpy
 /// arrays, remotely.
@@ -138,12 +139,22 @@ impl MympsClient {
     ///         and tuples of them (dim=-1, keepdim=True, dims=[0, 2, 1],
     ///         equation="ij,jk->ik"); numpy scalars are accepted too.
     ///
+    ///     keep: results to keep on the server instead of sending them
+    ///         back: True (all), a result's name ("output", "0", ...) or a
+    ///         list of names. Kept results come back as RemoteTensors. (No
+    ///         op has a parameter called keep.)
+    ///
+    /// Inputs may be RemoteTensors (client.put(array), or results kept
+    /// before) wherever an array goes: the server uses the data it holds,
+    /// with no upload.
+    ///
     /// Returns:
     ///     A dict of numpy arrays: {"output": array} for an op that returns
     ///     one tensor, {"0": a, "1": b, ...} for a tuple (svd gives U, S, Vh
     ///     as "0", "1", "2"). Arrays keep the dtype torch produced (argmax
     ///     gives int64, eq gives bool, fft gives complex64) and are
-    ///     ordinary writable arrays that own their memory.
+    ///     ordinary writable arrays that own their memory. Results named in
+    ///     keep are RemoteTensors instead.
     ///
     /// Dtypes: bool, uint8, int8, int16, int32, int64, float16, bfloat16
     /// (numpy through ml_dtypes), float32, float64, complex64, complex128.
@@ -159,11 +170,18 @@ impl MympsClient {
     ///     PayloadTooLargeError: the inputs exceed the server's limits.
     ///     MympsTimeoutError: no reply within the client's timeout.
     ///     MympsConnectionError: the connection is closed or was lost.
+    ///     UnknownTensorError: an input RemoteTensor was freed, or is
+    ///         another client's.
+    ///     LimitReachedError: keeping the results would exceed the
+    ///         server's caps on resident tensors.
     ///
     /// Example:
     ///     >>> c.exec("matmul", {"0": a, "1": b})["output"].shape
     ///     (64, 32)
     ///     >>> c.exec("softmax", {"0": x}, dim=-1)["output"].sum(-1)
+    ///     >>> w = c.put(weights)
+    ///     >>> h = c.exec("matmul", {"0": x, "1": w}, keep=True)["output"]
+    ///     >>> c.exec("relu", {"0": h})["output"]   # an array again
     #[pyo3(signature = (op, inputs = None, **kwargs))]
     fn exec<'py>(
         &self,
@@ -188,7 +206,9 @@ impl MympsClient {
     }
 
     /// Server status: {"status": "ok", "version", "protocol", "backend",
-    /// "device", "torch_version", "models_loaded", "ops", "uptime_s"}.
+    /// "device", "torch_version", "models_loaded", "ops", "uptime_s",
+    /// "resident_tensors", "resident_bytes"} (the tensors kept on the
+    /// server, every connection's and the shared ones).
     fn health<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         self.remote.health(py)
     }
@@ -280,17 +300,138 @@ impl MympsClient {
     ///     one tensor, {"0": a, "1": b, ...} for a tuple, the model's own
     ///     names for a dict ({"last_hidden_state": ..., ...}).
     ///
+    /// Inputs may be RemoteTensors; keep (as for exec: True, a name or a
+    /// list of names) keeps outputs on the server as RemoteTensors.
+    ///
     /// Raises:
     ///     ModelNotFoundError: no model of that name is loaded.
     ///     ModelError: the forward pass failed.
-    #[pyo3(signature = (name, inputs = None))]
+    #[pyo3(signature = (name, inputs = None, *, keep = None))]
     fn infer<'py>(
         &self,
         py: Python<'py>,
         name: &str,
         inputs: Option<&Bound<'py, PyAny>>,
+        keep: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyDict>> {
-        self.remote.infer(py, name, inputs)
+        self.remote.infer(py, name, inputs, keep)
+    }
+
+    /// Keep an array on the server (in device memory on an accelerator):
+    /// upload it once, use it in many calls.
+    ///
+    /// Returns:
+    ///     A RemoteTensor (.shape, .dtype, .device, .handle; .numpy()
+    ///     fetches it). Pass it in exec/infer inputs or graphs; dropping it
+    ///     frees it on the server (batched with others), or free it now
+    ///     with client.free(t).
+    ///
+    /// Raises:
+    ///     LimitReachedError: the server's caps on resident tensors (count
+    ///         or bytes, per connection or in all) would be exceeded.
+    ///
+    /// Example:
+    ///     >>> w = c.put(np.ones((1024, 1024), np.float32))
+    ///     >>> w
+    ///     RemoteTensor(handle=1, shape=(1024, 1024), dtype=float32, device='cpu')
+    fn put(&self, py: Python<'_>, array: &Bound<'_, PyAny>) -> PyResult<Py<RemoteTensor>> {
+        self.remote.put(py, array)
+    }
+
+    /// Keep several arrays on the server in one request: a dict of arrays
+    /// gives a dict of RemoteTensors, a list gives a list.
+    fn put_many<'py>(
+        &self,
+        py: Python<'py>,
+        arrays: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        self.remote.put_many(py, arrays)
+    }
+
+    /// Fetch remote tensors' data: a RemoteTensor gives a numpy array; a
+    /// list (or tuple) or dict of them gives a list or dict of arrays, in
+    /// one request. Arrays among them are passed through, so that
+    /// get(exec(..., keep=...)) gives every result as an array.
+    ///
+    /// Raises:
+    ///     UnknownTensorError: a tensor was freed (or is another client's).
+    fn get<'py>(
+        &self,
+        py: Python<'py>,
+        tensors: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        self.remote.get(py, tensors)
+    }
+
+    /// Free remote tensors now: a RemoteTensor, or a list or dict of them,
+    /// in one request. Returns how many the server freed (tensors freed
+    /// before are skipped). Later uses of them raise UnknownTensorError.
+    /// (Dropping a RemoteTensor frees it too, batched with others.)
+    fn free(&self, py: Python<'_>, tensors: &Bound<'_, PyAny>) -> PyResult<u64> {
+        self.remote.free(py, tensors)
+    }
+
+    /// Give a RemoteTensor of this client a server-wide name, so that
+    /// other clients can use it (client.remote(name)). The tensor then
+    /// outlives this connection until someone frees it
+    /// (client.free(client.remote(name))); dropping `t` no longer frees
+    /// it. Returns `t`, which now refers by name too.
+    ///
+    /// Raises:
+    ///     BadArgumentError: the name is taken (free that tensor first), or
+    ///         empty or longer than 256 bytes.
+    fn share<'py>(
+        &self,
+        py: Python<'py>,
+        tensor: &Bound<'py, RemoteTensor>,
+        name: String,
+    ) -> PyResult<Bound<'py, RemoteTensor>> {
+        self.remote.share(py, tensor, name)
+    }
+
+    /// The tensor shared under `name` (by any client of this server), as a
+    /// RemoteTensor that refers to it by name. Nothing is asked of the
+    /// server: .shape, .dtype and .device are None (client.get(t) fetches
+    /// it), and an unknown name raises UnknownTensorError when used.
+    /// Dropping it does not free the shared tensor.
+    fn remote(&self, py: Python<'_>, name: String) -> PyResult<Py<RemoteTensor>> {
+        self.remote.remote(py, name)
+    }
+
+    /// A graph builder: ops that run in one request, their intermediate
+    /// results staying on the server. See help(mymps.Graph).
+    ///
+    /// Example:
+    ///     >>> g = c.graph()
+    ///     >>> x = g.input("x")
+    ///     >>> y = g.relu(g.matmul(x, w))     # w: an array or RemoteTensor
+    ///     >>> g.output("y", y)
+    ///     >>> g.run({"x": a})["y"]
+    fn graph<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        py.import("mymps.graph")?.getattr("Graph")?.call1((slf,))
+    }
+
+    /// The graph builder's registration (mymps.Graph.register).
+    fn _register_graph(
+        &self,
+        py: Python<'_>,
+        steps: &Bound<'_, PyAny>,
+        outputs: &Bound<'_, PyAny>,
+    ) -> PyResult<u64> {
+        self.remote.register_graph(py, steps, outputs)
+    }
+
+    /// The graph builder's run (mymps.Graph.run).
+    #[pyo3(signature = (graph, inputs = None, keep = None))]
+    fn _run_graph<'py>(
+        &self,
+        py: Python<'py>,
+        graph: &Bound<'py, PyAny>,
+        inputs: Option<&Bound<'py, PyAny>>,
+        keep: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        self.remote.run_graph(py, graph, inputs, keep)
     }
 
     /// The loaded models: a list of {"name", "model_type", "device",

@@ -10,6 +10,7 @@ use pyo3::types::{PyDict, PyList, PyTuple};
 
 use crate::errors::{bad_argument, to_py};
 use crate::remote::{Remote, fields, load_request, loaded_dict, model_dict};
+use crate::tensor::RemoteTensor;
 
 /// A client of several mymps servers, used like one MympsClient.
 ///
@@ -149,14 +150,104 @@ impl MympsCluster {
     /// A forward pass of a loaded model on the least busy host that has it.
     /// Arguments and results as MympsClient.infer. Raises
     /// ModelNotFoundError when no host has the model.
-    #[pyo3(signature = (name, inputs = None))]
+    #[pyo3(signature = (name, inputs = None, *, keep = None))]
     fn infer<'py>(
         &self,
         py: Python<'py>,
         name: &str,
         inputs: Option<&Bound<'py, PyAny>>,
+        keep: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyDict>> {
-        self.remote.infer(py, name, inputs)
+        self.remote.infer(py, name, inputs, keep)
+    }
+
+    /// Keep an array on the least busy host (as MympsClient.put): the
+    /// RemoteTensor's .host says which. A call that uses it runs on that
+    /// host (with no failover: the data is only there); tensors of two
+    /// hosts in one call raise BadArgumentError. If the host's connection
+    /// is lost, the tensor is gone with it, and using it raises
+    /// UnknownTensorError naming the host.
+    fn put(&self, py: Python<'_>, array: &Bound<'_, PyAny>) -> PyResult<Py<RemoteTensor>> {
+        self.remote.put(py, array)
+    }
+
+    /// Several arrays kept on one host in one request (as
+    /// MympsClient.put_many).
+    fn put_many<'py>(
+        &self,
+        py: Python<'py>,
+        arrays: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        self.remote.put_many(py, arrays)
+    }
+
+    /// Remote tensors' data (as MympsClient.get); tensors on several hosts
+    /// are fetched from each.
+    fn get<'py>(
+        &self,
+        py: Python<'py>,
+        tensors: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        self.remote.get(py, tensors)
+    }
+
+    /// Free remote tensors now (as MympsClient.free), on whichever hosts
+    /// hold them.
+    fn free(&self, py: Python<'_>, tensors: &Bound<'_, PyAny>) -> PyResult<u64> {
+        self.remote.free(py, tensors)
+    }
+
+    /// Share a tensor under a name on the host that holds it (as
+    /// MympsClient.share); the cluster remembers that host for the name.
+    fn share<'py>(
+        &self,
+        py: Python<'py>,
+        tensor: &Bound<'py, RemoteTensor>,
+        name: String,
+    ) -> PyResult<Bound<'py, RemoteTensor>> {
+        self.remote.share(py, tensor, name)
+    }
+
+    /// The tensor shared under `name`, by name (as MympsClient.remote). A
+    /// name this cluster did not share itself is looked up host by host, in
+    /// the configuration's order, the first time it is used.
+    fn remote(&self, py: Python<'_>, name: String) -> PyResult<Py<RemoteTensor>> {
+        self.remote.remote(py, name)
+    }
+
+    /// A graph builder (as MympsClient.graph); a graph runs on the host of
+    /// its RemoteTensors, else on the least busy one.
+    fn graph<'py>(slf: &Bound<'py, Self>) -> PyResult<Bound<'py, PyAny>> {
+        let py = slf.py();
+        py.import("mymps.graph")?.getattr("Graph")?.call1((slf,))
+    }
+
+    /// The graph builder's registration (mymps.Graph.register).
+    fn _register_graph(
+        &self,
+        py: Python<'_>,
+        steps: &Bound<'_, PyAny>,
+        outputs: &Bound<'_, PyAny>,
+    ) -> PyResult<u64> {
+        self.remote.register_graph(py, steps, outputs)
+    }
+
+    /// The graph builder's run (mymps.Graph.run).
+    #[pyo3(signature = (graph, inputs = None, keep = None))]
+    fn _run_graph<'py>(
+        &self,
+        py: Python<'py>,
+        graph: &Bound<'py, PyAny>,
+        inputs: Option<&Bound<'py, PyAny>>,
+        keep: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyDict>> {
+        self.remote.run_graph(py, graph, inputs, keep)
+    }
+
+    /// Server status of the least busy host that is up (as
+    /// MympsClient.health).
+    fn health<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        self.remote.health(py)
     }
 
     /// Load a model on the hosts named in `hosts` (names or addresses), or

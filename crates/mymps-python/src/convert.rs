@@ -47,6 +47,8 @@ use pyo3::types::{PyBool, PyCapsule, PyDict, PyFloat, PyInt, PyList, PyString, P
 use std::ffi::{c_char, c_int, c_void};
 
 use crate::errors::{bad_argument, invalid_tensor, to_py};
+use crate::tensor::{Owner, RemoteTensor};
+use mymps::protocol::TensorRef;
 
 /// Inputs copied before sending (see the module docs for when).
 static INPUT_COPIES: AtomicU64 = AtomicU64::new(0);
@@ -356,33 +358,52 @@ pub fn array_to_tensor(name: &str, obj: &Bound<'_, PyAny>) -> PyResult<Tensor> {
 pub struct Inputs {
     /// Tensors by argument name.
     pub tensors: Vec<(String, Tensor)>,
+    /// Server-resident tensors (`RemoteTensor`s) by argument name.
+    pub refs: Vec<(String, TensorRef)>,
     /// Names given `None` (an optional tensor left out, e.g.
     /// `{"bias": None}`); they go as `None` keyword arguments.
     pub none: Vec<String>,
 }
 
-/// The `inputs` argument of `exec`: a mapping of names to arrays (`"0"`,
-/// `"1"`, ... positional; integer keys mean the same; `None` values mean
-/// "not given"), a list/tuple of positional arrays, one array (the one
-/// positional argument), or `None`.
-pub fn inputs(inputs: Option<&Bound<'_, PyAny>>) -> PyResult<Inputs> {
+impl Inputs {
+    /// Adds input `name`: a `RemoteTensor` of `owner` as a reference,
+    /// anything else as an array.
+    fn add(&mut self, name: String, value: &Bound<'_, PyAny>, owner: &dyn Owner) -> PyResult<()> {
+        if let Ok(t) = value.cast::<RemoteTensor>() {
+            let r = t.get().reference(owner).map_err(|e| {
+                let py = value.py();
+                let msg = e.value(py).str().map(|s| s.to_string()).unwrap_or_default();
+                crate::errors::unknown_tensor(format!("input '{name}': {msg}"))
+            })?;
+            self.refs.push((name, r));
+        } else {
+            let t = array_to_tensor(&name, value)?;
+            self.tensors.push((name, t));
+        }
+        Ok(())
+    }
+}
+
+/// The `inputs` argument of `exec`: a mapping of names to arrays or
+/// `RemoteTensor`s (`"0"`, `"1"`, ... positional; integer keys mean the
+/// same; `None` values mean "not given"), a list/tuple of positional
+/// ones, one (the one positional argument), or `None`. `RemoteTensor`s
+/// must be `owner`'s (or shared).
+pub fn inputs(inputs: Option<&Bound<'_, PyAny>>, owner: &dyn Owner) -> PyResult<Inputs> {
+    let mut out = Inputs::default();
     let Some(inputs) = inputs.filter(|i| !i.is_none()) else {
-        return Ok(Inputs::default());
+        return Ok(out);
     };
-    let mut out = Vec::new();
-    let mut none = Vec::new();
-    if inputs.is_instance(ndarray(inputs.py())?)? {
+    if inputs.is_instance(ndarray(inputs.py())?)? || inputs.cast::<RemoteTensor>().is_ok() {
         // One array: the one positional argument.
-        out.push(("0".to_owned(), array_to_tensor("0", inputs)?));
-        return Ok(Inputs { tensors: out, none });
+        out.add("0".to_owned(), inputs, owner)?;
+        return Ok(out);
     }
     if inputs.is_instance_of::<PyList>() || inputs.is_instance_of::<PyTuple>() {
         for (i, item) in inputs.try_iter()?.enumerate() {
-            let name = i.to_string();
-            let t = array_to_tensor(&name, &item?)?;
-            out.push((name, t));
+            out.add(i.to_string(), &item?, owner)?;
         }
-        return Ok(Inputs { tensors: out, none });
+        return Ok(out);
     }
     let items = if let Ok(d) = inputs.cast::<PyDict>() {
         d.call_method0("items")?
@@ -411,13 +432,12 @@ pub fn inputs(inputs: Option<&Bound<'_, PyAny>>) -> PyResult<Inputs> {
             )));
         };
         if value.is_none() {
-            none.push(name);
+            out.none.push(name);
             continue;
         }
-        let t = array_to_tensor(&name, &value)?;
-        out.push((name, t));
+        out.add(name, &value, owner)?;
     }
-    Ok(Inputs { tensors: out, none })
+    Ok(out)
 }
 
 // ---------------------------------------------------------------- kwargs
@@ -477,13 +497,25 @@ pub fn to_value(name: &str, v: &Bound<'_, PyAny>, depth: usize) -> PyResult<Valu
 /// Tensors with their argument names.
 pub type NamedTensors = Vec<(String, Tensor)>;
 
-/// The arguments of an `exec`: `inputs`' arrays, and the keyword
-/// arguments with the inputs given as `None` added as `None` keywords.
+/// The arguments of an `exec`.
+pub struct ExecArgs {
+    /// Arrays by argument name.
+    pub tensors: NamedTensors,
+    /// `RemoteTensor`s by argument name.
+    pub refs: Vec<(String, TensorRef)>,
+    /// Scalar keyword arguments, with the inputs given as `None` added as
+    /// `None` keywords.
+    pub kwargs: Vec<(String, Value)>,
+}
+
+/// The arguments of an `exec`: `inputs`' arrays and `RemoteTensor`s (of
+/// `owner`), and the keyword arguments.
 pub fn exec_args(
     inputs: Option<&Bound<'_, PyAny>>,
     kw: Option<&Bound<'_, PyDict>>,
-) -> PyResult<(NamedTensors, Vec<(String, Value)>)> {
-    let inputs = self::inputs(inputs)?;
+    owner: &dyn Owner,
+) -> PyResult<ExecArgs> {
+    let inputs = self::inputs(inputs, owner)?;
     let mut kwargs = kwargs(kw)?;
     for name in inputs.none {
         if kwargs.iter().any(|(k, _)| *k == name) {
@@ -493,18 +525,25 @@ pub fn exec_args(
         }
         kwargs.push((name, Value::None));
     }
-    Ok((inputs.tensors, kwargs))
+    Ok(ExecArgs {
+        tensors: inputs.tensors,
+        refs: inputs.refs,
+        kwargs,
+    })
 }
 
-/// The inputs of an `infer`: arrays only.
-pub fn infer_inputs(inputs: Option<&Bound<'_, PyAny>>) -> PyResult<NamedTensors> {
-    let inputs = self::inputs(inputs)?;
+/// The inputs of an `infer`: arrays and `RemoteTensor`s (no `None`).
+pub fn infer_inputs(
+    inputs: Option<&Bound<'_, PyAny>>,
+    owner: &dyn Owner,
+) -> PyResult<(NamedTensors, Vec<(String, TensorRef)>)> {
+    let inputs = self::inputs(inputs, owner)?;
     if let Some(n) = inputs.none.first() {
         return Err(bad_argument(format!(
             "input '{n}' is None; infer takes arrays only"
         )));
     }
-    Ok(inputs.tensors)
+    Ok((inputs.tensors, inputs.refs))
 }
 
 /// A `load_model` `config`: None, a JSON string as it is, or a dict
@@ -751,6 +790,15 @@ pub fn tensor_to_array<'py>(py: Python<'py>, t: Tensor) -> PyResult<Bound<'py, P
         return arr.call_method1("view", (bfloat16_dtype(py)?,));
     }
     Ok(arr)
+}
+
+/// A dtype as numpy names it (bfloat16: `ml_dtypes.bfloat16`).
+pub fn numpy_dtype(py: Python<'_>, dtype: DType) -> PyResult<Bound<'_, PyAny>> {
+    let np = numpy(py)?;
+    if dtype == DType::BFloat16 {
+        return np.call_method1("dtype", (bfloat16_dtype(py)?,));
+    }
+    np.call_method1("dtype", (dtype.name(),))
 }
 
 /// Results as a dict in the server's order (`"output"`, or `"0"`, `"1"`, ...).

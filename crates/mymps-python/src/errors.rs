@@ -41,3 +41,14 @@ pub fn bad_argument(message: impl Into<String>) -> PyErr {
 pub fn invalid_tensor(message: impl Into<String>) -> PyErr {
     to_py(Error::new(ErrorCode::InvalidTensor, message))
 }
+
+/// An `UnknownTensorError` raised by the client itself (a tensor freed, or
+/// another client's).
+pub fn unknown_tensor(message: impl Into<String>) -> PyErr {
+    to_py(Error::new(ErrorCode::UnknownTensor, message))
+}
+
+/// An `InternalError`: a reply that breaks the client's expectations.
+pub fn internal(message: impl Into<String>) -> PyErr {
+    to_py(Error::new(ErrorCode::Internal, message))
+}

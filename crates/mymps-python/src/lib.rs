@@ -11,6 +11,7 @@
 //! - [`remote`]: what both share, over any
 //!   [`Service`](mymps::client::Service): the blocking wait (GIL released,
 //!   Ctrl-C), the fork check, typed requests and replies ⇄ Python objects.
+//! - [`tensor`]: the `RemoteTensor` class (a tensor kept on the server).
 //! - [`convert`]: numpy arrays ⇄ tensors without copies, kwargs → values.
 //! - [`errors`]: error codes → the exception classes of `mymps.errors`.
 //!
@@ -23,6 +24,7 @@ pub mod cluster;
 pub mod convert;
 pub mod errors;
 pub mod remote;
+pub mod tensor;
 
 use pyo3::prelude::*;
 
@@ -51,6 +53,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<client::MympsClient>()?;
     m.add_class::<cluster::MympsCluster>()?;
     m.add_class::<convert::ResultBuffer>()?;
+    m.add_class::<tensor::RemoteTensor>()?;
     m.add_function(wrap_pyfunction!(_copy_counters, m)?)?;
     m.add_function(wrap_pyfunction!(transports, m)?)?;
     m.add("__version__", mymps::VERSION)?;

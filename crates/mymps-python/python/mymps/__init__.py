@@ -11,12 +11,25 @@ arrays in and out; the client needs numpy only::
         b = np.random.rand(128, 32).astype(np.float32)
         out = c.exec("matmul", {"0": a, "1": b})["output"]   # (64, 32)
 
+Tensors can stay on the server between calls (``c.put(a)``, ``keep=True``:
+:class:`RemoteTensor`), and chains of ops run in one request
+(``c.graph()``: :class:`Graph`).
+
 See ``help(MympsClient)``, ``help(MympsClient.exec)`` and :mod:`mymps.errors`.
 A client may be shared between threads; calls release the GIL.
 """
 
 from . import errors
-from ._native import DEFAULT_HOST, DEFAULT_PORT, MympsClient, MympsCluster, __version__, transports
+from ._native import (
+    DEFAULT_HOST,
+    DEFAULT_PORT,
+    MympsClient,
+    MympsCluster,
+    RemoteTensor,
+    __version__,
+    transports,
+)
+from .graph import Graph, Node
 from ._types import HealthInfo, ModelInfo, OpInfo, ParamInfo, StatsInfo
 from .errors import (
     AuthenticationError,
@@ -44,6 +57,9 @@ from .errors import (
 __all__ = [
     "MympsClient",
     "MympsCluster",
+    "RemoteTensor",
+    "Graph",
+    "Node",
     "DEFAULT_HOST",
     "DEFAULT_PORT",
     "__version__",

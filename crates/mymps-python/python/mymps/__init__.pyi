@@ -4,9 +4,11 @@ from ._native import (
     DEFAULT_PORT as DEFAULT_PORT,
     MympsClient as MympsClient,
     MympsCluster as MympsCluster,
+    RemoteTensor as RemoteTensor,
     __version__ as __version__,
     transports as transports,
 )
+from .graph import Graph as Graph, Node as Node
 from ._types import HealthInfo as HealthInfo, ModelInfo as ModelInfo, OpInfo as OpInfo, ParamInfo as ParamInfo, StatsInfo as StatsInfo
 from .errors import (
     AuthenticationError as AuthenticationError,
@@ -16,6 +18,7 @@ from .errors import (
     CancelledError as CancelledError,
     InternalError as InternalError,
     InvalidTensorError as InvalidTensorError,
+    LimitReachedError as LimitReachedError,
     ModelError as ModelError,
     ModelNotFoundError as ModelNotFoundError,
     MympsConnectionError as MympsConnectionError,
@@ -25,6 +28,7 @@ from .errors import (
     PayloadTooLargeError as PayloadTooLargeError,
     ProtocolError as ProtocolError,
     UnknownOpError as UnknownOpError,
+    UnknownTensorError as UnknownTensorError,
     UnsupportedError as UnsupportedError,
     UnsupportedVersionError as UnsupportedVersionError,
 )
@@ -32,6 +36,9 @@ from .errors import (
 __all__ = [
     "MympsClient",
     "MympsCluster",
+    "RemoteTensor",
+    "Graph",
+    "Node",
     "DEFAULT_HOST",
     "DEFAULT_PORT",
     "__version__",
@@ -59,4 +66,6 @@ __all__ = [
     "BusyError",
     "UnsupportedError",
     "InternalError",
+    "UnknownTensorError",
+    "LimitReachedError",
 ]

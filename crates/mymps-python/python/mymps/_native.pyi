@@ -9,10 +9,12 @@ import numpy.typing as npt
 from typing_extensions import Self
 
 from ._types import HealthInfo, ModelInfo, OpInfo, StatsInfo
+from .graph import Graph
 
 __all__ = [
     "MympsClient",
     "MympsCluster",
+    "RemoteTensor",
     "_ResultBuffer",
     "_copy_counters",
     "transports",
@@ -29,11 +31,46 @@ DEFAULT_PORT: int
 #: list or tuple of them (numpy scalars and arrays are converted with tolist()).
 _Scalar = Union[None, bool, int, float, str, np.generic, npt.NDArray[Any],
                Sequence["_Scalar"]]
+#: A tensor argument: an array (or anything numpy.asarray takes), or a
+#: tensor kept on the server.
+_Tensor = Union[npt.ArrayLike, "RemoteTensor"]
 #: The ``inputs`` of ``exec``: names ("0", "1", ... or keyword names) to
-#: arrays (None: an optional tensor left out), a sequence of positional
-#: arrays, or one array.
-_Inputs = Union[Mapping[Union[str, int], Optional[npt.ArrayLike]], Sequence[npt.ArrayLike],
-                np.ndarray]
+#: arrays or RemoteTensors (None: an optional tensor left out), a sequence
+#: of positional ones, or one.
+_Inputs = Union[Mapping[Union[str, int], Optional[_Tensor]], Sequence[_Tensor],
+                np.ndarray, "RemoteTensor"]
+#: ``keep=``: True (every result), a result's name, or a list of names.
+_Keep = Union[None, bool, str, Sequence[str]]
+#: A result: an array, or a RemoteTensor when kept.
+_Result = Union[np.ndarray, "RemoteTensor"]
+
+@final
+class RemoteTensor:
+    """A tensor kept on a mymps server; see help(mymps.RemoteTensor)."""
+
+    @property
+    def handle(self) -> Optional[int]: ...
+    @property
+    def name(self) -> Optional[str]: ...
+    @property
+    def shape(self) -> Optional[Tuple[int, ...]]: ...
+    @property
+    def dtype(self) -> Optional[np.dtype[Any]]: ...
+    @property
+    def device(self) -> Optional[str]: ...
+    @property
+    def host(self) -> Optional[str]: ...
+    @property
+    def ndim(self) -> Optional[int]: ...
+    @property
+    def nbytes(self) -> Optional[int]: ...
+    @property
+    def freed(self) -> bool: ...
+    def numpy(self) -> np.ndarray:
+        """Its data, fetched from the server."""
+    def __array__(self, dtype: Any = None, copy: Optional[bool] = None) -> np.ndarray: ...
+    def free(self) -> bool:
+        """Frees it on the server now."""
 
 class MympsClient:
     """A connection to a mymps server. Safe to share between threads."""
@@ -50,9 +87,10 @@ class MympsClient:
         tls_fingerprint: Optional[str] = None,
     ) -> Self: ...
     def exec(
-        self, op: str, inputs: Optional[_Inputs] = None, **kwargs: _Scalar
-    ) -> Dict[str, np.ndarray]:
-        """Run one whitelisted torch op; see help(MympsClient.exec)."""
+        self, op: str, inputs: Optional[_Inputs] = None, **kwargs: Any
+    ) -> Dict[str, _Result]:
+        """Run one whitelisted torch op (keep=... keeps results on the
+        server); see help(MympsClient.exec)."""
     def list_ops(self) -> List[str]: ...
     def load_model(
         self,
@@ -66,8 +104,28 @@ class MympsClient:
         engine: Optional[str] = None,
     ) -> Dict[str, Any]:
         """Load a model on the server; see help(MympsClient.load_model)."""
-    def infer(self, name: str, inputs: Optional[_Inputs] = None) -> Dict[str, np.ndarray]:
+    def infer(
+        self, name: str, inputs: Optional[_Inputs] = None, *, keep: _Keep = None
+    ) -> Dict[str, _Result]:
         """A forward pass of a loaded model; see help(MympsClient.infer)."""
+    def put(self, array: npt.ArrayLike) -> RemoteTensor:
+        """Keep an array on the server; see help(MympsClient.put)."""
+    def put_many(self, arrays: Any) -> Any:
+        """Keep several arrays (a dict or a list) in one request."""
+    def get(self, tensors: Any) -> Any:
+        """Fetch a RemoteTensor (or a list or dict of them) as arrays."""
+    def free(self, tensors: Any) -> int:
+        """Free RemoteTensors now; how many the server freed."""
+    def share(self, tensor: RemoteTensor, name: str) -> RemoteTensor:
+        """Share a tensor under a server-wide name."""
+    def remote(self, name: str) -> RemoteTensor:
+        """The tensor shared under `name`, by name."""
+    def graph(self) -> Graph:
+        """A graph builder for ops run in one request."""
+    def _register_graph(self, steps: Any, outputs: Any) -> int: ...
+    def _run_graph(
+        self, graph: Any, inputs: Any = None, keep: _Keep = None
+    ) -> Dict[str, _Result]: ...
     def list_models(self) -> List[ModelInfo]: ...
     def model_info(self, name: str) -> ModelInfo: ...
     def unload_model(self, name: str) -> Dict[str, str]: ...
@@ -114,11 +172,27 @@ class MympsCluster:
         health_interval: Optional[float] = None,
     ) -> Self: ...
     def exec(
-        self, op: str, inputs: Optional[_Inputs] = None, **kwargs: _Scalar
-    ) -> Dict[str, np.ndarray]:
-        """Run one whitelisted torch op on the least busy host that is up."""
-    def infer(self, name: str, inputs: Optional[_Inputs] = None) -> Dict[str, np.ndarray]:
+        self, op: str, inputs: Optional[_Inputs] = None, **kwargs: Any
+    ) -> Dict[str, _Result]:
+        """Run one whitelisted torch op on the least busy host that is up
+        (on the host of its RemoteTensors, if any)."""
+    def infer(
+        self, name: str, inputs: Optional[_Inputs] = None, *, keep: _Keep = None
+    ) -> Dict[str, _Result]:
         """A forward pass on the least busy host that has the model."""
+    def put(self, array: npt.ArrayLike) -> RemoteTensor:
+        """Keep an array on the least busy host (its .host says which)."""
+    def put_many(self, arrays: Any) -> Any: ...
+    def get(self, tensors: Any) -> Any: ...
+    def free(self, tensors: Any) -> int: ...
+    def share(self, tensor: RemoteTensor, name: str) -> RemoteTensor: ...
+    def remote(self, name: str) -> RemoteTensor: ...
+    def graph(self) -> Graph: ...
+    def _register_graph(self, steps: Any, outputs: Any) -> int: ...
+    def _run_graph(
+        self, graph: Any, inputs: Any = None, keep: _Keep = None
+    ) -> Dict[str, _Result]: ...
+    def health(self) -> HealthInfo: ...
     def load_model(
         self,
         name: str,

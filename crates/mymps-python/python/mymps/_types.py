@@ -20,6 +20,8 @@ class HealthInfo(TypedDict):
     models_loaded: int
     ops: int
     uptime_s: float
+    resident_tensors: int
+    resident_bytes: int
 
 
 class StatsInfo(TypedDict):
