@@ -219,7 +219,7 @@ def test_health_fields(client):
     h = client.health()
     assert set(h) == {
         "status", "version", "protocol", "backend", "device", "torch_version",
-        "models_loaded", "ops", "uptime_s",
+        "models_loaded", "ops", "uptime_s", "resident_tensors", "resident_bytes",
     }
     assert h["status"] == "ok"
     check_device(h["device"])
