@@ -800,6 +800,61 @@ mod tests {
         }
     }
 
+    /// Finds `hub/NAME` names in a folder of its own, outside the root.
+    struct Locating(PathBuf);
+    impl ModelLoader for Locating {
+        fn model_type(&self) -> &str {
+            "located"
+        }
+        fn locate(&self, path: &str) -> Option<Result<PathBuf>> {
+            let name = path.strip_prefix("hub/")?;
+            let p = self.0.join(name);
+            Some(if p.exists() {
+                Ok(p)
+            } else {
+                Err(Error::new(
+                    ErrorCode::Model,
+                    format!("not in {}", self.0.display()),
+                ))
+            })
+        }
+        fn load(&self, _: &LoadRequest, _: &str) -> Result<Box<dyn Model>> {
+            Ok(Box::new(Echo))
+        }
+    }
+
+    #[test]
+    fn a_loader_locates_what_the_root_lacks() {
+        let base = std::env::temp_dir().join(format!("mymps-locate-test-{}", std::process::id()));
+        let (root, elsewhere) = (base.join("root"), base.join("cache"));
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::create_dir_all(elsewhere.join("m")).unwrap();
+        let r = ModelRegistry::new(&root).unwrap();
+        r.add_loader(Arc::new(Locating(elsewhere.clone()))).unwrap();
+        let req = |name: &str| LoadRequest {
+            name: name.into(),
+            model_type: "located".into(),
+            ..Default::default()
+        };
+        let info = r.load(&req("hub/m"), "cpu").unwrap();
+        assert_eq!(
+            info.metadata["path"],
+            elsewhere.join("m").display().to_string()
+        );
+        // Not found: the error says where the root and the loader looked.
+        let e = r.load(&req("hub/x"), "cpu").unwrap_err();
+        assert!(e.message.contains("cannot be opened"), "{e}");
+        assert!(
+            e.message
+                .contains(&format!("not in {}", elsewhere.display())),
+            "{e}"
+        );
+        // A name the loader does not claim: the root's error alone.
+        let e = r.load(&req("other"), "cpu").unwrap_err();
+        assert!(!e.message.contains("not in"), "{e}");
+        let _ = std::fs::remove_dir_all(&base);
+    }
+
     #[test]
     fn registry_lifecycle_and_errors() {
         let dir = std::env::temp_dir().join(format!("mymps-model-test-{}", std::process::id()));
