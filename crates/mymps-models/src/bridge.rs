@@ -413,10 +413,6 @@ impl ModelLoader for PythonClassLoader {
         }
     }
 
-    fn choices(&self) -> Vec<String> {
-        vec!["package.Class (a torch.nn.Module on the server's Python path)".into()]
-    }
-
     fn load(&self, request: &LoadRequest, device: &str) -> Result<Box<dyn Model>> {
         requested(request)?;
         load(request, device)
