@@ -38,7 +38,11 @@ pub async fn connect(endpoint: &Endpoint, config: &ZmqConfig) -> io::Result<Conn
     let ctx = context();
     let mut dealer = ctx.socket(zmq::DEALER).map_err(io_err)?;
     dealer.set_linger(0).map_err(io_err)?;
-    dealer.set_reconnect_ivl(-1).map_err(io_err)?;
+    // No reconnects in fact: the pump ends at the first disconnect, long
+    // before a reconnect 24 days later. Turned off (-1), libzmq would drop
+    // what it had received when the server closes (the socket terminates
+    // its end of the pipe at once), such as the answer to a refused Hello.
+    dealer.set_reconnect_ivl(i32::MAX).map_err(io_err)?;
     dealer.set_sndhwm(config.send_hwm).map_err(io_err)?;
     dealer.set_ipv6(host.contains(':')).map_err(io_err)?;
     crate::set_heartbeats(&mut dealer, config)?;
@@ -200,6 +204,9 @@ impl Pump {
                         if self.ready.is_some() {
                             self.fail_connect(e);
                         } else {
+                            // What the server sent before it closed comes
+                            // first (a refused Hello's answer, replies).
+                            while self.receive() {}
                             debug!(addr = %self.addr, error = %e, "zeromq connection lost");
                             let _ = self.in_tx.send(Err(ReadError::Io(e)));
                         }
@@ -288,7 +295,7 @@ impl Pump {
         } else if raw == zmq_sys::ZMQ_EVENT_CLOSED && self.ready.is_some() {
             // A connect that failed: libzmq does not say why (the event's
             // value is the closed socket); refused is by far the most
-            // common cause, and no retry follows (reconnects are off).
+            // common cause, and the pump ends before any retry.
             Event::Lost(io::Error::new(
                 io::ErrorKind::ConnectionRefused,
                 format!("{}: connection refused or failed", self.addr),
