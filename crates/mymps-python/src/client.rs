@@ -259,7 +259,10 @@ impl MympsClient {
     ///     ModelError: the model cannot be loaded (the message says why:
     ///         unknown type or class, missing file, keys or shapes that do
     ///         not match the class).
-    #[pyo3(signature = (name, model_type = "huggingface".to_owned(), model_path = None, model_class = None, dtype = None, trust_remote_code = false, config = None, engine = None))]
+    #[pyo3(
+        signature = (name, model_type = "huggingface".to_owned(), model_path = None, model_class = None, dtype = None, trust_remote_code = false, config = None, engine = None),
+        text_signature = "(self, /, name, model_type='huggingface', model_path=None, model_class=None, dtype=None, trust_remote_code=False, config=None, engine=None)"
+    )]
     #[allow(clippy::too_many_arguments)]
     fn load_model<'py>(
         &self,

@@ -263,7 +263,10 @@ impl MympsCluster {
     ///     ModelError: a host could not load it (the message lists each
     ///         host's outcome).
     ///     BadArgumentError: a host that is not in the cluster.
-    #[pyo3(signature = (name, model_type = "huggingface".to_owned(), model_path = None, model_class = None, dtype = None, trust_remote_code = false, config = None, engine = None, *, hosts = None))]
+    #[pyo3(
+        signature = (name, model_type = "huggingface".to_owned(), model_path = None, model_class = None, dtype = None, trust_remote_code = false, config = None, engine = None, *, hosts = None),
+        text_signature = "(self, /, name, model_type='huggingface', model_path=None, model_class=None, dtype=None, trust_remote_code=False, config=None, engine=None, *, hosts=None)"
+    )]
     #[allow(clippy::too_many_arguments)]
     fn load_model<'py>(
         &self,

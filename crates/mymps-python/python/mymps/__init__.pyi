@@ -47,6 +47,7 @@ __all__ = [
     "HealthInfo",
     "StatsInfo",
     "OpInfo",
+    "ModelInfo",
     "ParamInfo",
     "MympsError",
     "UnknownOpError",

@@ -155,6 +155,7 @@ class MympsClient:
         tb: Optional[TracebackType],
     ) -> bool: ...
 
+@final
 class MympsCluster:
     """A client of several mymps servers, used like one MympsClient: exec
     to the least busy host that is up, infer to a host that has the model,
@@ -227,6 +228,8 @@ class _ResultBuffer:
 
     @property
     def __array_interface__(self) -> Dict[str, Any]: ...
+    @property
+    def __array_struct__(self) -> Any: ...
     @property
     def nbytes(self) -> int: ...
 

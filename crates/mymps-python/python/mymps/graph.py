@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import os
 import sys
+from types import FrameType
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 from .errors import BadArgumentError, MympsError
@@ -40,7 +41,7 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 
 def _caller() -> str:
     """``file:line`` of the first frame outside this module."""
-    f = sys._getframe(1)
+    f: Optional[FrameType] = sys._getframe(1)
     while f is not None and os.path.dirname(os.path.abspath(f.f_code.co_filename)) == _HERE:
         f = f.f_back
     if f is None:
@@ -155,14 +156,14 @@ class Graph:
         i = len(self._steps)
         what = f"step {i} ({op})"
         inputs: Dict[str, Tuple[Any, ...]] = {}
-        for k, a in enumerate(args):
-            inputs[str(k)] = self._tensor(a, f"{what}, argument {k}")
+        for pos, a in enumerate(args):
+            inputs[str(pos)] = self._tensor(a, f"{what}, argument {pos}")
         scalars: Dict[str, Any] = {}
-        for k, v in kwargs.items():
+        for key, v in kwargs.items():
             if isinstance(v, Node) or _is_remote(v):
-                inputs[k] = self._tensor(v, f"{what}, argument {k!r}")
+                inputs[key] = self._tensor(v, f"{what}, argument {key!r}")
             else:
-                scalars[k] = v
+                scalars[key] = v
         self._steps.append((op, inputs, scalars))
         shown = ", ".join([repr_arg(a) for a in args] + [f"{k}={repr_arg(v)}" for k, v in kwargs.items()])
         self._where.append(f"{op}({shown}) at {_caller()}")
