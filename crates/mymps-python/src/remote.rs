@@ -184,6 +184,10 @@ impl<S: Handles> Link<S> {
             ))));
         }
         let dropped = self.take_dropped();
+        // Put back if the call is abandoned (Ctrl-C) before the free is
+        // known to have gone: freeing a handle twice is harmless (handles
+        // are never reused; the second time it is reported unknown).
+        let unsent = dropped.clone();
         let free = (!dropped.is_empty()).then(|| self.as_async().rpc(rpc::Free { refs: dropped }));
         let request = async move {
             match free {
@@ -201,7 +205,17 @@ impl<S: Handles> Link<S> {
             });
             match step {
                 Ok(done) => return done.map_err(to_py),
-                Err(_elapsed) => py.check_signals()?,
+                Err(_elapsed) => {
+                    if let Err(interrupted) = py.check_signals() {
+                        if !unsent.is_empty() {
+                            self.dropped
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .extend(unsent);
+                        }
+                        return Err(interrupted);
+                    }
+                }
             }
         }
     }
