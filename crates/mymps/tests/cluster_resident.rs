@@ -281,6 +281,21 @@ async fn a_chain_on_handles_runs_on_the_host_that_holds_them() {
         got.output().unwrap().to_vec::<f32>().unwrap(),
         vec![-5.0, -6.0]
     );
+    // fetch looks names up too, beside handles of another host.
+    let hq = other.put(f32s(vec![7.0], &[1])).await.unwrap().remove(0);
+    other
+        .call(Share {
+            handle: hq.handle,
+            name: "fetched".into(),
+        })
+        .await
+        .unwrap();
+    let got = cluster
+        .fetch(vec![(&hx).into(), TensorRef::Shared("fetched".into())])
+        .await
+        .unwrap();
+    assert!(got[0].data() == x.data());
+    assert_eq!(got[1].to_vec::<f32>().unwrap(), vec![7.0]);
     let e = cluster
         .call(Call::new("neg").arg_ref(TensorRef::Shared("nowhere".into())))
         .await
@@ -293,6 +308,7 @@ async fn a_chain_on_handles_runs_on_the_host_that_holds_them() {
     let mut refs: Vec<TensorRef> = made.iter().map(Into::into).collect();
     refs.extend([(&hx).into(), (&hw).into(), (&hz).into(), (&hy).into()]);
     refs.push(TensorRef::Shared("elsewhere".into()));
+    refs.push(TensorRef::Shared("fetched".into()));
     let total = refs.len() as u64;
     let freed = cluster.free(refs).await.unwrap();
     assert_eq!((freed.freed, freed.unknown.len() as u64), (total, 0));
