@@ -378,6 +378,25 @@ def test_torch_export_programs(client, tmp_path):
         client.unload_model(n)
 
 
+@pytest.mark.skipif(os.environ.get("MYMPS_TEST_AOTI") != "1",
+                    reason="AOTInductor compiles C++ (minutes on 2 cores): MYMPS_TEST_AOTI=1 runs it")
+def test_an_aotinductor_package(client, tmp_path):
+    torch.manual_seed(0)
+    m = TwoInputs().eval().to(DEVICE)
+    x, y = torch.randn(2, 4, device=DEVICE), torch.randn(2, 3, device=DEVICE)
+    path = torch._inductor.aoti_compile_and_package(
+        torch.export.export(m, (x, y)), package_path=str(tmp_path / "m_aoti.pt2"))
+    info = client.load_model("aoti", model_type="torch_export", model_path=path)
+    assert info["metadata"]["architecture"] == "aoti"
+    got = client.infer("aoti", {"0": x.cpu().numpy(), "1": y.cpu().numpy()})
+    with torch.no_grad():
+        w0, w1 = m(x, y)
+    assert sorted(got) == ["0", "1"]
+    np.testing.assert_allclose(got["0"], w0.cpu().numpy(), atol=ATOL, rtol=0)
+    np.testing.assert_allclose(got["1"], w1.cpu().numpy(), atol=ATOL, rtol=0)
+    client.unload_model("aoti")
+
+
 # ---- a server without Python ---------------------------------------------------
 
 
