@@ -191,10 +191,10 @@ struct ServerProc {
     url: String,
     /// Every listener, `url` first.
     urls: Vec<String>,
-    /// The SHA-256 fingerprint of the server's QUIC certificate.
-    quic_fingerprint: Option<String>,
+    /// The SHA-256 fingerprint of the certificate of the server's TLS listeners.
+    tls_fingerprint: Option<String>,
     note: String,
-    /// Where the server writes its generated QUIC certificate.
+    /// Where the server writes its generated TLS certificate.
     _cert_dir: Option<tempfile::TempDir>,
 }
 
@@ -239,14 +239,19 @@ fn start_server(args: &Args, device: &str) -> Result<ServerProc, String> {
             c.args(["serve", "--listen", "tcp://127.0.0.1:0", "--log", "warn"]);
             c.args(["--device", device]);
             // Every other transport both sides have, for the per-transport
-            // table (the server's generated QUIC certificate goes to a
-            // folder of its own).
-            if schemes.contains(&"quic") {
-                let d = tempfile::tempdir().map_err(|e| format!("no temporary folder: {e}"))?;
-                c.args(["--listen", "quic://127.0.0.1:0", "--tls-cert-out"]);
-                c.arg(d.path().join("cert.pem"));
-                cert_dir = Some(d);
-                listeners += 1;
+            // table (the server's generated certificate, one for its TLS
+            // listeners, goes to a folder of its own).
+            for tls in ["tcp+tls", "quic"] {
+                if schemes.contains(&tls) {
+                    c.args(["--listen", &format!("{tls}://127.0.0.1:0")]);
+                    listeners += 1;
+                    if cert_dir.is_none() {
+                        let d = tempfile::tempdir()
+                            .map_err(|e| format!("no temporary folder: {e}"))?;
+                        c.arg("--tls-cert-out").arg(d.path().join("cert.pem"));
+                        cert_dir = Some(d);
+                    }
+                }
             }
             if schemes.contains(&"zmq") {
                 c.args(["--listen", "zmq://127.0.0.1:0"]);
@@ -275,17 +280,20 @@ fn start_server(args: &Args, device: &str) -> Result<ServerProc, String> {
         .map_err(|e| format!("cannot start server: {e}"))?;
     let stdout = child.stdout.take().expect("stdout");
     let mut lines = BufReader::new(stdout).lines();
-    // The listening lines (one per listener), then, for quic, the
-    // certificate line.
+    // The listening lines (one per listener), then, for the TLS listeners,
+    // the certificate lines (one certificate for all of them).
     let mut urls = Vec::new();
-    let mut quic_fingerprint = None;
-    while urls.len() < listeners || (cert_dir.is_some() && quic_fingerprint.is_none()) {
+    let mut tls_fingerprint = None;
+    while urls.len() < listeners || (cert_dir.is_some() && tls_fingerprint.is_none()) {
         match lines.next() {
             Some(Ok(l)) => {
                 if let Some(u) = l.strip_prefix("mymps: listening on ") {
                     urls.push(u.trim().to_string());
-                } else if let Some(rest) = l.strip_prefix("mymps: quic certificate ") {
-                    quic_fingerprint = rest.rsplit_once(" sha256 ").map(|(_, fp)| fp.to_owned());
+                } else if let Some(rest) = l
+                    .strip_prefix("mymps: quic certificate ")
+                    .or_else(|| l.strip_prefix("mymps: tcp+tls certificate "))
+                {
+                    tls_fingerprint = rest.rsplit_once(" sha256 ").map(|(_, fp)| fp.to_owned());
                 }
             }
             _ => {
@@ -300,7 +308,7 @@ fn start_server(args: &Args, device: &str) -> Result<ServerProc, String> {
         child: Some(child),
         url: urls[0].clone(),
         urls,
-        quic_fingerprint,
+        tls_fingerprint,
         note,
         _cert_dir: cert_dir,
     })
@@ -472,7 +480,7 @@ fn run(args: &Args, device: &str) -> Result<(), String> {
             child: None,
             url: a.clone(),
             urls: vec![a.clone()],
-            quic_fingerprint: None,
+            tls_fingerprint: None,
             note: format!("server: {a} (given with --addr)"),
             _cert_dir: None,
         },
@@ -585,8 +593,8 @@ fn run(args: &Args, device: &str) -> Result<(), String> {
     for url in &server.urls {
         let scheme = url.split_once("://").map_or("tcp", |(s, _)| s);
         pb.set_message(format!("transports: {scheme}"));
-        let fp = (scheme == "quic")
-            .then(|| server.quic_fingerprint.clone())
+        let fp = matches!(scheme, "quic" | "tcp+tls")
+            .then(|| server.tls_fingerprint.clone())
             .flatten();
         transports.insert(scheme.to_owned(), measure_transport(&rt, url, fp, &plan));
     }
@@ -722,12 +730,12 @@ fn transport_mib(plan: &Plan) -> usize {
 fn measure_transport(
     rt: &tokio::runtime::Runtime,
     url: &str,
-    quic_fingerprint: Option<String>,
+    tls_fingerprint: Option<String>,
     plan: &Plan,
 ) -> Value {
     let options = mymps::client::ClientOptions {
         transport: mymps::transport::TransportOptions {
-            tls_fingerprint: quic_fingerprint,
+            tls_fingerprint,
             ..Default::default()
         },
         ..Default::default()
