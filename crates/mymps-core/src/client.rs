@@ -712,7 +712,7 @@ pub mod blocking {
             // Transports known to need nothing between calls run on the
             // caller's thread; any other (QUIC, a third party's) keeps a
             // worker for its background work.
-            let mut builder = if matches!(endpoint.scheme.as_str(), "tcp" | "zmq") {
+            let mut builder = if matches!(endpoint.scheme.as_str(), "tcp" | "tcp+tls" | "zmq") {
                 tokio::runtime::Builder::new_current_thread()
             } else {
                 let mut b = tokio::runtime::Builder::new_multi_thread();
