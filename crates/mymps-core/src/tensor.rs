@@ -122,7 +122,14 @@ impl Tensor {
             .filter(|st| *st != contiguous_strides(shape).as_slice() || numel == 0)
             .map(<[usize]>::to_vec);
         let strides = if numel == 0 { None } else { strides };
-        let data = if numel == 0 { Bytes::new() } else { data };
+        let data = match (numel, &strides) {
+            (0, _) => Bytes::new(),
+            // C order holds exactly numel × itemsize bytes, also when the
+            // strides given were C order's over a longer buffer (checked
+            // above to hold that many).
+            (_, None) => data.slice(..numel * item),
+            _ => data,
+        };
         Ok(Tensor {
             dtype,
             shape: shape.to_vec(),
@@ -365,5 +372,17 @@ mod tests {
         let data = Bytes::from(vec![0u8; 24]);
         let t = Tensor::with_strides(DType::Float32, &[2, 3], Some(&[3, 1]), data).unwrap();
         assert!(t.is_contiguous());
+    }
+
+    /// Found by the `npy` fuzz target: C order's strides over a longer
+    /// buffer made a contiguous tensor that kept the whole buffer, so its
+    /// data was longer than numel × itemsize (`to_vec` panicked on it).
+    #[test]
+    fn contiguous_strides_over_a_longer_buffer_keep_only_the_tensor() {
+        let data = Bytes::from((0..28u8).collect::<Vec<_>>());
+        let t = Tensor::with_strides(DType::Float32, &[2, 3], Some(&[3, 1]), data).unwrap();
+        assert!(t.is_contiguous());
+        assert_eq!(t.data().len(), 24);
+        assert_eq!(t.to_vec::<f32>().unwrap().len(), 6);
     }
 }
