@@ -47,7 +47,8 @@ fn dtype_of_descr(s: &str) -> Result<DType> {
             _ => return None,
         })
     };
-    let (order, rest) = s.split_at(1.min(s.len()));
+    // The byte order is the first character, which may be any character.
+    let (order, rest) = s.split_at_checked(1).unwrap_or(("", s));
     let one_byte = matches!(rest, "b1" | "u1" | "i1");
     match order {
         "<" | "|" | "=" => little(rest),
@@ -121,11 +122,22 @@ pub fn from_bytes(buf: Vec<u8>) -> Result<Tensor> {
         .collect::<Result<Vec<_>>>()?;
     let data = bytes::Bytes::from(buf).slice(end..);
     if fortran && shape.len() > 1 {
+        // The data holds exactly the array, in either order.
+        let want = shape
+            .iter()
+            .try_fold(dtype.itemsize(), |a, &d| a.checked_mul(d))
+            .ok_or_else(|| bad("shape overflows"))?;
+        if data.len() != want {
+            return Err(bad(&format!(
+                "{} bytes of data for shape {shape:?} of {dtype} ({want} bytes)",
+                data.len()
+            )));
+        }
         let mut strides = vec![0usize; shape.len()];
-        let mut acc = 1;
+        let mut acc = 1usize;
         for (s, &d) in strides.iter_mut().zip(&shape) {
             *s = acc;
-            acc *= d.max(1);
+            acc = acc.saturating_mul(d.max(1));
         }
         Tensor::with_strides(dtype, &shape, Some(&strides), data)
     } else {
@@ -189,6 +201,42 @@ mod tests {
         }
         let s = Tensor::scalar(3.5f64);
         assert_eq!(from_bytes(to_bytes(&s).unwrap()).unwrap(), s);
+    }
+
+    /// Found by the `npy` fuzz target: `split_at(1)` inside a character.
+    #[test]
+    fn a_descr_that_starts_with_a_multibyte_character_is_refused() {
+        let mut b = to_bytes(&Tensor::scalar(1.0f32)).unwrap();
+        let at = b.windows(3).position(|w| w == b"<f4").unwrap();
+        b[at..at + 3].copy_from_slice("đ4".as_bytes());
+        let e = from_bytes(b).unwrap_err();
+        assert!(e.message.contains("unsupported .npy dtype 'đ4'"), "{e}");
+    }
+
+    /// Found by the `npy` fuzz target: Fortran order took data longer than
+    /// the array (C order refused it). And, seen while fixing that, its
+    /// strides' product overflowed for large dimensions (a panic with
+    /// overflow checks on) before the shape was checked.
+    #[test]
+    fn fortran_order_holds_exactly_its_array() {
+        let f = |shape: &str, data: &[u8]| {
+            let mut header =
+                format!("{{'descr': '<i2', 'fortran_order': True, 'shape': {shape}, }}");
+            header.push_str(&" ".repeat(63 - (10 + header.len()) % 64));
+            header.push('\n');
+            let mut b = MAGIC.to_vec();
+            b.extend_from_slice(&[1, 0]);
+            b.extend_from_slice(&(header.len() as u16).to_le_bytes());
+            b.extend_from_slice(header.as_bytes());
+            b.extend_from_slice(data);
+            from_bytes(b)
+        };
+        let t = f("(2, 3)", &[1, 0, 2, 0, 3, 0, 4, 0, 5, 0, 6, 0]).unwrap();
+        assert_eq!(t.to_vec::<i16>().unwrap(), [1, 3, 5, 2, 4, 6]);
+        let e = f("(1, 1)", &[0; 12]).unwrap_err();
+        assert!(e.message.contains("12 bytes of data"), "{e}");
+        let e = f("(4294967296, 4294967296, 2)", &[0; 4]).unwrap_err();
+        assert!(e.message.contains("shape overflows"), "{e}");
     }
 
     #[test]
