@@ -36,18 +36,18 @@ def sync():
 COMMON = dict(eos_token_id=None, bos_token_id=None, pad_token_id=0)
 MODELS = {
     "gpt2-tiny": (tf.GPT2Config(vocab_size=1000, n_embd=64, n_layer=2, n_head=4, n_positions=512,
-                                **COMMON), 32, 128, [1, 4]),
+                                **COMMON), 32, 64, [1, 4]),
     "llama-tiny": (tf.LlamaConfig(vocab_size=1000, hidden_size=64, intermediate_size=128,
                                   num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                  max_position_embeddings=512, **COMMON), 32, 128, [1, 4]),
-    "gpt2-124m": (tf.GPT2Config(**COMMON), 32, 64, [1, 4]),
+                                  max_position_embeddings=512, **COMMON), 32, 64, [1, 4]),
+    "gpt2-124m": (tf.GPT2Config(**COMMON), 32, 16, [1, 4]),
     "llama-100m": (tf.LlamaConfig(vocab_size=32000, hidden_size=768, intermediate_size=2048,
                                   num_hidden_layers=8, num_attention_heads=12, num_key_value_heads=4,
-                                  max_position_embeddings=2048, **COMMON), 32, 64, [1, 4]),
+                                  max_position_embeddings=2048, **COMMON), 32, 16, [1, 4]),
 }
 if args.quick:
     MODELS = {k: (c, 8, 8, [1, 2]) for k, (c, _, _, _) in MODELS.items() if k.endswith("tiny")}
-REPS = 1 if args.quick else 3
+REPS = 1 if args.quick else 2
 
 
 class Clock:

@@ -109,7 +109,8 @@ fn run(args: Args) -> Result<(), String> {
     .map_err(|e| e.to_string())?;
 
     let threads = tch::get_num_threads();
-    let reps = if args.quick { 1 } else { 3 };
+    // As many as generate.py's.
+    let reps = if args.quick { 1 } else { 2 };
     let mut rows = Vec::new();
     let mut out = serde_json::Map::new();
     for (name, m) in hf["models"].as_object().ok_or("no models")? {
