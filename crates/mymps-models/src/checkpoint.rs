@@ -107,22 +107,17 @@ struct CheckpointModel {
     metadata: BTreeMap<String, String>,
 }
 
-/// Reads a state_dict: `.safetensors`, or a `torch.save` file (zip format;
-/// a small unpickler that runs nothing and checks every size the file
-/// states against the file before allocating). A hostile or broken file is
-/// a model error.
+/// Reads a state_dict: `.safetensors` (a header parser that checks every
+/// offset and size), or a `torch.save` file (zip format; a small unpickler
+/// that runs nothing and checks every size the file states against the
+/// file before allocating). A hostile or broken file is a model error.
 pub fn read_state_dict(path: &str, dev: Device) -> Result<StateDict> {
     if !Path::new(path).is_file() {
         return Err(model_error(format!("no checkpoint file at '{path}'")));
     }
     let tensors = if path.ends_with(".safetensors") {
-        Tensor::read_safetensors(path)
-            .map_err(|e| {
-                model_error(format!(
-                    "cannot read safetensors '{path}': {}",
-                    torch_error(e).message
-                ))
-            })?
+        crate::safetensors::read(Path::new(path))
+            .map_err(|m| model_error(format!("cannot read safetensors '{path}': {m}")))?
             .into_iter()
             .map(|(k, t)| Ok((k, t.f_to_device(dev).map_err(torch_error)?)))
             .collect::<Result<Vec<_>>>()?

@@ -41,6 +41,7 @@ pub mod checkpoint;
 mod convert;
 mod generate;
 pub mod hf;
+mod safetensors;
 mod torch_pickle;
 pub mod torchscript;
 
