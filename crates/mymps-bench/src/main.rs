@@ -21,6 +21,8 @@ use mymps::Tensor;
 use mymps::client::{Call, Caller, Client};
 use serde_json::{Value, json};
 
+mod chains;
+
 const MIB: usize = 1 << 20;
 
 #[derive(Parser, Debug)]
@@ -55,6 +57,10 @@ struct Args {
     /// Write the results as JSON here.
     #[arg(long, value_name = "PATH")]
     json: Option<PathBuf>,
+    /// Run only the remote-tensor chains (shipped, kept, graph, local; the
+    /// small op on handles) and their targets.
+    #[arg(long)]
+    chains_only: bool,
     /// Internal: serve in-process on an ephemeral port (used when no
     /// `mymps` executable is found).
     #[arg(long, hide = true)]
@@ -508,8 +514,11 @@ fn run(args: &Args, device: &str) -> Result<(), String> {
         .block_on(Client::connect(&server.url))
         .map_err(|e| format!("cannot connect to {}: {e}", server.url))?;
     let server_device = client.welcome().device.clone();
+    if args.chains_only {
+        return chains::run_alone(args, &rt, &client, device, notes, &load_start);
+    }
 
-    let steps = 7 + u64::from(args.gpu);
+    let steps = 8 + u64::from(args.gpu);
     let pb = ProgressBar::new(steps);
     pb.set_style(
         ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}")
@@ -661,6 +670,12 @@ fn run(args: &Args, device: &str) -> Result<(), String> {
     let memory = measure_memory(&rt, &client, &server, plan.memory_mib)?;
     pb.inc(1);
 
+    // -- remote tensors: chains shipped, kept, as a graph, and local
+    pb.set_message("remote tensors: chains of 8 ops");
+    let chain_plan = chains::ChainPlan::new(args.quick, server_device.starts_with("cuda"));
+    let resident = chains::measure(&rt, &client, tdev, &chain_plan, &pb)?;
+    pb.inc(1);
+
     // -- gpu
     let gpu = if args.gpu {
         pb.set_message("gpu: copies and matmul 4096");
@@ -690,12 +705,18 @@ fn run(args: &Args, device: &str) -> Result<(), String> {
         "concurrency": concurrency,
         "python": python,
         "memory": memory,
+        "resident": resident,
         "notes": notes,
     });
     if let Some(g) = gpu {
         report["gpu"] = g;
     }
-    let targets = targets(&report);
+    let mut targets = targets(&report);
+    chains::targets(
+        &report["resident"],
+        report["server_device"].as_str().unwrap_or(""),
+        &mut targets,
+    );
     report["targets"] = Value::Array(
         targets
             .iter()
@@ -1174,6 +1195,18 @@ fn targets(r: &Value) -> Vec<Target> {
     t
 }
 
+fn print_targets(targets: &[Target]) {
+    println!("{:<44} {:<48} {:<12} result", "target", "measured", "goal");
+    for t in targets {
+        let res = match t.pass {
+            Some(true) => "PASS",
+            Some(false) => "MISS",
+            None => "n/a",
+        };
+        println!("{:<44} {:<48} {:<12} {}", t.name, t.measured, t.goal, res);
+    }
+}
+
 fn print_table(r: &Value, targets: &[Target]) {
     println!(
         "mymps-bench on {} ({})",
@@ -1332,16 +1365,9 @@ fn print_table(r: &Value, targets: &[Target]) {
             }
         }
     }
+    chains::print(&r["resident"]);
     println!();
-    println!("{:<44} {:<48} {:<12} result", "target", "measured", "goal");
-    for t in targets {
-        let res = match t.pass {
-            Some(true) => "PASS",
-            Some(false) => "MISS",
-            None => "n/a",
-        };
-        println!("{:<44} {:<48} {:<12} {}", t.name, t.measured, t.goal, res);
-    }
+    print_targets(targets);
     for n in r["notes"].as_array().unwrap_or(&empty) {
         println!("note: {}", n.as_str().unwrap_or(""));
     }

@@ -74,6 +74,38 @@ fn quick_run_reports_every_section() {
     } else {
         assert!(py["skipped"].as_str().is_some_and(|s| !s.is_empty()));
     }
+    // Remote tensors: both chains ran every way (the run itself fails when
+    // a kept or graph result differs from the shipped one).
+    let cases = v["resident"]["cases"].as_array().expect("resident.cases");
+    let chains: Vec<&str> = cases.iter().filter_map(|c| c["chain"].as_str()).collect();
+    assert_eq!(chains, ["matmul_relu", "elementwise"]);
+    for c in cases {
+        for p in [
+            "/local/median_s",
+            "/shipped/median_s",
+            "/shipped/ratio_to_local",
+            "/kept/median_s",
+            "/kept/ratio_to_local",
+            "/kept/put_median_s",
+            "/kept/fetch_median_s",
+            "/kept/steps_median_s",
+            "/graph_data/median_s",
+            "/graph_handles/median_s",
+            "/handle_ops/0/on_handles_p50_us",
+            "/handle_ops/0/rtt_plus_kernel_us",
+        ] {
+            positive(c, p);
+        }
+        assert_eq!(c["kept_equals_shipped"], Value::Bool(true));
+    }
+    positive(&v, "/resident/small/add_4x4_on_handles_kept/p50_us");
+    positive(&v, "/resident/small/add_4x4_shipped/p50_us");
     let targets = v["targets"].as_array().expect("targets");
-    assert!(targets.len() >= 5, "{targets:?}");
+    assert!(targets.len() >= 9, "{targets:?}");
+    assert!(
+        targets.iter().any(|t| t["name"]
+            .as_str()
+            .is_some_and(|n| n.starts_with("kept chain / local"))),
+        "{targets:?}"
+    );
 }
