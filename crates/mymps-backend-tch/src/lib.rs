@@ -517,6 +517,28 @@ impl TchBackend {
         self.device
     }
 
+    /// `run` on the server's device, and once more on the CPU when the
+    /// device has no kernel for the op. Arguments are cheap to clone
+    /// (shared buffers, tensor handles): a copy is kept for the retry.
+    fn with_cpu_fallback<A: Clone, T>(
+        &self,
+        op: &'static OpEntry,
+        args: A,
+        run: impl Fn(A, Device) -> Result<T>,
+    ) -> Result<T> {
+        if self.device == Device::Cpu {
+            return run(args, Device::Cpu);
+        }
+        let retry = args.clone();
+        match run(args, self.device) {
+            Err(e) if is_unsupported_on_device(&e) => {
+                tracing::info!(op = op.spec.name, device = %device_name(self.device), "no kernel on the device; running on the CPU");
+                run(retry, Device::Cpu)
+            }
+            r => r,
+        }
+    }
+
     /// [`Backend::exec_operands`] on `device`: host operands uploaded,
     /// resident ones used where they are (moved, when `device` is the CPU
     /// of a fallback), kept results left on the server's device.
@@ -673,19 +695,7 @@ impl Backend for TchBackend {
     }
 
     fn exec(&self, op: &'static OpEntry, args: Args<mymps_core::Tensor>) -> Result<ExecOutput> {
-        if self.device == Device::Cpu {
-            return self.run(op, args, Device::Cpu);
-        }
-        // Host tensors are cheap to clone (shared buffers): keep them for a
-        // CPU retry.
-        let retry = args.clone();
-        match self.run(op, args, self.device) {
-            Err(e) if is_unsupported_on_device(&e) => {
-                tracing::info!(op = op.spec.name, device = %device_name(self.device), "no kernel on the device; running on the CPU");
-                self.run(op, retry, Device::Cpu)
-            }
-            r => r,
-        }
+        self.with_cpu_fallback(op, args, |args, device| self.run(op, args, device))
     }
 
     /// Shape inference on meta tensors (see `estimate.rs`); 0 for an op
@@ -745,17 +755,9 @@ impl Backend for TchBackend {
         args: Args<Operand>,
         keep: &dyn Fn(&str) -> bool,
     ) -> Result<OperandOutput> {
-        if self.device == Device::Cpu {
-            return self.run_operands(op, args, Device::Cpu, keep);
-        }
-        let retry = args.clone();
-        match self.run_operands(op, args, self.device, keep) {
-            Err(e) if is_unsupported_on_device(&e) => {
-                tracing::info!(op = op.spec.name, device = %device_name(self.device), "no kernel on the device; running on the CPU");
-                self.run_operands(op, retry, Device::Cpu, keep)
-            }
-            r => r,
-        }
+        self.with_cpu_fallback(op, args, |args, device| {
+            self.run_operands(op, args, device, keep)
+        })
     }
 
     fn accelerator_memory(&self) -> Option<AcceleratorMemory> {
