@@ -167,6 +167,26 @@ async fn connect_pair(
     tokio::join!(client, open(l))
 }
 
+/// A monitor of `s`'s disconnections (stop it before the socket closes,
+/// see `sock::stop_monitor`).
+fn disconnections(s: &mut zmq::Socket) -> zmq::Socket {
+    let addr = crate::sock::inproc("test-monitor");
+    s.monitor(&addr, zmq_sys::ZMQ_EVENT_DISCONNECTED as i32)
+        .unwrap();
+    let monitor = crate::sock::context().socket(zmq::PAIR).unwrap();
+    monitor.set_rcvtimeo(5000).unwrap();
+    monitor.connect(&addr).unwrap();
+    monitor
+}
+
+/// Waits for `monitor`'s disconnection event, then stops it.
+fn disconnected(s: &mut zmq::Socket, monitor: zmq::Socket) {
+    let event = monitor.recv_msg(0).expect("a disconnect within 5 s");
+    let code = u16::from_ne_bytes([event[0], event[1]]);
+    assert_eq!(u32::from(code), zmq_sys::ZMQ_EVENT_DISCONNECTED);
+    crate::sock::stop_monitor(s);
+}
+
 /// The transport's refusal of a message it can frame: the id and the error
 /// the server answers with, the connection going on.
 fn refused(r: Result<Option<Frame>, ReadError>) -> (u64, Error) {
@@ -373,13 +393,8 @@ async fn frames_over_the_limits_are_answered_then_skipped_or_closed() {
 
     // More than a refused frame may declare (2 × 1000 + 64 bytes): answered,
     // and the connection closes.
-    let monitor_addr = crate::sock::inproc("test-monitor");
     let mut d = d;
-    d.monitor(&monitor_addr, zmq_sys::ZMQ_EVENT_DISCONNECTED as i32)
-        .unwrap();
-    let monitor = crate::sock::context().socket(zmq::PAIR).unwrap();
-    monitor.set_rcvtimeo(5000).unwrap();
-    monitor.connect(&monitor_addr).unwrap();
+    let monitor = disconnections(&mut d);
     send(&d, &tensor_frame(6, vec![vec![0; 3000]]));
     assert!(matches!(
         read_with(&mut c, &limits, None).await,
@@ -387,11 +402,7 @@ async fn frames_over_the_limits_are_answered_then_skipped_or_closed() {
     ));
     assert!(read_with(&mut c, &limits, None).await.is_err());
     drop(c);
-    let event = monitor.recv_msg(0).expect("a disconnect within 5 s");
-    let code = u16::from_ne_bytes([event[0], event[1]]);
-    assert_eq!(u32::from(code), zmq_sys::ZMQ_EVENT_DISCONNECTED);
-    crate::sock::stop_monitor(&mut d);
-    drop(monitor);
+    disconnected(&mut d, monitor);
 }
 
 #[tokio::test]
@@ -408,20 +419,11 @@ async fn a_connection_ends_when_its_peer_leaves_and_when_the_server_drops_it() {
     ));
     // The server drops the connection: the peer's libzmq sees it close.
     let mut d = dealer(port);
-    let monitor_addr = crate::sock::inproc("test-monitor");
-    d.monitor(&monitor_addr, zmq_sys::ZMQ_EVENT_DISCONNECTED as i32)
-        .unwrap();
-    let monitor = crate::sock::context().socket(zmq::PAIR).unwrap();
-    monitor.set_rcvtimeo(5000).unwrap();
-    monitor.connect(&monitor_addr).unwrap();
+    let monitor = disconnections(&mut d);
     send(&d, &hello());
     let c = open(&mut l).await;
     drop(c);
-    let event = monitor.recv_msg(0).expect("a disconnect within 5 s");
-    let code = u16::from_ne_bytes([event[0], event[1]]);
-    assert_eq!(u32::from(code), zmq_sys::ZMQ_EVENT_DISCONNECTED);
-    crate::sock::stop_monitor(&mut d);
-    drop(monitor);
+    disconnected(&mut d, monitor);
     // A peer that connects and leaves without a word: the reader ends.
     drop(TcpStream::connect(("127.0.0.1", port)).unwrap());
     let mut c = accept(&mut l).await;
