@@ -50,9 +50,19 @@ pub fn encode<T: Serialize>(
     Ok(Frame::new(kind, id, Bytes::from(header), tensors))
 }
 
-/// Decodes a frame's header; failure is a [`crate::ErrorCode::Protocol`] error.
+/// The deepest a header's maps and arrays may nest. Protocol 1's headers
+/// nest less than 16 deep; rmp-serde's own limit, 1024, is past what a
+/// tokio worker's 2 MiB stack holds in a debug build (an internally tagged
+/// header is first buffered whole, recursively): 500 to 700 levels
+/// overflowed it, aborting the process.
+pub const MAX_HEADER_DEPTH: usize = 64;
+
+/// Decodes a frame's header; failure (including nesting deeper than
+/// [`MAX_HEADER_DEPTH`]) is a [`crate::ErrorCode::Protocol`] error.
 pub fn decode_header<T: DeserializeOwned>(frame: &Frame) -> Result<T> {
-    rmp_serde::from_slice(&frame.header)
+    let mut d = rmp_serde::Deserializer::from_read_ref(&frame.header);
+    d.set_max_depth(MAX_HEADER_DEPTH);
+    T::deserialize(&mut d)
         .map_err(|e| Error::protocol(format!("undecodable {:?} header: {e}", frame.kind)))
 }
 

@@ -380,3 +380,39 @@ fn golden_resident_tensor_frames() {
         &encode(FrameKind::Request, 8, &run, vec![]).unwrap(),
     );
 }
+
+/// Found by the header fuzz target's corpus test on a worker-sized stack:
+/// nesting within rmp-serde's own limit (1024) overflowed a tokio
+/// worker's 2 MiB stack in a debug build, aborting the process.
+#[test]
+fn headers_nested_past_the_depth_limit_are_refused_on_a_worker_s_stack() {
+    let header = |nest: usize| {
+        let mut v = vec![0x82, 0xa4];
+        v.extend_from_slice(b"type");
+        v.push(0xa4);
+        v.extend_from_slice(b"exec");
+        v.push(0xa4);
+        v.extend_from_slice(b"junk");
+        v.extend(std::iter::repeat_n(0x91, nest));
+        v.push(0xc0);
+        Frame::new(FrameKind::Request, 1, Bytes::from(v), vec![])
+    };
+    std::thread::Builder::new()
+        .stack_size(2 << 20)
+        .spawn(move || {
+            for nest in [MAX_HEADER_DEPTH + 1, 1000, 100_000] {
+                let f = header(nest);
+                let e = decode_header::<Request>(&f).unwrap_err();
+                assert_eq!(e.code, crate::ErrorCode::Protocol);
+                assert!(e.message.contains("depth limit exceeded"), "{e}");
+                assert!(decode_header::<Response>(&f).is_err());
+                assert!(decode_header::<Hello>(&f).is_err());
+            }
+            // Within the limit, unknown fields are skipped as before.
+            let e = decode_header::<Request>(&header(MAX_HEADER_DEPTH - 4)).unwrap_err();
+            assert!(!e.message.contains("depth limit"), "{e}");
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+}
