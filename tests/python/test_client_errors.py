@@ -209,7 +209,7 @@ def test_unknown_transport(mymps_server):
     with pytest.raises(mymps.UnsupportedError) as e:
         MympsClient(mymps_server.host, mymps_server.port, transport="carrier-pigeon")
     assert "tcp" in e.value.message
-    assert mymps.transports() == ["quic", "tcp", "zmq"]
+    assert mymps.transports() == ["quic", "tcp", "tcp+tls", "zmq"]
 
 
 def test_bfloat16_result_without_ml_dtypes(mymps_server):
