@@ -15,7 +15,8 @@
 //!
 //! The ways run interleaved, one of each per iteration, so that a noisy
 //! machine weighs on all of them alike. Every result of the kept and graph
-//! ways must equal the shipped one byte for byte, or the run fails.
+//! ways must equal the shipped one byte for byte, or the run fails (once
+//! its tables and JSON are out).
 //!
 //! Also: an add 4x4 on handles (kept) against the same add shipped, its
 //! p50 next to the small-op round trip p50 and the kernel's, and each
@@ -535,7 +536,8 @@ fn same_bytes(a: &Tensor, b: &Tensor) -> bool {
 }
 
 /// The section: every case of `plan`, then the small-op comparison.
-/// Fails when a kept or graph result differs from the shipped one.
+/// Results that differ from the shipped ones are listed under
+/// `mismatches` ([`mismatch_error`] fails the run with them).
 pub(crate) fn measure(
     rt: &tokio::runtime::Runtime,
     client: &Client,
@@ -548,6 +550,9 @@ pub(crate) fn measure(
             .map_err(|e| format!("benchmark task: {e}"))?
     };
     let mut graphs: BTreeMap<&'static str, u64> = BTreeMap::new();
+    // Results that differ from the shipped ones: reported, then the run
+    // fails (after its tables and JSON, so that a long run is not lost).
+    let mut mismatches: Vec<String> = Vec::new();
     let mut cases = Vec::new();
     for case in &plan.cases {
         let Case {
@@ -588,6 +593,7 @@ pub(crate) fn measure(
         let (mut shipped_server, mut kept_server) = (Vec::new(), Vec::new());
         let (mut k_put, mut k_fetch, mut k_free) = (Vec::new(), Vec::new(), Vec::new());
         let mut reference: Option<Tensor> = None;
+        let (mut kept_equal, mut graph_equal) = (true, true);
         let mut local_cmp = (true, 0.0f64);
         let vm_before = vmstat();
         for it in 0..warmup + iters {
@@ -610,16 +616,26 @@ pub(crate) fn measure(
                     ))
                 }
             };
-            check("shipped (again)", &s.out)?;
+            let mut note = |way: &str, got: &Tensor| {
+                if let Err(e) = check(way, got) {
+                    if !mismatches.contains(&e) {
+                        mismatches.push(e);
+                    }
+                    false
+                } else {
+                    true
+                }
+            };
+            note("shipped (again)", &s.out);
             let k = spawn(Box::pin(kept(client.clone(), chain, x.clone(), w.clone())))?;
-            check("kept", &k.out)?;
+            kept_equal &= note("kept", &k.out);
             let g = spawn(Box::pin(graph_data(
                 client.clone(),
                 id,
                 x.clone(),
                 w.clone(),
             )))?;
-            check("graph (inputs as data)", &g.out)?;
+            graph_equal &= note("graph (inputs as data)", &g.out);
             let gh = if with_gh {
                 let gh = spawn(Box::pin(graph_handles(
                     client.clone(),
@@ -627,7 +643,7 @@ pub(crate) fn measure(
                     x.clone(),
                     w.clone(),
                 )))?;
-                check("graph (inputs as handles)", &gh.out)?;
+                graph_equal &= note("graph (inputs as handles)", &gh.out);
                 Some(gh)
             } else {
                 None
@@ -729,8 +745,8 @@ pub(crate) fn measure(
             "kept": kept_v,
             "graph_data": way(&t_gd),
             "graph_handles": way(&t_gh),
-            "kept_equals_shipped": true,
-            "graph_equals_shipped": true,
+            "kept_equals_shipped": kept_equal,
+            "graph_equals_shipped": graph_equal,
             "handle_ops": handle_ops,
             "system": system,
         }));
@@ -771,7 +787,19 @@ pub(crate) fn measure(
             "local_add_4x4_kernel": summary(local_add),
         },
         "cases": cases,
+        "mismatches": mismatches,
     }))
+}
+
+/// The error that fails the run when a kept or graph result differed
+/// from the shipped one.
+pub(crate) fn mismatch_error(r: &Value) -> Option<String> {
+    let m: Vec<&str> = r["mismatches"]
+        .as_array()?
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    (!m.is_empty()).then(|| m.join("; "))
 }
 
 /// add 4x4 shipped and on handles (kept), interleaved; the kept results
@@ -918,6 +946,7 @@ pub(crate) fn print(r: &Value) {
         p50(&s["local_add_4x4_kernel"]),
         p50(&s["add_4x4_on_handles_kept"]) - p50(&s["local_add_4x4_kernel"]),
     );
+    print_mismatches(r);
     let rtt = p50(&s["add_4x4_shipped"]);
     for c in cases {
         for h in c["handle_ops"].as_array().unwrap_or(&empty) {
@@ -937,6 +966,13 @@ pub(crate) fn print(r: &Value) {
                 f("overhead_over_kernel_us"),
             );
         }
+    }
+}
+
+/// The mismatches, if any, after the tables.
+fn print_mismatches(r: &Value) {
+    for m in r["mismatches"].as_array().into_iter().flatten() {
+        println!("MISMATCH: {}", m.as_str().unwrap_or(""));
     }
 }
 
@@ -1065,5 +1101,8 @@ pub(crate) fn run_alone(
         eprintln!("wrote {}", p.display());
     }
     client.close();
-    Ok(())
+    match mismatch_error(&report["resident"]) {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
 }

@@ -252,8 +252,8 @@ fn start_server(args: &Args, device: &str) -> Result<ServerProc, String> {
                     c.args(["--listen", &format!("{tls}://127.0.0.1:0")]);
                     listeners += 1;
                     if cert_dir.is_none() {
-                        let d = tempfile::tempdir()
-                            .map_err(|e| format!("no temporary folder: {e}"))?;
+                        let d =
+                            tempfile::tempdir().map_err(|e| format!("no temporary folder: {e}"))?;
                         c.arg("--tls-cert-out").arg(d.path().join("cert.pem"));
                         cert_dir = Some(d);
                     }
@@ -732,7 +732,10 @@ fn run(args: &Args, device: &str) -> Result<(), String> {
         eprintln!("wrote {}", p.display());
     }
     client.close();
-    Ok(())
+    match chains::mismatch_error(&report["resident"]) {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
 }
 
 /// The neg size of the per-transport table: the largest of the plan's up
