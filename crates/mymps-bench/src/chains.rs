@@ -9,7 +9,8 @@
 //!   the rest at the end (all of it timed);
 //! - **graph**: the chain registered once as a graph and run by id, inputs
 //!   as data (one request), or as handles (`put`, `run_graph`, `free`);
-//! - **local**: the same ops in tch in this process on the same device; on
+//! - **local**: the same ops in tch in this process (on a thread of its
+//!   own, as the server's kernels run on worker threads) on the same device; on
 //!   CUDA with one host-to-device upload of the input and the weight and one
 //!   download of the result, synchronized.
 //!
@@ -440,6 +441,56 @@ async fn graph_handles(c: Client, id: u64, x: Tensor, w: Tensor) -> Result<Run, 
     Ok(run)
 }
 
+/// The thread that runs every local case: the server runs its kernels on
+/// worker threads, and so does this baseline. (On the 2-core VM, libtorch's
+/// two-thread kernels called from a process's main thread took ~8 ms each
+/// whatever their size, against 1.2-1.5 ms from another thread: its
+/// OpenMP team there wakes late.)
+struct LocalThread {
+    tx: Option<std::sync::mpsc::Sender<Box<dyn FnOnce() + Send>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl LocalThread {
+    fn new() -> Result<LocalThread, String> {
+        let (tx, rx) = std::sync::mpsc::channel::<Box<dyn FnOnce() + Send>>();
+        let thread = std::thread::Builder::new()
+            .name("local-tch".into())
+            .spawn(move || {
+                for f in rx {
+                    f();
+                }
+            })
+            .map_err(|e| format!("cannot start the local thread: {e}"))?;
+        Ok(LocalThread {
+            tx: Some(tx),
+            thread: Some(thread),
+        })
+    }
+
+    /// Runs `f` on the thread and waits for its result.
+    fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let (rtx, rrx) = std::sync::mpsc::sync_channel(1);
+        self.tx
+            .as_ref()
+            .expect("open until dropped")
+            .send(Box::new(move || {
+                let _ = rtx.send(f());
+            }))
+            .expect("local thread alive");
+        rrx.recv().expect("local thread answered")
+    }
+}
+
+impl Drop for LocalThread {
+    fn drop(&mut self) {
+        drop(self.tx.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 /// The chain in local tch: on CUDA from host tensors (one upload of x and
 /// w, one download of the result, synchronized); on the CPU on the tensors
 /// as they are. Per-step times only mean kernel times on the CPU.
@@ -549,6 +600,7 @@ pub(crate) fn measure(
         rt.block_on(rt.spawn(f))
             .map_err(|e| format!("benchmark task: {e}"))?
     };
+    let local = LocalThread::new()?;
     let mut graphs: BTreeMap<&'static str, u64> = BTreeMap::new();
     // Results that differ from the shipped ones: reported, then the run
     // fails (after its tables and JSON, so that a long run is not lost).
@@ -648,7 +700,10 @@ pub(crate) fn measure(
             } else {
                 None
             };
-            let (lt, ls, ly) = local_chain(chain, &xh, &wh, dev);
+            let (lt, ls, ly) = {
+                let (xh, wh) = (xh.shallow_clone(), wh.shallow_clone());
+                local.run(move || local_chain(chain, &xh, &wh, dev))
+            };
             if it == 0 {
                 let lv = Vec::<f32>::try_from(ly.flatten(0, -1)).unwrap_or_default();
                 local_cmp = compare(&r, &lv);
@@ -682,7 +737,8 @@ pub(crate) fn measure(
         let kernels = if dev == tch::Device::Cpu {
             by_op(chain, &local_steps)
         } else {
-            local_kernels(chain, &xh, &wh, dev, plan.kernel_iters.max(1))
+            let (xh, wh, n) = (xh.shallow_clone(), wh.shallow_clone(), plan.kernel_iters);
+            local.run(move || local_kernels(chain, &xh, &wh, dev, n.max(1)))
         };
         let local = median_of(t_local.clone());
         let way = |t: &Vec<f64>| {
@@ -735,6 +791,7 @@ pub(crate) fn measure(
                 "median_s": local,
                 "min_s": t_local.iter().copied().fold(f64::INFINITY, f64::min),
                 "n": t_local.len(),
+                "thread": "a thread of its own, not the main thread",
                 "copies": if dev == tch::Device::Cpu { "none (tensors in this process)" }
                           else { "one upload of x and w, one download of the result" },
                 "kernels": summaries(kernels),
@@ -760,14 +817,15 @@ pub(crate) fn measure(
         rt.block_on(rt.spawn(async move { small_ops(c, n).await }))
             .map_err(|e| format!("benchmark task: {e}"))??
     };
-    let local_add = {
+    let n_small = plan.n_small;
+    let local_add = local.run(move || {
         let _g = tch::no_grad_guard();
         let a = tch::Tensor::ones([4, 4], (tch::Kind::Float, dev));
-        crate::time_n(plan.n_small, 100, || {
+        crate::time_n(n_small, 100, || {
             let _y = &a + &a;
             sync(dev);
         })
-    };
+    });
     let rtt_p50 = median_of(small.0.clone());
     // The chains' ops on handles against the round trip plus their kernel.
     for c in &mut cases {
