@@ -686,3 +686,70 @@ async fn a_reply_sent_just_before_the_server_closes_reaches_the_client() {
         assert!(matches!(end, Ok(None) | Err(ReadError::Io(_))), "{end:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_to_requests_sent_back_to_back_all_go_out() {
+    let (mut l, port) = listen().await;
+    let mut s = zmtp_peer(port);
+    zmtp_send(&mut s, &hello());
+    let mut c = open(&mut l).await;
+    zmtp_handshake(&mut s);
+    // 200 requests in one write: the reader has many whole messages at
+    // once, and answers them as it goes.
+    let mut burst = std::net::TcpStream::try_clone(&s).unwrap();
+    std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        for id in 1..=200u64 {
+            for (i, p) in parts_of(&health(id)).iter().enumerate() {
+                bytes.extend_from_slice(&zmtp_header(u8::from(i > 0), p.len() as u64));
+                bytes.extend_from_slice(p);
+            }
+        }
+        burst.write_all(&bytes).unwrap();
+    });
+    // Half answered at once, as they are read; half later, from other
+    // tasks, while the reader waits for more.
+    let mut later = Vec::new();
+    for id in 1..=200u64 {
+        let f = read(&mut c).await;
+        assert_eq!(f.id, id);
+        if id % 2 == 0 {
+            c.writer.write_frame(reply(id)).await.unwrap();
+        } else {
+            later.push(id);
+        }
+    }
+    let (writer_tx, mut writer_rx) = tokio::sync::mpsc::channel::<u64>(256);
+    let mut writer = c.writer;
+    let answering = tokio::spawn(async move {
+        while let Some(id) = writer_rx.recv().await {
+            writer.write_frame(reply(id)).await.unwrap();
+        }
+    });
+    let reader = tokio::spawn(async move {
+        // Waits on the socket meanwhile.
+        let r = c.reader.read_frame(&Limits::DEFAULT, None).await;
+        assert!(matches!(r, Ok(None) | Err(ReadError::Io(_))), "{r:?}");
+    });
+    for id in later {
+        writer_tx.send(id).await.unwrap();
+    }
+    drop(writer_tx);
+    answering.await.unwrap();
+    let got = tokio::task::spawn_blocking(move || {
+        let mut ids = Vec::new();
+        while ids.len() < 200 {
+            let (flags, head) = zmtp_read(&mut s).expect("all 200 replies");
+            assert_eq!(flags & 0x04, 0);
+            ids.push(u64::from_le_bytes(head[8..16].try_into().unwrap()));
+        }
+        s.shutdown(std::net::Shutdown::Both).unwrap();
+        ids
+    })
+    .await
+    .unwrap();
+    let mut sorted = got.clone();
+    sorted.sort_unstable();
+    assert_eq!(sorted, (1..=200).collect::<Vec<_>>());
+    reader.await.unwrap();
+}
