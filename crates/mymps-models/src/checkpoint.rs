@@ -194,7 +194,11 @@ impl ModelLoader for CheckpointLoader {
     fn handles(&self, request: &LoadRequest) -> bool {
         // engine="python" is the Python engine's (crate::bridge), and so is
         // an engine of another name, which it refuses.
-        if request.engine.as_deref().is_some_and(|e| !e.is_empty() && e != "native") {
+        if request
+            .engine
+            .as_deref()
+            .is_some_and(|e| !e.is_empty() && e != "native")
+        {
             return false;
         }
         match request.model_class.as_deref() {

@@ -369,7 +369,10 @@ fn serve(a: ServeArgs) -> Result<(), Error> {
     let r = &mut config.resident;
     for (given, field) in [
         (a.max_resident_per_connection, &mut r.per_connection),
-        (a.max_resident_bytes_per_connection, &mut r.per_connection_bytes),
+        (
+            a.max_resident_bytes_per_connection,
+            &mut r.per_connection_bytes,
+        ),
         (a.max_resident, &mut r.total),
         (a.max_resident_bytes, &mut r.total_bytes),
     ] {

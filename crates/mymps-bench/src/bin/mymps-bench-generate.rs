@@ -161,10 +161,9 @@ fn run(args: Args) -> Result<(), String> {
             let hf_ttft = r["ttft_s"].as_f64().unwrap_or(f64::NAN);
             rows.push(format!(
                 "{name:<11} {:>6} {batch:>5} {new:>4} {:>9.1} {:>9.1} {:>6.2} {:>10.1} {:>10.1}",
-                m["parameters"].as_u64().map_or("?".into(), |p| format!(
-                    "{:.1}M",
-                    p as f64 / 1e6
-                )),
+                m["parameters"]
+                    .as_u64()
+                    .map_or("?".into(), |p| format!("{:.1}M", p as f64 / 1e6)),
                 tps,
                 hf_tps,
                 tps / hf_tps,

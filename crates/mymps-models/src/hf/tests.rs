@@ -466,7 +466,11 @@ fn an_unknown_architecture_lists_those_supported() {
     };
     let e = HuggingFaceLoader.load(&req, "cpu").err().unwrap();
     assert!(e.message.starts_with("model_type 't5' (T5Model) has no native implementation (native: bert (BertModel), distilbert (DistilBertModel), gpt2"), "{e}");
-    assert!(e.message.ends_with("engine=\"python\" runs it through transformers"), "{e}");
+    assert!(
+        e.message
+            .ends_with("engine=\"python\" runs it through transformers"),
+        "{e}"
+    );
     // Left to the server, it goes to the Python engine, which this test
     // program does not have beside it (tests/python/test_bridge.py runs it).
     req.engine = None;
