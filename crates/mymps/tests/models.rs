@@ -250,7 +250,7 @@ async fn checkpoint_models_with_linked_loaders() {
     let e = c.load_model(unknown).await.unwrap_err();
     assert!(
         e.message
-            .contains("this server loads: checkpoint, huggingface, torchscript"),
+            .contains("this server loads: checkpoint, huggingface, torch_export, torchscript"),
         "{e}"
     );
     let e = c.infer("nope", [("0", to_host(&x))]).await.unwrap_err();
