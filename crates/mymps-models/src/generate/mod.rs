@@ -552,6 +552,16 @@ impl TextModel<'_> {
         let seq = upload(Tensor::f_from_slice(&ids), [b, w + n])?;
         let keys = upload(Tensor::f_from_slice(&mask), [b, w + n])?;
         let pos = upload(Tensor::f_from_slice(&pos), [b, w])?;
+        // What stands for the left padding in what the repetition penalty
+        // sees: the row's first prompt id, which it penalizes anyway (the
+        // padding itself is not penalized, as transformers 5 does it:
+        // `prompt_ignore_length` = the padding's length).
+        let firsts: Vec<i64> = r
+            .prompts
+            .iter()
+            .map(|p| p.first().copied().unwrap_or(r.prompt_pad))
+            .collect();
+        let firsts = upload(Tensor::f_from_slice(&firsts), [b, 1])?;
         let lengths: Vec<i64> = r.prompts.iter().map(|p| p.len() as i64).collect();
         let lengths = upload(Tensor::f_from_slice(&lengths), [b, 1])?;
 
@@ -581,7 +591,12 @@ impl TextModel<'_> {
         let mut done_dev: Option<Tensor> = None;
         let mut steps = 0;
         for t in 0..n {
-            let seen = seq.f_narrow(1, 0, w + t).tx()?;
+            let mut seen = seq.f_narrow(1, 0, w + t).tx()?;
+            if r.sampling.repetition_penalty != 1.0 {
+                seen = seen
+                    .f_where_self(&keys.f_narrow(1, 0, w + t).tx()?, &firsts)
+                    .tx()?;
+            }
             let mut next = r.sampling.next(&logits, &seen, |k| {
                 let rng = rng.as_mut().expect("a generator when sampling");
                 (0..k).map(|_| rng.uniform()).collect()

@@ -32,9 +32,10 @@ pub(crate) struct Warpers {
 }
 
 /// `RepetitionPenaltyLogitsProcessor`: the score of every token in
-/// `seen` `[batch, n]` (the whole sequence so far, prompt and padding
-/// included, as transformers' `input_ids`) is divided by `penalty` when
-/// positive, multiplied when negative.
+/// `seen` `[batch, n]` (the whole sequence so far, prompt included; the
+/// caller puts a prompt id in place of left padding, which transformers 5
+/// leaves out) is divided by `penalty` when positive, multiplied when
+/// negative.
 fn repetition_penalty(scores: &Tensor, seen: &Tensor, penalty: f64) -> Result<Tensor> {
     let s = scores.f_gather(1, seen, false).tx()?;
     let lt = s.f_lt(0.0).tx()?;
