@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use mymps_core::client::{Caller, Client, ClientOptions, Service};
+use mymps_core::client::{Caller, Client, ClientOptions, ReplyStream, Service};
 use mymps_core::model::{LoadRequest, ModelInfo};
 use mymps_core::protocol::{Request, Response, StatsInfo};
 use mymps_core::transport::Endpoint;
@@ -1211,7 +1211,10 @@ impl Service for Cluster {
                 return Ok((Response::Models { models }, vec![]));
             }
             Request::Infer(r) => Some(r.name.clone()),
-            Request::ModelInfo { name } => Some(name.clone()),
+            Request::Generate(g) => Some(g.name.clone()),
+            Request::ModelInfo { name }
+            | Request::Encode { name, .. }
+            | Request::Decode { name, .. } => Some(name.clone()),
             _ => None,
         };
         let what = match (&request, &model) {
@@ -1226,6 +1229,27 @@ impl Service for Cluster {
             .route(&what, model.as_deref(), |_, _, c| {
                 let (request, tensors) = (request.clone(), tensors.clone());
                 async move { c.send(request, tensors).await }
+            })
+            .await
+    }
+
+    /// A streamed request goes to a host that has its model (a
+    /// `generate`), as [`Service::send`] routes it; once its stream has
+    /// started, a failure of that host ends the stream (no fail-over in
+    /// the middle of a reply).
+    async fn send_streamed(&self, request: Request, tensors: Vec<Bytes>) -> Result<ReplyStream> {
+        let model = match &request {
+            Request::Generate(g) => Some(g.name.clone()),
+            _ => None,
+        };
+        let what = match &model {
+            Some(m) => format!("{} {m}", request.kind_name()),
+            None => request.kind_name().to_owned(),
+        };
+        self.shared()
+            .route(&what, model.as_deref(), |_, _, c| {
+                let (request, tensors) = (request.clone(), tensors.clone());
+                async move { c.request_streamed(request, tensors).await }
             })
             .await
     }

@@ -37,11 +37,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::error::{Error, ErrorCode, Result};
 use crate::metrics::MetricsSnapshot;
-use crate::model::{LoadRequest, ModelInfo};
+use crate::model::{GenerateRequest, GenerateSummary, LoadRequest, ModelInfo, Step};
 use crate::ops::OpInfo;
 use crate::protocol::rpc::{self, Infer, Rpc};
 use crate::protocol::{
@@ -106,7 +106,28 @@ impl Default for ClientOptions {
     }
 }
 
-type Pending = Arc<Mutex<Option<HashMap<u64, oneshot::Sender<Result<Frame>>>>>>;
+/// Who waits for the replies of a request in flight.
+enum Waiter {
+    /// One reply.
+    Once(oneshot::Sender<Result<Frame>>),
+    /// A streamed reply: frames with [`protocol::FLAG_MORE`], then the last.
+    Stream(mpsc::UnboundedSender<Result<Frame>>),
+}
+
+impl Waiter {
+    fn fail(self, e: Error) {
+        match self {
+            Waiter::Once(w) => {
+                let _ = w.send(Err(e));
+            }
+            Waiter::Stream(w) => {
+                let _ = w.send(Err(e));
+            }
+        }
+    }
+}
+
+type Pending = Arc<Mutex<Option<HashMap<u64, Waiter>>>>;
 
 struct Inner {
     endpoint: Endpoint,
@@ -226,7 +247,7 @@ impl Client {
             move |e: Error| {
                 let waiting = pending.lock().unwrap_or_else(|p| p.into_inner()).take();
                 for (_, w) in waiting.into_iter().flatten() {
-                    let _ = w.send(Err(e.clone()));
+                    w.fail(e.clone());
                 }
             }
         };
@@ -237,13 +258,32 @@ impl Client {
             let err = loop {
                 match reader.read_frame(&limits, None).await {
                     Ok(Some(inc)) => {
-                        let waiter = reader_pending
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .as_mut()
-                            .and_then(|m| m.remove(&inc.frame.id));
+                        let id = inc.frame.id;
+                        let waiter = {
+                            let mut pending =
+                                reader_pending.lock().unwrap_or_else(|p| p.into_inner());
+                            let map = pending.as_mut();
+                            match map {
+                                // A streamed reply's frames but the last
+                                // leave its waiter in place.
+                                Some(m) if inc.frame.more() => match m.get(&id) {
+                                    Some(Waiter::Stream(w)) => {
+                                        if w.send(Ok(inc.frame)).is_err() {
+                                            m.remove(&id);
+                                        }
+                                        continue;
+                                    }
+                                    _ => m.remove(&id),
+                                },
+                                Some(m) => m.remove(&id),
+                                None => None,
+                            }
+                        };
                         match waiter {
-                            Some(w) => {
+                            Some(Waiter::Once(w)) => {
+                                let _ = w.send(Ok(inc.frame));
+                            }
+                            Some(Waiter::Stream(w)) => {
                                 let _ = w.send(Ok(inc.frame));
                             }
                             // An id nobody waits for: an error about a frame
@@ -306,23 +346,33 @@ impl Client {
         self.inner.options.timeout
     }
 
-    /// Sends one request and waits for its reply, within the timeout.
-    async fn request(
-        &self,
-        request: Request,
-        tensors: Vec<Bytes>,
-    ) -> Result<(Response, Vec<Bytes>)> {
+    /// Whether the server listed `feature` in the handshake.
+    fn has_feature(&self, feature: &str) -> bool {
+        self.inner.welcome.features.iter().any(|f| f == feature)
+    }
+
+    /// Checks a request against what the server said in the handshake,
+    /// gives it an id and registers who waits for its replies; the frame
+    /// to write.
+    fn start(&self, request: Request, tensors: Vec<Bytes>, waiter: Waiter) -> Result<(u64, Frame)> {
         let w = &self.inner.welcome;
         if request.uses_resident_tensors()
-            && !w
-                .features
-                .iter()
-                .any(|f| f == protocol::features::RESIDENT_TENSORS)
+            && !self.has_feature(protocol::features::RESIDENT_TENSORS)
         {
             return Err(Error::new(
                 ErrorCode::Unsupported,
                 format!(
                     "{} with server-resident tensors: this server ({}) does not support them",
+                    request.kind_name(),
+                    w.agent
+                ),
+            ));
+        }
+        if request.streams() && !self.has_feature(protocol::features::STREAMED_REPLIES) {
+            return Err(Error::new(
+                ErrorCode::Unsupported,
+                format!(
+                    "a streamed {}: this server ({}) does not stream replies; ask without stream",
                     request.kind_name(),
                     w.agent
                 ),
@@ -342,14 +392,36 @@ impl Client {
         }
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let frame = protocol::encode(FrameKind::Request, id, &request, tensors)?;
-        let (tx, rx) = oneshot::channel();
+        let mut pending = self.inner.pending.lock().unwrap_or_else(|p| p.into_inner());
+        match pending.as_mut() {
+            Some(m) => m.insert(id, waiter),
+            None => return Err(Error::connection("the connection is closed")),
+        };
+        Ok((id, frame))
+    }
+
+    /// Forgets the waiter of request `id` (it timed out, or its stream was
+    /// dropped).
+    fn forget(&self, id: u64) {
+        if let Some(m) = self
+            .inner
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_mut()
         {
-            let mut pending = self.inner.pending.lock().unwrap_or_else(|p| p.into_inner());
-            match pending.as_mut() {
-                Some(m) => m.insert(id, tx),
-                None => return Err(Error::connection("the connection is closed")),
-            };
+            m.remove(&id);
         }
+    }
+
+    /// Sends one request and waits for its reply, within the timeout.
+    async fn request(
+        &self,
+        request: Request,
+        tensors: Vec<Bytes>,
+    ) -> Result<(Response, Vec<Bytes>)> {
+        let (tx, rx) = oneshot::channel();
+        let (id, frame) = self.start(request, tensors, Waiter::Once(tx))?;
         let timeout = self.inner.options.timeout;
         self.write(frame).await;
         let wait = async {
@@ -359,15 +431,7 @@ impl Client {
         let frame = match tokio::time::timeout(timeout, wait).await {
             Ok(r) => r,
             Err(_) => {
-                if let Some(m) = self
-                    .inner
-                    .pending
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .as_mut()
-                {
-                    m.remove(&id);
-                }
+                self.forget(id);
                 Err(Error::new(
                     ErrorCode::Timeout,
                     format!("no reply within {timeout:?}"),
@@ -378,6 +442,35 @@ impl Client {
         match protocol::decode_header::<Response>(&frame)? {
             Response::Error(e) => Err(e),
             r => Ok((r, frame.tensors)),
+        }
+    }
+
+    /// Sends one request whose reply may be streamed (several frames) and
+    /// returns the stream of its replies at once: see [`ReplyStream`].
+    pub async fn request_streamed(
+        &self,
+        request: Request,
+        tensors: Vec<Bytes>,
+    ) -> Result<ReplyStream> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (id, frame) = self.start(request, tensors, Waiter::Stream(tx))?;
+        self.write(frame).await;
+        Ok(ReplyStream {
+            client: self.clone(),
+            id,
+            rx,
+            ended: false,
+            cancelled: false,
+        })
+    }
+
+    /// Asks the server to cancel request `id` (a `Cancel` frame; never
+    /// answered itself).
+    async fn cancel(&self, id: u64) {
+        #[derive(serde::Serialize)]
+        struct Empty {}
+        if let Ok(frame) = protocol::encode(FrameKind::Cancel, id, &Empty {}, vec![]) {
+            self.write(frame).await;
         }
     }
 
@@ -419,7 +512,7 @@ impl Client {
             .unwrap_or_else(|p| p.into_inner())
             .take();
         for (_, w) in waiting.into_iter().flatten() {
-            let _ = w.send(Err(Error::connection("the client was closed")));
+            w.fail(Error::connection("the client was closed"));
         }
         for t in self
             .inner
@@ -457,8 +550,191 @@ impl Service for Client {
         self.request(request, tensors)
     }
 
+    fn send_streamed(
+        &self,
+        request: Request,
+        tensors: Vec<Bytes>,
+    ) -> impl Future<Output = Result<ReplyStream>> + Send {
+        self.request_streamed(request, tensors)
+    }
+
     fn close(&self) {
         Client::close(self)
+    }
+}
+
+/// The replies of a streamed request ([`Service::send_streamed`]): every
+/// frame the server sends for it, in order, up to and including the last
+/// (the one without [`protocol::FLAG_MORE`]).
+///
+/// Each reply is waited for within the client's timeout, counted from the
+/// one before. Dropping the stream before its last reply cancels the
+/// request on the server (a `Cancel` frame, sent when a runtime is at
+/// hand; use [`ReplyStream::cancel`] to be sure).
+pub struct ReplyStream {
+    client: Client,
+    id: u64,
+    rx: mpsc::UnboundedReceiver<Result<Frame>>,
+    ended: bool,
+    cancelled: bool,
+}
+
+impl std::fmt::Debug for ReplyStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReplyStream")
+            .field("id", &self.id)
+            .field("ended", &self.ended)
+            .finish()
+    }
+}
+
+impl ReplyStream {
+    /// The request's id on its connection.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Whether the last reply has been read (or the stream failed).
+    pub fn is_ended(&self) -> bool {
+        self.ended
+    }
+
+    /// The next reply; `None` after the last. An error reply, a lost
+    /// connection or a timeout is `Err`, and ends the stream.
+    pub async fn next(&mut self) -> Option<Result<(Response, Vec<Bytes>)>> {
+        if self.ended {
+            return None;
+        }
+        let timeout = self.client.inner.options.timeout;
+        let frame = match tokio::time::timeout(timeout, self.rx.recv()).await {
+            Ok(Some(frame)) => frame,
+            Ok(None) => Err(Error::connection("the connection is closed")),
+            Err(_) => Err(Error::new(
+                ErrorCode::Timeout,
+                format!("no reply within {timeout:?}"),
+            )),
+        };
+        let reply = frame.and_then(|frame| {
+            let more = frame.more();
+            match protocol::decode_header::<Response>(&frame)? {
+                Response::Error(e) => Err(e),
+                r => {
+                    self.ended = !more;
+                    Ok((r, frame.tensors))
+                }
+            }
+        });
+        if reply.is_err() {
+            self.end();
+        }
+        Some(reply)
+    }
+
+    /// Asks the server to stop the request. Replies may still come: read
+    /// on for the last (a cancelled `generate` ends with its summary).
+    pub async fn cancel(&mut self) {
+        if !self.ended && !self.cancelled {
+            self.cancelled = true;
+            self.client.cancel(self.id).await;
+        }
+    }
+
+    /// Ends the stream early: its replies are no longer awaited.
+    fn end(&mut self) {
+        if !self.ended {
+            self.ended = true;
+            self.client.forget(self.id);
+        }
+    }
+}
+
+impl Drop for ReplyStream {
+    fn drop(&mut self) {
+        if self.ended {
+            return;
+        }
+        self.client.forget(self.id);
+        if !self.cancelled {
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                let (client, id) = (self.client.clone(), self.id);
+                rt.spawn(async move { client.cancel(id).await });
+            }
+        }
+    }
+}
+
+/// A streamed `generate` ([`Service::generate_stream`]): its [`Step`]s as
+/// the server computes them ([`Generation::next`]), then its summary.
+/// Dropping it before the end cancels the generation on the server.
+#[derive(Debug)]
+pub struct Generation {
+    stream: Option<ReplyStream>,
+    summary: Option<GenerateSummary>,
+}
+
+impl Generation {
+    fn new(stream: ReplyStream) -> Generation {
+        Generation {
+            stream: Some(stream),
+            summary: None,
+        }
+    }
+
+    /// A generation with nothing left to read.
+    fn ended() -> Generation {
+        Generation {
+            stream: None,
+            summary: None,
+        }
+    }
+
+    /// The next step: a new token for every sequence still running;
+    /// `None` once the generation has ended ([`Generation::summary`]).
+    pub async fn next(&mut self) -> Option<Result<Step>> {
+        let stream = self.stream.as_mut()?;
+        match stream.next().await? {
+            Ok((Response::GenerateStep(step), _)) => Some(Ok(step)),
+            Ok((Response::Generated(summary), _)) => {
+                self.summary = Some(summary);
+                None
+            }
+            Ok((other, _)) => {
+                stream.end();
+                Some(Err(Error::protocol(format!(
+                    "unexpected reply in a generate stream: {other:?}"
+                ))))
+            }
+            Err(e) => Some(Err(e)),
+        }
+    }
+
+    /// The summary, once [`Generation::next`] has returned `None`.
+    pub fn summary(&self) -> Option<&GenerateSummary> {
+        self.summary.as_ref()
+    }
+
+    /// Whether nothing is left to read.
+    pub fn is_ended(&self) -> bool {
+        self.stream.as_ref().is_none_or(ReplyStream::is_ended)
+    }
+
+    /// Asks the server to stop after its current step; read on (or
+    /// [`Generation::finish`]) for the summary, whose unfinished sequences
+    /// end [`FinishReason::Cancelled`](crate::model::FinishReason::Cancelled).
+    pub async fn cancel(&mut self) {
+        if let Some(s) = self.stream.as_mut() {
+            s.cancel().await;
+        }
+    }
+
+    /// Reads the steps left and returns the summary.
+    pub async fn finish(mut self) -> Result<GenerateSummary> {
+        while let Some(step) = self.next().await {
+            step?;
+        }
+        self.summary
+            .take()
+            .ok_or_else(|| Error::protocol("the generate stream ended without its summary"))
     }
 }
 
@@ -479,8 +755,34 @@ pub trait Service: Clone + Send + Sync + 'static {
         tensors: Vec<Bytes>,
     ) -> impl Future<Output = Result<(Response, Vec<Bytes>)>> + Send;
 
+    /// Sends one request whose reply may come as several frames (a
+    /// streamed `generate`) and returns their stream at once.
+    fn send_streamed(
+        &self,
+        request: Request,
+        tensors: Vec<Bytes>,
+    ) -> impl Future<Output = Result<ReplyStream>> + Send;
+
     /// Closes the connections; requests still waiting fail.
     fn close(&self);
+
+    /// Starts a streamed `generate` with the model called `name`: its
+    /// [`Step`]s as the server computes them, then the summary (see
+    /// [`Generation`]). For the whole result in one reply, use
+    /// [`Caller::generate`].
+    fn generate_stream(
+        &self,
+        name: &str,
+        request: GenerateRequest,
+    ) -> impl Future<Output = Result<Generation>> + Send {
+        let request = rpc::Generate {
+            name: name.to_owned(),
+            request,
+        }
+        .to_request(true);
+        let stream = self.send_streamed(request, Vec::new());
+        async move { Ok(Generation::new(stream.await?)) }
+    }
 
     /// Sends a typed request and reads its typed reply.
     fn rpc<R: Rpc>(&self, rpc: R) -> impl Future<Output = Result<R::Reply>> + Send {
@@ -605,6 +907,46 @@ pub trait Caller {
     fn free(&self, refs: Vec<TensorRef>) -> Self::Out<Result<rpc::Freed>> {
         self.call(rpc::Free { refs })
     }
+
+    /// Generates text with the model called `name`, answered once every
+    /// sequence has ended (for the steps as they come:
+    /// [`Service::generate_stream`], [`Blocking::generate_stream`]).
+    fn generate(&self, name: &str, request: GenerateRequest) -> Self::Out<Result<GenerateSummary>> {
+        self.call(rpc::Generate {
+            name: name.to_owned(),
+            request,
+        })
+    }
+
+    /// `text` as token ids, by the tokenizer of the model called `name`
+    /// (with its special tokens when `add_special_tokens`).
+    fn encode(
+        &self,
+        name: &str,
+        text: &str,
+        add_special_tokens: bool,
+    ) -> Self::Out<Result<Vec<i64>>> {
+        self.call(rpc::Encode {
+            name: name.to_owned(),
+            text: text.to_owned(),
+            add_special_tokens,
+        })
+    }
+
+    /// Token ids as text, by the tokenizer of the model called `name`
+    /// (without special tokens when `skip_special_tokens`).
+    fn decode(
+        &self,
+        name: &str,
+        ids: &[i64],
+        skip_special_tokens: bool,
+    ) -> Self::Out<Result<String>> {
+        self.call(rpc::Decode {
+            name: name.to_owned(),
+            ids: ids.to_vec(),
+            skip_special_tokens,
+        })
+    }
 }
 
 /// Every service is an async caller: a call is a future that owns what it
@@ -656,6 +998,65 @@ impl<S: Service> Blocking<S> {
     /// See [`Service::close`].
     pub fn close(&self) {
         self.inner.close()
+    }
+
+    /// Starts a streamed `generate` (see [`Service::generate_stream`]):
+    /// an iterator of its [`Step`]s, blocking for each.
+    pub fn generate_stream(
+        &self,
+        name: &str,
+        request: GenerateRequest,
+    ) -> Result<BlockingGeneration<'_>> {
+        let generation = self
+            .runtime
+            .block_on(self.inner.generate_stream(name, request))?;
+        Ok(BlockingGeneration {
+            runtime: &self.runtime,
+            generation,
+        })
+    }
+}
+
+/// A streamed `generate` on a [`Blocking`] caller: an iterator of its
+/// [`Step`]s (each waited for), then [`BlockingGeneration::summary`].
+/// Dropping it before the end cancels the generation on the server.
+pub struct BlockingGeneration<'a> {
+    runtime: &'a tokio::runtime::Runtime,
+    generation: Generation,
+}
+
+impl BlockingGeneration<'_> {
+    /// The summary, once the iterator has ended.
+    pub fn summary(&self) -> Option<&GenerateSummary> {
+        self.generation.summary()
+    }
+
+    /// Reads the steps left and returns the summary.
+    pub fn finish(mut self) -> Result<GenerateSummary> {
+        let generation = std::mem::replace(&mut self.generation, Generation::ended());
+        self.runtime.block_on(generation.finish())
+    }
+
+    /// Asks the server to stop; the iterator then ends soon, and the
+    /// summary says which sequences were cancelled.
+    pub fn cancel(&mut self) {
+        self.runtime.block_on(self.generation.cancel())
+    }
+}
+
+impl Iterator for BlockingGeneration<'_> {
+    type Item = Result<Step>;
+
+    fn next(&mut self) -> Option<Result<Step>> {
+        self.runtime.block_on(self.generation.next())
+    }
+}
+
+impl Drop for BlockingGeneration<'_> {
+    fn drop(&mut self) {
+        if !self.generation.is_ended() {
+            self.runtime.block_on(self.generation.cancel());
+        }
     }
 }
 

@@ -18,7 +18,7 @@ use tracing::{debug, info, warn};
 use crate::backend::Backend;
 use crate::error::{Error, ErrorCode, Result};
 use crate::metrics::{self, Metrics};
-use crate::model::ModelRegistry;
+use crate::model::{GenerateLimits, ModelRegistry};
 use crate::ops;
 use crate::protocol::{
     self, ExecRequest, ExecResponse, Frame, FrameError, FrameKind, HealthInfo, Hello, InferRequest,
@@ -32,6 +32,7 @@ use crate::transport::{
     transport_for,
 };
 
+mod generate;
 mod resident;
 
 /// Server settings.
@@ -66,6 +67,10 @@ pub struct ServerConfig {
     /// Caps on server-resident tensors (per connection and in all; their
     /// bytes also count in `memory_budget`).
     pub resident: ResidentLimits,
+    /// Caps on one `generate` request (its device memory, new tokens,
+    /// prompts); its memory also counts in `memory_budget`, so the
+    /// smaller of the two caps applies.
+    pub generate: GenerateLimits,
 }
 
 impl Default for ServerConfig {
@@ -84,6 +89,7 @@ impl Default for ServerConfig {
             auth_token: None,
             transport: TransportOptions::default(),
             resident: ResidentLimits::default(),
+            generate: GenerateLimits::default(),
         }
     }
 }
@@ -372,8 +378,13 @@ async fn serve_connection(shared: Arc<Shared>, conn: Connection, mut stop: watch
                     .features
                     .iter()
                     .any(|f| f == protocol::features::RESIDENT_TENSORS),
+                streamed: w
+                    .features
+                    .iter()
+                    .any(|f| f == protocol::features::STREAMED_REPLIES),
                 replies: tx.clone(),
                 graphs: Default::default(),
+                cancels: Default::default(),
             };
             let frame =
                 protocol::encode(FrameKind::Welcome, 0, &w, vec![]).expect("welcome encodes");
@@ -417,7 +428,10 @@ async fn serve_connection(shared: Arc<Shared>, conn: Connection, mut stop: watch
                         Err(_) => metrics::Label::default(),
                     };
                     let tensors = inc.frame.tensors;
-                    let mut held = Held(inc.permit.into_iter().collect());
+                    let mut held = Held {
+                        permits: inc.permit.into_iter().collect(),
+                        cancel: None,
+                    };
                     // A small cheap op is answered here, without a task or
                     // a thread hand-off; the rest run concurrently.
                     let (request, tensors) = match request {
@@ -432,18 +446,25 @@ async fn serve_connection(shared: Arc<Shared>, conn: Connection, mut stop: watch
                     let shared = shared.clone();
                     let tx = tx.clone();
                     let peer_info = peer_info.clone();
+                    if peer_info.streamed {
+                        held.cancel = peer_info.watch(id);
+                    }
                     handlers.spawn(async move {
                         let reply = match request {
                             Ok(r) => handle(&shared, id, r, tensors, &peer_info, &mut held).await,
                             Err(e) => Err(e),
                         };
+                        if held.cancel.is_some() {
+                            peer_info.unwatch(id);
+                        }
                         answer(&shared, &tx, id, reply, timer, label).await;
                         drop(held);
                         drop(permit);
                     });
                 }
                 FrameKind::Cancel => {
-                    debug!(%peer, id = inc.frame.id, "cancel is not supported by protocol 1; ignored")
+                    let found = peer_info.cancel(inc.frame.id);
+                    debug!(%peer, id = inc.frame.id, found, "cancel");
                 }
                 kind => {
                     let e = Error::protocol(format!("unexpected {kind:?} frame from a client"));
@@ -506,6 +527,11 @@ struct Peer {
     strided: bool,
     /// Whether the client negotiated server-resident tensors.
     resident: bool,
+    /// Whether the client negotiated streamed replies (and cancellation).
+    streamed: bool,
+    /// The cancellation flags of this connection's requests in flight
+    /// (those not answered inline), by id: a `Cancel` frame sets one.
+    cancels: std::sync::Mutex<std::collections::HashMap<u64, Arc<std::sync::atomic::AtomicBool>>>,
     /// Graphs registered on this connection.
     graphs: std::sync::Mutex<resident::Graphs>,
     /// Its sending half: once a reply cannot be written, queued work of the
@@ -514,6 +540,41 @@ struct Peer {
 }
 
 impl Peer {
+    /// A cancellation flag for request `id`, set by a `Cancel` frame of
+    /// that id until [`Peer::unwatch`]. `None` if the id is in flight
+    /// already (a client's mistake; that request's own flag stays).
+    fn watch(&self, id: u64) -> Option<Arc<std::sync::atomic::AtomicBool>> {
+        let mut cancels = self.cancels.lock().unwrap_or_else(|p| p.into_inner());
+        match cancels.entry(id) {
+            std::collections::hash_map::Entry::Occupied(_) => None,
+            std::collections::hash_map::Entry::Vacant(v) => Some(v.insert(Arc::default()).clone()),
+        }
+    }
+
+    /// Forgets request `id`'s cancellation flag (it is answered).
+    fn unwatch(&self, id: u64) {
+        self.cancels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+    }
+
+    /// Cancels request `id`; whether it was in flight.
+    fn cancel(&self, id: u64) -> bool {
+        match self
+            .cancels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+        {
+            Some(flag) => {
+                flag.store(true, std::sync::atomic::Ordering::Relaxed);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// `Cancelled` once the connection cannot take replies any more.
     fn check_alive(&self) -> Result<()> {
         if self.replies.is_closed() {
@@ -556,16 +617,42 @@ impl Peer {
     }
 }
 
-/// Permits (memory budget, worker) a request holds until it is answered.
-/// They travel into the blocking work and back, so that a request whose
-/// connection was lost keeps them until that work really ends.
+/// Permits (memory budget, worker) a request holds until it is answered,
+/// and its cancellation flag. They travel into the blocking work and back,
+/// so that a request whose connection was lost keeps them until that work
+/// really ends.
 #[derive(Default)]
-struct Held(Vec<tokio::sync::OwnedSemaphorePermit>);
+struct Held {
+    permits: Vec<tokio::sync::OwnedSemaphorePermit>,
+    /// Set when the client cancels the request (`None`: it cannot).
+    cancel: Option<Arc<std::sync::atomic::AtomicBool>>,
+}
 
 impl Held {
     /// The memory budget held, bytes (permits are KiB).
     fn bytes(&self) -> u64 {
-        self.0.iter().map(|p| p.num_permits() as u64 * 1024).sum()
+        self.permits
+            .iter()
+            .map(|p| p.num_permits() as u64 * 1024)
+            .sum()
+    }
+
+    /// Whether the client cancelled the request.
+    fn cancelled(&self) -> bool {
+        self.cancel
+            .as_ref()
+            .is_some_and(|c| c.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// `Cancelled` if the client cancelled the request before it ran.
+    fn check_cancelled(&self) -> Result<()> {
+        if self.cancelled() {
+            return Err(Error::new(
+                ErrorCode::Cancelled,
+                "cancelled by the client before it ran",
+            ));
+        }
+        Ok(())
     }
 
     /// Takes `bytes` of the budget out of what is held (for a tensor that
@@ -579,10 +666,12 @@ impl Held {
         let mut need = bytes.div_ceil(1024);
         let mut out = Vec::new();
         while need > 0 {
-            let Some(p) = self.0.last_mut() else { break };
+            let Some(p) = self.permits.last_mut() else {
+                break;
+            };
             let n = p.num_permits() as u64;
             if n <= need {
-                out.push(self.0.pop().expect("just seen"));
+                out.push(self.permits.pop().expect("just seen"));
                 need -= n;
             } else {
                 out.push(p.split(need as usize).expect("fewer than held"));
@@ -593,7 +682,7 @@ impl Held {
             match budget.try_acquire(need * 1024) {
                 Some(p) => out.push(p),
                 None => {
-                    self.0.extend(out);
+                    self.permits.extend(out);
                     return None;
                 }
             }
@@ -769,6 +858,31 @@ async fn handle(
             Response::Unloaded { name }
         }
         Request::Metrics => Response::Metrics(metrics_snapshot(shared).await?),
+        Request::Generate(call) => return generate::generate(shared, id, call, peer, held).await,
+        Request::Encode {
+            name,
+            text,
+            add_special_tokens,
+        } => {
+            let s = shared.clone();
+            let ids = blocking("encoding text", move || {
+                s.models.encode(&name, &text, add_special_tokens)
+            })
+            .await?;
+            Response::Tokens { ids }
+        }
+        Request::Decode {
+            name,
+            ids,
+            skip_special_tokens,
+        } => {
+            let s = shared.clone();
+            let text = blocking("decoding ids", move || {
+                s.models.decode(&name, &ids, skip_special_tokens)
+            })
+            .await?;
+            Response::Text { text }
+        }
         r @ (Request::Put { .. }
         | Request::Fetch { .. }
         | Request::Free { .. }
@@ -841,6 +955,7 @@ async fn on_worker<T: Send + 'static>(
         .await
         .expect("never closed");
     peer.check_alive()?;
+    held.check_cancelled()?;
     let permits = std::mem::take(held);
     let (out, permits) = tokio::task::spawn_blocking(move || {
         let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
@@ -1020,13 +1135,21 @@ async fn reserve_bytes(
     let Some(bytes) = estimate.filter(|&b| b > 0) else {
         return Ok(());
     };
+    reserve(shared, bytes, held, &format!("the outputs of op '{op}'")).await
+}
+
+/// Takes `bytes` of the memory budget for a request's work (`what`, for
+/// messages) and keeps it in `held`: `PayloadTooLarge` if it could never
+/// fit beside the request's inputs, `Busy` if other requests hold it for
+/// longer than `budget_wait`.
+async fn reserve(shared: &Shared, bytes: u64, held: &mut Held, what: &str) -> Result<()> {
     let cap = shared.budget.max_request();
     let inputs = held.bytes();
     if bytes.saturating_add(inputs) > cap {
         return Err(Error::new(
             ErrorCode::PayloadTooLarge,
             format!(
-                "op '{op}' would return {bytes} bytes, which with its {inputs} bytes of inputs is over the server's memory budget of {cap} bytes"
+                "{what} would take {bytes} bytes, which with the request's {inputs} bytes of inputs is over the server's memory budget of {cap} bytes"
             ),
         ));
     }
@@ -1040,13 +1163,13 @@ async fn reserve_bytes(
                 Error::new(
                     ErrorCode::Busy,
                     format!(
-                        "op '{op}' needs {bytes} bytes of the memory budget for its outputs, held by other requests for {:.0} s; try again later",
+                        "{what} needs {bytes} bytes of the memory budget, held by other requests for {:.0} s; try again later",
                         shared.config.budget_wait.as_secs_f64()
                     ),
                 )
             })?,
     };
-    held.0.push(permit);
+    held.permits.push(permit);
     Ok(())
 }
 

@@ -3,7 +3,7 @@
 //! ```text
 //! offset  size        field
 //! 0       1           kind          (FrameKind)
-//! 1       1           flags         (bit 0: MORE, reserved for streaming; other bits must be 0)
+//! 1       1           flags         (bit 0: MORE, more frames follow for this id; other bits must be 0)
 //! 2       2  u16 LE   n_tensors
 //! 4       4  u32 LE   header_len
 //! 8       8  u64 LE   id            (request id; a response carries its request's id)
@@ -23,7 +23,8 @@ use crate::error::{Error, ErrorCode};
 /// Bytes of the fixed frame prefix.
 pub const PREFIX_LEN: usize = 16;
 
-/// Flag bit: more frames follow for this id (reserved for streaming replies).
+/// Flag bit: more frames follow for this id (a streamed reply: every frame
+/// of it but the last).
 pub const FLAG_MORE: u8 = 0b0000_0001;
 const KNOWN_FLAGS: u8 = FLAG_MORE;
 
@@ -39,8 +40,11 @@ pub enum FrameKind {
     Request = 3,
     /// Server → client: a [`super::Response`] to the request with the same id.
     Response = 4,
-    /// Client → server: cancel the request with this id (reserved; servers
-    /// of protocol 1 ignore it).
+    /// Client → server: cancel the request with this id (header: an empty
+    /// map). A queued request is answered `Cancelled` instead of run; a
+    /// running `generate` stops after its current step and answers its
+    /// summary; other running work ends normally. Never answered itself;
+    /// an id not in flight is ignored.
     Cancel = 5,
 }
 
@@ -414,6 +418,17 @@ impl Frame {
             header,
             tensors,
         }
+    }
+
+    /// This frame with [`FLAG_MORE`] set: more frames follow for its id.
+    pub fn with_more(mut self) -> Frame {
+        self.flags |= FLAG_MORE;
+        self
+    }
+
+    /// Whether more frames follow for this id ([`FLAG_MORE`]).
+    pub fn more(&self) -> bool {
+        self.flags & FLAG_MORE != 0
     }
 
     /// The prefix, length table and header as one buffer; the tensors follow

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
 pub use crate::metrics::MetricsSnapshot;
-use crate::model::{LoadRequest, ModelInfo};
+use crate::model::{GenerateRequest, GenerateSummary, LoadRequest, ModelInfo, Step};
 use crate::ops::OpInfo;
 use crate::value::Value;
 
@@ -36,8 +36,19 @@ pub mod features {
     /// none of them to a server that did not list this feature (an older
     /// server would ignore `refs` and `keep`).
     pub const RESIDENT_TENSORS: &str = "resident-tensors";
+    /// Streamed replies: a request may be answered by several frames, all
+    /// but the last with [`FLAG_MORE`](crate::protocol::FLAG_MORE) set
+    /// (`generate` with `stream`), and a `Cancel` frame stops the request
+    /// of its id. A client asks for no stream from a server that did not
+    /// list this feature.
+    pub const STREAMED_REPLIES: &str = "streamed-replies";
     /// Every feature this build supports.
-    pub const ALL: &[&str] = &[STRIDED_TENSORS, OUT_OF_ORDER, RESIDENT_TENSORS];
+    pub const ALL: &[&str] = &[
+        STRIDED_TENSORS,
+        OUT_OF_ORDER,
+        RESIDENT_TENSORS,
+        STREAMED_REPLIES,
+    ];
 }
 
 /// First frame of a connection, client → server.
@@ -254,13 +265,35 @@ pub struct RunGraphRequest {
     pub keep: Keep,
 }
 
+/// A `generate` request: text from a loaded model's language-model head.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct GenerateCall {
+    /// Model name.
+    pub name: String,
+    /// The prompts and options, flattened into the request's map
+    /// (`prompts`, `max_new_tokens`, `do_sample`, ...).
+    #[serde(flatten)]
+    pub request: GenerateRequest,
+    /// Stream the steps: one `generate_step` reply frame per new token
+    /// (each with [`FLAG_MORE`](crate::protocol::FLAG_MORE)), then the
+    /// `generated` summary. Needs [`features::STREAMED_REPLIES`]. Without
+    /// it, only the summary comes.
+    #[serde(default)]
+    pub stream: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
 /// A request header.
 ///
 /// Server-resident tensors (`put`, `fetch`, `free`, `share`, graphs, and
 /// `refs` / `keep` in `exec` and `infer`) need the
-/// [`features::RESIDENT_TENSORS`] feature. Room is left for streamed
-/// replies (frames with [`FLAG_MORE`](super::FLAG_MORE)) and cancellation
-/// ([`FrameKind::Cancel`](super::FrameKind::Cancel)).
+/// [`features::RESIDENT_TENSORS`] feature; a streamed `generate` needs
+/// [`features::STREAMED_REPLIES`] (its reply frames but the last carry
+/// [`FLAG_MORE`](super::FLAG_MORE); a
+/// [`FrameKind::Cancel`](super::FrameKind::Cancel) frame stops it).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Request {
@@ -327,6 +360,32 @@ pub enum Request {
     },
     /// Run a graph.
     RunGraph(RunGraphRequest),
+    /// Generate text with a loaded model (see [`GenerateCall`]); answered
+    /// with `generated`, after `generate_step` frames when streamed.
+    Generate(GenerateCall),
+    /// Text as token ids, by a loaded model's tokenizer; answered with
+    /// `tokens`.
+    Encode {
+        /// Model name.
+        name: String,
+        /// The text.
+        text: String,
+        /// Add the tokenizer's special tokens (a BOS, ...), as
+        /// `tokenizer(text)` does. Default true.
+        #[serde(default = "yes")]
+        add_special_tokens: bool,
+    },
+    /// Token ids as text, by a loaded model's tokenizer; answered with
+    /// `text`.
+    Decode {
+        /// Model name.
+        name: String,
+        /// The ids.
+        ids: Vec<i64>,
+        /// Leave special tokens (EOS, ...) out. Default true.
+        #[serde(default = "yes")]
+        skip_special_tokens: bool,
+    },
     /// A kind this build does not know.
     #[serde(other)]
     Unknown,
@@ -394,6 +453,12 @@ request_kinds! {
     RegisterGraph => "register_graph",
     /// `run_graph`.
     RunGraph => "run_graph",
+    /// `generate`.
+    Generate => "generate",
+    /// `encode`.
+    Encode => "encode",
+    /// `decode`.
+    Decode => "decode",
     /// A kind this build does not know, or an undecodable request.
     Unknown => "unknown",
 }
@@ -419,6 +484,9 @@ impl Request {
             Request::Share { .. } => RequestKind::Share,
             Request::RegisterGraph { .. } => RequestKind::RegisterGraph,
             Request::RunGraph(_) => RequestKind::RunGraph,
+            Request::Generate(_) => RequestKind::Generate,
+            Request::Encode { .. } => RequestKind::Encode,
+            Request::Decode { .. } => RequestKind::Decode,
             Request::Unknown => RequestKind::Unknown,
         }
     }
@@ -438,6 +506,12 @@ impl Request {
             | Request::RunGraph(_) => true,
             _ => false,
         }
+    }
+
+    /// Whether the request asks for a streamed reply (it needs the
+    /// [`features::STREAMED_REPLIES`] feature).
+    pub fn streams(&self) -> bool {
+        matches!(self, Request::Generate(g) if g.stream)
     }
 
     /// A short name for logs and metrics.
@@ -583,6 +657,22 @@ pub enum Response {
     GraphRegistered {
         /// The graph's id on this connection.
         id: u64,
+    },
+    /// One step of a streamed `generate`: a frame with
+    /// [`FLAG_MORE`](crate::protocol::FLAG_MORE); the `generated` frame
+    /// ends the stream.
+    GenerateStep(Step),
+    /// Answer to `generate`: what each sequence got, and why it ended.
+    Generated(GenerateSummary),
+    /// Answer to `encode`.
+    Tokens {
+        /// The ids.
+        ids: Vec<i64>,
+    },
+    /// Answer to `decode`.
+    Text {
+        /// The text.
+        text: String,
     },
     /// The request failed.
     Error(Error),

@@ -31,6 +31,9 @@
 //! | [`Share`] | `share` | [`HandleInfo`] |
 //! | [`RegisterGraph`] | `register_graph` | graph id (`u64`) |
 //! | [`RunGraph`] | `run_graph` | [`Outputs`] |
+//! | [`Generate`] | `generate` | [`model::GenerateSummary`] (streamed: [`Step`](model::Step)s first) |
+//! | [`Encode`] | `encode` | ids (`Vec<i64>`) |
+//! | [`Decode`] | `decode` | text (`String`) |
 //!
 //! [`Call`], [`Infer`] and [`RunGraph`] take server-resident tensors as
 //! arguments ([`TensorRef`], from a [`HandleInfo`]) and keep results on the
@@ -43,9 +46,9 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 
 use super::{
-    ExecRequest, ExecResponse, Graph, GraphSpec, HandleInfo, HealthInfo, InferRequest, Keep,
-    MetricsSnapshot, OpSummary, Request, RequestKind, Response, RunGraphRequest, StatsInfo,
-    TensorRef, tensors_from_wire, tensors_to_wire,
+    ExecRequest, ExecResponse, GenerateCall, Graph, GraphSpec, HandleInfo, HealthInfo,
+    InferRequest, Keep, MetricsSnapshot, OpSummary, Request, RequestKind, Response,
+    RunGraphRequest, StatsInfo, TensorRef, tensors_from_wire, tensors_to_wire,
 };
 use crate::error::{Error, Result};
 use crate::model::{self, LoadRequest};
@@ -588,6 +591,59 @@ impl Rpc for RunGraph {
     }
 }
 
+/// `generate`: text from a loaded model, as one reply (the summary). For
+/// the steps as they come, send it with
+/// [`Service::generate_stream`](crate::client::Service::generate_stream).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Generate {
+    /// The model's name.
+    pub name: String,
+    /// The prompts and options.
+    pub request: model::GenerateRequest,
+}
+
+impl Generate {
+    /// The wire request; `stream` asks for the steps as reply frames.
+    pub fn to_request(self, stream: bool) -> Request {
+        Request::Generate(GenerateCall {
+            name: self.name,
+            request: self.request,
+            stream,
+        })
+    }
+}
+
+rpc!(Generate, Generate -> model::GenerateSummary, |g| g.to_request(false),
+     Response::Generated(summary) => summary);
+
+/// `encode`: text as token ids, by a loaded model's tokenizer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Encode {
+    /// The model's name.
+    pub name: String,
+    /// The text.
+    pub text: String,
+    /// Add the tokenizer's special tokens (what `tokenizer(text)` does).
+    pub add_special_tokens: bool,
+}
+rpc!(Encode, Encode -> Vec<i64>,
+     |Encode { name, text, add_special_tokens }| Request::Encode { name, text, add_special_tokens },
+     Response::Tokens { ids } => ids);
+
+/// `decode`: token ids as text, by a loaded model's tokenizer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decode {
+    /// The model's name.
+    pub name: String,
+    /// The ids.
+    pub ids: Vec<i64>,
+    /// Leave special tokens out.
+    pub skip_special_tokens: bool,
+}
+rpc!(Decode, Decode -> String,
+     |Decode { name, ids, skip_special_tokens }| Request::Decode { name, ids, skip_special_tokens },
+     Response::Text { text } => text);
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -676,6 +732,35 @@ mod tests {
                 .0,
             ),
             (RunGraph::KIND, RunGraph::registered(1).into_request().0),
+            (
+                Generate::KIND,
+                Generate {
+                    name: "m".into(),
+                    request: Default::default(),
+                }
+                .into_request()
+                .0,
+            ),
+            (
+                Encode::KIND,
+                Encode {
+                    name: "m".into(),
+                    text: "hi".into(),
+                    add_special_tokens: true,
+                }
+                .into_request()
+                .0,
+            ),
+            (
+                Decode::KIND,
+                Decode {
+                    name: "m".into(),
+                    ids: vec![1],
+                    skip_special_tokens: true,
+                }
+                .into_request()
+                .0,
+            ),
         ];
         for (kind, request) in &typed {
             assert_eq!(request.kind(), *kind, "{request:?}");
