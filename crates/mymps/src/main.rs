@@ -82,6 +82,9 @@ enum Command {
         #[command(flatten)]
         client: ClientArgs,
     },
+    /// Generate text with a loaded model, printed as it comes:
+    /// `mymps generate gpt2 "Once upon a time" --max-new-tokens 50`.
+    Generate(GenerateArgs),
     /// Several servers as one: `mymps cluster status --hosts tcp://a:5555,tcp://b:5555`.
     Cluster {
         #[command(subcommand)]
@@ -132,6 +135,50 @@ enum ModelsCommand {
 }
 
 #[derive(ClapArgs)]
+struct GenerateArgs {
+    /// The model's name.
+    name: String,
+    /// The prompt: text (tokenized on the server), or with --ids token ids
+    /// separated by commas or spaces.
+    prompt: String,
+    /// The prompt is token ids (`464,2068,7586`), not text.
+    #[arg(long)]
+    ids: bool,
+    /// The most tokens to add (default: the model's generation config, else 20).
+    #[arg(long, value_name = "N")]
+    max_new_tokens: Option<usize>,
+    /// Sample instead of taking the most likely token.
+    #[arg(long)]
+    sample: bool,
+    /// Sampling temperature (with --sample).
+    #[arg(long)]
+    temperature: Option<f64>,
+    /// Sample among the K most likely tokens (with --sample; 0: all).
+    #[arg(long, value_name = "K")]
+    top_k: Option<usize>,
+    /// Nucleus sampling: the most likely tokens up to this probability (with --sample).
+    #[arg(long, value_name = "P")]
+    top_p: Option<f64>,
+    /// transformers' repetition penalty (1: none).
+    #[arg(long)]
+    repetition_penalty: Option<f64>,
+    /// Seed of the sampling (printed at the end when not given).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// A text that ends the generation (repeatable).
+    #[arg(long = "stop", value_name = "TEXT")]
+    stop: Vec<String>,
+    /// A token id that ends the generation (repeatable).
+    #[arg(long = "stop-id", value_name = "ID")]
+    stop_ids: Vec<i64>,
+    /// Do not stop at the model's end-of-sequence token.
+    #[arg(long)]
+    ignore_eos: bool,
+    #[command(flatten)]
+    client: ClientArgs,
+}
+
+#[derive(ClapArgs)]
 struct ServeArgs {
     /// Where to listen (repeat for several listeners): tcp://HOST:PORT,
     /// tcp+tls://HOST:PORT (TCP in TLS), quic://HOST:PORT (TLS), zmq://HOST:PORT
@@ -170,6 +217,16 @@ struct ServeArgs {
     /// Bytes of all server-resident tensors (default: the memory budget).
     #[arg(long, value_name = "BYTES")]
     max_resident_bytes: Option<u64>,
+    /// Device bytes one `generate` may take: its KV cache and largest
+    /// transient (default 1 GiB; the memory budget caps it too).
+    #[arg(long, value_name = "BYTES")]
+    max_generate_bytes: Option<u64>,
+    /// New tokens one `generate` sequence may ask for (default 4096).
+    #[arg(long, value_name = "N")]
+    max_new_tokens: Option<usize>,
+    /// Prompts in one `generate` (default 64).
+    #[arg(long, value_name = "N")]
+    max_generate_batch: Option<usize>,
     /// The folder model files must lie under (default: the current directory).
     #[arg(long, value_name = "DIR", env = "MYMPS_MODEL_ROOT")]
     model_root: Option<PathBuf>,
@@ -289,6 +346,7 @@ fn main() -> ExitCode {
             out,
             client,
         } => exec(&client, &op, &inputs, &kwargs, out.as_deref()),
+        Command::Generate(args) => generate(args),
         Command::Cluster { command, cluster } => cluster_cli::run(&cluster, command),
     };
     match result {
@@ -379,6 +437,16 @@ fn serve(a: ServeArgs) -> Result<(), Error> {
         if let Some(n) = given {
             *field = n;
         }
+    }
+    let g = &mut config.generate;
+    if let Some(b) = a.max_generate_bytes {
+        g.max_bytes = b;
+    }
+    if let Some(n) = a.max_new_tokens {
+        g.max_new_tokens = n;
+    }
+    if let Some(n) = a.max_generate_batch {
+        g.max_batch = n;
     }
     config.limits.stall_timeout = Duration::try_from_secs_f64(a.stall_timeout)
         .ok()
@@ -700,6 +768,75 @@ fn models(c: &ClientArgs, command: ModelsCommand) -> Result<(), Error> {
             }
         }
     }
+    Ok(())
+}
+
+/// `mymps generate`: the text printed as it comes (with --json, the
+/// summary as JSON once it is done); how it ended goes to stderr.
+fn generate(a: GenerateArgs) -> Result<(), Error> {
+    use mymps::model::{GenerateRequest, Prompt};
+    let prompt = if a.ids {
+        let ids = a
+            .prompt
+            .split(|c: char| c == ',' || c.is_whitespace())
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                s.parse::<i64>()
+                    .map_err(|_| Error::bad_argument(format!("--ids: '{s}' is not a token id")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Prompt::Ids(ids)
+    } else {
+        Prompt::Text(a.prompt.clone())
+    };
+    let request = GenerateRequest {
+        prompts: vec![prompt],
+        max_new_tokens: a.max_new_tokens,
+        do_sample: a.sample.then_some(true),
+        temperature: a.temperature,
+        top_k: a.top_k,
+        top_p: a.top_p,
+        repetition_penalty: a.repetition_penalty,
+        seed: a.seed,
+        stop_ids: a.stop_ids,
+        stop_strings: a.stop,
+        ignore_eos: a.ignore_eos,
+        ..Default::default()
+    };
+    let client = a.client.connect()?;
+    if a.client.json {
+        print_json(&client.generate(&a.name, request)?);
+        return Ok(());
+    }
+    let mut g = client.generate_stream(&a.name, request)?;
+    let mut out = std::io::stdout().lock();
+    let mut ids_only = true;
+    for step in g.by_ref() {
+        let token = &step?.tokens[0];
+        if !token.text.is_empty() {
+            ids_only = false;
+            let _ = write!(out, "{}", token.text);
+        } else if let (Some(id), true) = (token.id, ids_only) {
+            // A model without a tokenizer: its ids.
+            let _ = write!(out, "{id} ");
+        }
+        let _ = out.flush();
+    }
+    let _ = writeln!(out);
+    let summary = g
+        .summary()
+        .cloned()
+        .ok_or_else(|| Error::protocol("the generate stream ended without its summary"))?;
+    let seq = &summary.sequences[0];
+    let finish = serde_json::to_value(seq.finish)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default();
+    let mut end = format!("[{} new tokens, {finish}", seq.ids.len());
+    if let (Some(seed), None) = (summary.seed, a.seed) {
+        end.push_str(&format!(", seed {seed}"));
+    }
+    eprintln!("{end}]");
     Ok(())
 }
 
