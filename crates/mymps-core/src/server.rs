@@ -441,6 +441,18 @@ async fn serve_connection(shared: Arc<Shared>, conn: Connection, mut stop: watch
                             drop(held);
                             continue;
                         }
+                        // Table updates that never wait (their tensors are
+                        // dropped off the reactor), answered in the order
+                        // they came: a `free` then a `put` over the
+                        // connection's cap finds the room the free made.
+                        Ok(r @ (Request::Free { .. } | Request::Share { .. })) => {
+                            let reply =
+                                resident::handle(&shared, id, r, tensors, &peer_info, &mut held)
+                                    .await;
+                            answer(&shared, &tx, id, reply, timer, label).await;
+                            drop(held);
+                            continue;
+                        }
                         other => (other, tensors),
                     };
                     let shared = shared.clone();

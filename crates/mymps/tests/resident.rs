@@ -339,6 +339,26 @@ async fn caps_give_typed_errors_and_the_connection_goes_on() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_free_sent_before_a_put_makes_room_for_it_without_waiting_for_its_reply() {
+    // One resident tensor per connection: each put needs the free sent
+    // just before it (not yet answered) to have run first.
+    let (server, addr) = start_with(|c| c.resident.per_connection = 1).await;
+    let c = Client::connect(&addr).await.unwrap();
+    let mut h = put(&c, f32s(vec![1.0; 4], &[4])).await;
+    for i in 0..50 {
+        let free = c.free(vec![(&h).into()]);
+        let next = c.put(f32s(vec![i as f32; 4], &[4]));
+        let (freed, put) = tokio::join!(free, next);
+        assert_eq!(freed.unwrap().freed, 1, "round {i}");
+        h = put.unwrap_or_else(|e| panic!("round {i}: {e}")).remove(0);
+    }
+    assert_eq!(resident(&c).await.0, 1);
+    let got = c.fetch(vec![(&h).into()]).await.unwrap();
+    assert_eq!(got[0].to_vec::<f32>().unwrap(), vec![49.0; 4]);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_graph_is_checked_whole_and_errors_name_the_step() {
     let (server, addr) = start().await;
     let c = Client::connect(&addr).await.unwrap();
