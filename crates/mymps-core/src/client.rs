@@ -903,6 +903,12 @@ pub trait Caller {
         self.call(rpc::Fetch { refs })
     }
 
+    /// What server-resident tensors are (by handle, or shared name):
+    /// dtype, shape, device, in the order asked.
+    fn describe(&self, refs: Vec<TensorRef>) -> Self::Out<Result<Vec<HandleInfo>>> {
+        self.call(rpc::Describe { refs })
+    }
+
     /// Frees server-resident tensors (any number, one round trip).
     fn free(&self, refs: Vec<TensorRef>) -> Self::Out<Result<rpc::Freed>> {
         self.call(rpc::Free { refs })

@@ -445,7 +445,11 @@ async fn serve_connection(shared: Arc<Shared>, conn: Connection, mut stop: watch
                         // dropped off the reactor), answered in the order
                         // they came: a `free` then a `put` over the
                         // connection's cap finds the room the free made.
-                        Ok(r @ (Request::Free { .. } | Request::Share { .. })) => {
+                        Ok(
+                            r @ (Request::Free { .. }
+                            | Request::Share { .. }
+                            | Request::Describe { .. }),
+                        ) => {
                             let reply =
                                 resident::handle(&shared, id, r, tensors, &peer_info, &mut held)
                                     .await;
@@ -898,6 +902,7 @@ async fn handle(
         r @ (Request::Put { .. }
         | Request::Fetch { .. }
         | Request::Free { .. }
+        | Request::Describe { .. }
         | Request::Share { .. }
         | Request::RegisterGraph { .. }
         | Request::RunGraph(_)) => {

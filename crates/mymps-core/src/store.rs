@@ -229,6 +229,28 @@ impl Store {
         }
     }
 
+    /// What `refs` name, as [`Store::get`] finds them: for each, its
+    /// handle, its shared name (or `""`), dtype, shape and device.
+    pub(crate) fn describe(&self, connection: u64, refs: &[TensorRef]) -> Result<Vec<HandleInfo>> {
+        let inner = self.lock();
+        refs.iter()
+            .map(|r| {
+                let handle = resolve(&inner, r)?;
+                match inner.entries.get(&handle) {
+                    None => Err(unknown(r, "is not a resident tensor (unknown, or freed)")),
+                    Some(e) => match &e.owner {
+                        Owner::Connection(c) if *c != connection => Err(unknown(
+                            r,
+                            "belongs to another connection (share it under a name to use it elsewhere)",
+                        )),
+                        Owner::Connection(_) => Ok(info(handle, String::new(), &e.tensor)),
+                        Owner::Shared(name) => Ok(info(handle, name.clone(), &e.tensor)),
+                    },
+                }
+            })
+            .collect()
+    }
+
     /// Frees what `refs` name and `connection` may free (its own handles,
     /// and shared tensors); the rest are returned as unknown.
     pub(crate) fn free(&self, connection: u64, refs: Vec<TensorRef>) -> (Freed, Vec<TensorRef>) {

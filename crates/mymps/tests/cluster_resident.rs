@@ -296,6 +296,25 @@ async fn a_chain_on_handles_runs_on_the_host_that_holds_them() {
         .unwrap();
     assert!(got[0].data() == x.data());
     assert_eq!(got[1].to_vec::<f32>().unwrap(), vec![7.0]);
+    // describe: a handle keeps its cluster handle; a name is looked up.
+    let d = cluster
+        .describe(vec![(&hx).into(), TensorRef::Shared("fetched".into())])
+        .await
+        .unwrap();
+    assert_eq!(d[0].handle, hx.handle);
+    assert_eq!(
+        (d[0].dtype.as_str(), d[0].shape.clone()),
+        ("float32", hx.shape.clone())
+    );
+    assert_eq!(
+        (d[1].name.as_str(), d[1].shape.clone()),
+        ("fetched", vec![1])
+    );
+    let e = cluster
+        .describe(vec![TensorRef::Shared("nowhere".into())])
+        .await
+        .unwrap_err();
+    assert_eq!(e.code, ErrorCode::UnknownTensor, "{e}");
     let e = cluster
         .call(Call::new("neg").arg_ref(TensorRef::Shared("nowhere".into())))
         .await

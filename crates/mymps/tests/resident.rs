@@ -359,6 +359,57 @@ async fn a_free_sent_before_a_put_makes_room_for_it_without_waiting_for_its_repl
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn describe_tells_a_handle_or_a_shared_name_what_it_is() {
+    let (server, addr) = start().await;
+    let a = Client::connect(&addr).await.unwrap();
+    let b = Client::connect(&addr).await.unwrap();
+    let x = put(&a, f32s(vec![1.0; 6], &[2, 3])).await;
+    let y = put(&a, Tensor::from_vec(vec![1i64, 2], &[2]).unwrap()).await;
+    let shared = a
+        .call(Share {
+            handle: y.handle,
+            name: "ids".into(),
+        })
+        .await
+        .unwrap();
+    let got = a
+        .describe(vec![(&x).into(), TensorRef::Shared("ids".into())])
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 2);
+    assert_eq!((got[0].handle, got[0].name.as_str()), (x.handle, ""));
+    assert_eq!(
+        (got[0].dtype.as_str(), got[0].shape.as_slice()),
+        ("float32", &[2u64, 3][..])
+    );
+    assert_eq!(got[0].device, x.device);
+    assert_eq!(
+        (got[1].handle, got[1].name.as_str()),
+        (shared.handle, "ids")
+    );
+    assert_eq!(
+        (got[1].dtype.as_str(), got[1].shape.as_slice()),
+        ("int64", &[2u64][..])
+    );
+    // Another connection: the shared name yes, the handle no.
+    let by_name = b
+        .describe(vec![TensorRef::Shared("ids".into())])
+        .await
+        .unwrap();
+    assert_eq!(by_name, vec![got[1].clone()]);
+    for r in [
+        (&x).into(),
+        TensorRef::Shared("nope".into()),
+        TensorRef::Handle(1 << 40),
+    ] {
+        let e = b.describe(vec![r]).await.unwrap_err();
+        assert_eq!(e.code, ErrorCode::UnknownTensor, "{e}");
+    }
+    assert_eq!(b.health().await.unwrap().status, "ok");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_graph_is_checked_whole_and_errors_name_the_step() {
     let (server, addr) = start().await;
     let c = Client::connect(&addr).await.unwrap();

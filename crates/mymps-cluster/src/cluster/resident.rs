@@ -149,7 +149,7 @@ fn refs_mut(request: &mut Request) -> Vec<(String, &mut TensorRef)> {
             .iter_mut()
             .map(|(k, v)| (format!("'{k}'"), v))
             .collect(),
-        Request::Fetch { refs } | Request::Free { refs } => refs
+        Request::Fetch { refs } | Request::Free { refs } | Request::Describe { refs } => refs
             .iter_mut()
             .enumerate()
             .map(|(i, v)| (format!("#{i}"), v))
@@ -488,6 +488,7 @@ impl Shared {
         match request {
             Request::Fetch { refs } => return self.fetch(refs).await,
             Request::Free { refs } => return self.free(refs).await,
+            Request::Describe { refs } => return self.describe(refs).await,
             Request::RegisterGraph { graph } => return self.register_graph(graph).await,
             Request::Share { handle, name } => return self.share(handle, name).await,
             _ => {}
@@ -627,6 +628,43 @@ impl Shared {
             }
         }
         Ok((groups, lookups))
+    }
+
+    /// `describe`, one tensor at a time, on its host (a shared name: on
+    /// the host that holds it); a handle keeps the caller's cluster handle.
+    async fn describe(&self, refs: Vec<TensorRef>) -> Result<Reply> {
+        let mut handles = Vec::with_capacity(refs.len());
+        for r in refs {
+            let request = Request::Describe {
+                refs: vec![r.clone()],
+            };
+            let (groups, _) = self.split(std::slice::from_ref(&r))?;
+            let (response, _) = match groups.keys().next() {
+                Some(&i) => {
+                    let (response, tensors, _) =
+                        self.on_host(i, "describe", request, vec![]).await?;
+                    (response, tensors)
+                }
+                None => self.look_up("describe", request, vec![]).await?,
+            };
+            let mut got = match response {
+                Response::Handles { handles } if handles.len() == 1 => handles,
+                other => {
+                    return Err(Error::protocol(format!(
+                        "describe: a host answered {other:?}"
+                    )));
+                }
+            };
+            let mut info = got.pop().expect("one");
+            if let TensorRef::Handle(h) = r {
+                // The answer was given a cluster handle of its own, as
+                // every reply's handles are: the caller's is the one.
+                self.table().handles.remove(&info.handle);
+                info.handle = h;
+            }
+            handles.push(info);
+        }
+        Ok((Response::Handles { handles }, vec![]))
     }
 
     /// `fetch`, split per host, the answers merged in the order asked.

@@ -339,6 +339,13 @@ pub enum Request {
         /// The tensors.
         refs: Vec<TensorRef>,
     },
+    /// Describe server-resident tensors (by handle, or by the name they
+    /// are shared under): answered with their handles, dtypes, shapes and
+    /// devices, in the order asked.
+    Describe {
+        /// The tensors.
+        refs: Vec<TensorRef>,
+    },
     /// Free server-resident tensors, any number in one request.
     Free {
         /// The tensors.
@@ -447,6 +454,8 @@ request_kinds! {
     Fetch => "fetch",
     /// `free`.
     Free => "free",
+    /// `describe`.
+    Describe => "describe",
     /// `share`.
     Share => "share",
     /// `register_graph`.
@@ -481,6 +490,7 @@ impl Request {
             Request::Put { .. } => RequestKind::Put,
             Request::Fetch { .. } => RequestKind::Fetch,
             Request::Free { .. } => RequestKind::Free,
+            Request::Describe { .. } => RequestKind::Describe,
             Request::Share { .. } => RequestKind::Share,
             Request::RegisterGraph { .. } => RequestKind::RegisterGraph,
             Request::RunGraph(_) => RequestKind::RunGraph,
@@ -501,6 +511,7 @@ impl Request {
             Request::Put { .. }
             | Request::Fetch { .. }
             | Request::Free { .. }
+            | Request::Describe { .. }
             | Request::Share { .. }
             | Request::RegisterGraph { .. }
             | Request::RunGraph(_) => true,
@@ -640,7 +651,7 @@ pub enum Response {
     },
     /// Answer to `metrics`.
     Metrics(MetricsSnapshot),
-    /// Answer to `put` and `share`: the tensors kept.
+    /// Answer to `put`, `share` and `describe`: the tensors kept.
     Handles {
         /// One per tensor, in the order of the request.
         handles: Vec<HandleInfo>,

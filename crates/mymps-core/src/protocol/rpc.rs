@@ -28,6 +28,7 @@
 //! | [`Put`] | `put` | `Vec<`[`HandleInfo`]`>` |
 //! | [`Fetch`] | `fetch` | `Vec<`[`Tensor`]`>` |
 //! | [`Free`] | `free` | [`Freed`] |
+//! | [`Describe`] | `describe` | `Vec<`[`HandleInfo`]`>` |
 //! | [`Share`] | `share` | [`HandleInfo`] |
 //! | [`RegisterGraph`] | `register_graph` | graph id (`u64`) |
 //! | [`RunGraph`] | `run_graph` | [`Outputs`] |
@@ -515,6 +516,16 @@ impl Rpc for Share {
     }
 }
 
+/// `describe`: what server-resident tensors are (handles or shared names),
+/// in the order asked; a shared tensor's `name` is its shared name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Describe {
+    /// The tensors.
+    pub refs: Vec<TensorRef>,
+}
+rpc!(Describe, Describe -> Vec<HandleInfo>, |Describe { refs }| Request::Describe { refs },
+     Response::Handles { handles } => handles);
+
 /// `register_graph`: validates a graph and keeps it on the connection;
 /// the reply is its id for [`RunGraph::registered`].
 #[derive(Debug, Clone)]
@@ -732,6 +743,14 @@ mod tests {
                 .0,
             ),
             (RunGraph::KIND, RunGraph::registered(1).into_request().0),
+            (
+                Describe::KIND,
+                Describe {
+                    refs: vec![TensorRef::Handle(1)],
+                }
+                .into_request()
+                .0,
+            ),
             (
                 Generate::KIND,
                 Generate {

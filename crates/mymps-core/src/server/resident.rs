@@ -203,6 +203,9 @@ pub(super) async fn handle(
                 unknown,
             }
         }
+        Request::Describe { refs } => Response::Handles {
+            handles: shared.store.describe(peer.id, &refs)?,
+        },
         Request::Share { handle, name } => Response::Handles {
             handles: vec![shared.store.share(peer.id, handle, name)?],
         },
