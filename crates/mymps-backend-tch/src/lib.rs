@@ -6,10 +6,11 @@
 //! - Devices: `auto` (MPS, then CUDA, then CPU), `cpu`, `cuda`, `cuda:N`,
 //!   `mps`.
 //! - Inputs become libtorch tensors without per-element work: on the CPU a
-//!   tensor is a view of the received buffer; for CUDA it is staged through
-//!   pinned memory. Results go back as views of libtorch's own memory
-//!   (copied device → pinned host first on CUDA), so the transport sends
-//!   them without another copy.
+//!   tensor is a view of the received buffer; for CUDA one of 64 KiB or
+//!   more is staged through pinned memory, a smaller one copied as it is
+//!   (see `pinned_min`). Results go back as views of libtorch's own memory
+//!   (copied device → host first on CUDA, through pinned memory from
+//!   64 KiB), so the transport sends them without another copy.
 //! - An op the device has no kernel for runs again on the CPU; the reply
 //!   names the device that ran it.
 //! - On the CPU, a unary op that declares an in-place variant
@@ -337,7 +338,7 @@ impl Converter {
                 // libtorch refuses to write).
                 let raw = view(mymps_core::DType::UInt8, &[base.len()], &[1])?;
                 let on = match self.device {
-                    Device::Cuda(_) => raw
+                    Device::Cuda(_) if base.len() >= pinned_min() => raw
                         .f_pin_memory(self.device)
                         .and_then(|p| p.f_to_device_(self.device, tch::Kind::Uint8, true, false)),
                     d => raw.f_to_device(d),
@@ -357,7 +358,7 @@ impl Converter {
                 let cpu = view(t.dtype(), t.shape(), &strides)?;
                 match self.device {
                     Device::Cpu => cpu,
-                    Device::Cuda(_) => {
+                    Device::Cuda(_) if base.len() >= pinned_min() => {
                         // Pinned staging: host → pinned is a memcpy, pinned →
                         // device runs at full PCIe speed and asynchronously.
                         let pinned = cpu.f_pin_memory(self.device).map_err(torch_error)?;
@@ -382,9 +383,10 @@ impl Converter {
             .and_then(|t| t.f_resolve_neg())
             .map_err(torch_error)?;
         let shape: Vec<usize> = t.size().iter().map(|&d| d as usize).collect();
+        let nbytes = t.numel() * dtype.itemsize();
         let t = match t.device() {
             Device::Cpu => t.f_contiguous().map_err(torch_error)?,
-            Device::Cuda(_) => {
+            Device::Cuda(_) if nbytes >= pinned_min() => {
                 // Device → pinned host memory: a pageable copy runs at a
                 // fraction of the speed. libtorch's caching host allocator
                 // recycles the pinned blocks.
@@ -819,6 +821,23 @@ impl mymps_core::buffer::HostAlloc for PinnedAlloc {
             }
         }
     }
+}
+
+/// Tensors of at least this many bytes cross between the host and a CUDA
+/// device through pinned memory (a full-speed, asynchronous DMA); smaller
+/// ones by a plain pageable copy, which for them costs less than the
+/// caching host allocator's bookkeeping (a block lookup and an event per
+/// copy). 64 KiB, the size up to which CUDA stages a pageable copy itself;
+/// `MYMPS_PINNED_MIN` (bytes) overrides it (0: always pinned), for
+/// measuring.
+fn pinned_min() -> usize {
+    static MIN: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *MIN.get_or_init(|| {
+        std::env::var("MYMPS_PINNED_MIN")
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(64 * 1024)
+    })
 }
 
 /// An uninitialised host tensor of `shape` and `kind` in pinned memory
