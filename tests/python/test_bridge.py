@@ -20,7 +20,9 @@ On an accelerator (MYMPS_TEST_DEVICE=cuda:0) models are loaded as float32
 and compared within 2e-3.
 """
 
+import json
 import os
+import subprocess
 import threading
 
 import numpy as np
@@ -417,3 +419,81 @@ def test_a_server_without_python_keeps_its_native_loaders(server_factory, tmp_pa
                          model_class="pkg.Model")
         ids, mask = ids_and_mask()
         assert c.infer("bert", {"input_ids": ids})["last_hidden_state"].shape == (BATCH, SEQ, 32)
+
+
+# ---- text generation through transformers' generate ---------------------------
+
+
+def tiny_tokenizer(folder):
+    """A byte-level BPE tokenizer trained here (no download), saved as
+    transformers saves one."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<|endoftext|>", "<pad>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(["The quick brown fox jumps over the lazy dog.",
+                             "naïve café, déjà vu — 🦀 rust 🐍 python"] * 20, trainer)
+    fast = tf.PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>",
+                                      pad_token="<pad>")
+    fast.save_pretrained(str(folder))
+    return tf.AutoTokenizer.from_pretrained(str(folder))
+
+
+def cli_generate(server, name, prompt, *args):
+    from conftest import server_binary
+
+    return subprocess.run(
+        [str(server_binary()), "generate", name, prompt, "--addr", server.addr, *args],
+        capture_output=True, text=True, timeout=120)
+
+
+def test_a_causal_lm_generates_through_transformers(client, mymps_server, tmp_path):
+    path = tmp_path / "neox-lm"
+    tok = tiny_tokenizer(path)
+    torch.manual_seed(0)
+    model = tf.GPTNeoXForCausalLM(tf.GPTNeoXConfig(
+        vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=48, max_position_embeddings=64, eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id)).eval()
+    model.save_pretrained(str(path))
+    info = client.load_model("neox-lm", model_path=str(path), **FLOAT32)
+    assert info["metadata"]["engine"] == "python"
+    assert info["metadata"]["generate"] == "true"
+    prompt = "The quick brown fox"
+    enc = tok(prompt, return_tensors="pt")
+    with torch.no_grad():
+        want = model.generate(**enc, max_new_tokens=10, do_sample=False,
+                              pad_token_id=tok.pad_token_id)[0, enc["input_ids"].shape[1]:].tolist()
+    # The whole result in one reply.
+    out = cli_generate(mymps_server, "neox-lm", prompt, "--max-new-tokens", "10", "--json")
+    assert out.returncode == 0, out.stderr
+    summary = json.loads(out.stdout)
+    seq = summary["sequences"][0]
+    assert seq["prompt_ids"] == enc["input_ids"][0].tolist()
+    assert seq["ids"] == want
+    assert seq["text"] == tok.decode(want, skip_special_tokens=True)
+    assert summary["steps"] == summary["forward_passes"] == len(want)
+    # Streamed: the pieces, printed as they come, add up to the text.
+    out = cli_generate(mymps_server, "neox-lm", prompt, "--max-new-tokens", "10")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == seq["text"] + "\n"
+    # A bad option is a bad argument, and the server serves on.
+    out = cli_generate(mymps_server, "neox-lm", prompt, "--temperature", "0.5")
+    assert out.returncode != 0
+    assert "only apply when sampling" in out.stderr, out.stderr
+    # A model without an LM head does not generate.
+    cfg_cls, model_cls, kw, _, _ = OUTSIDE["gpt_neox"]
+    tiny(cfg_cls, model_cls, kw).save_pretrained(str(tmp_path / "neox-base"))
+    info = client.load_model("neox-base", model_path=str(tmp_path / "neox-base"), **FLOAT32)
+    assert "generate" not in info["metadata"]
+    out = cli_generate(mymps_server, "neox-base", "1,2,3", "--ids")
+    assert out.returncode != 0
+    assert "does not generate text" in out.stderr, out.stderr
+    out = cli_generate(mymps_server, "neox-lm", prompt, "--max-new-tokens", "3", "--json")
+    assert out.returncode == 0 and json.loads(out.stdout)["sequences"][0]["ids"] == want[:3]
+    for n in ("neox-lm", "neox-base"):
+        client.unload_model(n)

@@ -14,6 +14,8 @@ import inspect
 import json
 import os
 import re
+import secrets
+import threading
 import zipfile
 
 import torch
@@ -23,6 +25,19 @@ _CLASS_PATH = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$")
 
 class BridgeError(Exception):
     """A load or forward error meant for the client, as it is."""
+
+
+class BadOption(BridgeError):
+    """A request's option that cannot be honoured (the client's
+    ``bad_argument``)."""
+
+
+class OverLimit(BridgeError):
+    """A request over the server's limits (``limit_reached``)."""
+
+
+class NoSupport(BridgeError):
+    """What this model cannot do (``unsupported``)."""
 
 
 def _force_weights_only():
@@ -85,6 +100,11 @@ class Loaded:
         self.names = names
         self.dtype = dtype
         self.cast_inputs = cast_inputs
+        # Text generation (huggingface causal LMs only): the transformers
+        # model, its tokenizer (or None) and its _TextModel (or None).
+        self.model = None
+        self.tokenizer = None
+        self.text = None
 
 
 def _signature(fn):
@@ -168,6 +188,12 @@ def load_huggingface(path, device, dtype, trust_remote_code):
         "transformers": transformers.__version__,
         "inputs": _names(names or positional or []),
     }
+    tokenizer = _load_tokenizer(transformers, path, trust_remote_code)
+    text = _text_generation(model, config)
+    if tokenizer is not None:
+        metadata["tokenizer"] = type(tokenizer).__name__
+    if text is not None:
+        metadata["generate"] = "true"
     use_cache = names is None or "use_cache" in names
     return_dict = names is None or "return_dict" in names
 
@@ -178,7 +204,11 @@ def load_huggingface(path, device, dtype, trust_remote_code):
             kwargs["return_dict"] = True
         return model(*args, **kwargs)
 
-    return Loaded(fn, metadata, positional, names, kind, True)
+    loaded = Loaded(fn, metadata, positional, names, kind, True)
+    loaded.model = model
+    loaded.tokenizer = tokenizer
+    loaded.text = text
+    return loaded
 
 
 # --- checkpoint with a Python class -----------------------------------------
@@ -360,3 +390,481 @@ def forward(loaded, positional, named):
     with torch.no_grad():
         result = loaded.fn(positional, named)
     return outputs(result)
+
+
+# --- text generation (transformers' own generate) -------------------------------
+#
+# The Rust side sends a GenerateRequest and the caller's GenerateLimits as
+# JSON (mymps_core::model's serde form) and gets a GeneratePlan or a
+# GenerateSummary back the same way; each step goes to `emit` (a Rust
+# function that hands it to the caller without the GIL and answers whether
+# to stop).
+
+MAX_STOP_IDS = 1024
+MAX_STOP_STRINGS = 64
+MAX_STOP_STRING_BYTES = 1024
+DEFAULT_MAX_NEW_TOKENS = 20
+
+# Seeded sampling draws from torch's global generator (transformers'
+# `generate` takes no torch.Generator): one seeded generation at a time in
+# this interpreter, from `torch.manual_seed(seed)` to its last token.
+_SEED_LOCK = threading.Lock()
+
+_TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.json",
+    "tokenizer.model",
+    "spiece.model",
+    "vocab.txt",
+)
+
+
+def _load_tokenizer(transformers, path, trust_remote_code):
+    """The directory's tokenizer (AutoTokenizer), or None when it has none."""
+    if not any(os.path.exists(os.path.join(path, f)) for f in _TOKENIZER_FILES):
+        return None
+    try:
+        return transformers.AutoTokenizer.from_pretrained(
+            path, trust_remote_code=trust_remote_code, local_files_only=True
+        )
+    except Exception as e:
+        raise BridgeError(
+            f"the tokenizer in '{path}' does not load: {type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
+        )
+
+
+def _positive_int(c, *names):
+    for n in names:
+        v = getattr(c, n, None)
+        if isinstance(v, int) and not isinstance(v, bool) and v > 0:
+            return v
+    return None
+
+
+class _TextModel:
+    """What generation needs of a decoder-only causal LM: the sizes its KV
+    cache and forward passes take, from its config."""
+
+    def __init__(self, model, c, layers, heads, kv_heads, key_dim, value_dim, hidden, inner, vocab,
+                 positions):
+        self.generation_config = getattr(model, "generation_config", None)
+        self.config = c
+        self.layers = layers
+        self.heads = heads
+        self.kv_heads = kv_heads
+        self.key_dim = key_dim
+        self.value_dim = value_dim
+        self.hidden = hidden
+        self.inner = inner
+        self.vocab = vocab
+        self.positions = positions
+        p = next(iter(model.parameters()), None)
+        self.element = p.element_size() if p is not None else 4
+        self.device = p.device if p is not None else torch.device("cpu")
+
+
+def _text_generation(model, config):
+    """A _TextModel when `model` generates text through transformers'
+    `generate` (a decoder-only model that `can_generate()`, whose config
+    gives its cache's sizes); else None."""
+    can = getattr(model, "can_generate", None)
+    try:
+        if not callable(can) or not can():
+            return None
+    except Exception:
+        return None
+    if getattr(config, "is_encoder_decoder", False):
+        return None
+    c = config
+    if hasattr(config, "get_text_config"):
+        try:
+            c = config.get_text_config(decoder=True)
+        except Exception:
+            c = config
+    layers = _positive_int(c, "num_hidden_layers", "n_layer", "num_layers", "n_layers")
+    heads = _positive_int(c, "num_attention_heads", "n_head", "num_heads")
+    hidden = _positive_int(c, "hidden_size", "n_embd", "d_model")
+    vocab = _positive_int(c, "vocab_size")
+    if None in (layers, heads, hidden, vocab):
+        return None
+    kv_heads = _positive_int(c, "num_key_value_heads", "n_head_kv", "num_kv_heads",
+                             "multi_query_group_num")
+    if kv_heads is None and getattr(c, "multi_query", False) and not getattr(
+            c, "new_decoder_architecture", False):
+        kv_heads = 1
+    kv_heads = kv_heads or heads
+    head_dim = _positive_int(c, "head_dim") or max(1, hidden // heads)
+    key_dim = value_dim = head_dim
+    # Multi-head latent attention (DeepSeek): keys of nope + rope dims.
+    nope, rope = _positive_int(c, "qk_nope_head_dim"), _positive_int(c, "qk_rope_head_dim")
+    if nope and rope:
+        key_dim = nope + rope
+        value_dim = _positive_int(c, "v_head_dim") or key_dim
+        kv_heads = heads
+    inner = _positive_int(c, "intermediate_size", "ffn_dim", "n_inner", "ffn_hidden_size",
+                          "moe_intermediate_size") or 4 * hidden
+    positions = _positive_int(c, "max_position_embeddings", "n_positions", "max_seq_len",
+                              "seq_length", "n_ctx")
+    emb = getattr(model, "get_input_embeddings", None)
+    try:
+        e = emb() if callable(emb) else None
+        if e is not None and isinstance(getattr(e, "num_embeddings", None), int):
+            vocab = e.num_embeddings
+    except Exception:
+        pass
+    return _TextModel(model, c, layers, heads, kv_heads, key_dim, value_dim, hidden, inner,
+                      vocab, positions)
+
+
+def _text(loaded, what):
+    if loaded.text is None:
+        arch = loaded.metadata.get("architecture", "this model")
+        raise NoSupport(
+            f"{arch} does not generate text on the Python engine (a decoder-only causal language model of transformers generates: one whose can_generate() is true)"
+        )
+    return loaded.text
+
+
+def _tokenizer(loaded, what):
+    if loaded.tokenizer is None:
+        raise NoSupport(
+            f"{what} needs a tokenizer, and this model's directory has none (tokenizer.json, tokenizer_config.json, ...); send token ids"
+        )
+    return loaded.tokenizer
+
+
+def _eos_ids(value):
+    if value is None:
+        return []
+    if isinstance(value, torch.Tensor):
+        value = value.flatten().tolist()
+    if isinstance(value, int):
+        return [value]
+    return [int(v) for v in value if v is not None]
+
+
+def _first_set(*values):
+    for v in values:
+        if v is not None:
+            return v
+    return None
+
+
+class _Resolved:
+    """A request checked against the model and the limits."""
+
+
+def _resolve(loaded, request, limits):
+    tm = _text(loaded, "generate")
+    gc = tm.generation_config
+    g = lambda name: getattr(gc, name, None) if gc is not None else None  # noqa: E731
+    prompts = request.get("prompts") or []
+    if not prompts:
+        raise BadOption("generate needs at least one prompt")
+    if len(prompts) > limits["max_batch"]:
+        raise OverLimit(
+            f"{len(prompts)} prompts in one request; this server takes at most {limits['max_batch']}"
+        )
+    add_special = _first_set(request.get("add_special_tokens"), True)
+    ids = []
+    for i, p in enumerate(prompts):
+        if isinstance(p, str):
+            tok = _tokenizer(loaded, "a text prompt")
+            row = list(tok(p, add_special_tokens=add_special)["input_ids"])
+        else:
+            row = [int(x) for x in p]
+        if not row:
+            raise BadOption(f"prompt {i} has no tokens")
+        bad = next((x for x in row if x < 0 or x >= tm.vocab), None)
+        if bad is not None:
+            raise BadOption(
+                f"prompt {i} has token id {bad}, outside the vocabulary [0, {tm.vocab})"
+            )
+        ids.append(row)
+    width = max(len(r) for r in ids)
+    max_new = _first_set(request.get("max_new_tokens"), g("max_new_tokens"), DEFAULT_MAX_NEW_TOKENS)
+    if max_new < 1:
+        raise BadOption("max_new_tokens must be at least 1")
+    if max_new > limits["max_new_tokens"]:
+        raise OverLimit(
+            f"max_new_tokens = {max_new}; this server allows at most {limits['max_new_tokens']}"
+        )
+    if tm.positions is not None and width + max_new > tm.positions:
+        raise BadOption(
+            f"a prompt of {width} tokens plus max_new_tokens = {max_new} is more than the model's {tm.positions} positions"
+        )
+    r = _Resolved()
+    r.penalty = float(_first_set(request.get("repetition_penalty"), g("repetition_penalty"), 1.0))
+    if not (r.penalty > 0 and r.penalty != float("inf")):
+        raise BadOption(f"repetition_penalty must be a positive number, not {r.penalty}")
+    r.sample = bool(_first_set(request.get("do_sample"), g("do_sample"), False))
+    r.warpers = {}
+    if not r.sample:
+        set_ = [n for n in ("temperature", "top_k", "top_p") if request.get(n) is not None]
+        if set_:
+            raise BadOption(
+                f"{', '.join(set_)} only apply when sampling: pass do_sample = true (this request is greedy)"
+            )
+    else:
+        t = float(_first_set(request.get("temperature"), g("temperature"), 1.0))
+        if not (t > 0 and t != float("inf")):
+            raise BadOption(f"temperature must be a positive number, not {t}")
+        top_p = float(_first_set(request.get("top_p"), g("top_p"), 1.0))
+        if not (0 < top_p <= 1):
+            raise BadOption(f"top_p must lie in (0, 1], not {top_p}")
+        top_k = int(_first_set(request.get("top_k"), g("top_k"), 50))
+        r.warpers = {"temperature": t, "top_k": top_k, "top_p": top_p}
+    stop_ids = [int(x) for x in request.get("stop_ids") or []]
+    if len(stop_ids) > MAX_STOP_IDS:
+        raise BadOption(f"{len(stop_ids)} stop ids; at most {MAX_STOP_IDS}")
+    eos = [] if request.get("ignore_eos") else _eos_ids(
+        _first_set(g("eos_token_id"), getattr(tm.config, "eos_token_id", None)))
+    r.stop_ids = list(dict.fromkeys(stop_ids + eos))
+    r.stop_strings = list(request.get("stop_strings") or [])
+    if len(r.stop_strings) > MAX_STOP_STRINGS:
+        raise BadOption(f"{len(r.stop_strings)} stop strings; at most {MAX_STOP_STRINGS}")
+    for s in r.stop_strings:
+        n = len(s.encode())
+        if n == 0 or n > MAX_STOP_STRING_BYTES:
+            raise BadOption(
+                f"stop strings must have 1 to {MAX_STOP_STRING_BYTES} bytes, not {n} ('{s[:60]}')"
+            )
+    if r.stop_strings:
+        _tokenizer(loaded, "stop_strings")
+    r.skip_special = bool(_first_set(request.get("skip_special_tokens"), True))
+    seed = request.get("seed")
+    r.seed = (seed if seed is not None else secrets.randbits(63)) if r.sample else None
+    pad = _first_set(g("pad_token_id"), getattr(tm.config, "pad_token_id", None))
+    if isinstance(pad, (list, tuple)):
+        pad = pad[0] if pad else None
+    tok = loaded.tokenizer
+    prompt_pad = tok.pad_token_id if tok is not None and tok.pad_token_id is not None else None
+    r.pad = _first_set(pad, r.stop_ids[0] if r.stop_ids else None, prompt_pad, 0)
+    r.prompt_pad = _first_set(prompt_pad, r.pad)
+    r.ids, r.width, r.max_new = ids, width, max_new
+    batch = len(ids)
+    cache, peak = _bytes(tm, batch, width, max_new)
+    if peak > limits["max_bytes"]:
+        raise OverLimit(
+            f"this generation would take {-(-peak // (1 << 20))} MiB on the device (a KV cache of {-(-cache // (1 << 20))} MiB for {batch} sequence(s) of {width} + {max_new} tokens, and the forward passes' transients); this server allows {limits['max_bytes'] >> 20} MiB a request"
+        )
+    r.plan = {
+        "prompt_tokens": [len(x) for x in ids],
+        "max_new_tokens": max_new,
+        "cache_bytes": cache,
+        "peak_bytes": peak,
+    }
+    return r
+
+
+def _bytes(tm, batch, width, max_new):
+    """(KV cache bytes, peak bytes): an upper estimate from the config.
+
+    The cache: keys and values of every layer for the longest prompt plus
+    max_new_tokens positions in the model's dtype (transformers' dynamic
+    cache grows by concatenation, so one layer's old keys and values are
+    counted again as the transient of an append). The prompt's forward
+    pass: attention scores and probabilities in float32, the MLP's
+    activations, a few copies of the residual stream, float32 logits of
+    every prompt position (not every model keeps only the last); the
+    sampling steps' float32 copies of the last logits; the growing ids and
+    mask."""
+    b, s, e = batch, width, tm.element
+    positions = width + max_new
+    per_layer = b * tm.kv_heads * positions * (tm.key_dim + tm.value_dim) * e
+    cache = tm.layers * per_layer
+    scores = 2 * b * tm.heads * s * s * 4
+    mlp = 3 * b * s * tm.inner * e
+    hidden = 8 * b * s * tm.hidden * e
+    logits = b * s * tm.vocab * 4 + 8 * b * tm.vocab * 4
+    ids = 4 * b * positions * 8
+    return cache, cache + per_layer + scores + mlp + hidden + logits + ids
+
+
+def plan_generate(loaded, request_json, limits_json):
+    """A GeneratePlan (JSON) for a GenerateRequest and GenerateLimits (JSON)."""
+    return json.dumps(_resolve(loaded, json.loads(request_json), json.loads(limits_json)).plan)
+
+
+class _TextStream:
+    """A sequence's new ids as text pieces, decoded incrementally as
+    text-generation-inference does: a window of ids from `prefix` on, whose
+    text beyond the window's first part `[prefix, read)` is new once it does
+    not end in an incomplete character (U+FFFD)."""
+
+    def __init__(self, tok, skip):
+        self.tok, self.skip = tok, skip
+        self.ids, self.prefix, self.read = [], 0, 0
+
+    def _decode(self, ids):
+        return self.tok.decode(ids, skip_special_tokens=self.skip)
+
+    def push(self, id_):
+        self.ids.append(id_)
+        before = self._decode(self.ids[self.prefix:self.read])
+        now = self._decode(self.ids[self.prefix:])
+        if len(now) > len(before) and not now.endswith("\ufffd"):
+            self.prefix, self.read = self.read, len(self.ids)
+            return now[len(before):]
+        return ""
+
+    def finish(self):
+        """What is held back at the end (an incomplete character's bytes)."""
+        if self.read == len(self.ids):
+            return ""
+        before = self._decode(self.ids[self.prefix:self.read])
+        now = self._decode(self.ids[self.prefix:])
+        self.prefix = self.read = len(self.ids)
+        return now[len(before):] if now.startswith(before) else ""
+
+
+def _stop_string(text, piece, stops):
+    """Whether `text`, whose last `piece` characters are new, now holds one
+    of `stops` that ends in the new characters."""
+    old = len(text) - piece
+    return any(s in text[max(0, old - len(s) + 1):] for s in stops)
+
+
+def _generation_classes():
+    import transformers
+
+    class Steps(transformers.StoppingCriteria):
+        """Called by transformers' `generate` after each new token (all
+        rows): builds the Step, hands it to `emit`, and says which rows are
+        done — those that hit a stop id, a stop string or their length, and
+        every row once `emit` answered stop."""
+
+        def __init__(self, r, tok, emit):
+            self.r, self.emit = r, emit
+            n = len(r.ids)
+            self.streams = [_TextStream(tok, r.skip_special) for _ in range(n)] if tok else None
+            self.new = [[] for _ in range(n)]
+            self.texts = [""] * n if tok else None
+            self.finish = [None] * n
+            self.steps = 0
+            self.stopped = False
+            self.stop_ids = set(r.stop_ids)
+
+        def __call__(self, input_ids, scores, **kwargs):
+            r = self.r
+            last = input_ids[:, -1].tolist()
+            tokens = []
+            for row, id_ in enumerate(last):
+                if self.finish[row] is not None:
+                    tokens.append({"id": None, "text": "", "finish": None})
+                    continue
+                self.new[row].append(id_)
+                text, finish = "", None
+                if self.streams is not None:
+                    text = self.streams[row].push(id_)
+                    full = self.texts[row] + text
+                    if text and _stop_string(full, len(text), r.stop_strings):
+                        finish = "stop_string"
+                if id_ in self.stop_ids:
+                    finish = "stop_id"
+                elif finish is None and len(self.new[row]) == r.max_new:
+                    finish = "length"
+                if finish is not None:
+                    if self.streams is not None:
+                        text += self.streams[row].finish()
+                    self.finish[row] = finish
+                if self.texts is not None:
+                    self.texts[row] += text
+                tokens.append({"id": id_, "text": text, "finish": finish})
+            step = {"index": self.steps, "tokens": tokens}
+            self.steps += 1
+            if self.emit(json.dumps(step)):
+                self.stopped = True
+                self.finish = [f if f is not None else "cancelled" for f in self.finish]
+            done = [f is not None for f in self.finish]
+            return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+    class Count(transformers.LogitsProcessor):
+        """Counts forward passes (transformers runs its processors once per
+        pass) and changes nothing."""
+
+        def __init__(self):
+            self.passes = 0
+
+        def __call__(self, input_ids, scores):
+            self.passes += 1
+            return scores
+
+    return Steps, Count
+
+
+def generate(loaded, request_json, limits_json, emit):
+    """Runs a GenerateRequest (JSON) through transformers' `generate`,
+    handing each step (JSON) to `emit`; returns the GenerateSummary
+    (JSON)."""
+    import transformers
+
+    r = _resolve(loaded, json.loads(request_json), json.loads(limits_json))
+    tm = loaded.text
+    model, tok = loaded.model, loaded.tokenizer
+    Steps, Count = _generation_classes()
+    batch, width = len(r.ids), r.width
+    ids = torch.full((batch, width), r.prompt_pad, dtype=torch.long)
+    mask = torch.zeros((batch, width), dtype=torch.long)
+    for i, row in enumerate(r.ids):
+        ids[i, width - len(row):] = torch.tensor(row, dtype=torch.long)
+        mask[i, width - len(row):] = 1
+    steps = Steps(r, tok, emit)
+    count = Count()
+    kwargs = dict(
+        input_ids=ids.to(tm.device),
+        attention_mask=mask.to(tm.device),
+        max_new_tokens=r.max_new,
+        do_sample=r.sample,
+        num_beams=1,
+        num_return_sequences=1,
+        repetition_penalty=r.penalty,
+        eos_token_id=r.stop_ids or None,
+        pad_token_id=r.pad,
+        stopping_criteria=transformers.StoppingCriteriaList([steps]),
+        logits_processor=transformers.LogitsProcessorList([count]),
+        return_dict_in_generate=False,
+    )
+    if r.sample:
+        kwargs.update(r.warpers)
+        with _SEED_LOCK:
+            torch.manual_seed(r.seed)
+            model.generate(**kwargs)
+    else:
+        model.generate(**kwargs)
+    sequences = []
+    for row in range(batch):
+        finish = steps.finish[row]
+        if finish is None:
+            # transformers ended it (its own max length): the length.
+            finish = "length"
+        sequences.append({
+            "prompt_ids": r.ids[row],
+            "ids": steps.new[row],
+            "text": steps.texts[row] if steps.texts is not None else None,
+            "finish": finish,
+        })
+    return json.dumps({
+        "sequences": sequences,
+        "steps": steps.steps,
+        "forward_passes": count.passes,
+        "cache_bytes": r.plan["cache_bytes"],
+        "seed": r.seed,
+    })
+
+
+def encode(loaded, text, add_special_tokens):
+    """`text` as ids by the model's tokenizer."""
+    tok = _tokenizer(loaded, "encode")
+    return list(tok(text, add_special_tokens=bool(add_special_tokens))["input_ids"])
+
+
+def decode(loaded, ids, skip_special_tokens):
+    """Ids as text by the model's tokenizer."""
+    tok = _tokenizer(loaded, "decode")
+    n = len(tok)
+    bad = next((x for x in ids if x < 0 or x >= n), None)
+    if bad is not None:
+        raise BadOption(f"token id {bad} is outside the tokenizer's vocabulary [0, {n})")
+    return tok.decode(list(ids), skip_special_tokens=bool(skip_special_tokens))

@@ -29,14 +29,17 @@
 
 use std::collections::BTreeMap;
 use std::ffi::{CStr, CString, c_char};
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use mymps_backend_tch::{Converter, parse_device};
-use mymps_core::model::{LoadRequest, Model, ModelLoader};
+use mymps_core::model::{
+    Control, GenerateLimits, GeneratePlan, GenerateRequest, GenerateSummary, LoadRequest, Model,
+    ModelLoader, Step,
+};
 use mymps_core::plugin::PluginRegistrar;
 use mymps_core::{Error, ErrorCode, Result};
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyList, PyTuple};
+use pyo3::types::{PyCFunction, PyDict, PyList, PyTuple};
 use serde::Deserialize;
 
 /// The Python side (run as the module `mymps_bridge`).
@@ -100,13 +103,27 @@ fn engine() -> Result<&'static Engine> {
 }
 
 /// A Python error as a client's error: the exception's type and the first
-/// lines of its message (no traceback, at most 600 bytes).
+/// lines of its message (no traceback, at most 600 bytes). The bridge's own
+/// errors keep their code: `BadOption` is a bad argument, `OverLimit` a
+/// limit reached, `NoSupport` unsupported, any other a model error.
 fn py_error(py: Python<'_>, e: PyErr) -> Error {
-    let bridge_error = py
-        .import("mymps_bridge")
-        .and_then(|m| m.getattr("BridgeError"))
-        .ok()
-        .is_some_and(|cls| e.get_type(py).is(&cls));
+    let module = py.import("mymps_bridge").ok();
+    let is = |name: &str| {
+        module
+            .as_ref()
+            .and_then(|m| m.getattr(name).ok())
+            .is_some_and(|cls| e.get_type(py).is(&cls))
+    };
+    let code = if is("BadOption") {
+        ErrorCode::BadArgument
+    } else if is("OverLimit") {
+        ErrorCode::LimitReached
+    } else if is("NoSupport") {
+        ErrorCode::Unsupported
+    } else {
+        ErrorCode::Model
+    };
+    let bridge_error = code != ErrorCode::Model || is("BridgeError");
     let text = e.value(py).to_string();
     let mut msg = if bridge_error {
         text
@@ -128,7 +145,7 @@ fn py_error(py: Python<'_>, e: PyErr) -> Error {
         msg.truncate(cut);
         msg.push('…');
     }
-    Error::new(ErrorCode::Model, msg)
+    Error::new(code, msg)
 }
 
 fn wide(s: &str) -> std::result::Result<*mut libc::wchar_t, String> {
@@ -423,6 +440,153 @@ impl Model for PyModel {
     fn metadata(&self) -> BTreeMap<String, String> {
         self.metadata.clone()
     }
+
+    /// Through transformers' own `generate` (`bridge.py`, "text
+    /// generation"): each new token is handed to `on_step` as transformers
+    /// produces it, from a `StoppingCriteria` that also stops the
+    /// generation when `on_step` answers [`Control::Stop`]. `on_step` runs
+    /// without the GIL.
+    fn generate(
+        &self,
+        request: &GenerateRequest,
+        limits: &GenerateLimits,
+        on_step: &mut dyn FnMut(Step) -> Control,
+    ) -> Result<GenerateSummary> {
+        let engine = engine()?;
+        let (request, limits) = request_json(request, limits)?;
+        let erased: *mut (dyn FnMut(Step) -> Control + '_) = on_step;
+        // SAFETY: only the lifetime is erased. The pointer lives in `slot`,
+        // which `Clear` empties before this function returns (however it
+        // returns); the Python function that reads it finds it empty after
+        // that (Python may keep the function alive, in a traceback).
+        let erased: *mut (dyn FnMut(Step) -> Control + 'static) =
+            unsafe { std::mem::transmute(erased) };
+        let slot = Arc::new(Mutex::new(Some(StepFn(erased))));
+        struct Clear(Arc<Mutex<Option<StepFn>>>);
+        impl Drop for Clear {
+            fn drop(&mut self) {
+                *self.0.lock().unwrap_or_else(|p| p.into_inner()) = None;
+            }
+        }
+        let _clear = Clear(slot.clone());
+        let text = Python::attach(|py| {
+            let emit = PyCFunction::new_closure(
+                py,
+                Some(c"mymps_emit_step"),
+                None,
+                move |args: &Bound<'_, PyTuple>, _: Option<&Bound<'_, PyDict>>| -> PyResult<bool> {
+                    let json: String = args.get_item(0)?.extract()?;
+                    let step: Step = serde_json::from_str(&json).map_err(|e| {
+                        pyo3::exceptions::PyValueError::new_err(format!("a bad step: {e}"))
+                    })?;
+                    let guard = slot.lock().unwrap_or_else(|p| p.into_inner());
+                    let Some(f) = guard.as_ref() else {
+                        return Ok(true);
+                    };
+                    let f = StepFn(f.0);
+                    // The caller's callback may block (a full queue to a
+                    // client): other Python work goes on meanwhile.
+                    // SAFETY: the callback is alive while `slot` holds it
+                    // (see above), and only this thread calls it.
+                    let control = args.py().detach(move || unsafe { f.call(step) });
+                    Ok(control == Control::Stop)
+                },
+            )?;
+            engine
+                .module
+                .bind(py)
+                .call_method1("generate", (self.loaded.bind(py), request, limits, emit))?
+                .extract::<String>()
+        });
+        let text = text.map_err(|e| Python::attach(|py| py_error(py, e)))?;
+        serde_json::from_str(&text)
+            .map_err(|e| Error::internal(format!("the bridge's generate summary: {e}")))
+    }
+
+    fn plan_generate(
+        &self,
+        request: &GenerateRequest,
+        limits: &GenerateLimits,
+    ) -> Result<GeneratePlan> {
+        let engine = engine()?;
+        let (request, limits) = request_json(request, limits)?;
+        let text = Python::attach(|py| {
+            engine
+                .module
+                .bind(py)
+                .call_method1("plan_generate", (self.loaded.bind(py), request, limits))
+                .and_then(|o| o.extract::<String>())
+                .map_err(|e| py_error(py, e))
+        })?;
+        serde_json::from_str(&text)
+            .map_err(|e| Error::internal(format!("the bridge's generate plan: {e}")))
+    }
+
+    fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<i64>> {
+        let engine = engine()?;
+        Python::attach(|py| {
+            engine
+                .module
+                .bind(py)
+                .call_method1("encode", (self.loaded.bind(py), text, add_special_tokens))
+                .and_then(|o| o.extract::<Vec<i64>>())
+                .map_err(|e| py_error(py, e))
+        })
+    }
+
+    fn decode(&self, ids: &[i64], skip_special_tokens: bool) -> Result<String> {
+        let engine = engine()?;
+        Python::attach(|py| {
+            engine
+                .module
+                .bind(py)
+                .call_method1(
+                    "decode",
+                    (self.loaded.bind(py), ids.to_vec(), skip_special_tokens),
+                )
+                .and_then(|o| o.extract::<String>())
+                .map_err(|e| py_error(py, e))
+        })
+    }
+}
+
+/// The caller's step callback, its lifetime erased (see
+/// `PyModel::generate`).
+struct StepFn(*mut (dyn FnMut(Step) -> Control + 'static));
+
+impl StepFn {
+    /// Calls the callback.
+    ///
+    /// # Safety
+    /// It must still be alive, and no other call of it be under way.
+    unsafe fn call(self, step: Step) -> Control {
+        // SAFETY: per the function's contract.
+        unsafe { (*self.0)(step) }
+    }
+}
+
+// SAFETY: the callback is `FnMut` called from one thread at a time (the
+// generating one); it moves between the GIL's holder and `detach`'s
+// closure on that same thread.
+unsafe impl Send for StepFn {}
+
+/// A request and limits as the bridge's Python reads them (JSON); a
+/// non-finite float is a bad argument (JSON has no NaN).
+fn request_json(request: &GenerateRequest, limits: &GenerateLimits) -> Result<(String, String)> {
+    for (name, v) in [
+        ("temperature", request.temperature),
+        ("top_p", request.top_p),
+        ("repetition_penalty", request.repetition_penalty),
+    ] {
+        if let Some(v) = v.filter(|v| !v.is_finite()) {
+            return Err(Error::bad_argument(format!(
+                "{name} must be a finite number, not {v}"
+            )));
+        }
+    }
+    let r = serde_json::to_string(request).map_err(|e| Error::bad_argument(e.to_string()))?;
+    let l = serde_json::to_string(limits).map_err(|e| Error::internal(e.to_string()))?;
+    Ok((r, l))
 }
 
 impl Drop for PyModel {
