@@ -39,6 +39,8 @@ use mymps_core::plugin::PluginRegistrar;
 pub mod bridge;
 pub mod checkpoint;
 mod convert;
+#[doc(hidden)]
+pub mod fuzzing;
 mod generate;
 pub mod hf;
 mod safetensors;

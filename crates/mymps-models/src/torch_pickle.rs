@@ -826,58 +826,40 @@ fn view_bytes(view: &View, numel: i64, item: usize) -> R<u64> {
     (count as u64).checked_mul(item as u64).ok_or_else(overflow)
 }
 
-/// Reads a `torch.save(state_dict)` file into (name, tensor) pairs, in the
-/// file's order, on the CPU. Nothing is allocated for a size that the file
-/// states before it is checked against the file's real size.
-pub fn read_state_dict<Rd: Read + Seek>(mut file: Rd) -> R<Vec<(String, Tensor)>> {
-    let file_len = file.seek(SeekFrom::End(0)).map_err(|e| e.to_string())?;
-    file.rewind().map_err(|e| e.to_string())?;
-    let mut zip = zip::ZipArchive::new(file).map_err(|e| {
-        format!("not a torch.save zip file ({e}); legacy (pre-1.6) files are not supported")
-    })?;
-    let pkl = zip
-        .file_names()
-        .find(|n| n.ends_with("/data.pkl") || *n == "data.pkl")
-        .ok_or("no data.pkl in the archive")?
-        .to_owned();
-    let prefix = pkl.trim_end_matches("data.pkl").to_owned();
-    let order_name = format!("{prefix}byteorder");
-    if zip.index_for_name(&order_name).is_some() {
-        let order = read_entry(
-            &mut zip,
-            &order_name,
-            file_len,
-            Span::Whole {
-                max: 16,
-                what: "a byte order",
-            },
-        )?;
-        if order != b"little" {
-            return Err(format!(
-                "byte order {} is not supported",
-                String::from_utf8_lossy(&order)
-            ));
-        }
-    }
-    let pickle = read_entry(
-        &mut zip,
-        &pkl,
-        file_len,
-        Span::Whole {
-            max: MAX_PICKLE_BYTES,
-            what: "the most a state_dict's pickle may have",
-        },
-    )?;
-    let (root, objects) = unpickle(&pickle)?;
-    drop(pickle);
+/// A state_dict entry, checked: a view of one storage.
+#[derive(Debug)]
+pub(crate) struct Item {
+    /// The state_dict key.
+    pub name: String,
+    /// The key of its storage in [`Contents::storages`].
+    pub storage: String,
+    /// Offset, size and stride, in items, inside the storage.
+    pub offset: i64,
+    pub size: Vec<i64>,
+    pub stride: Vec<i64>,
+}
+
+/// What a `torch.save(state_dict)` file holds, checked, before any tensor
+/// is made of it (nothing here calls into libtorch).
+#[derive(Debug)]
+pub(crate) struct Contents {
+    /// The entries, in the file's order.
+    pub entries: Vec<Item>,
+    /// Each storage's kind and bytes (numel × item size), by key.
+    pub storages: HashMap<String, (Kind, Vec<u8>)>,
+}
+
+/// The entries of the state_dict at `root`, checked against each other
+/// and against a file of `file_len` bytes (names, views inside their
+/// storages, the views' total, storages that fit the file), before any
+/// storage is read.
+fn plan(objects: &Objects, root: Val, file_len: u64) -> R<Vec<(&str, &View)>> {
     let Some(Obj::Dict(entries)) = objects.get(root) else {
         return Err(format!(
             "the file does not hold a dict but {} (save model.state_dict(), not the model)",
             objects.describe(root)
         ));
     };
-
-    // Every entry, checked (names, views, sizes) before any storage is read.
     let mut plans: Vec<(&str, &View)> = Vec::new();
     plans
         .try_reserve_exact(entries.len())
@@ -938,27 +920,113 @@ pub fn read_state_dict<Rd: Read + Seek>(mut file: Rd) -> R<Vec<(String, Tensor)>
                 )
             })?;
     }
+    Ok(plans)
+}
 
-    let mut tensors: HashMap<&str, Tensor> = HashMap::new();
-    let mut out = Vec::new();
-    out.try_reserve_exact(plans.len())
+/// Unpickles `pickle` and checks its state_dict as [`read_contents`] does
+/// for a file of `file_len` bytes: the number of entries. For the fuzz
+/// target of the unpickler, which a zip around the pickle (its CRC) would
+/// keep from the pickle's bytes.
+pub(crate) fn check_pickle(pickle: &[u8], file_len: u64) -> R<usize> {
+    let (root, objects) = unpickle(pickle)?;
+    Ok(plan(&objects, root, file_len)?.len())
+}
+
+/// Reads a `torch.save(state_dict)` file's entries and storages, checked
+/// (see the module's doc), without making tensors of them. Nothing is
+/// allocated for a size that the file states before it is checked against
+/// the file's real size.
+pub(crate) fn read_contents<Rd: Read + Seek>(mut file: Rd) -> R<Contents> {
+    let file_len = file.seek(SeekFrom::End(0)).map_err(|e| e.to_string())?;
+    file.rewind().map_err(|e| e.to_string())?;
+    let mut zip = zip::ZipArchive::new(file).map_err(|e| {
+        format!("not a torch.save zip file ({e}); legacy (pre-1.6) files are not supported")
+    })?;
+    let pkl = zip
+        .file_names()
+        .find(|n| n.ends_with("/data.pkl") || *n == "data.pkl")
+        .ok_or("no data.pkl in the archive")?
+        .to_owned();
+    let prefix = pkl.trim_end_matches("data.pkl").to_owned();
+    let order_name = format!("{prefix}byteorder");
+    if zip.index_for_name(&order_name).is_some() {
+        let order = read_entry(
+            &mut zip,
+            &order_name,
+            file_len,
+            Span::Whole {
+                max: 16,
+                what: "a byte order",
+            },
+        )?;
+        if order != b"little" {
+            return Err(format!(
+                "byte order {} is not supported",
+                String::from_utf8_lossy(&order)
+            ));
+        }
+    }
+    let pickle = read_entry(
+        &mut zip,
+        &pkl,
+        file_len,
+        Span::Whole {
+            max: MAX_PICKLE_BYTES,
+            what: "the most a state_dict's pickle may have",
+        },
+    )?;
+    let (root, objects) = unpickle(&pickle)?;
+    drop(pickle);
+    // Every entry, checked (names, views, sizes) before any storage is read.
+    let plan = plan(&objects, root, file_len)?;
+
+    // Storages in the order the entries first use them.
+    let mut storages = HashMap::new();
+    let mut entries = Vec::new();
+    entries
+        .try_reserve_exact(plan.len())
         .map_err(|e| e.to_string())?;
-    for (name, view) in plans {
+    for (name, view) in plan {
         let (key, kind, numel) = objects.storage(view);
-        let (shown, key_s) = (clip(name), clip(key));
-        if !tensors.contains_key(key) {
+        if !storages.contains_key(key) {
             let entry = format!("{prefix}data/{key}");
             let want = numel as u64 * kind.elt_size_in_bytes() as u64;
             let bytes = read_entry(&mut zip, &entry, file_len, Span::Prefix(want))
-                .map_err(|e| format!("storage {key_s}: {e}"))?;
-            let t = Tensor::f_from_data_size(&bytes, &[numel], kind).map_err(|e| e.to_string())?;
-            tensors.insert(key, t);
+                .map_err(|e| format!("storage {}: {e}", clip(key)))?;
+            storages.insert(key.to_owned(), (kind, bytes));
         }
-        let t = tensors[key]
-            .f_as_strided(&view.size, &view.stride, Some(view.offset))
+        entries.push(Item {
+            name: name.to_owned(),
+            storage: key.to_owned(),
+            offset: view.offset,
+            size: view.size.clone(),
+            stride: view.stride.clone(),
+        });
+    }
+    Ok(Contents { entries, storages })
+}
+
+/// Reads a `torch.save(state_dict)` file into (name, tensor) pairs, in the
+/// file's order, on the CPU ([`read_contents`], then one tensor per
+/// storage and a copy of each entry's view of it).
+pub fn read_state_dict<Rd: Read + Seek>(file: Rd) -> R<Vec<(String, Tensor)>> {
+    let Contents { entries, storages } = read_contents(file)?;
+    let mut tensors: HashMap<String, Tensor> = HashMap::new();
+    for (key, (kind, bytes)) in storages {
+        let numel = (bytes.len() / kind.elt_size_in_bytes()) as i64;
+        // f_from_data_size copies numel × item size bytes: exactly `bytes`.
+        let t = Tensor::f_from_data_size(&bytes, &[numel], kind).map_err(|e| e.to_string())?;
+        tensors.insert(key, t);
+    }
+    let mut out = Vec::new();
+    out.try_reserve_exact(entries.len())
+        .map_err(|e| e.to_string())?;
+    for e in entries {
+        let t = tensors[&e.storage]
+            .f_as_strided(&e.size, &e.stride, Some(e.offset))
             .and_then(|t| t.f_contiguous())
-            .map_err(|e| format!("state_dict entry '{shown}': {e}"))?;
-        out.push((name.to_owned(), t));
+            .map_err(|err| format!("state_dict entry '{}': {err}", clip(&e.name)))?;
+        out.push((e.name, t));
     }
     Ok(out)
 }

@@ -185,6 +185,23 @@ pub fn write(path: &Path, t: &Tensor) -> Result<()> {
         .map_err(|e| Error::bad_argument(format!("cannot write {}: {e}", path.display())))
 }
 
+/// The fuzz target's entry point (`fuzz/fuzz_targets/npy.rs`), also run
+/// over the committed corpus by this module's tests: parses `data` and,
+/// when it is a `.npy` file, checks that writing it back and reading that
+/// gives the same tensor. Panics only when a promise is broken.
+#[doc(hidden)]
+pub fn fuzz(data: &[u8]) {
+    let Ok(t) = from_bytes(data.to_vec()) else {
+        return;
+    };
+    let dense = t
+        .contiguous()
+        .expect("a .npy tensor is as large as its file");
+    let again = from_bytes(to_bytes(&t).expect("a read tensor writes"))
+        .expect("a written .npy file reads back");
+    assert!(again == dense, "a .npy file reads back as another tensor");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -201,6 +218,14 @@ mod tests {
         }
         let s = Tensor::scalar(3.5f64);
         assert_eq!(from_bytes(to_bytes(&s).unwrap()).unwrap(), s);
+    }
+
+    #[test]
+    fn the_fuzz_corpus_reads_or_errs_and_round_trips() {
+        let dir: std::path::PathBuf = [env!("CARGO_MANIFEST_DIR"), "../../fuzz/corpus/npy"]
+            .iter()
+            .collect();
+        mymps_core::protocol::fuzzing::replay(&dir, fuzz);
     }
 
     /// Found by the `npy` fuzz target: `split_at(1)` inside a character.

@@ -15,6 +15,8 @@
 //! `docs/protocol.md` describes the format for implementers in other languages.
 
 mod frame;
+#[doc(hidden)]
+pub mod fuzzing;
 mod message;
 pub mod rpc;
 
