@@ -1,11 +1,13 @@
 //! The routes: the first mymps's REST API, the dashboard and `/metrics`,
-//! each translated to the core's requests over the connection's
-//! [`VirtualConn`] and back.
+//! text generation (`/generate`, streamed as server-sent events;
+//! `/encode`, `/decode`), each translated to the core's requests over the
+//! connection's [`VirtualConn`] and back.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -14,21 +16,24 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, StatusCode};
 use mymps_core::metrics::{self, ErrorCount, MetricsSnapshot};
-use mymps_core::model::{LoadRequest, ModelInfo};
+use mymps_core::model::{GenerateRequest, LoadRequest, ModelInfo, Prompt};
 use mymps_core::protocol::rpc::{self, Outputs, Rpc};
-use mymps_core::protocol::{ExecRequest, HealthInfo, InferRequest, Request, StatsInfo};
+use mymps_core::protocol::{
+    ExecRequest, GenerateCall, HealthInfo, InferRequest, Request, Response, StatsInfo,
+};
 use mymps_core::transport::Connection;
 use mymps_core::{Error, ErrorCode, Value};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Mutex, mpsc};
 
 use crate::msgpack;
-use crate::virtual_conn::{BodySpec, CallError, VirtualConn};
+use crate::virtual_conn::{BodySpec, CallError, Replies, VirtualConn};
 
 const DASHBOARD: &str = include_str!("dashboard.html");
 const MSGPACK: &str = "application/msgpack";
 const JSON: &str = "application/json";
 const PROMETHEUS: &str = "text/plain; version=0.0.4; charset=utf-8";
+const EVENT_STREAM: &str = "text/event-stream";
 
 /// A response body of ready chunks: JSON in one, msgpack results as their
 /// small msgpack parts between the result tensors' own buffers.
@@ -69,7 +74,135 @@ impl Body for Chunks {
     }
 }
 
-type Resp = hyper::Response<Chunks>;
+/// Server-sent events of a streamed `generate`: one `data:` event per
+/// step, then `event: done` with the summary, or `event: error`. Dropped
+/// before the last (the client went away), the generation is cancelled on
+/// the server.
+pub struct Events {
+    /// The event of the reply read before the answer's head was sent.
+    first: Option<Bytes>,
+    replies: Replies,
+    ended: bool,
+}
+
+/// One server-sent event; `data` is JSON (one line: no newline in it).
+fn event(name: Option<&str>, data: &impl Serialize) -> Bytes {
+    let data = serde_json::to_string(data).expect("JSON values serialise");
+    Bytes::from(match name {
+        Some(name) => format!("event: {name}\ndata: {data}\n\n"),
+        None => format!("data: {data}\n\n"),
+    })
+}
+
+/// The `event: error` body: the error's wire code, its name and message.
+#[derive(Serialize)]
+struct ErrorEvent<'a> {
+    code: u16,
+    name: &'static str,
+    message: &'a str,
+}
+
+fn error_event(e: &Error) -> Bytes {
+    event(
+        Some("error"),
+        &ErrorEvent {
+            code: e.code.as_u16(),
+            name: e.code.name(),
+            message: &e.message,
+        },
+    )
+}
+
+impl Events {
+    /// The event for one reply of a generate stream, and whether it is the
+    /// last.
+    fn of(reply: Result<(Response, bool), CallError>) -> (Bytes, bool) {
+        match reply {
+            Ok((Response::GenerateStep(step), true)) => (event(None, &step), false),
+            Ok((Response::Generated(summary), false)) => (event(Some("done"), &summary), true),
+            Ok((other, more)) => (
+                error_event(&Error::protocol(format!(
+                    "unexpected reply in a generate stream: {other:?}"
+                ))),
+                !more,
+            ),
+            Err(e) => (error_event(&e.error), true),
+        }
+    }
+}
+
+impl Body for Events {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        let this = self.get_mut();
+        if let Some(first) = this.first.take() {
+            return Poll::Ready(Some(Ok(Frame::data(first))));
+        }
+        if this.ended {
+            return Poll::Ready(None);
+        }
+        match this.replies.poll_next(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(None) => {
+                this.ended = true;
+                Poll::Ready(None)
+            }
+            Poll::Ready(Some(reply)) => {
+                let (bytes, last) = Events::of(reply);
+                this.ended = last;
+                Poll::Ready(Some(Ok(Frame::data(bytes))))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended && self.first.is_none()
+    }
+}
+
+/// A response body: ready chunks, or a generate's events as they come.
+pub enum RespBody {
+    /// Known in full.
+    Chunks(Chunks),
+    /// Server-sent events.
+    Events(Events),
+}
+
+impl Body for RespBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        match self.get_mut() {
+            RespBody::Chunks(c) => Pin::new(c).poll_frame(cx),
+            RespBody::Events(e) => Pin::new(e).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            RespBody::Chunks(c) => c.is_end_stream(),
+            RespBody::Events(e) => e.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            RespBody::Chunks(c) => c.size_hint(),
+            RespBody::Events(e) => e.size_hint(),
+        }
+    }
+}
+
+type Resp = hyper::Response<RespBody>;
 
 /// One HTTP connection's state: its virtual connection to the server,
 /// opened on first use and again when the request's token changes.
@@ -112,7 +245,7 @@ impl ConnCtx {
 }
 
 fn response(status: StatusCode, content_type: &'static str, body: Chunks) -> Resp {
-    let mut r = hyper::Response::new(body);
+    let mut r = hyper::Response::new(RespBody::Chunks(body));
     *r.status_mut() = status;
     r.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
@@ -137,7 +270,7 @@ fn status_for(code: ErrorCode) -> StatusCode {
         | ErrorCode::Model => StatusCode::BAD_REQUEST,
         ErrorCode::Unauthenticated => StatusCode::UNAUTHORIZED,
         ErrorCode::ModelNotFound => StatusCode::NOT_FOUND,
-        ErrorCode::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        ErrorCode::PayloadTooLarge | ErrorCode::LimitReached => StatusCode::PAYLOAD_TOO_LARGE,
         ErrorCode::Unsupported => StatusCode::NOT_IMPLEMENTED,
         ErrorCode::Busy | ErrorCode::Connection => StatusCode::SERVICE_UNAVAILABLE,
         ErrorCode::Timeout => StatusCode::GATEWAY_TIMEOUT,
@@ -232,6 +365,9 @@ enum Route {
     ModelInfo(String),
     Infer,
     Exec,
+    Generate,
+    Encode,
+    Decode,
 }
 
 /// The route for a method and path, or the 404 / 405 answer.
@@ -249,6 +385,9 @@ fn route(method: &Method, path: &str) -> Result<Route, Box<Resp>> {
         "/models" => ("GET", (method == Method::GET).then_some(Route::Models)),
         "/infer" => ("POST", (method == Method::POST).then_some(Route::Infer)),
         "/exec" => ("POST", (method == Method::POST).then_some(Route::Exec)),
+        "/generate" => ("POST", (method == Method::POST).then_some(Route::Generate)),
+        "/encode" => ("POST", (method == Method::POST).then_some(Route::Encode)),
+        "/decode" => ("POST", (method == Method::POST).then_some(Route::Decode)),
         "/models/load" if method == Method::POST => ("POST", Some(Route::LoadModel)),
         p if p.starts_with("/models/") && p.len() > "/models/".len() => {
             let rest = &p["/models/".len()..];
@@ -440,6 +579,165 @@ fn load_request(body: Bytes) -> Result<LoadRequest, Error> {
     })
 }
 
+/// `prompt` in `/generate`: one prompt (text or ids) or a batch of them.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum PromptBody {
+    Text(String),
+    Ids(Vec<i64>),
+    Texts(Vec<String>),
+    Batch(Vec<Vec<i64>>),
+}
+
+/// `stop` in `/generate`: one stop string or several.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum StopBody {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// The body of `POST /generate`: the protocol's options, by their names.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct GenerateBody {
+    model: String,
+    prompt: serde_json::Value,
+    #[serde(default)]
+    max_new_tokens: Option<usize>,
+    #[serde(default)]
+    do_sample: Option<bool>,
+    #[serde(default)]
+    temperature: Option<f64>,
+    #[serde(default)]
+    top_k: Option<usize>,
+    #[serde(default)]
+    top_p: Option<f64>,
+    #[serde(default)]
+    repetition_penalty: Option<f64>,
+    #[serde(default)]
+    seed: Option<u64>,
+    #[serde(default)]
+    stop_ids: Vec<i64>,
+    #[serde(default, alias = "stop_strings")]
+    stop: Option<StopBody>,
+    #[serde(default)]
+    ignore_eos: bool,
+    #[serde(default)]
+    add_special_tokens: Option<bool>,
+    #[serde(default)]
+    skip_special_tokens: Option<bool>,
+    #[serde(default)]
+    stream: bool,
+}
+
+fn generate_call(body: Bytes) -> Result<GenerateCall, Error> {
+    let b: GenerateBody = serde_json::from_slice(&body)
+        .map_err(|e| Error::bad_argument(format!("the body is not a generate request: {e}")))?;
+    let prompts = match serde_json::from_value::<PromptBody>(b.prompt) {
+        Ok(PromptBody::Text(t)) => vec![Prompt::Text(t)],
+        Ok(PromptBody::Ids(ids)) => vec![Prompt::Ids(ids)],
+        Ok(PromptBody::Texts(t)) => t.into_iter().map(Prompt::Text).collect(),
+        Ok(PromptBody::Batch(b)) => b.into_iter().map(Prompt::Ids).collect(),
+        Err(_) => {
+            return Err(Error::bad_argument(
+                "`prompt` is a string, a list of token ids, a list of strings or a list of lists of token ids",
+            ));
+        }
+    };
+    Ok(GenerateCall {
+        name: b.model,
+        request: GenerateRequest {
+            prompts,
+            max_new_tokens: b.max_new_tokens,
+            do_sample: b.do_sample,
+            temperature: b.temperature,
+            top_k: b.top_k,
+            top_p: b.top_p,
+            repetition_penalty: b.repetition_penalty,
+            seed: b.seed,
+            stop_ids: b.stop_ids,
+            stop_strings: match b.stop {
+                None => Vec::new(),
+                Some(StopBody::One(s)) => vec![s],
+                Some(StopBody::Many(v)) => v,
+            },
+            ignore_eos: b.ignore_eos,
+            add_special_tokens: b.add_special_tokens,
+            skip_special_tokens: b.skip_special_tokens,
+        },
+        stream: b.stream,
+    })
+}
+
+/// The body of `POST /encode`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EncodeBody {
+    model: String,
+    text: String,
+    #[serde(default = "yes")]
+    add_special_tokens: bool,
+}
+
+/// The body of `POST /decode`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DecodeBody {
+    model: String,
+    ids: Vec<i64>,
+    #[serde(default = "yes")]
+    skip_special_tokens: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn json_body<T: serde::de::DeserializeOwned>(body: &[u8], what: &str) -> Result<T, Error> {
+    serde_json::from_slice(body)
+        .map_err(|e| Error::bad_argument(format!("the body is not {what}: {e}")))
+}
+
+/// `POST /generate`: the summary as JSON, or (`stream`) server-sent events.
+/// The first reply is awaited before the answer's head goes out, so that
+/// a request refused before it runs gets its error status; an error after
+/// that is an `event: error`.
+async fn generate(conn: &VirtualConn, body: Incoming) -> Result<Resp, CallError> {
+    // Whether the body asked for a stream: known once the reader has read
+    // it, which is before any reply comes.
+    let streamed = Arc::new(AtomicBool::new(false));
+    let asked = streamed.clone();
+    let build: crate::virtual_conn::Build = Box::new(move |b| {
+        let call = generate_call(b)?;
+        asked.store(call.stream, Ordering::Relaxed);
+        Ok((Request::Generate(call), vec![]))
+    });
+    let mut replies = conn.call_streamed(BodySpec::Json(body), build).await?;
+    let first = replies
+        .next()
+        .await
+        .unwrap_or_else(|| Err(Error::protocol("no reply to a generate").into()))?;
+    if !streamed.load(Ordering::Relaxed) {
+        return match first {
+            (Response::Generated(summary), false) => Ok(json(StatusCode::OK, &summary)),
+            (other, _) => {
+                Err(Error::protocol(format!("unexpected reply to a generate: {other:?}")).into())
+            }
+        };
+    }
+    let (first, ended) = Events::of(Ok(first));
+    let mut r = hyper::Response::new(RespBody::Events(Events {
+        first: Some(first),
+        replies,
+        ended,
+    }));
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(EVENT_STREAM));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(r)
+}
+
 fn tensor_response(r: Outputs) -> Resp {
     let (metas, tensors) = mymps_core::protocol::tensors_to_wire(r.tensors);
     let chunks = msgpack::encode_tensors(&metas, tensors);
@@ -545,6 +843,35 @@ async fn dispatch(
             } else {
                 rpc::Infer::from_response(response, tensors)?
             })
+        }
+        Route::Generate => generate(conn, req.into_body()).await?,
+        Route::Encode => {
+            let build: crate::virtual_conn::Build = Box::new(|b| {
+                let b: EncodeBody = json_body(&b, "an encode request")?;
+                Ok(rpc::Encode {
+                    name: b.model,
+                    text: b.text,
+                    add_special_tokens: b.add_special_tokens,
+                }
+                .into_request())
+            });
+            let (response, tensors) = conn.call(BodySpec::Json(req.into_body()), build).await?;
+            let ids = rpc::Encode::from_response(response, tensors)?;
+            json(ok, &serde_json::json!({ "ids": ids }))
+        }
+        Route::Decode => {
+            let build: crate::virtual_conn::Build = Box::new(|b| {
+                let b: DecodeBody = json_body(&b, "a decode request")?;
+                Ok(rpc::Decode {
+                    name: b.model,
+                    ids: b.ids,
+                    skip_special_tokens: b.skip_special_tokens,
+                }
+                .into_request())
+            });
+            let (response, tensors) = conn.call(BodySpec::Json(req.into_body()), build).await?;
+            let text = rpc::Decode::from_response(response, tensors)?;
+            json(ok, &serde_json::json!({ "text": text }))
         }
         Route::Metrics => {
             let m = metrics_of(conn).await?;
@@ -702,6 +1029,12 @@ mod tests {
             route(&Method::POST, "/models/load"),
             Ok(Route::LoadModel)
         ));
+        assert!(matches!(
+            route(&Method::POST, "/generate"),
+            Ok(Route::Generate)
+        ));
+        let r = route(&Method::GET, "/encode").err().unwrap();
+        assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
         let r = route(&Method::GET, "/exec").err().unwrap();
         assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
         assert_eq!(r.headers()[header::ALLOW], "POST");
@@ -711,6 +1044,76 @@ mod tests {
         assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
         let r = route(&Method::DELETE, "/models/%zz").err().unwrap();
         assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    }
+
+    #[test]
+    fn generate_bodies() {
+        let call = |b: &str| generate_call(Bytes::copy_from_slice(b.as_bytes()));
+        let g = call(r#"{"model": "m", "prompt": "hi", "stop": "\n", "seed": 3, "stream": true}"#)
+            .unwrap();
+        assert_eq!(g.name, "m");
+        assert_eq!(g.request.prompts, [Prompt::Text("hi".into())]);
+        assert_eq!(g.request.stop_strings, ["\n"]);
+        assert_eq!(g.request.seed, Some(3));
+        assert!(g.stream);
+        let g = call(r#"{"model": "m", "prompt": [1, 2], "stop_strings": ["a", "b"]}"#).unwrap();
+        assert_eq!(g.request.prompts, [Prompt::Ids(vec![1, 2])]);
+        assert_eq!(g.request.stop_strings, ["a", "b"]);
+        assert!(!g.stream);
+        let g = call(r#"{"model": "m", "prompt": ["a", "b"]}"#).unwrap();
+        assert_eq!(
+            g.request.prompts,
+            [Prompt::Text("a".into()), Prompt::Text("b".into())]
+        );
+        let g = call(r#"{"model": "m", "prompt": [[1], [2, 3]], "max_new_tokens": 4, "top_k": 5, "top_p": 0.5, "temperature": 0.7, "repetition_penalty": 1.1, "do_sample": true, "stop_ids": [9], "ignore_eos": true, "add_special_tokens": false, "skip_special_tokens": false}"#).unwrap();
+        assert_eq!(
+            g.request.prompts,
+            [Prompt::Ids(vec![1]), Prompt::Ids(vec![2, 3])]
+        );
+        let r = &g.request;
+        assert_eq!(
+            (r.max_new_tokens, r.top_k, r.top_p),
+            (Some(4), Some(5), Some(0.5))
+        );
+        assert_eq!(
+            (r.temperature, r.repetition_penalty),
+            (Some(0.7), Some(1.1))
+        );
+        assert_eq!(
+            (r.do_sample, r.ignore_eos, &r.stop_ids[..]),
+            (Some(true), true, &[9][..])
+        );
+        assert_eq!(
+            (r.add_special_tokens, r.skip_special_tokens),
+            (Some(false), Some(false))
+        );
+        for bad in [
+            "",
+            "{}",
+            r#"{"model": "m"}"#,
+            r#"{"model": "m", "prompt": [1], "max_tokens": 3}"#,
+            r#"{"model": "m", "prompt": [1, "a"]}"#,
+            r#"{"model": "m", "prompt": 5}"#,
+        ] {
+            assert_eq!(call(bad).unwrap_err().code, ErrorCode::BadArgument, "{bad}");
+        }
+    }
+
+    #[test]
+    fn events_are_one_line_of_json_each() {
+        let e = event(Some("done"), &serde_json::json!({"text": "a\nb"}));
+        assert_eq!(&e[..], b"event: done\ndata: {\"text\":\"a\\nb\"}\n\n");
+        let e = error_event(&Error::new(ErrorCode::Cancelled, "stop"));
+        let text = std::str::from_utf8(&e).unwrap();
+        let data: serde_json::Value = serde_json::from_str(
+            text.strip_prefix("event: error\ndata: ")
+                .unwrap()
+                .trim_end(),
+        )
+        .unwrap();
+        assert_eq!(data["name"], "cancelled");
+        assert_eq!(data["code"], ErrorCode::Cancelled.as_u16());
+        assert_eq!(data["message"], "stop");
     }
 
     #[test]

@@ -13,10 +13,19 @@
 //! that pauses longer than the body read timeout is refused (and the
 //! budget it took given back), so a client that stops sending cannot hold
 //! its share of the budget.
+//!
+//! A streamed reply (`generate` with `stream`: frames with `FLAG_MORE`,
+//! then the last) goes to its HTTP request through a short queue, which
+//! the writer waits on when it is full (the HTTP client's pace); when the
+//! HTTP side stops listening before the last frame (the client went away),
+//! a `Cancel` frame for the request goes to the server, which stops the
+//! work.
 
 use std::collections::HashMap;
 use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -37,8 +46,12 @@ const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 /// shapes, dtypes), beyond the server's largest tensor payload.
 const MAX_DESCRIPTIONS: u64 = 1 << 20;
 
-/// Largest JSON body (`/models/load`).
+/// Largest JSON body (`/models/load`, `/generate`, ...).
 pub const MAX_JSON_BODY: u64 = 64 * 1024;
+
+/// Frames of a streamed reply waiting for the HTTP side; a full queue holds
+/// the server's writer (and so the generation) back.
+const STREAM_QUEUE: usize = 8;
 
 /// A request body, as the reader must read it.
 pub enum BodySpec {
@@ -74,17 +87,45 @@ impl From<Error> for CallError {
     }
 }
 
-/// The reply frame, and whether the request's body was left unread.
-type Reply = oneshot::Sender<Result<(Frame, bool), Error>>;
+/// A reply frame, and whether the request's body was left unread.
+type ReplyFrame = Result<(Frame, bool), Error>;
 
-struct Job {
-    body: BodySpec,
-    build: Build,
-    reply: Reply,
+/// Who waits for a request's reply.
+enum Sink {
+    /// One frame.
+    Once(oneshot::Sender<ReplyFrame>),
+    /// Every frame of a streamed reply, up to the one without `FLAG_MORE`.
+    Stream(mpsc::Sender<ReplyFrame>),
+}
+
+impl Sink {
+    fn fail(self, e: Error) {
+        match self {
+            Sink::Once(tx) => {
+                let _ = tx.send(Err(e));
+            }
+            // A full queue: its receiver sees the queue close instead.
+            Sink::Stream(tx) => {
+                let _ = tx.try_send(Err(e));
+            }
+        }
+    }
+}
+
+enum Job {
+    /// A request, its id given by the HTTP side.
+    Call {
+        id: u64,
+        body: BodySpec,
+        build: Build,
+        sink: Sink,
+    },
+    /// Stop request `id` (a `Cancel` frame).
+    Cancel(u64),
 }
 
 struct Waiter {
-    reply: Reply,
+    sink: Sink,
     body_unread: bool,
 }
 
@@ -94,6 +135,7 @@ type Pending = Arc<Mutex<Option<HashMap<u64, Waiter>>>>;
 #[derive(Clone)]
 pub struct VirtualConn {
     jobs: mpsc::Sender<Job>,
+    next_id: Arc<AtomicU64>,
 }
 
 impl VirtualConn {
@@ -118,7 +160,6 @@ impl VirtualConn {
                 hello: Some(hello),
                 jobs: jobs_rx,
                 pending: pending.clone(),
-                next_id: 1,
                 body_timeout,
             }),
             writer: Box::new(VirtualWriter {
@@ -140,7 +181,10 @@ impl VirtualConn {
                     "the server did not take the connection in time",
                 )
             })??;
-        Ok(VirtualConn { jobs: jobs_tx })
+        Ok(VirtualConn {
+            jobs: jobs_tx,
+            next_id: Arc::new(AtomicU64::new(1)),
+        })
     }
 
     /// Whether the server has closed this connection.
@@ -156,20 +200,43 @@ impl VirtualConn {
         build: Build,
     ) -> Result<(Response, Vec<Bytes>), CallError> {
         let (tx, rx) = oneshot::channel();
-        let closed = || Error::new(ErrorCode::Busy, "the server closed the connection");
-        self.jobs
-            .send(Job {
-                body,
-                build,
-                reply: tx,
-            })
-            .await
-            .map_err(|_| closed())?;
+        self.send(body, build, Sink::Once(tx)).await?;
         let (frame, body_unread) = rx.await.map_err(|_| closed())??;
         match protocol::decode_header::<Response>(&frame)? {
             Response::Error(error) => Err(CallError { error, body_unread }),
             r => Ok((r, frame.tensors)),
         }
+    }
+
+    /// Sends one request whose reply may be streamed and returns its
+    /// replies at once (see [`Replies`]). Dropping them before the last
+    /// cancels the request on the server.
+    pub async fn call_streamed(&self, body: BodySpec, build: Build) -> Result<Replies, CallError> {
+        let (tx, rx) = mpsc::channel(STREAM_QUEUE);
+        let id = self.send(body, build, Sink::Stream(tx)).await?;
+        Ok(Replies {
+            frames: rx,
+            cancel: Some(CancelOnDrop {
+                jobs: self.jobs.clone(),
+                id,
+                armed: true,
+            }),
+        })
+    }
+
+    /// Queues a request for the reader; its id.
+    async fn send(&self, body: BodySpec, build: Build, sink: Sink) -> Result<u64, Error> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.jobs
+            .send(Job::Call {
+                id,
+                body,
+                build,
+                sink,
+            })
+            .await
+            .map_err(|_| closed())?;
+        Ok(id)
     }
 
     /// A request without a body.
@@ -181,11 +248,89 @@ impl VirtualConn {
     }
 }
 
+fn closed() -> Error {
+    Error::new(ErrorCode::Busy, "the server closed the connection")
+}
+
+/// Sends a `Cancel` for its request when dropped, unless disarmed (the
+/// last reply came, or the connection is gone).
+struct CancelOnDrop {
+    jobs: mpsc::Sender<Job>,
+    id: u64,
+    armed: bool,
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let Err(mpsc::error::TrySendError::Full(job)) = self.jobs.try_send(Job::Cancel(self.id))
+        else {
+            return;
+        };
+        // Requests ahead of it in the queue: it follows them (never ahead
+        // of its own request, which is already in the queue or read).
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let jobs = self.jobs.clone();
+            rt.spawn(async move {
+                let _ = jobs.send(job).await;
+            });
+        }
+    }
+}
+
+/// The replies of a streamed request ([`VirtualConn::call_streamed`]), in
+/// order: each with `FLAG_MORE` but the last. An error reply is the last.
+/// Dropped before the last, the request is cancelled on the server.
+pub struct Replies {
+    frames: mpsc::Receiver<ReplyFrame>,
+    cancel: Option<CancelOnDrop>,
+}
+
+impl Replies {
+    /// The next reply and whether more follow; `Ready(None)` after the
+    /// last. An error reply, or the connection closing, is the last.
+    pub fn poll_next(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<(Response, bool), CallError>>> {
+        if self.cancel.is_none() {
+            return Poll::Ready(None);
+        }
+        let next = match self.frames.poll_recv(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(next) => next,
+        };
+        let reply = match next {
+            Some(Ok((frame, body_unread))) => match protocol::decode_header::<Response>(&frame) {
+                Ok(Response::Error(error)) => Err(CallError { error, body_unread }),
+                Ok(r) => Ok((r, frame.more())),
+                Err(e) => Err(e.into()),
+            },
+            Some(Err(e)) => Err(e.into()),
+            None => Err(closed().into()),
+        };
+        if !matches!(reply, Ok((_, true))) {
+            // The last reply: nothing to cancel any more, but for a reply
+            // that did not decode (the request may still run: stop it).
+            if let Some(mut c) = self.cancel.take() {
+                c.armed = matches!(&reply, Err(e) if e.error.code == ErrorCode::Protocol);
+            }
+        }
+        Poll::Ready(Some(reply))
+    }
+
+    /// The next reply (see [`Replies::poll_next`]).
+    pub async fn next(&mut self) -> Option<Result<(Response, bool), CallError>> {
+        std::future::poll_fn(|cx| self.poll_next(cx)).await
+    }
+}
+
 struct VirtualReader {
     hello: Option<Frame>,
     jobs: mpsc::Receiver<Job>,
     pending: Pending,
-    next_id: u64,
     /// Longest a body may pause.
     body_timeout: Duration,
 }
@@ -348,18 +493,32 @@ impl FrameReader for VirtualReader {
                     permit: None,
                 }));
             }
-            let Some(Job { body, build, reply }) = self.jobs.recv().await else {
-                return Ok(None);
+            let (id, body, build, sink) = match self.jobs.recv().await {
+                None => return Ok(None),
+                Some(Job::Cancel(id)) => {
+                    #[derive(serde::Serialize)]
+                    struct Empty {}
+                    let frame = protocol::encode(FrameKind::Cancel, id, &Empty {}, vec![])
+                        .map_err(|e| ReadError::Refused { id, error: e })?;
+                    return Ok(Some(Incoming {
+                        frame,
+                        permit: None,
+                    }));
+                }
+                Some(Job::Call {
+                    id,
+                    body,
+                    build,
+                    sink,
+                }) => (id, body, build, sink),
             };
-            let id = self.next_id;
-            self.next_id += 1;
             let prepared = self.prepare(id, body, build, limits, budget).await;
             let body_unread = prepared.as_ref().err().is_some_and(|e| e.body_unread);
             let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
             let Some(p) = pending.as_mut() else {
                 return Ok(None);
             };
-            p.insert(id, Waiter { reply, body_unread });
+            p.insert(id, Waiter { sink, body_unread });
             // A refused request is answered by the server, which counts it.
             match prepared {
                 Ok(inc) => Ok(Some(inc)),
@@ -382,7 +541,7 @@ impl VirtualWriter {
             .unwrap_or_else(|p| p.into_inner())
             .take();
         for (_, w) in waiting.into_iter().flatten() {
-            let _ = w.reply.send(Err(e.clone()));
+            w.sink.fail(e.clone());
         }
     }
 }
@@ -413,15 +572,44 @@ impl FrameWriter for VirtualWriter {
                 self.fail_all(&e);
                 return Ok(());
             }
-            let waiter = self
-                .pending
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .as_mut()
-                .and_then(|p| p.remove(&frame.id));
-            if let Some(w) = waiter {
-                // The HTTP side may be gone (client disconnected): nothing to do.
-                let _ = w.reply.send(Ok((frame, w.body_unread)));
+            let (id, more) = (frame.id, frame.more());
+            let waiter = {
+                let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+                let Some(p) = pending.as_mut() else {
+                    return Ok(());
+                };
+                match p.get(&id) {
+                    // A streamed reply's frames but the last leave their
+                    // waiter in place.
+                    Some(Waiter {
+                        sink: Sink::Stream(tx),
+                        body_unread,
+                    }) if more => Some((Sink::Stream(tx.clone()), *body_unread)),
+                    _ => p.remove(&id).map(|w| (w.sink, w.body_unread)),
+                }
+            };
+            // The HTTP side may be gone (client disconnected): the frame is
+            // dropped (and, streamed, the frames after it; the HTTP side
+            // cancels the request).
+            match waiter {
+                Some((Sink::Once(tx), body_unread)) => {
+                    let _ = tx.send(Ok((frame, body_unread)));
+                }
+                // A full queue waits for the HTTP client's pace; a queue
+                // whose receiver is gone takes no more frames.
+                Some((Sink::Stream(tx), body_unread))
+                    if tx.send(Ok((frame, body_unread))).await.is_err() && more =>
+                {
+                    if let Some(p) = self
+                        .pending
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .as_mut()
+                    {
+                        p.remove(&id);
+                    }
+                }
+                Some((Sink::Stream(_), _)) | None => {}
             }
             Ok(())
         })

@@ -7,8 +7,13 @@
 //! ## Stream layout
 //! - The client opens one bidirectional stream per frame it sends: the
 //!   first carries the `Hello` (and its answer, the `Welcome` or the
-//!   refusal); every later one carries one request and, back, its response.
-//!   Each side finishes its direction after its one frame.
+//!   refusal); every later one carries one request and, back, its reply.
+//!   The client finishes its direction after its one frame; the server
+//!   after the reply's last frame: a streamed reply (`generate` with
+//!   `stream`) is several frames of the request's id, each but the last
+//!   with `FLAG_MORE`, written in order on the request's stream.
+//! - A `Cancel` frame goes on a stream of its own, which the server
+//!   finishes without an answer.
 //! - The server reads the frames of up to [`MAX_READING`] streams of a
 //!   connection at once (every size checked against the server's limits and
 //!   its memory budget before anything is allocated) and answers each
@@ -72,6 +77,9 @@ pub const MAX_STREAMS: u32 = 1024;
 /// Streams of one connection whose frames the server reads at once (the
 /// others wait in QUIC's flow-control windows).
 pub const MAX_READING: usize = 64;
+/// Frames of a streamed reply queued for its stream's writer task; a full
+/// queue holds the server's writer back (the client's pace).
+const STREAM_QUEUE: usize = 8;
 /// Frames with less tensor data than this are sent at a higher priority.
 const SMALL_FRAME: u64 = 1 << 20;
 /// Per-stream receive window: enough for a LAN's bandwidth-delay product.
@@ -154,26 +162,55 @@ fn tensor_bytes(frame: &Frame) -> u64 {
     frame.tensors.iter().map(|t| t.len() as u64).sum()
 }
 
-/// Writes one frame on a stream and finishes it; with `wait_ack`, waits
-/// (bounded) until the peer has received all of it.
-async fn send_frame(mut send: quinn::SendStream, frame: Frame, wait_ack: bool) {
+/// Writes one frame on a stream (at the priority its size gives it).
+async fn write_on(send: &mut quinn::SendStream, frame: Frame) -> Result<(), quinn::WriteError> {
     let priority = if tensor_bytes(&frame) < SMALL_FRAME {
         1
     } else {
         0
     };
     let _ = send.set_priority(priority);
+    let id = frame.id;
     let mut chunks: Vec<Bytes> = std::iter::once(frame.encode_head())
         .chain(frame.tensors.into_iter().filter(|t| !t.is_empty()))
         .collect();
-    if let Err(e) = send.write_all_chunks(&mut chunks).await {
-        debug!(id = frame.id, error = %e, "quic: send failed");
-        return;
-    }
+    send.write_all_chunks(&mut chunks).await.inspect_err(|e| {
+        debug!(id, error = %e, "quic: send failed");
+    })
+}
+
+/// Finishes a stream; with `wait_ack`, waits (bounded) until the peer has
+/// received all of it.
+async fn finish(mut send: quinn::SendStream, wait_ack: bool) {
     let _ = send.finish();
     if wait_ack {
         let _ = tokio::time::timeout(DRAIN_TIMEOUT, send.stopped()).await;
     }
+}
+
+/// Writes one frame on a stream and finishes it (see [`finish`]).
+async fn send_frame(mut send: quinn::SendStream, frame: Frame, wait_ack: bool) {
+    if write_on(&mut send, frame).await.is_ok() {
+        finish(send, wait_ack).await;
+    }
+}
+
+/// A streamed reply's writer (server): writes the frames of one id in the
+/// order they come, and finishes the stream after the last (the one
+/// without `FLAG_MORE`), or when no more come.
+async fn send_frames(mut send: quinn::SendStream, mut frames: mpsc::Receiver<Frame>) {
+    while let Some(frame) = frames.recv().await {
+        let last = !frame.more();
+        if write_on(&mut send, frame).await.is_err() {
+            // The client stopped the stream: the frames still to come are
+            // dropped (the sender sees the queue closed).
+            return;
+        }
+        if last {
+            break;
+        }
+    }
+    finish(send, true).await;
 }
 
 // --- the listener ---------------------------------------------------------
@@ -237,7 +274,19 @@ fn log_refused_handshake(peer: SocketAddr, e: &quinn::ConnectionError) {
     warn!(%peer, error = %e, "quic: handshake failed");
 }
 
-type Replies = Arc<Mutex<HashMap<u64, quinn::SendStream>>>;
+/// Where the server answers a request: its stream, until the reply's
+/// first frame; then, for a streamed reply, the queue of the task writing
+/// its frames on that stream, until its last frame.
+enum ReplySlot {
+    /// No reply frame yet.
+    Waiting(quinn::SendStream),
+    /// A streamed reply under way ([`send_frames`]).
+    Streaming(mpsc::Sender<Frame>),
+}
+
+/// The server's reply slots by request id: an id is in flight (and taken)
+/// from its request until its reply's last frame.
+type Replies = Arc<Mutex<HashMap<u64, ReplySlot>>>;
 
 fn server_connection(conn: quinn::Connection, refusals: Option<RefusalCounter>) -> Connection {
     let replies: Replies = Arc::default();
@@ -268,6 +317,20 @@ enum Source {
 
 type StreamResult = Option<Result<Incoming, ReadError>>;
 
+/// What one stream's reading task found: a frame to deliver (or `None`),
+/// and, on a client, the reply stream to read on after a frame with
+/// `FLAG_MORE`.
+struct StreamRead {
+    result: StreamResult,
+    more: Option<StreamReader<quinn::RecvStream>>,
+}
+
+impl StreamRead {
+    fn done(result: StreamResult) -> StreamRead {
+        StreamRead { result, more: None }
+    }
+}
+
 struct QuicReader {
     conn: quinn::Connection,
     source: Source,
@@ -275,7 +338,7 @@ struct QuicReader {
     /// answered, by request id.
     replies: Option<Replies>,
     handshaken: bool,
-    tasks: JoinSet<StreamResult>,
+    tasks: JoinSet<StreamRead>,
     reading: Arc<Semaphore>,
     /// Set when no more streams will come: `Some(None)` after a clean close.
     ended: Option<Option<io::Error>>,
@@ -325,7 +388,7 @@ impl QuicReader {
                 replies
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
-                    .insert(0, send);
+                    .insert(0, ReplySlot::Waiting(send));
             }
             return read;
         }
@@ -341,25 +404,45 @@ impl QuicReader {
             tokio::select! {
                 biased;
                 Some(done) = self.tasks.join_next(), if !self.tasks.is_empty() => match done {
-                    Ok(Some(result)) => return result.map(Some),
-                    Ok(None) => {}
+                    Ok(StreamRead { result, more }) => {
+                        // A streamed reply: its next frame is read by a
+                        // task of its own, so that frames of one stream
+                        // come in order and other streams go on.
+                        if let Some(r) = more {
+                            let ctx = self.context(limits, budget);
+                            self.tasks.spawn(ctx.read_reply(r));
+                        }
+                        if let Some(result) = result {
+                            return result.map(Some);
+                        }
+                    }
                     Err(e) => warn!(error = %e, "quic: a stream reader failed"),
                 },
                 next = next_stream(&self.conn, &mut self.source), if self.ended.is_none() => match next {
                     Ok((send, recv)) => {
-                        let ctx = StreamContext {
-                            conn: self.conn.clone(),
-                            replies: self.replies.clone(),
-                            reading: self.reading.clone(),
-                            limits: *limits,
-                            budget: budget.cloned(),
-                            refusals: self.refusals.clone(),
+                        let ctx = self.context(limits, budget);
+                        match send {
+                            Some(send) => self.tasks.spawn(ctx.read_request(send, recv)),
+                            None => self.tasks.spawn(ctx.read_reply(StreamReader::new(recv))),
                         };
-                        self.tasks.spawn(ctx.read(send, recv));
                     }
                     Err(end) => self.ended = Some(end),
                 },
             }
+        }
+    }
+}
+
+impl QuicReader {
+    /// What a stream's reading task needs.
+    fn context(&self, limits: &Limits, budget: Option<&MemoryBudget>) -> StreamContext {
+        StreamContext {
+            conn: self.conn.clone(),
+            replies: self.replies.clone(),
+            reading: self.reading.clone(),
+            limits: *limits,
+            budget: budget.cloned(),
+            refusals: self.refusals.clone(),
         }
     }
 }
@@ -404,26 +487,46 @@ impl StreamContext {
         }
     }
 
-    /// Reads the one frame of a stream. `None` when there is nothing to
-    /// deliver: the stream was empty or reset, or its input was answered
-    /// here (unframeable bytes, a duplicate id).
-    async fn read(self, send: Option<quinn::SendStream>, recv: quinn::RecvStream) -> StreamResult {
+    /// Client: reads the next frame of a reply stream, every frame checked
+    /// against the reply limits. After a frame with `FLAG_MORE` the stream
+    /// is handed back to be read on; after the last frame, or at the
+    /// stream's end, it is done. A stream error without a connection error
+    /// (a reset stream) concerns that stream only.
+    async fn read_reply(self, mut r: StreamReader<quinn::RecvStream>) -> StreamRead {
+        let _slot = self.reading.acquire().await.expect("never closed");
+        match r.read_frame(&self.limits, self.budget.as_ref()).await {
+            Ok(None) => StreamRead::done(None),
+            Ok(Some(inc)) => {
+                let more = inc.frame.more();
+                StreamRead {
+                    result: Some(Ok(inc)),
+                    more: more.then_some(r),
+                }
+            }
+            Err(ReadError::Io(e)) if self.conn.close_reason().is_none() => {
+                debug!(error = %e, "quic: reply stream failed");
+                StreamRead::done(None)
+            }
+            Err(e) => StreamRead::done(Some(Err(e))),
+        }
+    }
+
+    /// Server: reads the one frame of a request stream.
+    async fn read_request(self, send: quinn::SendStream, recv: quinn::RecvStream) -> StreamRead {
+        StreamRead::done(self.read_frame(send, recv).await)
+    }
+
+    /// Reads the one frame of a request stream. `None` when there is
+    /// nothing to deliver: the stream was empty or reset, or its input was
+    /// answered here (unframeable bytes, a duplicate id).
+    async fn read_frame(self, send: quinn::SendStream, recv: quinn::RecvStream) -> StreamResult {
         let _slot = self.reading.acquire().await.expect("never closed");
         let mut r = StreamReader::new(recv);
         let read = r.read_frame(&self.limits, self.budget.as_ref()).await;
-        let Some(replies) = &self.replies else {
-            // Client: a reply. A stream error without a connection error
-            // (a reset stream) concerns that stream only.
-            return match read {
-                Ok(None) => None,
-                Err(ReadError::Io(e)) if self.conn.close_reason().is_none() => {
-                    debug!(error = %e, "quic: reply stream failed");
-                    None
-                }
-                other => other.transpose(),
-            };
-        };
-        let send = send.expect("server streams are bidirectional");
+        let replies = self
+            .replies
+            .as_ref()
+            .expect("a server reader has reply slots");
         let id = match &read {
             Ok(None) => return None,
             Ok(Some(inc)) if inc.frame.kind == FrameKind::Cancel => {
@@ -453,7 +556,7 @@ impl StreamContext {
         {
             let mut map = replies.lock().unwrap_or_else(|p| p.into_inner());
             if let std::collections::hash_map::Entry::Vacant(slot) = map.entry(id) {
-                slot.insert(send);
+                slot.insert(ReplySlot::Waiting(send));
                 return read.transpose();
             }
         }
@@ -488,8 +591,9 @@ enum Role {
 struct QuicWriter {
     conn: quinn::Connection,
     role: Role,
-    /// Frames being sent, each on its own stream, so that a large one never
-    /// holds up the small ones.
+    /// Frames being sent, each reply on its own stream, so that a large
+    /// one never holds up the small ones (a streamed reply: one task
+    /// writing its frames in order).
     sends: JoinSet<()>,
     /// A client's endpoint lives as long as its connection.
     _endpoint: Option<quinn::Endpoint>,
@@ -511,13 +615,42 @@ impl QuicWriter {
                 self.sends.spawn(send_frame(send, frame, false));
             }
             Role::Server(replies) => {
-                let send = replies
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&frame.id);
-                match send {
-                    Some(send) => {
+                let slot = {
+                    let mut map = replies.lock().unwrap_or_else(|p| p.into_inner());
+                    if frame.more() {
+                        // A streamed reply: its first frame starts the
+                        // stream's writer; the slot stays, holding the id.
+                        match map.get_mut(&frame.id) {
+                            Some(ReplySlot::Streaming(queue)) => {
+                                Some(ReplySlot::Streaming(queue.clone()))
+                            }
+                            Some(slot @ ReplySlot::Waiting(_)) => {
+                                let (queue, frames) = mpsc::channel(STREAM_QUEUE);
+                                let ReplySlot::Waiting(send) =
+                                    std::mem::replace(slot, ReplySlot::Streaming(queue.clone()))
+                                else {
+                                    unreachable!("matched as waiting")
+                                };
+                                self.sends.spawn(send_frames(send, frames));
+                                Some(ReplySlot::Streaming(queue))
+                            }
+                            None => None,
+                        }
+                    } else {
+                        map.remove(&frame.id)
+                    }
+                };
+                match slot {
+                    Some(ReplySlot::Waiting(send)) => {
                         self.sends.spawn(send_frame(send, frame, true));
+                    }
+                    Some(ReplySlot::Streaming(queue)) => {
+                        // In order, after the frames before it; a full queue
+                        // waits for the stream (the client's pace).
+                        let id = frame.id;
+                        if queue.send(frame).await.is_err() {
+                            debug!(id, "quic: the reply stream was stopped; frame dropped");
+                        }
                     }
                     None if frame.id == 0 && frame.kind == FrameKind::Response => {
                         // An error about the connection itself (no Hello in
@@ -538,6 +671,14 @@ impl QuicWriter {
     }
 
     async fn close(&mut self) -> io::Result<()> {
+        if let Role::Server(replies) = &self.role {
+            // A streamed reply that will get no last frame ends here: its
+            // writer finishes the stream once its queue is written.
+            replies
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .retain(|_, slot| matches!(slot, ReplySlot::Waiting(_)));
+        }
         let _ = tokio::time::timeout(DRAIN_TIMEOUT, async {
             while self.sends.join_next().await.is_some() {}
         })
