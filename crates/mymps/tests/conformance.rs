@@ -22,7 +22,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use common::{Exec, Framed, Op, randn};
-use mymps::client::{Caller, Client, ClientOptions, Outputs};
+use mymps::client::{Caller, Client, ClientOptions, Outputs, Service};
+use mymps::model::{FinishReason, GenerateRequest, GenerateSummary, LoadRequest, Prompt, Step};
 use mymps::protocol::{
     self, ExecRequest, Frame, FrameKind, HealthInfo, Request, StatsInfo, TensorMeta,
 };
@@ -72,17 +73,35 @@ struct Fixture {
 
 impl Fixture {
     async fn start(wire: Wire, tweak: impl FnOnce(&mut ServerConfig)) -> Fixture {
+        Fixture::start_inner(wire, tweak, false).await
+    }
+
+    /// A server with `mymps-models`' loaders and the temporary directory
+    /// as its model root (`common::generate::models`).
+    async fn start_with_models(wire: Wire) -> Fixture {
+        Fixture::start_inner(wire, |_| {}, true).await
+    }
+
+    async fn start_inner(
+        wire: Wire,
+        tweak: impl FnOnce(&mut ServerConfig),
+        models: bool,
+    ) -> Fixture {
         let cert = matches!(wire, Wire::Quic | Wire::TcpTls).then(|| {
             let dir = tempfile::tempdir().unwrap();
             let pem = dir.path().join("server-cert.pem");
             (dir, pem)
         });
         let out = cert.as_ref().map(|(_, pem)| pem.clone());
-        let (server, addr) = common::start_on(wire.scheme(), |c| {
+        let tweak = |c: &mut ServerConfig| {
             c.transport.tls_cert_out = out;
             tweak(c);
-        })
-        .await;
+        };
+        let (server, addr) = if models {
+            common::generate::start_on_with_models(wire.scheme(), tweak).await
+        } else {
+            common::start_on(wire.scheme(), tweak).await
+        };
         Fixture {
             wire,
             server,
@@ -898,6 +917,204 @@ impl Probe {
     }
 }
 
+/// Text generation (a causal LM of `mymps-models`, tiny random GPT-2s by
+/// transformers): a greedy `generate` gives transformers' ids in one
+/// reply and streamed step by step, with the same summary both ways (the
+/// binary protocol: `generate_step` frames with `FLAG_MORE`, then the
+/// summary; HTTP: `POST /generate` as JSON and as server-sent events); a
+/// stream stopped after 3 steps stops the server's work (binary: a
+/// `Cancel` frame, and the summary says `cancelled`; HTTP: the client goes
+/// away, and the summary the server wrote is a few steps long); the
+/// connection goes on.
+async fn generate(wire: Wire) {
+    const MAX: usize = 3000;
+    let f = Fixture::start_with_models(wire).await;
+    let (dir, _) = common::generate::models();
+    let (prompts, max_new_tokens, want) = common::generate::greedy_case();
+    let c = f.client().await;
+    match &c {
+        Remote::Client(c) => {
+            for name in ["gpt2", "long"] {
+                c.load_model(LoadRequest {
+                    name: name.into(),
+                    model_type: "huggingface".into(),
+                    model_path: Some(dir.join(name).display().to_string()),
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            }
+            let request = GenerateRequest {
+                prompts,
+                max_new_tokens: Some(max_new_tokens),
+                ..Default::default()
+            };
+            let whole = c.generate("gpt2", request.clone()).await.unwrap();
+            let got: Vec<Vec<i64>> = whole.sequences.iter().map(|s| s.ids.clone()).collect();
+            assert_eq!(got, want);
+
+            let mut g = c.generate_stream("gpt2", request).await.unwrap();
+            let mut steps = Vec::new();
+            while let Some(step) = g.next().await {
+                steps.push(step.unwrap());
+            }
+            let summary = g.summary().cloned().expect("a summary ends the stream");
+            assert_eq!(summary, whole);
+            check_steps(&steps, &summary);
+
+            let long = GenerateRequest {
+                prompts: vec![Prompt::Ids(vec![1, 2, 3])],
+                max_new_tokens: Some(MAX),
+                ignore_eos: true,
+                ..Default::default()
+            };
+            let mut g = c.generate_stream("long", long).await.unwrap();
+            for _ in 0..3 {
+                g.next().await.unwrap().unwrap();
+            }
+            g.cancel().await;
+            let mut after = 0;
+            while let Some(step) = g.next().await {
+                step.unwrap();
+                after += 1;
+            }
+            let s = g.summary().cloned().unwrap();
+            assert_eq!(s.sequences[0].finish, FinishReason::Cancelled);
+            assert_eq!(s.steps, 3 + after);
+            // Far fewer passes than asked for (those run while the cancel
+            // travelled), and none after the summary.
+            assert!(s.forward_passes < MAX / 2, "{s:?}");
+            assert_eq!(s.forward_passes, s.steps);
+            c.health().await.unwrap();
+            neg_works(c).await;
+        }
+        Remote::Http(h) => {
+            for name in ["gpt2", "long"] {
+                let body = serde_json::json!({
+                    "name": name,
+                    "model_type": "huggingface",
+                    "model_path": dir.join(name),
+                });
+                let r = h
+                    .request("POST", "/models/load", &[], body.to_string().as_bytes())
+                    .await;
+                assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+            }
+            let prompts: Vec<&Vec<i64>> = prompts
+                .iter()
+                .map(|p| match p {
+                    Prompt::Ids(ids) => ids,
+                    Prompt::Text(_) => unreachable!("the case's prompts are ids"),
+                })
+                .collect();
+            let mut body = serde_json::json!({
+                "model": "gpt2",
+                "prompt": prompts,
+                "max_new_tokens": max_new_tokens,
+            });
+            let r = h
+                .request("POST", "/generate", &[], body.to_string().as_bytes())
+                .await;
+            assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+            assert_eq!(r.header("content-type"), Some("application/json"));
+            let whole: GenerateSummary = serde_json::from_slice(&r.body).unwrap();
+            let got: Vec<Vec<i64>> = whole.sequences.iter().map(|s| s.ids.clone()).collect();
+            assert_eq!(got, want);
+
+            // Streamed, on the same keep-alive connection.
+            body["stream"] = true.into();
+            let (status, events) = h.events("/generate", body.to_string().as_bytes()).await;
+            assert_eq!(status, 200);
+            let (done, steps) = events.split_last().expect("events");
+            assert_eq!(done.name.as_deref(), Some("done"), "{done:?}");
+            let summary: GenerateSummary = serde_json::from_value(done.data.clone()).unwrap();
+            assert_eq!(summary, whole);
+            let steps: Vec<Step> = steps
+                .iter()
+                .map(|e| {
+                    assert_eq!(e.name, None, "{e:?}");
+                    serde_json::from_value(e.data.clone()).unwrap()
+                })
+                .collect();
+            check_steps(&steps, &summary);
+            let health: HealthInfo = h.get_json("/health").await.unwrap();
+            assert_eq!(health.status, "ok");
+
+            // A client that goes away after 3 steps: the server stops. The
+            // summary it writes then (into the void) holds at least a byte
+            // per new id, and the metrics count its bytes.
+            let before = generate_metrics(h).await;
+            let long = serde_json::json!({
+                "model": "long",
+                "prompt": [1, 2, 3],
+                "max_new_tokens": MAX,
+                "ignore_eos": true,
+                "stream": true,
+            });
+            let mut s = BufReader::new(TcpStream::connect(host_port(&f.addr)).await.unwrap());
+            let req = http_request("POST", "/generate", None, &[], long.to_string().as_bytes());
+            s.get_mut().write_all(&req).await.unwrap();
+            let (status, headers) = common::generate::read_head(&mut s).await;
+            assert_eq!(status, 200);
+            assert_eq!(
+                common::generate::header(&headers, "content-type"),
+                Some("text/event-stream")
+            );
+            let mut events = common::generate::Events::new(&mut s);
+            for _ in 0..3 {
+                let e = events.next().await.expect("a step");
+                assert_eq!(e.name, None, "{e:?}");
+            }
+            drop(s);
+            let mut after = before;
+            for _ in 0..600 {
+                after = generate_metrics(h).await;
+                if after.0 > before.0 {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            assert_eq!(after.0, before.0 + 1, "the cancelled generate was answered");
+            let summary_bytes = after.1 - before.1;
+            assert!(
+                summary_bytes < (MAX / 2) as u64,
+                "a summary of {summary_bytes} bytes: the generation ran on"
+            );
+            neg_works(&c).await;
+        }
+    }
+    c.close();
+    f.shutdown().await;
+}
+
+/// The steps of a streamed generate add up to its summary.
+fn check_steps(steps: &[Step], summary: &GenerateSummary) {
+    assert_eq!(steps.len(), summary.steps);
+    for (i, step) in steps.iter().enumerate() {
+        assert_eq!(step.index, i);
+    }
+    for (row, seq) in summary.sequences.iter().enumerate() {
+        let streamed: Vec<i64> = steps.iter().filter_map(|s| s.tokens[row].id).collect();
+        assert_eq!(streamed, seq.ids, "row {row}");
+    }
+}
+
+/// The `generate` row of `/api/dashboard`: requests answered, reply bytes.
+async fn generate_metrics(h: &Http) -> (u64, u64) {
+    let d: serde_json::Value = h.get_json("/api/dashboard").await.unwrap();
+    let row = d["requests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "generate")
+        .expect("a generate row")
+        .clone();
+    (
+        row["count"].as_u64().unwrap(),
+        row["bytes_out"].as_u64().unwrap(),
+    )
+}
+
 // --- a hand-written HTTP/1.1 client -----------------------------------------
 
 /// One keep-alive connection to the HTTP listener, one request at a time.
@@ -1015,6 +1232,26 @@ impl Http {
         let req = http_request(method, path, self.token.as_deref(), headers, body);
         s.get_mut().write_all(&req).await.unwrap();
         read_reply(&mut *s).await
+    }
+
+    /// `POST path` answered with server-sent events: the status and every
+    /// event, to the body's end.
+    async fn events(&self, path: &str, body: &[u8]) -> (u16, Vec<common::generate::Event>) {
+        let mut s = self.conn.lock().await;
+        let req = http_request("POST", path, self.token.as_deref(), &[], body);
+        s.get_mut().write_all(&req).await.unwrap();
+        let (status, headers) = common::generate::read_head(&mut *s).await;
+        assert_eq!(
+            common::generate::header(&headers, "content-type"),
+            Some("text/event-stream")
+        );
+        let mut all = Vec::new();
+        let mut events = common::generate::Events::new(&mut *s);
+        while let Some(e) = events.next().await {
+            all.push(e);
+            assert!(all.len() <= 100_000, "an endless stream");
+        }
+        (status, all)
     }
 
     async fn get_json<T: DeserializeOwned>(&self, path: &str) -> mymps::Result<T> {
@@ -1216,13 +1453,13 @@ macro_rules! conformance {
 }
 
 conformance! {
-    tcp: Tcp => [contract, dtypes, shapes, in_flight, many_clients, bad_input, caps, tokens, big_tensor];
+    tcp: Tcp => [contract, dtypes, shapes, in_flight, many_clients, bad_input, caps, tokens, big_tensor, generate];
     #[cfg(feature = "tcp+tls")]
-    tcp_tls: TcpTls => [contract, dtypes, shapes, in_flight, many_clients, bad_input, caps, tokens, big_tensor];
+    tcp_tls: TcpTls => [contract, dtypes, shapes, in_flight, many_clients, bad_input, caps, tokens, big_tensor, generate];
     #[cfg(feature = "quic")]
-    quic: Quic => [contract, dtypes, shapes, in_flight, many_clients, bad_input, caps, tokens, big_tensor];
+    quic: Quic => [contract, dtypes, shapes, in_flight, many_clients, bad_input, caps, tokens, big_tensor, generate];
     #[cfg(feature = "zmq")]
-    zmq: Zmq => [contract, dtypes, shapes, in_flight, many_clients, bad_input, caps, tokens, big_tensor];
+    zmq: Zmq => [contract, dtypes, shapes, in_flight, many_clients, bad_input, caps, tokens, big_tensor, generate];
     // Every case applies over HTTP, some in an HTTP form (said in each
     // case): describe_op has no REST route; 300 "in flight" are 300
     // pipelined; the frames of bad_input that only the binary protocol
@@ -1230,5 +1467,5 @@ conformance! {
     // the binary protocol (the HTTP client sends its over-cap request as
     // any other, and a body over the memory budget closes the connection).
     #[cfg(feature = "http")]
-    http: Http => [contract, dtypes, shapes, in_flight, many_clients, bad_input, caps, tokens, big_tensor];
+    http: Http => [contract, dtypes, shapes, in_flight, many_clients, bad_input, caps, tokens, big_tensor, generate];
 }

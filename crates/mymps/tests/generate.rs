@@ -7,55 +7,18 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::path::PathBuf;
 
 use mymps::ErrorCode;
 use mymps::client::{Caller, Client, Service};
 use mymps::model::{FinishReason, GenerateRequest, LoadRequest, Prompt};
 use serde_json::Value;
 
-/// The models' folder, made once per test binary: the reference models of
-/// `mymps-models`' own generate test (tokenizer, greedy ids by
-/// transformers), and `long`, a GPT-2 with 4096 positions and no
-/// tokenizer, for a generation long enough to cancel.
+/// The models (`common::generate::models`): the reference models of
+/// `mymps-models`' own generate test and `long`, for a generation long
+/// enough to cancel.
 fn models() -> &'static (PathBuf, Value) {
-    static DIR: OnceLock<(PathBuf, Value)> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-        let python = root.join(".venv/bin/python");
-        assert!(
-            python.exists(),
-            "{} is missing: run scripts/setup.sh (it installs transformers into .venv)",
-            python.display()
-        );
-        let dir = std::env::temp_dir().join(format!("mymps-e2e-generate-{}", std::process::id()));
-        let run = |args: &[&std::ffi::OsStr]| {
-            let out = std::process::Command::new(&python)
-                .args(args)
-                .output()
-                .expect("run python");
-            assert!(
-                out.status.success(),
-                "python failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
-        let reference = root.join("crates/mymps-models/tests/generate_reference.py");
-        run(&[reference.as_os_str(), dir.as_os_str()]);
-        let long = dir.join("long");
-        run(&[
-            "-c".as_ref(),
-            "import sys, torch, transformers as tf\n\
-             torch.manual_seed(0)\n\
-             cfg = tf.GPT2Config(vocab_size=300, n_embd=64, n_layer=2, n_head=4, n_positions=4096)\n\
-             tf.GPT2LMHeadModel(cfg).save_pretrained(sys.argv[1])"
-                .as_ref(),
-            long.as_os_str(),
-        ]);
-        let json = std::fs::read(dir.join("reference.json")).unwrap();
-        (dir, serde_json::from_slice(&json).unwrap())
-    })
+    common::generate::models()
 }
 
 async fn server() -> (mymps::server::ServerHandle, Client) {

@@ -1,6 +1,8 @@
 //! End to end over `http://`: a real server with an HTTP and a TCP
 //! listener, a hand-written HTTP/1.1 client on one keep-alive socket, and
-//! the metrics read back over TCP (they count both).
+//! the metrics read back over TCP (they count both); text generation
+//! (`/generate`, streamed as server-sent events, `/encode`, `/decode`)
+//! with tiny GPT-2 models by transformers.
 
 mod common;
 
@@ -184,4 +186,223 @@ async fn legacy_routes_on_one_keep_alive_connection_and_metrics_over_tcp() {
     let e = Client::connect(&http.to_string()).await.unwrap_err();
     assert!(e.message.contains("tcp://"), "{e}");
     server.shutdown().await;
+}
+
+/// `POST` a JSON body; the reply (Content-Length bodies).
+async fn post_json(s: &mut BufReader<TcpStream>, path: &str, body: &serde_json::Value) -> Reply {
+    request(s, "POST", path, &[], body.to_string().as_bytes()).await
+}
+
+/// Text generation over HTTP (issue 19): `/encode` and `/decode` give the
+/// tokenizer's answers; `/generate` passes the options (a seed repeats a
+/// sampled run, `stop_ids` ends a sequence, a list of texts is a batch)
+/// and streams text pieces that add up to the summary's text; a request
+/// refused before it runs gets its status and JSON error, streamed or
+/// not; the keep-alive connection serves on, the msgpack routes included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generate_encode_and_decode_routes() {
+    let (server, _) = common::generate::start_on_with_models("http", |c| {
+        c.listen.push(Endpoint::new("tcp", "127.0.0.1", 0));
+    })
+    .await;
+    let (http, tcp) = (&server.endpoints()[0], &server.endpoints()[1]);
+    let (dir, reference) = common::generate::models();
+    let c = Client::connect(&tcp.to_string()).await.unwrap();
+    for name in ["gpt2", "long"] {
+        c.load_model(mymps::model::LoadRequest {
+            name: name.into(),
+            model_type: "huggingface".into(),
+            model_path: Some(dir.join(name).display().to_string()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    }
+    let mut s = BufReader::new(TcpStream::connect(http.host_port()).await.unwrap());
+
+    for case in reference["tokenizer"].as_array().unwrap() {
+        let text = case["text"].as_str().unwrap();
+        let special = case["add_special_tokens"].as_bool().unwrap();
+        let r = post_json(
+            &mut s,
+            "/encode",
+            &serde_json::json!({"model": "gpt2", "text": text, "add_special_tokens": special}),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        assert_eq!(r.json()["ids"], case["ids"], "{text:?}");
+        let r = post_json(
+            &mut s,
+            "/decode",
+            &serde_json::json!({"model": "gpt2", "ids": case["ids"]}),
+        )
+        .await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.json()["text"], case["decoded"], "{text:?}");
+    }
+
+    // Sampled with a seed, streamed: the pieces add up to the text; the
+    // same body without `stream` gives the same ids.
+    let mut body = serde_json::json!({
+        "model": "gpt2",
+        "prompt": "The quick brown fox",
+        "max_new_tokens": 12,
+        "do_sample": true,
+        "top_k": 20,
+        "temperature": 0.9,
+        "seed": 3,
+        "stream": true,
+    });
+    s.get_mut()
+        .write_all(&http_post("/generate", &body))
+        .await
+        .unwrap();
+    let (status, headers) = common::generate::read_head(&mut s).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        common::generate::header(&headers, "content-type"),
+        Some("text/event-stream")
+    );
+    let mut events = common::generate::Events::new(&mut s);
+    let mut pieces = String::new();
+    let summary = loop {
+        let e = events.next().await.expect("an event");
+        match e.name.as_deref() {
+            None => pieces.push_str(e.data["tokens"][0]["text"].as_str().unwrap()),
+            Some("done") => break e.data,
+            other => panic!("unexpected event {other:?}: {e:?}"),
+        }
+    };
+    assert!(events.next().await.is_none(), "nothing after done");
+    assert_eq!(summary["sequences"][0]["text"], pieces.as_str());
+    assert_eq!(summary["seed"], 3);
+    body["stream"] = false.into();
+    let again = post_json(&mut s, "/generate", &body).await;
+    assert_eq!(again.status, 200);
+    assert_eq!(
+        again.json()["sequences"][0]["ids"],
+        summary["sequences"][0]["ids"]
+    );
+
+    // A batch of texts, and `stop_ids`: a stop id ends its sequence.
+    let batch = serde_json::json!({
+        "model": "gpt2",
+        "prompt": ["Hello", "The quick brown fox"],
+        "max_new_tokens": 6,
+        "ignore_eos": true,
+    });
+    let r = post_json(&mut s, "/generate", &batch).await.json();
+    let seqs = r["sequences"].as_array().unwrap();
+    assert_eq!(seqs.len(), 2);
+    let ids = common::generate::ids(&seqs[1]["ids"]);
+    assert_eq!(ids.len(), 6);
+    let mut stopped = batch.clone();
+    stopped["stop_ids"] = serde_json::json!([ids[2]]);
+    let r = post_json(&mut s, "/generate", &stopped).await.json();
+    let first = ids.iter().position(|&i| i == ids[2]).unwrap();
+    assert_eq!(
+        common::generate::ids(&r["sequences"][1]["ids"]),
+        ids[..=first]
+    );
+    assert_eq!(r["sequences"][1]["finish"], "stop_id");
+
+    // Refused before running: the status and JSON error of the other
+    // routes, for a stream too.
+    let cases = [
+        (
+            serde_json::json!({"model": "nope", "prompt": [1]}),
+            404,
+            "model_not_found",
+        ),
+        (
+            serde_json::json!({"model": "nope", "prompt": [1], "stream": true}),
+            404,
+            "model_not_found",
+        ),
+        (
+            serde_json::json!({"model": "gpt2", "prompt": [1], "max_tokens": 3}),
+            400,
+            "bad_argument",
+        ),
+        (
+            serde_json::json!({"model": "gpt2", "prompt": {"a": 1}}),
+            400,
+            "bad_argument",
+        ),
+        (
+            serde_json::json!({"model": "gpt2", "prompt": [1i64 << 40]}),
+            400,
+            "bad_argument",
+        ),
+        (
+            serde_json::json!({"model": "gpt2", "prompt": [1], "max_new_tokens": 1 << 30, "stream": true}),
+            413,
+            "limit_reached",
+        ),
+        // No tokenizer for a text prompt.
+        (
+            serde_json::json!({"model": "long", "prompt": "hi"}),
+            501,
+            "unsupported",
+        ),
+    ];
+    for (body, status, code) in cases {
+        let r = post_json(&mut s, "/generate", &body).await;
+        assert_eq!(
+            r.status,
+            status,
+            "{body}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        assert_eq!(r.json()["code"], code, "{body}");
+    }
+    let r = post_json(
+        &mut s,
+        "/encode",
+        &serde_json::json!({"model": "long", "text": "hi"}),
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.json()["code"].clone()),
+        (501, "unsupported".into())
+    );
+    let r = post_json(
+        &mut s,
+        "/decode",
+        &serde_json::json!({"model": "gpt2", "ids": [1 << 20]}),
+    )
+    .await;
+    assert_eq!(
+        (r.status, r.json()["code"].clone()),
+        (400, "bad_argument".into())
+    );
+    let r = post_json(&mut s, "/decode", &serde_json::json!({"model": "gpt2"})).await;
+    assert_eq!(r.status, 400);
+    let r = request(&mut s, "GET", "/generate", &[], b"").await;
+    assert_eq!((r.status, r.header("allow")), (405, Some("POST")));
+
+    // The same connection serves on, the msgpack routes too.
+    let r = request(
+        &mut s,
+        "POST",
+        "/exec",
+        &[("x-op", "neg")],
+        &msgpack_vector(&[1.0, 2.0]),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        request(&mut s, "GET", "/health", &[], b"").await.status,
+        200
+    );
+    server.shutdown().await;
+}
+
+fn http_post(path: &str, body: &serde_json::Value) -> Vec<u8> {
+    let body = body.to_string();
+    format!(
+        "POST {path} HTTP/1.1\r\nHost: test\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
 }
