@@ -748,6 +748,10 @@ def _generation_classes():
 
         def __call__(self, input_ids, scores, **kwargs):
             r = self.r
+            if all(f is not None for f in self.finish):
+                # A pass after the end (transformers' deferred stop check,
+                # on MPS, runs one): no step for it.
+                return torch.ones(len(self.finish), dtype=torch.bool, device=input_ids.device)
             last = input_ids[:, -1].tolist()
             tokens = []
             for row, id_ in enumerate(last):

@@ -256,6 +256,57 @@ fn seeded_sampling_equals_transformers_and_repeats() {
 }
 
 #[test]
+fn seeded_runs_side_by_side_repeat() {
+    let (_, r) = reference();
+    let neox = &r["neox"];
+    let m = model("neox");
+    let seeded = GenerateRequest {
+        prompts: vec![Prompt::Text(neox["prompt"].as_str().unwrap().into())],
+        max_new_tokens: Some(10),
+        do_sample: Some(true),
+        temperature: Some(0.9),
+        top_k: Some(40),
+        seed: neox["seed"].as_u64(),
+        ignore_eos: true,
+        ..Default::default()
+    };
+    // Seeded runs and unseeded ones, greedy ones and forward passes at
+    // once on one model: every seeded run gets transformers' ids.
+    let want = ids(&neox["sampled_ids"]);
+    std::thread::scope(|s| {
+        let runs: Vec<_> = (0..4)
+            .map(|i| {
+                let req = match i % 2 {
+                    0 => seeded.clone(),
+                    _ => GenerateRequest {
+                        seed: None,
+                        ..seeded.clone()
+                    },
+                };
+                s.spawn(move || (i, run(m, &req).0))
+            })
+            .collect();
+        let greedy = s.spawn(|| {
+            run(
+                m,
+                &GenerateRequest {
+                    prompts: vec![Prompt::Ids(vec![5, 6, 7])],
+                    max_new_tokens: Some(8),
+                    ..Default::default()
+                },
+            )
+        });
+        for h in runs {
+            let (i, summary) = h.join().unwrap();
+            if i % 2 == 0 {
+                assert_eq!(summary.sequences[0].ids, want, "run {i}");
+            }
+        }
+        assert_eq!(greedy.join().unwrap().0.sequences[0].ids.len(), 8);
+    });
+}
+
+#[test]
 fn stopping_after_three_steps_stops_transformers() {
     let (_, r) = reference();
     let m = model("neox");
