@@ -9,6 +9,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 
 use crate::errors::{bad_argument, to_py};
+use crate::generate::GenerateArgs;
 use crate::remote::{Remote, load_request};
 use crate::tensor::RemoteTensor;
 
@@ -318,6 +319,144 @@ impl MympsClient {
         keep: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyDict>> {
         self.remote.infer(py, name, inputs, keep)
+    }
+
+    /// Generate text with a loaded causal language model (model_info says
+    /// metadata["generate"] == "true").
+    ///
+    /// Args:
+    ///     model: the model's name.
+    ///     prompt: what to continue: a str (encoded by the model's
+    ///         tokenizer, on the server), token ids (a list of ints or a
+    ///         1-D integer numpy array), or a batch of them: a list of strs
+    ///         and/or id lists, or a 2-D integer array. A batch is
+    ///         left-padded together on the server and generated at once.
+    ///     max_new_tokens: the most tokens to add to each sequence
+    ///         (None: the model's generation_config.json, else 20).
+    ///     do_sample: sample (True) or take the most likely token (greedy).
+    ///     temperature, top_k, top_p: sampling only (an error otherwise).
+    ///     repetition_penalty: transformers' (CTRL's); 1 is none.
+    ///     seed: the sampling's seed: the same seed and request give the
+    ///         same tokens (None: a fresh one, reported as "seed").
+    ///     stop: a string, or a list of them, that ends a sequence once its
+    ///         text contains it (its tokens are kept).
+    ///     stop_ids: an id, or a list of them, that ends a sequence (kept),
+    ///         besides the model's end-of-sequence ids.
+    ///     ignore_eos: do not stop at the end-of-sequence ids.
+    ///     add_special_tokens: whether text prompts get the tokenizer's
+    ///         special tokens (a BOS, ...); None: True.
+    ///     skip_special_tokens: whether special tokens are left out of the
+    ///         texts; None: True.
+    ///     stream: return a GenerateStream that yields the steps as the
+    ///         server computes them (see help(mymps.GenerateStream)).
+    ///
+    /// The options mean what transformers' generate means by them; None
+    /// takes the model's generation_config.json, else transformers'
+    /// defaults.
+    ///
+    /// Returns:
+    ///     For one prompt, a dict {"text": the new text (None for a model
+    ///     without a tokenizer), "ids": the new ids (a stop id included),
+    ///     "prompt_ids": the prompt's ids, "finish": "length", "stop_id",
+    ///     "stop_string" or "cancelled", "steps", "forward_passes",
+    ///     "cache_bytes", "seed" (None when greedy)}. For a batch,
+    ///     {"sequences": [{"text", "ids", "prompt_ids", "finish"}, ...] (in
+    ///     the prompts' order), "steps", "forward_passes", "cache_bytes",
+    ///     "seed"}. With stream=True, a GenerateStream whose .summary is
+    ///     that dict once it has ended.
+    ///
+    /// Raises:
+    ///     BadArgumentError: a bad prompt or option (before anything is
+    ///         sent), or one the server refuses (an id out of the
+    ///         vocabulary, sampling options without do_sample).
+    ///     ModelNotFoundError: no model of that name is loaded.
+    ///     UnsupportedError: the model does not generate, or has no
+    ///         tokenizer for a text prompt or stop strings.
+    ///     LimitReachedError: over the server's caps (new tokens, batch,
+    ///         the KV cache's memory).
+    ///
+    /// Example:
+    ///     >>> c.generate("tiny-gpt2", "Once upon a time", 20)["text"]
+    ///     >>> for step in c.generate("tiny-gpt2", "Once", 40, stream=True):
+    ///     ...     print(step["text"], end="", flush=True)
+    #[pyo3(
+        signature = (model, prompt, max_new_tokens = None, *, do_sample = None, temperature = None, top_k = None, top_p = None, repetition_penalty = None, seed = None, stop = None, stop_ids = None, ignore_eos = None, add_special_tokens = None, skip_special_tokens = None, stream = None),
+        text_signature = "(self, /, model, prompt, max_new_tokens=None, *, do_sample=None, temperature=None, top_k=None, top_p=None, repetition_penalty=None, seed=None, stop=None, stop_ids=None, ignore_eos=False, add_special_tokens=None, skip_special_tokens=None, stream=False)"
+    )]
+    #[allow(clippy::too_many_arguments)]
+    fn generate<'py>(
+        &self,
+        py: Python<'py>,
+        model: &str,
+        prompt: &Bound<'py, PyAny>,
+        max_new_tokens: Option<&Bound<'py, PyAny>>,
+        do_sample: Option<&Bound<'py, PyAny>>,
+        temperature: Option<&Bound<'py, PyAny>>,
+        top_k: Option<&Bound<'py, PyAny>>,
+        top_p: Option<&Bound<'py, PyAny>>,
+        repetition_penalty: Option<&Bound<'py, PyAny>>,
+        seed: Option<&Bound<'py, PyAny>>,
+        stop: Option<&Bound<'py, PyAny>>,
+        stop_ids: Option<&Bound<'py, PyAny>>,
+        ignore_eos: Option<&Bound<'py, PyAny>>,
+        add_special_tokens: Option<&Bound<'py, PyAny>>,
+        skip_special_tokens: Option<&Bound<'py, PyAny>>,
+        stream: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let args = GenerateArgs {
+            prompt,
+            max_new_tokens,
+            do_sample,
+            temperature,
+            top_k,
+            top_p,
+            repetition_penalty,
+            seed,
+            stop,
+            stop_ids,
+            ignore_eos,
+            add_special_tokens,
+            skip_special_tokens,
+            stream,
+        };
+        self.remote.generate(py, model, args)
+    }
+
+    /// The token ids of `text` by the tokenizer of the model `model` (a
+    /// list of ints), with its special tokens (a BOS, ...) when
+    /// add_special_tokens, as `tokenizer(text)` does.
+    ///
+    /// Raises:
+    ///     ModelNotFoundError: no model of that name is loaded.
+    ///     UnsupportedError: the model has no tokenizer.
+    #[pyo3(signature = (model, text, add_special_tokens = None), text_signature = "(self, /, model, text, add_special_tokens=True)")]
+    fn encode(
+        &self,
+        py: Python<'_>,
+        model: &str,
+        text: &Bound<'_, PyAny>,
+        add_special_tokens: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Vec<i64>> {
+        self.remote.encode(py, model, text, add_special_tokens)
+    }
+
+    /// Token ids (a list of ints or a 1-D integer array) as text, by the
+    /// tokenizer of the model `model`, without its special tokens when
+    /// skip_special_tokens.
+    ///
+    /// Raises:
+    ///     BadArgumentError: an id outside the vocabulary.
+    ///     ModelNotFoundError: no model of that name is loaded.
+    ///     UnsupportedError: the model has no tokenizer.
+    #[pyo3(signature = (model, ids, skip_special_tokens = None), text_signature = "(self, /, model, ids, skip_special_tokens=True)")]
+    fn decode(
+        &self,
+        py: Python<'_>,
+        model: &str,
+        ids: &Bound<'_, PyAny>,
+        skip_special_tokens: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<String> {
+        self.remote.decode(py, model, ids, skip_special_tokens)
     }
 
     /// Keep an array on the server (in device memory on an accelerator):

@@ -9,6 +9,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyTuple};
 
 use crate::errors::{bad_argument, to_py};
+use crate::generate::GenerateArgs;
 use crate::remote::{Remote, fields, load_request, loaded_dict, model_dict};
 use crate::tensor::RemoteTensor;
 
@@ -159,6 +160,89 @@ impl MympsCluster {
         keep: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyDict>> {
         self.remote.infer(py, name, inputs, keep)
+    }
+
+    /// Generate text on the least busy host that has the model. Arguments,
+    /// results (a dict, or a GenerateStream with stream=True) and errors
+    /// as MympsClient.generate.
+    #[pyo3(
+        signature = (model, prompt, max_new_tokens = None, *, do_sample = None, temperature = None, top_k = None, top_p = None, repetition_penalty = None, seed = None, stop = None, stop_ids = None, ignore_eos = None, add_special_tokens = None, skip_special_tokens = None, stream = None),
+        text_signature = "(self, /, model, prompt, max_new_tokens=None, *, do_sample=None, temperature=None, top_k=None, top_p=None, repetition_penalty=None, seed=None, stop=None, stop_ids=None, ignore_eos=False, add_special_tokens=None, skip_special_tokens=None, stream=False)"
+    )]
+    #[allow(clippy::too_many_arguments)]
+    fn generate<'py>(
+        &self,
+        py: Python<'py>,
+        model: &str,
+        prompt: &Bound<'py, PyAny>,
+        max_new_tokens: Option<&Bound<'py, PyAny>>,
+        do_sample: Option<&Bound<'py, PyAny>>,
+        temperature: Option<&Bound<'py, PyAny>>,
+        top_k: Option<&Bound<'py, PyAny>>,
+        top_p: Option<&Bound<'py, PyAny>>,
+        repetition_penalty: Option<&Bound<'py, PyAny>>,
+        seed: Option<&Bound<'py, PyAny>>,
+        stop: Option<&Bound<'py, PyAny>>,
+        stop_ids: Option<&Bound<'py, PyAny>>,
+        ignore_eos: Option<&Bound<'py, PyAny>>,
+        add_special_tokens: Option<&Bound<'py, PyAny>>,
+        skip_special_tokens: Option<&Bound<'py, PyAny>>,
+        stream: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let args = GenerateArgs {
+            prompt,
+            max_new_tokens,
+            do_sample,
+            temperature,
+            top_k,
+            top_p,
+            repetition_penalty,
+            seed,
+            stop,
+            stop_ids,
+            ignore_eos,
+            add_special_tokens,
+            skip_special_tokens,
+            stream,
+        };
+        self.remote.generate(py, model, args)
+    }
+
+    /// The token ids of `text` (a list of ints) by the tokenizer of the
+    /// model `model`, on a host that has it, with its special tokens (a
+    /// BOS, ...) when add_special_tokens, as `tokenizer(text)` does.
+    ///
+    /// Raises:
+    ///     ModelNotFoundError: no model of that name is loaded.
+    ///     UnsupportedError: the model has no tokenizer.
+    #[pyo3(signature = (model, text, add_special_tokens = None), text_signature = "(self, /, model, text, add_special_tokens=True)")]
+    fn encode(
+        &self,
+        py: Python<'_>,
+        model: &str,
+        text: &Bound<'_, PyAny>,
+        add_special_tokens: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Vec<i64>> {
+        self.remote.encode(py, model, text, add_special_tokens)
+    }
+
+    /// Token ids (a list of ints or a 1-D integer array) as text, by the
+    /// tokenizer of the model `model`, without its special tokens when
+    /// skip_special_tokens.
+    ///
+    /// Raises:
+    ///     BadArgumentError: an id outside the vocabulary.
+    ///     ModelNotFoundError: no model of that name is loaded.
+    ///     UnsupportedError: the model has no tokenizer.
+    #[pyo3(signature = (model, ids, skip_special_tokens = None), text_signature = "(self, /, model, ids, skip_special_tokens=True)")]
+    fn decode(
+        &self,
+        py: Python<'_>,
+        model: &str,
+        ids: &Bound<'_, PyAny>,
+        skip_special_tokens: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<String> {
+        self.remote.decode(py, model, ids, skip_special_tokens)
     }
 
     /// Keep an array on the least busy host (as MympsClient.put): the

@@ -62,14 +62,15 @@ static NUMPY: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
 static ML_DTYPES_BF16: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 static NDARRAY: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
-fn numpy(py: Python<'_>) -> PyResult<&Bound<'_, PyModule>> {
+/// The `numpy` module (imported once).
+pub(crate) fn numpy(py: Python<'_>) -> PyResult<&Bound<'_, PyModule>> {
     NUMPY
         .get_or_try_init(py, || py.import("numpy").map(Bound::unbind))
         .map(|m| m.bind(py))
 }
 
 /// `numpy.ndarray`.
-fn ndarray(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
+pub(crate) fn ndarray(py: Python<'_>) -> PyResult<&Bound<'_, PyAny>> {
     NDARRAY
         .get_or_try_init(py, || numpy(py)?.getattr("ndarray").map(Bound::unbind))
         .map(|t| t.bind(py))

@@ -11,6 +11,8 @@
 //! - [`remote`]: what both share, over any
 //!   [`Service`](mymps::client::Service): the blocking wait (GIL released,
 //!   Ctrl-C), the fork check, typed requests and replies ⇄ Python objects.
+//! - [`generate`]: text generation (`generate`, streamed as the
+//!   `GenerateStream` iterator; `encode`, `decode`), Python ⇄ requests.
 //! - [`tensor`]: the `RemoteTensor` class (a tensor kept on the server).
 //! - [`convert`]: numpy arrays ⇄ tensors without copies, kwargs → values.
 //! - [`errors`]: error codes → the exception classes of `mymps.errors`.
@@ -23,6 +25,7 @@ pub mod client;
 pub mod cluster;
 pub mod convert;
 pub mod errors;
+pub mod generate;
 pub mod remote;
 pub mod tensor;
 
@@ -54,6 +57,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<cluster::MympsCluster>()?;
     m.add_class::<convert::ResultBuffer>()?;
     m.add_class::<tensor::RemoteTensor>()?;
+    m.add_class::<generate::GenerateStream>()?;
     m.add_function(wrap_pyfunction!(_copy_counters, m)?)?;
     m.add_function(wrap_pyfunction!(transports, m)?)?;
     m.add("__version__", mymps::VERSION)?;

@@ -17,8 +17,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use mymps::client::{Blocking, Call, Caller, Service};
-use mymps::model::{LoadRequest, ModelInfo};
+use mymps::client::{Blocking, Call, Caller, Generation, Service};
+use mymps::model::{LoadRequest, ModelInfo, Step};
 use mymps::protocol::rpc::{self, Infer, Rpc, RunGraph};
 use mymps::protocol::{Graph, HandleInfo, Keep, TensorRef};
 use mymps::{Tensor, Value};
@@ -27,6 +27,7 @@ use pyo3::types::{PyDict, PyList};
 
 use crate::convert;
 use crate::errors::{bad_argument, to_py};
+use crate::generate::StreamLink;
 use crate::tensor::{Owner, RemoteTensor};
 
 /// A dict of `value`'s fields named here, by their names:
@@ -226,6 +227,42 @@ impl<S: Handles> Link<S> {
     }
 }
 
+impl<S: Handles> StreamLink for Link<S> {
+    fn next_step(
+        &self,
+        py: Python<'_>,
+        generation: &mut Generation,
+    ) -> PyResult<Option<mymps::Result<Step>>> {
+        self.wait(py, async { Ok(generation.next().await) })
+    }
+
+    fn cancel(&self, py: Python<'_>, generation: &mut Generation) -> PyResult<()> {
+        self.wait(py, async {
+            generation.cancel().await;
+            Ok(())
+        })
+    }
+
+    fn discard(&self, mut generation: Generation) {
+        if self.forked() {
+            // Its runtime's threads are the parent's (see `Drop for Link`).
+            std::mem::forget(generation);
+            return;
+        }
+        if generation.is_ended() || tokio::runtime::Handle::try_current().is_ok() {
+            // Nothing to cancel, or a runtime at hand for the cancel that
+            // dropping it spawns.
+            return;
+        }
+        // Sent now, not spawned: the TCP client's runtime runs on the
+        // callers' threads, so a spawned cancel would wait for the next
+        // call while the server went on generating. One small frame,
+        // written at once (an unlikely wait for the socket finishes with
+        // the next call).
+        self.inner.block_on(generation.cancel());
+    }
+}
+
 impl<S: Handles> Owner for Link<S> {
     fn release(self: Arc<Self>, r: TensorRef) {
         if self.forked() || self.closed.load(Ordering::Acquire) {
@@ -422,6 +459,11 @@ impl<S: Handles> Remote<S> {
     /// Whether this process is a fork of the one that made it.
     pub fn forked(&self) -> bool {
         self.link.forked()
+    }
+
+    /// The link shared with the objects this one made.
+    pub fn link(&self) -> &Arc<Link<S>> {
+        &self.link
     }
 
     /// The async service underneath (not to be used in a forked child).

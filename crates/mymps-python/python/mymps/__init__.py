@@ -13,7 +13,9 @@ arrays in and out; the client needs numpy only::
 
 Tensors can stay on the server between calls (``c.put(a)``, ``keep=True``:
 :class:`RemoteTensor`), and chains of ops run in one request
-(``c.graph()``: :class:`Graph`).
+(``c.graph()``: :class:`Graph`). Loaded language models generate text
+(``c.generate(model, prompt)``, streamed with ``stream=True``:
+:class:`GenerateStream`).
 
 See ``help(MympsClient)``, ``help(MympsClient.exec)`` and :mod:`mymps.errors`.
 A client may be shared between threads; calls release the GIL.
@@ -23,6 +25,7 @@ from . import errors
 from ._native import (
     DEFAULT_HOST,
     DEFAULT_PORT,
+    GenerateStream,
     MympsClient,
     MympsCluster,
     RemoteTensor,
@@ -30,7 +33,16 @@ from ._native import (
     transports,
 )
 from .graph import Graph, Node
-from ._types import HealthInfo, ModelInfo, OpInfo, ParamInfo, StatsInfo
+from ._types import (
+    GenerateResult,
+    GenerateStep,
+    GeneratedSequence,
+    HealthInfo,
+    ModelInfo,
+    OpInfo,
+    ParamInfo,
+    StatsInfo,
+)
 from .errors import (
     AuthenticationError,
     BackendError,
@@ -58,6 +70,7 @@ __all__ = [
     "MympsClient",
     "MympsCluster",
     "RemoteTensor",
+    "GenerateStream",
     "Graph",
     "Node",
     "DEFAULT_HOST",
@@ -70,5 +83,8 @@ __all__ = [
     "OpInfo",
     "ModelInfo",
     "ParamInfo",
+    "GenerateResult",
+    "GeneratedSequence",
+    "GenerateStep",
     *errors.__all__,
 ]

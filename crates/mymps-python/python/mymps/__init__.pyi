@@ -2,6 +2,7 @@ from . import errors as errors
 from ._native import (
     DEFAULT_HOST as DEFAULT_HOST,
     DEFAULT_PORT as DEFAULT_PORT,
+    GenerateStream as GenerateStream,
     MympsClient as MympsClient,
     MympsCluster as MympsCluster,
     RemoteTensor as RemoteTensor,
@@ -9,6 +10,7 @@ from ._native import (
     transports as transports,
 )
 from .graph import Graph as Graph, Node as Node
+from ._types import GenerateResult as GenerateResult, GenerateStep as GenerateStep, GeneratedSequence as GeneratedSequence
 from ._types import HealthInfo as HealthInfo, ModelInfo as ModelInfo, OpInfo as OpInfo, ParamInfo as ParamInfo, StatsInfo as StatsInfo
 from .errors import (
     AuthenticationError as AuthenticationError,
@@ -37,6 +39,7 @@ __all__ = [
     "MympsClient",
     "MympsCluster",
     "RemoteTensor",
+    "GenerateStream",
     "Graph",
     "Node",
     "DEFAULT_HOST",
@@ -49,6 +52,9 @@ __all__ = [
     "OpInfo",
     "ModelInfo",
     "ParamInfo",
+    "GenerateResult",
+    "GeneratedSequence",
+    "GenerateStep",
     "MympsError",
     "UnknownOpError",
     "BadArgumentError",

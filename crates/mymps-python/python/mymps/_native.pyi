@@ -2,19 +2,32 @@
 
 import os
 from types import TracebackType
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Type, Union, final
+from typing import (
+    Any,
+    Dict,
+    Iterator,
+    List,
+    Mapping,
+    Optional,
+    Sequence,
+    Tuple,
+    Type,
+    Union,
+    final,
+)
 
 import numpy as np
 import numpy.typing as npt
 from typing_extensions import Self
 
-from ._types import HealthInfo, ModelInfo, OpInfo, StatsInfo
+from ._types import GenerateResult, GenerateStep, HealthInfo, ModelInfo, OpInfo, StatsInfo
 from .graph import Graph
 
 __all__ = [
     "MympsClient",
     "MympsCluster",
     "RemoteTensor",
+    "GenerateStream",
     "_ResultBuffer",
     "_copy_counters",
     "transports",
@@ -43,6 +56,36 @@ _Inputs = Union[Mapping[Union[str, int], Optional[_Tensor]], Sequence[_Tensor],
 _Keep = Union[None, bool, str, Sequence[str]]
 #: A result: an array, or a RemoteTensor when kept.
 _Result = Union[np.ndarray, "RemoteTensor"]
+#: Token ids: a list of ints or a 1-D integer array.
+_Ids = Union[Sequence[int], npt.NDArray[np.integer[Any]]]
+#: ``generate``'s prompt: a text, ids, or a batch of them (a list, or a
+#: 2-D integer array).
+_Prompt = Union[str, _Ids, Sequence[Union[str, _Ids]]]
+
+@final
+class GenerateStream:
+    """A streamed generate (``generate(..., stream=True)``): yields a
+    GenerateStep per step for one prompt, a list of them for a batch; see
+    help(mymps.GenerateStream)."""
+
+    def __iter__(self) -> Self: ...
+    def __next__(self) -> Union[GenerateStep, List[GenerateStep]]: ...
+    @property
+    def summary(self) -> Optional[GenerateResult]:
+        """The whole result, once the stream has ended."""
+    @property
+    def ended(self) -> bool: ...
+    def cancel(self) -> None:
+        """Ask the server to stop; the steps computed still come."""
+    def close(self) -> None:
+        """Stop the generation and read the stream to its end."""
+    def __enter__(self) -> Self: ...
+    def __exit__(
+        self,
+        exc_type: Optional[Type[BaseException]],
+        exc: Optional[BaseException],
+        tb: Optional[TracebackType],
+    ) -> bool: ...
 
 @final
 class RemoteTensor:
@@ -108,6 +151,31 @@ class MympsClient:
         self, name: str, inputs: Optional[_Inputs] = None, *, keep: _Keep = None
     ) -> Dict[str, _Result]:
         """A forward pass of a loaded model; see help(MympsClient.infer)."""
+    def generate(
+        self,
+        model: str,
+        prompt: _Prompt,
+        max_new_tokens: Optional[int] = None,
+        *,
+        do_sample: Optional[bool] = None,
+        temperature: Optional[float] = None,
+        top_k: Optional[int] = None,
+        top_p: Optional[float] = None,
+        repetition_penalty: Optional[float] = None,
+        seed: Optional[int] = None,
+        stop: Optional[Union[str, Sequence[str]]] = None,
+        stop_ids: Optional[Union[int, _Ids]] = None,
+        ignore_eos: bool = False,
+        add_special_tokens: Optional[bool] = None,
+        skip_special_tokens: Optional[bool] = None,
+        stream: bool = False,
+    ) -> Any:
+        """Generate text with a loaded model: a GenerateResult, or a
+        GenerateStream with stream=True; see help(MympsClient.generate)."""
+    def encode(self, model: str, text: str, add_special_tokens: bool = True) -> List[int]:
+        """`text` as token ids, by the model's tokenizer."""
+    def decode(self, model: str, ids: _Ids, skip_special_tokens: bool = True) -> str:
+        """Token ids as text, by the model's tokenizer."""
     def put(self, array: npt.ArrayLike) -> RemoteTensor:
         """Keep an array on the server; see help(MympsClient.put)."""
     def put_many(self, arrays: Any) -> Any:
@@ -181,6 +249,31 @@ class MympsCluster:
         self, name: str, inputs: Optional[_Inputs] = None, *, keep: _Keep = None
     ) -> Dict[str, _Result]:
         """A forward pass on the least busy host that has the model."""
+    def generate(
+        self,
+        model: str,
+        prompt: _Prompt,
+        max_new_tokens: Optional[int] = None,
+        *,
+        do_sample: Optional[bool] = None,
+        temperature: Optional[float] = None,
+        top_k: Optional[int] = None,
+        top_p: Optional[float] = None,
+        repetition_penalty: Optional[float] = None,
+        seed: Optional[int] = None,
+        stop: Optional[Union[str, Sequence[str]]] = None,
+        stop_ids: Optional[Union[int, _Ids]] = None,
+        ignore_eos: bool = False,
+        add_special_tokens: Optional[bool] = None,
+        skip_special_tokens: Optional[bool] = None,
+        stream: bool = False,
+    ) -> Any:
+        """Generate text with a loaded model: a GenerateResult, or a
+        GenerateStream with stream=True; on a host that has it."""
+    def encode(self, model: str, text: str, add_special_tokens: bool = True) -> List[int]:
+        """`text` as token ids, by the model's tokenizer."""
+    def decode(self, model: str, ids: _Ids, skip_special_tokens: bool = True) -> str:
+        """Token ids as text, by the model's tokenizer."""
     def put(self, array: npt.ArrayLike) -> RemoteTensor:
         """Keep an array on the least busy host (its .host says which)."""
     def put_many(self, arrays: Any) -> Any: ...
