@@ -513,8 +513,58 @@ def _text_generation(model, config):
             vocab = e.num_embeddings
     except Exception:
         pass
-    return _TextModel(model, c, layers, heads, kv_heads, key_dim, value_dim, hidden, inner,
-                      vocab, positions)
+    tm = _TextModel(model, c, layers, heads, kv_heads, key_dim, value_dim, hidden, inner,
+                    vocab, positions)
+    tm.measured = _measure_cache(model, tm.device)
+    return tm
+
+
+def _tensor_bytes(value, seen, depth=0):
+    """The bytes of the distinct tensors reachable from `value` (a cache
+    object: its attributes, lists, tuples and dicts, a few levels deep)."""
+    if depth > 6 or id(value) in seen:
+        return 0
+    seen.add(id(value))
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, dict):
+        items = list(value.values())
+    elif isinstance(value, (list, tuple)):
+        items = list(value)
+    elif hasattr(value, "__dict__") and not isinstance(value, (type, torch.nn.Module)):
+        items = list(vars(value).values())
+    else:
+        return 0
+    return sum(_tensor_bytes(v, seen, depth + 1) for v in items)
+
+
+def _cache_bytes(model, device, n):
+    ids = torch.arange(n, dtype=torch.long, device=device).unsqueeze(0)
+    with torch.no_grad():
+        out = model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True,
+                    return_dict=True)
+    cache = None
+    for name in ("cache", "past_key_values", "cache_params"):
+        cache = out.get(name) if hasattr(out, "get") else getattr(out, name, None)
+        if cache is not None:
+            break
+    return _tensor_bytes(cache, set()) if cache is not None else None
+
+
+def _measure_cache(model, device):
+    """(bytes per sequence, bytes per sequence and position) of the cache
+    transformers' forward pass returns, measured on one sequence of 2 and
+    of 3 tokens: what a cache takes whatever the config calls its sizes (a
+    state of fixed size, as recurrent models keep, is the first number);
+    None when the model does not run on such a prompt or returns no cache."""
+    try:
+        two, three = _cache_bytes(model, device, 2), _cache_bytes(model, device, 3)
+    except Exception:
+        return None
+    if two is None or three is None or three < two:
+        return None
+    per_position = three - two
+    return max(0, two - 2 * per_position), per_position
 
 
 def _text(loaded, what):
@@ -659,12 +709,15 @@ def _resolve(loaded, request, limits):
 
 
 def _bytes(tm, batch, width, max_new):
-    """(KV cache bytes, peak bytes): an upper estimate from the config.
+    """(KV cache bytes, peak bytes): an upper estimate.
 
     The cache: keys and values of every layer for the longest prompt plus
-    max_new_tokens positions in the model's dtype (transformers' dynamic
-    cache grows by concatenation, so one layer's old keys and values are
-    counted again as the transient of an append). The prompt's forward
+    max_new_tokens positions in the model's dtype, as the config gives
+    their sizes, or as measured at load time (`_measure_cache`) where that
+    is more (a model that caches more than its config says, as Falcon's
+    new decoder architecture caches every query head); transformers'
+    dynamic cache grows by concatenation, so one layer's share is counted
+    again as the transient of an append. The prompt's forward
     pass: attention scores and probabilities in float32, the MLP's
     activations, a few copies of the residual stream, float32 logits of
     every prompt position (not every model keeps only the last); the
@@ -672,8 +725,14 @@ def _bytes(tm, batch, width, max_new):
     mask."""
     b, s, e = batch, width, tm.element
     positions = width + max_new
-    per_layer = b * tm.kv_heads * positions * (tm.key_dim + tm.value_dim) * e
-    cache = tm.layers * per_layer
+    config_cache = tm.layers * b * tm.kv_heads * positions * (tm.key_dim + tm.value_dim) * e
+    if tm.measured is not None:
+        fixed, per_position = tm.measured
+        # The larger of the measured and the config's sizes.
+        cache = max(b * (fixed + per_position * positions), config_cache)
+    else:
+        cache = config_cache
+    per_layer = -(-cache // tm.layers)
     scores = 2 * b * tm.heads * s * s * 4
     mlp = 3 * b * s * tm.inner * e
     hidden = 8 * b * s * tm.hidden * e

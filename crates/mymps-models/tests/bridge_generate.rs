@@ -182,6 +182,8 @@ fn greedy_ids_equal_transformers_generate() {
     // 2 layers × (k + v) × 4 heads × 8 dims × (10 + 12) positions × 4 bytes.
     assert_eq!(plan.cache_bytes, 2 * 2 * 4 * 8 * 22 * 4);
     assert!(plan.peak_bytes > plan.cache_bytes);
+    // Not under what transformers' generate left in its cache.
+    assert!(plan.cache_bytes >= neox["cache_bytes"].as_u64().unwrap());
 
     // A left-padded batch of id prompts with a repetition penalty.
     let rows: Vec<Vec<i64>> = neox["batch"].as_array().unwrap().iter().map(ids).collect();

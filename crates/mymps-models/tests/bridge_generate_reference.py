@@ -69,7 +69,21 @@ model.save_pretrained(neox)
 prompt = "The quick brown fox"
 enc = tok(prompt, return_tensors="pt")
 text_ids = greedy(model, enc["input_ids"], enc["attention_mask"], PAD, max_new_tokens=12)[0]
+
+
+def cache_bytes(model, ids, mask, **kw):
+    """The bytes of the cache transformers' generate leaves."""
+    with torch.no_grad():
+        out = model.generate(input_ids=ids, attention_mask=mask, do_sample=False,
+                             return_dict_in_generate=True, **kw)
+    cache = out.get("cache") if out.get("cache") is not None else out.past_key_values
+    return sum(t.numel() * t.element_size() for layer in cache.layers
+               for t in (layer.keys, layer.values))
+
+
 ref["neox"] = {
+    "cache_bytes": cache_bytes(model, enc["input_ids"], enc["attention_mask"],
+                               max_new_tokens=12, pad_token_id=PAD, eos_token_id=[]),
     "eos": EOS,
     "pad": PAD,
     "vocab": VOCAB,
