@@ -567,7 +567,7 @@ def _measure_cache(model, device):
     return max(0, two - 2 * per_position), per_position
 
 
-def _text(loaded, what):
+def _text(loaded):
     if loaded.text is None:
         arch = loaded.metadata.get("architecture", "this model")
         raise NoSupport(
@@ -606,7 +606,7 @@ class _Resolved:
 
 
 def _resolve(loaded, request, limits):
-    tm = _text(loaded, "generate")
+    tm = _text(loaded)
     gc = tm.generation_config
     g = lambda name: getattr(gc, name, None) if gc is not None else None  # noqa: E731
     prompts = request.get("prompts") or []
