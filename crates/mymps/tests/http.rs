@@ -406,3 +406,71 @@ fn http_post(path: &str, body: &serde_json::Value) -> Vec<u8> {
     )
     .into_bytes()
 }
+
+/// A client that goes away while its (not streamed) `generate` runs stops
+/// it: the summary the server then writes, into the void, holds at least
+/// a byte per new id, and the metrics count its bytes. (A stream left
+/// after 3 events: the conformance case `generate`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_gone_stops_its_generate() {
+    const MAX: usize = 3000;
+    let (server, _) = common::generate::start_on_with_models("http", |c| {
+        c.listen.push(Endpoint::new("tcp", "127.0.0.1", 0));
+    })
+    .await;
+    let (http, tcp) = (&server.endpoints()[0], &server.endpoints()[1]);
+    let (dir, _) = common::generate::models();
+    let c = Client::connect(&tcp.to_string()).await.unwrap();
+    c.load_model(mymps::model::LoadRequest {
+        name: "long".into(),
+        model_type: "huggingface".into(),
+        model_path: Some(dir.join("long").display().to_string()),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let generated = || async {
+        let m = c.metrics().await.unwrap();
+        let k = m.kind("generate").unwrap();
+        (k.count, k.bytes_out, m.requests_in_flight)
+    };
+    let before = generated().await;
+    let mut s = BufReader::new(TcpStream::connect(http.host_port()).await.unwrap());
+    let body = serde_json::json!({
+        "model": "long",
+        "prompt": [1, 2, 3],
+        "max_new_tokens": MAX,
+        "ignore_eos": true,
+        "stream": false,
+    });
+    s.get_mut()
+        .write_all(&http_post("/generate", &body))
+        .await
+        .unwrap();
+    // Running: in flight beside the metrics request itself.
+    let mut running = false;
+    for _ in 0..400 {
+        if generated().await.2 >= 2 {
+            running = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert!(running, "the generate did not start");
+    drop(s);
+    let mut after = before;
+    for _ in 0..600 {
+        after = generated().await;
+        if after.0 > before.0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(after.0, before.0 + 1, "not answered");
+    let bytes = after.1 - before.1;
+    assert!(
+        bytes < (MAX / 2) as u64,
+        "a summary of {bytes} bytes: the generation ran on"
+    );
+    server.shutdown().await;
+}
