@@ -7,7 +7,10 @@
 //! msgpack header), then one part per tensor, so tensor bytes are never
 //! copied into a header. `docs/protocol.md` ("ZeroMQ framing") documents
 //! the layout for clients in other languages (any ZeroMQ binding and a
-//! msgpack library suffice).
+//! msgpack library suffice). A streamed reply (a `generate` with `stream`)
+//! is several such messages of one id, each but the last with the frame's
+//! `MORE` flag, in order on the connection; a `Cancel` frame is one
+//! message too (tested end to end by the conformance case `generate`).
 //!
 //! **Server**: ZMTP 3 spoken
 //! natively over tokio TCP streams (no libzmq): a DEALER, ROUTER or REQ
