@@ -224,3 +224,102 @@ async fn a_body_that_stops_coming_gives_its_budget_back() {
     // Not JSON: refused by the request's own rules, not by the timeout.
     assert_eq!(status, 400, "{head}");
 }
+
+/// A streamed `generate` whose HTTP client stops reading (but stays
+/// connected) is cancelled once a step has waited the body read timeout:
+/// the server is sent a `Cancel` for it, and is not held.
+#[tokio::test]
+async fn a_stream_left_unread_is_cancelled() {
+    use mymps_core::model::{Step, StepToken};
+    let config = HttpConfig {
+        body_read_timeout: Duration::from_millis(300),
+        ..HttpConfig::DEFAULT
+    };
+    let (mut l, port) = listen(config).await;
+    let (cancelled_tx, cancelled) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let mut c = l.accept().await.unwrap();
+        let _hello = c.reader.read_frame(&Limits::HANDSHAKE, None).await;
+        let welcome = Welcome {
+            protocol: 1,
+            features: vec![],
+            agent: "test".into(),
+            device: "cpu".into(),
+            max_header_len: Limits::DEFAULT.max_header_len,
+            max_tensors: Limits::DEFAULT.max_tensors,
+            max_payload: Limits::DEFAULT.max_payload,
+        };
+        let w = protocol::encode(FrameKind::Welcome, 0, &welcome, vec![]).unwrap();
+        c.writer.write_frame(w).await.unwrap();
+        let inc = c
+            .reader
+            .read_frame(&Limits::DEFAULT, None)
+            .await
+            .unwrap()
+            .unwrap();
+        let id = inc.frame.id;
+        assert!(matches!(
+            protocol::decode_header::<Request>(&inc.frame),
+            Ok(Request::Generate(g)) if g.stream
+        ));
+        // Steps of 64 KiB of text each, until the cancel comes (at most
+        // 10 000: 640 MB, far beyond any socket's buffers).
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
+        let mut writer = c.writer;
+        tokio::spawn(async move {
+            for index in 0..10_000 {
+                if stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                let step = Step {
+                    index,
+                    tokens: vec![StepToken {
+                        id: Some(1),
+                        text: "x".repeat(64 << 10),
+                        finish: None,
+                    }],
+                };
+                let f = protocol::encode(
+                    FrameKind::Response,
+                    id,
+                    &Response::GenerateStep(step),
+                    vec![],
+                )
+                .unwrap()
+                .with_more();
+                if writer.write_frame(f).await.is_err() {
+                    break;
+                }
+            }
+        });
+        while let Ok(Some(inc)) = c.reader.read_frame(&Limits::DEFAULT, None).await {
+            if inc.frame.kind == FrameKind::Cancel && inc.frame.id == id {
+                stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                let _ = cancelled_tx.send(());
+                break;
+            }
+        }
+    });
+    let mut s = connect(port).await;
+    let body = br#"{"model": "m", "prompt": [1], "stream": true}"#;
+    s.write_all(
+        format!(
+            "POST /generate HTTP/1.1\r\nHost: test\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    s.write_all(body).await.unwrap();
+    let (status, head) = read_head(&mut s).await.expect("an answer");
+    assert_eq!(status, 200, "{head}");
+    assert!(head.contains("text/event-stream"), "{head}");
+    // Nothing more is read, and the connection stays open.
+    tokio::time::timeout(WAIT, cancelled)
+        .await
+        .expect("a cancel within the wait")
+        .unwrap();
+    drop(s);
+}

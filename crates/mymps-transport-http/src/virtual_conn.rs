@@ -165,6 +165,8 @@ impl VirtualConn {
             writer: Box::new(VirtualWriter {
                 handshake: Some(hs_tx),
                 pending,
+                jobs: jobs_tx.downgrade(),
+                stall: body_timeout,
             }),
             peer,
         };
@@ -309,7 +311,11 @@ impl Replies {
                 Err(e) => Err(e.into()),
             },
             Some(Err(e)) => Err(e.into()),
-            None => Err(closed().into()),
+            None => Err(Error::new(
+                ErrorCode::Busy,
+                "the reply ended early: the server closed the connection, or the stream went unread longer than the body read timeout",
+            )
+            .into()),
         };
         if !matches!(reply, Ok((_, true))) {
             // The last reply: nothing to cancel any more, but for a reply
@@ -531,9 +537,27 @@ impl FrameReader for VirtualReader {
 struct VirtualWriter {
     handshake: Option<oneshot::Sender<Result<Welcome, Error>>>,
     pending: Pending,
+    /// To cancel a streamed reply whose HTTP client stopped reading (weak:
+    /// the reader ends when the HTTP side is gone).
+    jobs: mpsc::WeakSender<Job>,
+    /// Longest a streamed reply's frame may wait for the HTTP client to
+    /// read (the body read timeout).
+    stall: Duration,
 }
 
 impl VirtualWriter {
+    /// Drops request `id`'s waiter: its later frames are dropped.
+    fn forget(&self, id: u64) {
+        if let Some(p) = self
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_mut()
+        {
+            p.remove(&id);
+        }
+    }
+
     fn fail_all(&mut self, e: &Error) {
         let waiting = self
             .pending
@@ -595,21 +619,38 @@ impl FrameWriter for VirtualWriter {
                 Some((Sink::Once(tx), body_unread)) => {
                     let _ = tx.send(Ok((frame, body_unread)));
                 }
-                // A full queue waits for the HTTP client's pace; a queue
-                // whose receiver is gone takes no more frames.
-                Some((Sink::Stream(tx), body_unread))
-                    if tx.send(Ok((frame, body_unread))).await.is_err() && more =>
-                {
-                    if let Some(p) = self
-                        .pending
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .as_mut()
-                    {
-                        p.remove(&id);
+                // A full queue waits for the HTTP client's pace, up to the
+                // stall limit; a queue whose receiver is gone takes no more
+                // frames.
+                Some((Sink::Stream(tx), body_unread)) => {
+                    let sent = tokio::time::timeout(self.stall, tx.send(Ok((frame, body_unread))));
+                    match sent.await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(_)) => {
+                            if more {
+                                self.forget(id);
+                            }
+                        }
+                        Err(_) => {
+                            // The client reads nothing: its stream ends
+                            // (its queue closes) and the work stops.
+                            tracing::warn!(
+                                id,
+                                stall_s = self.stall.as_secs_f64(),
+                                "http: a streamed reply went unread; cancelled"
+                            );
+                            if more {
+                                self.forget(id);
+                                if let Some(jobs) = self.jobs.upgrade() {
+                                    tokio::spawn(async move {
+                                        let _ = jobs.send(Job::Cancel(id)).await;
+                                    });
+                                }
+                            }
+                        }
                     }
                 }
-                Some((Sink::Stream(_), _)) | None => {}
+                None => {}
             }
             Ok(())
         })
