@@ -80,6 +80,8 @@ pub const MAX_READING: usize = 64;
 /// Frames of a streamed reply queued for its stream's writer task; a full
 /// queue holds the server's writer back (the client's pace).
 const STREAM_QUEUE: usize = 8;
+/// Longest a streamed reply's frame waits for room in its stream's queue.
+const STREAM_STALL: Duration = IDLE_TIMEOUT;
 /// Frames with less tensor data than this are sent at a higher priority.
 const SMALL_FRAME: u64 = 1 << 20;
 /// Per-stream receive window: enough for a LAN's bandwidth-delay product.
@@ -646,10 +648,26 @@ impl QuicWriter {
                     }
                     Some(ReplySlot::Streaming(queue)) => {
                         // In order, after the frames before it; a full queue
-                        // waits for the stream (the client's pace).
+                        // waits for the stream (the client's pace), as long
+                        // as an idle connection lives. A client that reads
+                        // nothing for that long loses the connection, as a
+                        // stalled write closes a `tcp://` one.
                         let id = frame.id;
-                        if queue.send(frame).await.is_err() {
-                            debug!(id, "quic: the reply stream was stopped; frame dropped");
+                        match tokio::time::timeout(STREAM_STALL, queue.send(frame)).await {
+                            Ok(Ok(())) => {}
+                            Ok(Err(_)) => {
+                                debug!(id, "quic: the reply stream was stopped; frame dropped")
+                            }
+                            Err(_) => {
+                                let why = format!(
+                                    "the reply stream of request {id} went unread for {} s",
+                                    STREAM_STALL.as_secs()
+                                );
+                                warn!(peer = %self.conn.remote_address(), "quic: {why}; closing");
+                                self.conn
+                                    .close(VarInt::from_u32(CLOSE_ERROR), why.as_bytes());
+                                return Err(io::Error::new(io::ErrorKind::TimedOut, why));
+                            }
                         }
                     }
                     None if frame.id == 0 && frame.kind == FrameKind::Response => {

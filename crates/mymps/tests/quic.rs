@@ -1,7 +1,8 @@
 //! End to end over QUIC: a real server (libtorch, quic:// on loopback) and
 //! the Rust client, for what is QUIC's own: TLS verification (CA file,
 //! pinned fingerprint, none), large and small requests interleaved on one
-//! connection's streams, and bad input on raw QUIC streams. What a client
+//! connection's streams, bad input on raw QUIC streams, and a streamed
+//! reply left unread by a raw client. What a client
 //! sees over every transport (the contract, tokens, requests in flight,
 //! ...) is `conformance.rs`.
 
@@ -306,6 +307,15 @@ async fn large_and_small_requests_interleave_on_one_connection() {
 
 /// A QUIC connection made by hand (quinn), trusting `cert`.
 async fn raw_connect(addr: &str, cert: &Path) -> (quinn::Endpoint, quinn::Connection) {
+    raw_connect_with(addr, cert, quinn::TransportConfig::default()).await
+}
+
+/// [`raw_connect`] with these QUIC transport settings.
+async fn raw_connect_with(
+    addr: &str,
+    cert: &Path,
+    transport: quinn::TransportConfig,
+) -> (quinn::Endpoint, quinn::Connection) {
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
@@ -320,9 +330,10 @@ async fn raw_connect(addr: &str, cert: &Path) -> (quinn::Endpoint, quinn::Connec
     .with_root_certificates(roots)
     .with_no_client_auth();
     tls.alpn_protocols = vec![b"mymps/1".to_vec()];
-    let config = quinn::ClientConfig::new(Arc::new(
+    let mut config = quinn::ClientConfig::new(Arc::new(
         quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap(),
     ));
+    config.transport_config(Arc::new(transport));
     let sock: std::net::SocketAddr = addr.trim_start_matches("quic://").parse().unwrap();
     let ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
     let conn = ep
@@ -438,5 +449,77 @@ async fn a_silent_client_is_closed_with_the_reason() {
         text.contains("no Hello within the handshake timeout"),
         "{text}"
     );
+    server.shutdown().await;
+}
+
+/// A client that leaves a streamed reply unread (its stream's receive
+/// window full) does not hold the server's writer for ever: once a frame
+/// has waited an idle connection's life (30 s) for room, the server closes
+/// the connection with the reason, as a stalled write closes a `tcp://`
+/// one, and the generation stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_reply_left_unread_closes_the_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = dir.path().join("server-cert.pem");
+    let (server, addr) = common::generate::start_on_with_models("quic", |c| {
+        c.transport.tls_cert_out = Some(cert.clone());
+    })
+    .await;
+    let (models, _) = common::generate::models();
+    let c = Client::connect_with(&addr, with_ca(&cert)).await.unwrap();
+    c.load_model(mymps::model::LoadRequest {
+        name: "long".into(),
+        model_type: "huggingface".into(),
+        model_path: Some(models.join("long").display().to_string()),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+
+    let mut transport = quinn::TransportConfig::default();
+    transport.stream_receive_window(quinn::VarInt::from_u32(256));
+    let (_ep, conn) = raw_connect_with(&addr, &cert, transport).await;
+    let hello = protocol::encode(
+        FrameKind::Hello,
+        0,
+        &protocol::hello("raw-quic/1", None),
+        vec![],
+    )
+    .unwrap();
+    assert_eq!(
+        exchange(&conn, &hello.to_vec()).await.kind,
+        FrameKind::Welcome
+    );
+    let generate = Request::Generate(mymps::protocol::GenerateCall {
+        name: "long".into(),
+        request: mymps::model::GenerateRequest {
+            prompts: vec![mymps::model::Prompt::Ids(vec![1, 2, 3])],
+            max_new_tokens: Some(4000),
+            ignore_eos: true,
+            ..Default::default()
+        },
+        stream: true,
+    });
+    let frame = protocol::encode(FrameKind::Request, 1, &generate, vec![]).unwrap();
+    let (mut send, _unread) = conn.open_bi().await.unwrap();
+    send.write_all(&frame.to_vec()).await.unwrap();
+    send.finish().unwrap();
+    let reason = tokio::time::timeout(Duration::from_secs(90), conn.closed())
+        .await
+        .expect("closed by the server");
+    let text = reason.to_string();
+    assert!(text.contains("went unread"), "{text}");
+    // The server goes on (the generation stopped: the metrics' generate
+    // is answered, its few steps' summary into the void).
+    neg_works(&c).await;
+    let mut answered = false;
+    for _ in 0..400 {
+        if c.metrics().await.unwrap().kind("generate").unwrap().count == 1 {
+            answered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(answered, "the generation stopped");
     server.shutdown().await;
 }
