@@ -195,9 +195,21 @@ def test_greedy_ids_equal_transformers_for_one_prompt(c, made, name):
     assert c.generate(name, tuple(PROMPTS[0]), max_new_tokens=16)["ids"] == want
 
 
+def _penalty_skips_padding():
+    """Whether this transformers leaves left padding out of the repetition
+    penalty (`prompt_ignore_length`, as 5.24 does and mymps does; 5.17
+    still penalized the padding ids)."""
+    import inspect
+    from transformers.generation.utils import GenerationMixin
+    source = inspect.getsource(GenerationMixin._get_logits_processor)
+    return "prompt_ignore_length=padding_lengths" in source
+
+
 @pytest.mark.parametrize("name", ["gpt2", "llama"])
 @pytest.mark.parametrize("penalty", [None, 1.7])
 def test_greedy_ids_equal_transformers_for_a_left_padded_batch(c, made, name, penalty):
+    if penalty is not None and not _penalty_skips_padding():
+        pytest.skip("this transformers penalizes left padding; mymps follows 5.24, which does not")
     opts = {} if penalty is None else {"repetition_penalty": penalty}
     want = made.reference(name, PROMPTS, do_sample=False, max_new_tokens=16, **opts)
     r = c.generate(name, PROMPTS, 16, **opts)
