@@ -416,3 +416,68 @@ fn headers_nested_past_the_depth_limit_are_refused_on_a_worker_s_stack() {
         .join()
         .unwrap();
 }
+
+#[test]
+fn golden_generate_frames() {
+    use crate::model::{
+        FinishReason, GenerateRequest, GenerateSummary, GeneratedSequence, Prompt, Step, StepToken,
+    };
+    // A streamed generate: a text prompt, two options.
+    let generate = Request::Generate(GenerateCall {
+        name: "gpt2".into(),
+        request: GenerateRequest {
+            prompts: vec![Prompt::Text("Hello".into())],
+            max_new_tokens: Some(2),
+            ..Default::default()
+        },
+        stream: true,
+    });
+    let f = encode(FrameKind::Request, 9, &generate, vec![]).unwrap();
+    golden("generate_request", &f);
+    // It reads back with every absent option None.
+    match decode_header::<Request>(&f).unwrap() {
+        Request::Generate(g) => {
+            assert!(g.stream);
+            assert_eq!(g.request.max_new_tokens, Some(2));
+            assert_eq!(g.request.temperature, None);
+        }
+        other => panic!("{other:?}"),
+    }
+    // Each step: a Response frame of the request's id with MORE.
+    let step = Response::GenerateStep(Step {
+        index: 0,
+        tokens: vec![StepToken {
+            id: Some(11),
+            text: ",".into(),
+            finish: None,
+        }],
+    });
+    let f = encode(FrameKind::Response, 9, &step, vec![])
+        .unwrap()
+        .with_more();
+    assert!(f.more());
+    golden("generate_step_response", &f);
+    // The summary ends the reply: no MORE.
+    let summary = Response::Generated(GenerateSummary {
+        sequences: vec![GeneratedSequence {
+            prompt_ids: vec![15496],
+            ids: vec![11, 314],
+            text: Some(", I".into()),
+            finish: FinishReason::Length,
+        }],
+        steps: 2,
+        forward_passes: 2,
+        cache_bytes: 4096,
+        seed: None,
+    });
+    let f = encode(FrameKind::Response, 9, &summary, vec![]).unwrap();
+    assert!(!f.more());
+    golden("generated_response", &f);
+    // Cancel: kind 5, the request's id, an empty map.
+    #[derive(serde::Serialize)]
+    struct Empty {}
+    golden(
+        "cancel",
+        &encode(FrameKind::Cancel, 9, &Empty {}, vec![]).unwrap(),
+    );
+}
