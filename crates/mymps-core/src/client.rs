@@ -600,7 +600,8 @@ impl ReplyStream {
     }
 
     /// The next reply; `None` after the last. An error reply, a lost
-    /// connection or a timeout is `Err`, and ends the stream.
+    /// connection or a timeout is `Err`, and ends the stream (after a
+    /// timeout the request is cancelled on the server too).
     pub async fn next(&mut self) -> Option<Result<(Response, Vec<Bytes>)>> {
         if self.ended {
             return None;
@@ -609,10 +610,14 @@ impl ReplyStream {
         let frame = match tokio::time::timeout(timeout, self.rx.recv()).await {
             Ok(Some(frame)) => frame,
             Ok(None) => Err(Error::connection("the connection is closed")),
-            Err(_) => Err(Error::new(
-                ErrorCode::Timeout,
-                format!("no reply within {timeout:?}"),
-            )),
+            Err(_) => {
+                // Given up on: the server need not go on computing it.
+                self.cancel().await;
+                Err(Error::new(
+                    ErrorCode::Timeout,
+                    format!("no reply within {timeout:?}"),
+                ))
+            }
         };
         let reply = frame.and_then(|frame| {
             let more = frame.more();
