@@ -465,12 +465,15 @@ async fn serve_connection(shared: Arc<Shared>, conn: Connection, mut stop: watch
                     if peer_info.streamed {
                         held.cancel = peer_info.watch(id);
                     }
+                    // Its own flag, which `held` may no longer carry when
+                    // the work ends (a failed blocking task keeps it).
+                    let watched = held.cancel.is_some();
                     handlers.spawn(async move {
                         let reply = match request {
                             Ok(r) => handle(&shared, id, r, tensors, &peer_info, &mut held).await,
                             Err(e) => Err(e),
                         };
-                        if held.cancel.is_some() {
+                        if watched {
                             peer_info.unwatch(id);
                         }
                         answer(&shared, &tx, id, reply, timer, label).await;
