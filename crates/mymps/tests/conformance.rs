@@ -31,7 +31,7 @@ use mymps::server::{ServerConfig, ServerHandle};
 use mymps::transport::TransportOptions;
 use mymps::{DType, Error, ErrorCode, Tensor, Value};
 use serde::de::DeserializeOwned;
-use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufRead, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
 // --- the transports ---------------------------------------------------------
@@ -960,7 +960,7 @@ async fn generate(wire: Wire) {
             }
             let summary = g.summary().cloned().expect("a summary ends the stream");
             assert_eq!(summary, whole);
-            check_steps(&steps, &summary);
+            common::generate::check_steps(&steps, &summary);
 
             let long = GenerateRequest {
                 prompts: vec![Prompt::Ids(vec![1, 2, 3])],
@@ -1036,7 +1036,7 @@ async fn generate(wire: Wire) {
                     serde_json::from_value(e.data.clone()).unwrap()
                 })
                 .collect();
-            check_steps(&steps, &summary);
+            common::generate::check_steps(&steps, &summary);
             let health: HealthInfo = h.get_json("/health").await.unwrap();
             assert_eq!(health.status, "ok");
 
@@ -1085,18 +1085,6 @@ async fn generate(wire: Wire) {
     }
     c.close();
     f.shutdown().await;
-}
-
-/// The steps of a streamed generate add up to its summary.
-fn check_steps(steps: &[Step], summary: &GenerateSummary) {
-    assert_eq!(steps.len(), summary.steps);
-    for (i, step) in steps.iter().enumerate() {
-        assert_eq!(step.index, i);
-    }
-    for (row, seq) in summary.sequences.iter().enumerate() {
-        let streamed: Vec<i64> = steps.iter().filter_map(|s| s.tokens[row].id).collect();
-        assert_eq!(streamed, seq.ids, "row {row}");
-    }
 }
 
 /// The `generate` row of `/api/dashboard`: requests answered, reply bytes.
@@ -1175,25 +1163,7 @@ fn http_request(
 
 /// Reads one response (with a Content-Length body).
 async fn read_reply(s: &mut (impl AsyncBufRead + Unpin)) -> Reply {
-    let mut line = String::new();
-    s.read_line(&mut line).await.unwrap();
-    let status = line
-        .split(' ')
-        .nth(1)
-        .unwrap_or_else(|| panic!("a status line, not {line:?}"))
-        .parse()
-        .unwrap();
-    let mut headers = Vec::new();
-    loop {
-        line.clear();
-        s.read_line(&mut line).await.unwrap();
-        let l = line.trim_end();
-        if l.is_empty() {
-            break;
-        }
-        let (k, v) = l.split_once(':').unwrap();
-        headers.push((k.to_owned(), v.trim().to_owned()));
-    }
+    let (status, headers) = common::generate::read_head(s).await;
     let len: usize = headers
         .iter()
         .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))

@@ -39,34 +39,13 @@ async fn server() -> (mymps::server::ServerHandle, Client) {
     (server, client)
 }
 
-fn ids(v: &Value) -> Vec<i64> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_i64().unwrap())
-        .collect()
-}
-
 #[tokio::test]
 async fn greedy_ids_equal_transformers_in_one_reply_and_streamed() {
     let (_server, c) = server().await;
-    let (_, r) = models();
-    let case = r["generate"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["model"] == "gpt2" && c["case"] == "left-padded batch of 3")
-        .unwrap();
-    let prompts: Vec<Prompt> = case["prompts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| Prompt::Ids(ids(p)))
-        .collect();
-    let want: Vec<Vec<i64>> = case["ids"].as_array().unwrap().iter().map(ids).collect();
+    let (prompts, max_new_tokens, want) = common::generate::greedy_case();
     let request = GenerateRequest {
         prompts,
-        max_new_tokens: Some(case["max_new_tokens"].as_u64().unwrap() as usize),
+        max_new_tokens: Some(max_new_tokens),
         ..Default::default()
     };
 
@@ -82,14 +61,7 @@ async fn greedy_ids_equal_transformers_in_one_reply_and_streamed() {
     }
     let summary = g.summary().cloned().expect("a summary ends the stream");
     assert_eq!(summary, whole);
-    assert_eq!(steps.len(), summary.steps);
-    for (i, step) in steps.iter().enumerate() {
-        assert_eq!(step.index, i);
-    }
-    for (row, seq) in summary.sequences.iter().enumerate() {
-        let streamed: Vec<i64> = steps.iter().filter_map(|s| s.tokens[row].id).collect();
-        assert_eq!(streamed, seq.ids, "row {row}");
-    }
+    common::generate::check_steps(&steps, &summary);
     assert!(g.next().await.is_none(), "nothing after the summary");
 }
 
@@ -100,7 +72,7 @@ async fn text_pieces_add_up_and_the_tokenizer_answers_over_the_wire() {
     for case in r["tokenizer"].as_array().unwrap() {
         let text = case["text"].as_str().unwrap();
         let special = case["add_special_tokens"].as_bool().unwrap();
-        let want = ids(&case["ids"]);
+        let want = common::generate::ids(&case["ids"]);
         assert_eq!(
             c.encode("gpt2", text, special).await.unwrap(),
             want,

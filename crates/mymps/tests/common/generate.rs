@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
-use mymps::model::Prompt;
+use mymps::model::{GenerateSummary, Prompt, Step};
 use mymps::server::{ServerConfig, ServerHandle};
 use serde_json::Value;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt};
@@ -111,6 +111,18 @@ pub fn greedy_case() -> (Vec<Prompt>, usize, Vec<Vec<i64>>) {
         case["max_new_tokens"].as_u64().unwrap() as usize,
         want,
     )
+}
+
+/// The steps of a streamed generate add up to its summary.
+pub fn check_steps(steps: &[Step], summary: &GenerateSummary) {
+    assert_eq!(steps.len(), summary.steps);
+    for (i, step) in steps.iter().enumerate() {
+        assert_eq!(step.index, i);
+    }
+    for (row, seq) in summary.sequences.iter().enumerate() {
+        let streamed: Vec<i64> = steps.iter().filter_map(|s| s.tokens[row].id).collect();
+        assert_eq!(streamed, seq.ids, "row {row}");
+    }
 }
 
 /// Reads an HTTP response's status line and headers.
