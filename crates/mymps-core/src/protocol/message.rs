@@ -398,6 +398,45 @@ pub enum Request {
     Unknown,
 }
 
+/// What any request may carry beside its arguments, at the top level of
+/// its map (beside `"type"`): options of how the server treats the request
+/// rather than of what it computes, so that every kind takes them the same
+/// way and a new kind gets them without a field of its own. The server
+/// reads them apart from the [`Request`] (a second look at the same map);
+/// an absent key means what a request without it always meant.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestOptions {
+    /// The most milliseconds the request may take, counted from when the
+    /// server has read it whole (relative, so that the peers' clocks need
+    /// not agree). A request still queued at its deadline is answered
+    /// [`Timeout`](crate::ErrorCode::Timeout) and not run; one running is
+    /// answered `Timeout` then and its result dropped when it comes (a
+    /// kernel is not interrupted); a `generate` stops after the step under
+    /// way. Absent: no deadline but the server's own limit, if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+}
+
+impl RequestOptions {
+    /// Whether no option is set (the request's map is then exactly what
+    /// it was before options existed).
+    pub fn is_empty(&self) -> bool {
+        self.timeout_ms.is_none()
+    }
+}
+
+/// A request header with its [`RequestOptions`], as a client encodes it:
+/// the request's map with the options' keys added at its top level.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct WithOptions<'a> {
+    /// The request.
+    #[serde(flatten)]
+    pub request: &'a Request,
+    /// Its options.
+    #[serde(flatten)]
+    pub options: RequestOptions,
+}
+
 /// Declares [`RequestKind`]: one variant and one name per kind of
 /// [`Request`], in one table (metrics size their tables from it).
 macro_rules! request_kinds {

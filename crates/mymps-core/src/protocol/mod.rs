@@ -52,6 +52,27 @@ pub fn encode<T: Serialize>(
     Ok(Frame::new(kind, id, Bytes::from(header), tensors))
 }
 
+/// Builds a request frame: the request's header with `options` at its
+/// top level ([`WithOptions`]); without options, exactly the request's
+/// own header, as before options existed.
+pub fn encode_request(
+    id: u64,
+    request: &Request,
+    options: RequestOptions,
+    tensors: Vec<Bytes>,
+) -> Result<Frame> {
+    if options.is_empty() {
+        encode(FrameKind::Request, id, request, tensors)
+    } else {
+        encode(
+            FrameKind::Request,
+            id,
+            &WithOptions { request, options },
+            tensors,
+        )
+    }
+}
+
 /// The deepest a header's maps and arrays may nest. Protocol 1's headers
 /// nest less than 16 deep; rmp-serde's own limit, 1024, is past what a
 /// tokio worker's 2 MiB stack holds in a debug build (an internally tagged

@@ -62,6 +62,58 @@ fn golden_exec_request() {
 }
 
 #[test]
+fn golden_request_with_a_deadline() {
+    let a = crate::Tensor::from_vec(vec![1.0f32, 2.0, 3.0, 4.0], &[2, 2]).unwrap();
+    let (metas, bufs) = tensors_to_wire(vec![("0".into(), a)]);
+    let req = Request::Exec(ExecRequest {
+        op: "neg".into(),
+        inputs: metas,
+        ..Default::default()
+    });
+    let options = RequestOptions {
+        timeout_ms: Some(1500),
+    };
+    let f = encode_request(42, &req, options, bufs).unwrap();
+    golden("exec_timeout_request", &f);
+    // The same request, and its options, come back out of it.
+    assert_eq!(decode_header::<Request>(&f).unwrap(), req);
+    assert_eq!(decode_header::<RequestOptions>(&f).unwrap(), options);
+    // A request kind without fields takes them too.
+    let h = encode_request(7, &Request::Health, options, vec![]).unwrap();
+    assert_eq!(decode_header::<Request>(&h).unwrap(), Request::Health);
+    assert_eq!(decode_header::<RequestOptions>(&h).unwrap(), options);
+    // Without options the frame is the request's own, byte for byte.
+    assert_eq!(
+        encode_request(42, &req, RequestOptions::default(), vec![]).unwrap(),
+        encode(FrameKind::Request, 42, &req, vec![]).unwrap()
+    );
+    // Every older golden request has no deadline.
+    for name in [
+        "exec_request",
+        "health_request",
+        "metrics_request",
+        "put_request",
+        "exec_refs_request",
+        "free_request",
+        "run_graph_request",
+        "generate_request",
+    ] {
+        let path = format!("{}/tests/golden/{name}.hex", env!("CARGO_MANIFEST_DIR"));
+        let text = std::fs::read_to_string(&path).unwrap();
+        let bytes: Vec<u8> = (0..text.trim().len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&text.trim()[i..i + 2], 16).unwrap())
+            .collect();
+        let (frame, _) = Frame::decode(&bytes, &Limits::DEFAULT).unwrap().unwrap();
+        assert_eq!(
+            decode_header::<RequestOptions>(&frame).unwrap(),
+            RequestOptions::default(),
+            "{name}"
+        );
+    }
+}
+
+#[test]
 fn golden_error_response() {
     let e = crate::Error::new(crate::ErrorCode::UnknownOp, "unknown op 'frobnicate'");
     golden(
