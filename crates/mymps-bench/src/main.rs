@@ -22,6 +22,7 @@ use mymps::client::{Call, Caller, Client};
 use serde_json::{Value, json};
 
 mod chains;
+mod soak;
 
 const MIB: usize = 1 << 20;
 
@@ -61,10 +62,37 @@ struct Args {
     /// small op on handles) and their targets.
     #[arg(long)]
     chains_only: bool,
+    /// Soak: mixed work from many clients for DURATION (90s, 5m, 1h),
+    /// sampling the server's RSS, open files, threads and latency; fails on
+    /// growth, lost requests or unexpected errors (docs/BENCHMARKS.md).
+    #[arg(long, value_name = "DURATION")]
+    soak: Option<String>,
+    /// Soak: concurrent clients.
+    #[arg(long, default_value_t = 4)]
+    soak_clients: usize,
+    /// Soak: a pause after each request of a client, milliseconds (to cap
+    /// the load).
+    #[arg(long, default_value_t = 0)]
+    soak_pause_ms: u64,
+    /// Soak: time between samples (default: a twentieth of the run, 0.5 s
+    /// to 60 s).
+    #[arg(long, value_name = "DURATION")]
+    soak_interval: Option<String>,
+    /// Soak: RSS growth allowed after warm-up, percent (plus 16 MiB).
+    #[arg(long, default_value_t = 10.0)]
+    soak_rss_tolerance: f64,
+    /// Soak against --addr: the server's process id, for its RSS, open
+    /// files and threads from /proc (without it, RSS from `stats` only).
+    #[arg(long, value_name = "PID")]
+    server_pid: Option<u32>,
     /// Internal: serve in-process on an ephemeral port (used when no
     /// `mymps` executable is found).
     #[arg(long, hide = true)]
     internal_serve: bool,
+    /// Internal, with --internal-serve: the soak's server (model loaders
+    /// linked in, models under this folder, the soak's --max-payload).
+    #[arg(long, hide = true, value_name = "PATH")]
+    internal_model_root: Option<PathBuf>,
 }
 
 /// Iteration counts and sizes.
@@ -465,7 +493,19 @@ fn main() {
         .clone()
         .unwrap_or_else(|| if args.gpu { "cuda" } else { "cpu" }.into());
     if args.internal_serve {
-        if let Err(e) = internal_serve(&device) {
+        let r = match &args.internal_model_root {
+            Some(root) => soak::internal_serve(&device, root),
+            None => internal_serve(&device),
+        };
+        if let Err(e) = r {
+            eprintln!("mymps-bench: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
+    if let Some(d) = &args.soak {
+        let r = soak::parse_duration(d).and_then(|d| soak::run(&args, &device, d));
+        if let Err(e) = r {
             eprintln!("mymps-bench: {e}");
             std::process::exit(1);
         }
