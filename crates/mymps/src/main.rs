@@ -2,6 +2,7 @@
 //! subcommands are a client for shells and scripts.
 
 mod cluster_cli;
+mod tensors_cli;
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -79,6 +80,44 @@ enum Command {
         /// Write each result to DIR/NAME.npy.
         #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Upload a .npy file and share it under a name, for later commands
+    /// and other clients: `mymps put w.npy --name w`.
+    Put {
+        /// The .npy file.
+        file: PathBuf,
+        /// The name to share it under (a command's unnamed tensors go with
+        /// its connection, so a name is needed).
+        #[arg(long)]
+        name: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Fetch a shared tensor's data: `mymps get w -o w.npy`.
+    Get {
+        /// Its shared name.
+        name: String,
+        /// Write it to this .npy file.
+        #[arg(short = 'o', long = "out", value_name = "FILE.npy")]
+        out: Option<PathBuf>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Free shared tensors by name (for every client): `mymps free w b`.
+    Free {
+        /// Their shared names.
+        #[arg(required = true)]
+        names: Vec<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Resident tensors: the server's count and bytes, and what the shared
+    /// names given are (dtype, shape, device), without fetching them.
+    Tensors {
+        /// Shared names to describe.
+        names: Vec<String>,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -346,6 +385,10 @@ fn main() -> ExitCode {
             out,
             client,
         } => exec(&client, &op, &inputs, &kwargs, out.as_deref()),
+        Command::Put { file, name, client } => tensors_cli::put(&client, &file, &name),
+        Command::Get { name, out, client } => tensors_cli::get(&client, &name, out.as_ref()),
+        Command::Free { names, client } => tensors_cli::free(&client, &names),
+        Command::Tensors { names, client } => tensors_cli::tensors(&client, &names),
         Command::Generate(args) => generate(args),
         Command::Cluster { command, cluster } => cluster_cli::run(&cluster, command),
     };
