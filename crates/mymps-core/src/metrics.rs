@@ -17,6 +17,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use crate::error::ErrorCode;
+use crate::nvml::GpuStats;
 use crate::protocol::{Frame, Request, RequestKind};
 
 /// Upper bounds of the latency histogram buckets, nanoseconds (50 µs to
@@ -44,7 +45,8 @@ pub const LATENCY_BOUNDS_NS: [u64; 20] = [
     300_000_000_000,
 ];
 
-const N_BUCKETS: usize = LATENCY_BOUNDS_NS.len() + 1;
+/// Buckets of a latency histogram: one per bound, and `+Inf`.
+pub const N_BUCKETS: usize = LATENCY_BOUNDS_NS.len() + 1;
 
 /// Error codes 1..=18 have a slot each; any other code shares the last.
 const N_ERROR_SLOTS: usize = 19;
@@ -176,6 +178,45 @@ pub struct Gauges {
     pub resident_bytes: u64,
     /// Accelerator memory, bytes (total, free), where the device reports it.
     pub accelerator_memory: Option<(u64, u64)>,
+    /// The GPU's utilisation and memory from NVML, where present.
+    pub gpu: Option<GpuStats>,
+}
+
+/// Every request kind's count, the errors and the latency buckets of all
+/// requests, read at one moment without allocating: what the history
+/// sampler takes the differences of.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Totals {
+    /// Requests answered, per kind (in the order of [`RequestKind::ALL`]).
+    pub per_kind: [u64; RequestKind::ALL.len()],
+    /// Errors answered (requests, refused frames and handshakes).
+    pub errors: u64,
+    /// All requests' latency histogram (the buckets of
+    /// [`LATENCY_BOUNDS_NS`] and `+Inf`).
+    pub latency: [u64; N_BUCKETS],
+    /// Requests being handled.
+    pub in_flight: u64,
+    /// Connections open.
+    pub connections_open: u64,
+}
+
+impl Default for Totals {
+    fn default() -> Totals {
+        Totals {
+            per_kind: [0; RequestKind::ALL.len()],
+            errors: 0,
+            latency: [0; N_BUCKETS],
+            in_flight: 0,
+            connections_open: 0,
+        }
+    }
+}
+
+impl Totals {
+    /// Requests answered, all kinds.
+    pub fn requests(&self) -> u64 {
+        self.per_kind.iter().sum()
+    }
 }
 
 impl Metrics {
@@ -270,6 +311,23 @@ impl Metrics {
         self.in_flight.fetch_sub(1, Relaxed);
     }
 
+    /// Reads the request counters summed over kinds (each kind's count is
+    /// the sum of its buckets, as in [`Metrics::snapshot`]).
+    pub fn totals(&self) -> Totals {
+        let mut t = Totals::default();
+        for (i, k) in self.kinds.iter().enumerate() {
+            for (b, c) in k.latency.buckets.iter().enumerate() {
+                let c = c.load(Relaxed);
+                t.per_kind[i] += c;
+                t.latency[b] += c;
+            }
+        }
+        t.errors = self.errors.iter().map(|e| e.load(Relaxed)).sum();
+        t.in_flight = self.in_flight.load(Relaxed);
+        t.connections_open = self.connections_open.load(Relaxed);
+        t
+    }
+
     /// Reads every counter. Each histogram's count is the sum of its buckets,
     /// so a snapshot is self-consistent even while requests are recorded.
     pub fn snapshot(&self, gauges: Gauges) -> MetricsSnapshot {
@@ -342,6 +400,7 @@ impl Metrics {
             resident_bytes: gauges.resident_bytes,
             accelerator_memory_total_bytes: gauges.accelerator_memory.map(|m| m.0),
             accelerator_memory_free_bytes: gauges.accelerator_memory.map(|m| m.1),
+            gpu: gauges.gpu,
         }
     }
 }
@@ -485,6 +544,9 @@ pub struct MetricsSnapshot {
     /// Accelerator memory free, bytes.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub accelerator_memory_free_bytes: Option<u64>,
+    /// The GPU's utilisation and memory from NVML, where present.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gpu: Option<GpuStats>,
 }
 
 impl MetricsSnapshot {
@@ -771,6 +833,45 @@ pub fn render_prometheus(s: &MetricsSnapshot) -> String {
             total.saturating_sub(free) as f64,
         );
     }
+    if let Some(g) = &s.gpu {
+        let labels = [("device", s.device.as_str()), ("gpu", g.name.as_str())];
+        if let Some(u) = g.utilization_percent {
+            o.family(
+                "mymps_gpu_utilization_percent",
+                "gauge",
+                "Percent of NVML's last sample period in which a kernel ran on the GPU.",
+            );
+            o.sample("mymps_gpu_utilization_percent", &labels, u);
+        }
+        if let Some(u) = g.memory_utilization_percent {
+            o.family(
+                "mymps_gpu_memory_utilization_percent",
+                "gauge",
+                "Percent of NVML's last sample period in which GPU memory was read or written.",
+            );
+            o.sample("mymps_gpu_memory_utilization_percent", &labels, u);
+        }
+        o.family(
+            "mymps_gpu_memory_total_bytes",
+            "gauge",
+            "GPU memory, from NVML.",
+        );
+        o.sample(
+            "mymps_gpu_memory_total_bytes",
+            &labels,
+            g.memory_total_bytes as f64,
+        );
+        o.family(
+            "mymps_gpu_memory_used_bytes",
+            "gauge",
+            "GPU memory in use (by any process), from NVML.",
+        );
+        o.sample(
+            "mymps_gpu_memory_used_bytes",
+            &labels,
+            g.memory_used_bytes as f64,
+        );
+    }
     o.0
 }
 
@@ -835,6 +936,13 @@ mod tests {
             resident_tensors: 3,
             resident_bytes: 4096,
             accelerator_memory: Some((100, 40)),
+            gpu: Some(GpuStats {
+                name: "NVIDIA H200".into(),
+                utilization_percent: Some(37.0),
+                memory_utilization_percent: Some(5.0),
+                memory_total_bytes: 1000,
+                memory_used_bytes: 250,
+            }),
             ..Gauges::default()
         });
         let e = s.kind("exec").unwrap();
@@ -874,6 +982,16 @@ mod tests {
         assert!(text.contains("mymps_resident_tensors 3\n"));
         assert!(text.contains("mymps_resident_bytes 4096\n"));
         assert!(text.contains("mymps_accelerator_memory_used_bytes{device=\"\"} 60\n"));
+        assert!(
+            text.contains("mymps_gpu_utilization_percent{device=\"\",gpu=\"NVIDIA H200\"} 37\n")
+        );
+        assert!(
+            text.contains("mymps_gpu_memory_used_bytes{device=\"\",gpu=\"NVIDIA H200\"} 250\n")
+        );
+        let t = m.totals();
+        assert_eq!((t.requests(), t.errors), (4, 3));
+        assert_eq!(t.per_kind[RequestKind::Exec as usize], 3);
+        assert_eq!(t.latency.iter().sum::<u64>(), 4);
         // Every sample line is `name{labels} value` with a parsable value,
         // and every family is announced before its samples.
         let mut typed = std::collections::BTreeSet::new();

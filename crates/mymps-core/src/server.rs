@@ -17,7 +17,10 @@ use tracing::{debug, info, warn};
 
 use crate::backend::Backend;
 use crate::error::{Error, ErrorCode, Result};
+pub use crate::history::HistoryConfig;
+use crate::history::{History, Readings};
 use crate::metrics::{self, Metrics};
+use crate::nvml::{GpuStats, NvmlDevice};
 use crate::model::{GenerateLimits, ModelRegistry};
 use crate::ops;
 use crate::protocol::{
@@ -71,6 +74,9 @@ pub struct ServerConfig {
     /// prompts); its memory also counts in `memory_budget`, so the
     /// smaller of the two caps applies.
     pub generate: GenerateLimits,
+    /// How often the server samples its figures for `history`, and how
+    /// many samples it keeps.
+    pub history: HistoryConfig,
 }
 
 impl Default for ServerConfig {
@@ -90,6 +96,7 @@ impl Default for ServerConfig {
             transport: TransportOptions::default(),
             resident: ResidentLimits::default(),
             generate: GenerateLimits::default(),
+            history: HistoryConfig::default(),
         }
     }
 }
@@ -113,6 +120,12 @@ struct Shared {
     store: Store,
     /// The next connection's number (owner of its resident tensors).
     next_connection: std::sync::atomic::AtomicU64,
+    /// Samples taken on a timer (`history`), and the host statistics that
+    /// the sampler reads (its own, so that `stats` keeps its windows).
+    history: History,
+    history_stats: HostStats,
+    /// The server's GPU as NVML knows it, where NVML is present.
+    gpu: Option<NvmlDevice>,
 }
 
 /// A server with its listeners bound.
@@ -181,8 +194,21 @@ impl Server {
                 .map_err(|e| Error::connection(format!("cannot listen on {ep}: {e}")))?;
             listeners.push(l);
         }
+        let device = backend.info().device;
+        let gpu = tokio::task::spawn_blocking(move || NvmlDevice::for_server_device(&device))
+            .await
+            .map_err(|e| Error::internal(format!("opening NVML failed: {e}")))?
+            .inspect(|d| info!(gpu = d.name(), "GPU figures from NVML"))
+            .inspect_err(|e| match e {
+                crate::nvml::NvmlError::NotCuda(_) => {}
+                e => info!("no GPU figures from NVML: {e}"),
+            })
+            .ok();
         Ok(Server {
             shared: Arc::new(Shared {
+                history: History::new(config.history),
+                history_stats: HostStats::new(),
+                gpu,
                 budget: MemoryBudget::new(config.memory_budget),
                 workers: Arc::new(Semaphore::new(config.workers.max(1))),
                 backend,
@@ -232,6 +258,7 @@ impl Server {
 
     async fn run(self, stop: watch::Receiver<bool>) {
         let info = self.shared.backend.info();
+        let sampler = tokio::spawn(sample_history(self.shared.clone(), stop.clone()));
         let mut accepts = JoinSet::new();
         for mut listener in self.listeners {
             let ep = listener.local_endpoint();
@@ -267,6 +294,7 @@ impl Server {
             });
         }
         while accepts.join_next().await.is_some() {}
+        sampler.abort();
         info!("server stopped");
     }
 }
@@ -831,8 +859,11 @@ async fn handle(
         Request::Stats => {
             let s = shared.clone();
             let stats = tokio::task::spawn_blocking(move || {
-                s.stats
-                    .sample(&s.backend.info().device, s.backend.accelerator_memory())
+                let mut stats = s
+                    .stats
+                    .sample(&s.backend.info().device, s.backend.accelerator_memory());
+                stats.gpu = read_gpu(&s);
+                stats
             })
             .await
             .map_err(|e| Error::internal(format!("stats task failed: {e}")))?;
@@ -877,6 +908,11 @@ async fn handle(
             Response::Unloaded { name }
         }
         Request::Metrics => Response::Metrics(metrics_snapshot(shared).await?),
+        Request::History { since } => Response::History(shared.history.snapshot(
+            since,
+            shared.started.elapsed().as_secs_f64(),
+            &shared.metrics.totals(),
+        )),
         Request::Generate(call) => return generate::generate(shared, id, call, peer, held).await,
         Request::Encode {
             name,
@@ -926,8 +962,8 @@ async fn handle(
 /// asked of the backend on the blocking pool: drivers may block).
 async fn metrics_snapshot(shared: &Arc<Shared>) -> Result<metrics::MetricsSnapshot> {
     let s = shared.clone();
-    let accelerator = blocking("reading accelerator memory", move || {
-        Ok(s.backend.accelerator_memory())
+    let (accelerator, gpu) = blocking("reading accelerator memory", move || {
+        Ok((s.backend.accelerator_memory(), read_gpu(&s)))
     })
     .await?;
     let info = shared.backend.info();
@@ -942,7 +978,61 @@ async fn metrics_snapshot(shared: &Arc<Shared>) -> Result<metrics::MetricsSnapsh
         resident_tensors: shared.store.totals().0,
         resident_bytes: shared.store.totals().1,
         accelerator_memory: accelerator.map(|m| (m.total, m.free)),
+        gpu,
     }))
+}
+
+/// NVML's figures for the server's GPU, where present (blocking: calls
+/// into the driver). A failed read is logged, and the figures are absent.
+fn read_gpu(shared: &Shared) -> Option<GpuStats> {
+    let gpu = shared.gpu.as_ref()?;
+    gpu.sample()
+        .inspect_err(|e| debug!("reading the GPU with NVML: {e}"))
+        .ok()
+}
+
+/// Takes a sample for `history` every `ServerConfig::history` interval
+/// until the server stops: the metrics' counters, the gauges, and what the
+/// blocking pool reads (this process in `/proc`, accelerator memory, NVML).
+async fn sample_history(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(shared.history.config().interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await; // The first tick is now: sample an interval later.
+    loop {
+        tokio::select! {
+            _ = stopped(&mut stop) => return,
+            _ = tick.tick() => {}
+        }
+        let s = shared.clone();
+        let read = tokio::task::spawn_blocking(move || {
+            (
+                s.history_stats.host(),
+                s.backend.accelerator_memory(),
+                read_gpu(&s),
+            )
+        })
+        .await;
+        let Ok((host, accelerator, gpu)) = read else {
+            warn!("reading the host for the history failed");
+            continue;
+        };
+        let unix_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        shared.history.record(Readings {
+            uptime_s: shared.started.elapsed().as_secs_f64(),
+            unix_ms,
+            totals: shared.metrics.totals(),
+            process_rss_bytes: host.process_rss_bytes,
+            process_cpu_percent: host.process_cpu_percent,
+            host_cpu_percent: host.cpu_percent,
+            host_memory_used_bytes: host.memory_used_bytes,
+            memory_budget_used_bytes: shared.budget.in_use(),
+            resident: shared.store.totals(),
+            accelerator_memory: accelerator.map(|m| (m.total, m.free)),
+            gpu,
+        });
+    }
 }
 
 /// Runs blocking work on the blocking pool; a panic becomes an

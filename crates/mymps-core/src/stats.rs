@@ -52,6 +52,31 @@ impl HostStats {
 
     /// Takes a sample (blocking: it reads `/proc`).
     pub fn sample(&self, device: &str, accelerator: Option<AcceleratorMemory>) -> StatsInfo {
+        let h = self.host();
+        StatsInfo {
+            cpu_percent: h.cpu_percent,
+            cpu_count: h.cpu_count,
+            load_avg: h.load_avg,
+            memory_total_gb: h.memory_total_bytes as f64 / GB,
+            memory_used_gb: h.memory_used_bytes as f64 / GB,
+            memory_percent: if h.memory_total_bytes > 0 {
+                100.0 * h.memory_used_bytes as f64 / h.memory_total_bytes as f64
+            } else {
+                0.0
+            },
+            process_rss_mb: h.process_rss_bytes as f64 / MIB,
+            process_cpu_percent: h.process_cpu_percent,
+            device: device.to_owned(),
+            accelerator_memory_total_mb: accelerator.map(|m| m.total as f64 / MIB),
+            accelerator_memory_used_mb: accelerator
+                .map(|m| m.total.saturating_sub(m.free) as f64 / MIB),
+            accelerator_memory_free_mb: accelerator.map(|m| m.free as f64 / MIB),
+            gpu: None,
+        }
+    }
+
+    /// Takes a sample in bytes and percents (blocking: it reads `/proc`).
+    pub fn host(&self) -> HostSample {
         let mut s = self.system.lock().unwrap_or_else(|p| p.into_inner());
         s.refresh_cpu_usage();
         s.refresh_memory();
@@ -68,28 +93,35 @@ impl HostStats {
             None => (0, 0.0),
         };
         let load = System::load_average();
-        let total = s.total_memory();
-        let used = s.used_memory();
-        StatsInfo {
+        HostSample {
             cpu_percent: s.global_cpu_usage() as f64,
             cpu_count: s.cpus().len() as u64,
             load_avg: [load.one, load.five, load.fifteen],
-            memory_total_gb: total as f64 / GB,
-            memory_used_gb: used as f64 / GB,
-            memory_percent: if total > 0 {
-                100.0 * used as f64 / total as f64
-            } else {
-                0.0
-            },
-            process_rss_mb: rss as f64 / MIB,
+            memory_total_bytes: s.total_memory(),
+            memory_used_bytes: s.used_memory(),
+            process_rss_bytes: rss,
             process_cpu_percent: proc_cpu,
-            device: device.to_owned(),
-            accelerator_memory_total_mb: accelerator.map(|m| m.total as f64 / MIB),
-            accelerator_memory_used_mb: accelerator
-                .map(|m| m.total.saturating_sub(m.free) as f64 / MIB),
-            accelerator_memory_free_mb: accelerator.map(|m| m.free as f64 / MIB),
         }
     }
+}
+
+/// One reading of the host and of this process.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct HostSample {
+    /// Host CPU use since the previous sample, % of all cores.
+    pub cpu_percent: f64,
+    /// Logical CPUs.
+    pub cpu_count: u64,
+    /// 1, 5 and 15 minute load averages.
+    pub load_avg: [f64; 3],
+    /// Host memory, bytes.
+    pub memory_total_bytes: u64,
+    /// Host memory in use, bytes.
+    pub memory_used_bytes: u64,
+    /// This process's resident memory, bytes.
+    pub process_rss_bytes: u64,
+    /// This process's CPU use since the previous sample, % of one core.
+    pub process_cpu_percent: f64,
 }
 
 #[cfg(test)]

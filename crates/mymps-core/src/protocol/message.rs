@@ -12,7 +12,9 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
+pub use crate::history::HistorySnapshot;
 pub use crate::metrics::MetricsSnapshot;
+use crate::nvml::GpuStats;
 use crate::model::{GenerateRequest, GenerateSummary, LoadRequest, ModelInfo, Step};
 use crate::ops::OpInfo;
 use crate::value::Value;
@@ -393,6 +395,14 @@ pub enum Request {
         #[serde(default = "yes")]
         skip_special_tokens: bool,
     },
+    /// The server's recent history (samples of its rates, latencies,
+    /// memory and GPU use, taken on a timer) and each kind's request rate;
+    /// answered with `history`.
+    History {
+        /// Only the samples numbered this or later (0: every sample kept).
+        #[serde(default)]
+        since: u64,
+    },
     /// A kind this build does not know.
     #[serde(other)]
     Unknown,
@@ -507,6 +517,8 @@ request_kinds! {
     Encode => "encode",
     /// `decode`.
     Decode => "decode",
+    /// `history`.
+    History => "history",
     /// A kind this build does not know, or an undecodable request.
     Unknown => "unknown",
 }
@@ -536,6 +548,7 @@ impl Request {
             Request::Generate(_) => RequestKind::Generate,
             Request::Encode { .. } => RequestKind::Encode,
             Request::Decode { .. } => RequestKind::Decode,
+            Request::History { .. } => RequestKind::History,
             Request::Unknown => RequestKind::Unknown,
         }
     }
@@ -631,6 +644,9 @@ pub struct StatsInfo {
     /// Accelerator memory free, MB.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub accelerator_memory_free_mb: Option<f64>,
+    /// The GPU's utilisation and memory from NVML, where present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu: Option<GpuStats>,
 }
 
 /// One entry of `list_ops`.
@@ -724,6 +740,8 @@ pub enum Response {
         /// The text.
         text: String,
     },
+    /// Answer to `history`.
+    History(HistorySnapshot),
     /// The request failed.
     Error(Error),
     /// A kind this build does not know.

@@ -35,6 +35,7 @@
 //! | [`Generate`] | `generate` | [`model::GenerateSummary`] (streamed: [`Step`](model::Step)s first) |
 //! | [`Encode`] | `encode` | ids (`Vec<i64>`) |
 //! | [`Decode`] | `decode` | text (`String`) |
+//! | [`History`] | `history` | [`HistorySnapshot`] |
 //!
 //! [`Call`], [`Infer`] and [`RunGraph`] take server-resident tensors as
 //! arguments ([`TensorRef`], from a [`HandleInfo`]) and keep results on the
@@ -48,8 +49,8 @@ use bytes::Bytes;
 
 use super::{
     ExecRequest, ExecResponse, GenerateCall, Graph, GraphSpec, HandleInfo, HealthInfo,
-    InferRequest, Keep, MetricsSnapshot, OpSummary, Request, RequestKind, Response,
-    RunGraphRequest, StatsInfo, TensorRef, tensors_from_wire, tensors_to_wire,
+    HistorySnapshot, InferRequest, Keep, MetricsSnapshot, OpSummary, Request, RequestKind,
+    Response, RunGraphRequest, StatsInfo, TensorRef, tensors_from_wire, tensors_to_wire,
 };
 use crate::error::{Error, Result};
 use crate::model::{self, LoadRequest};
@@ -655,6 +656,19 @@ rpc!(Decode, Decode -> String,
      |Decode { name, ids, skip_special_tokens }| Request::Decode { name, ids, skip_special_tokens },
      Response::Text { text } => text);
 
+/// `history`: the server's recent samples (rates, latencies, memory, GPU)
+/// and each kind's request rate over the last
+/// [`RATE_WINDOW`](crate::history::RATE_WINDOW).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct History {
+    /// Only the samples numbered this or later (0: every sample kept; a
+    /// previous answer's `next_seq`: only the new ones).
+    pub since: u64,
+}
+rpc!(History, History -> HistorySnapshot,
+     |History { since }| Request::History { since },
+     Response::History(h) => h);
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -780,6 +794,7 @@ mod tests {
                 .into_request()
                 .0,
             ),
+            (History::KIND, History { since: 3 }.into_request().0),
         ];
         for (kind, request) in &typed {
             assert_eq!(request.kind(), *kind, "{request:?}");

@@ -182,6 +182,7 @@ fn golden_metrics_response() {
         resident_bytes: 0,
         accelerator_memory_total_bytes: Some(80 << 30),
         accelerator_memory_free_bytes: Some(70 << 30),
+        gpu: None,
     };
     let f = encode(
         FrameKind::Response,
