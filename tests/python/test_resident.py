@@ -46,14 +46,19 @@ def wait_resident(c, n: int, timeout: float = 10.0) -> int:
         time.sleep(0.02)
 
 
-def frees_served(server) -> int:
-    """How many `free` requests the server answered (its metrics)."""
+def requests_served(server, kind: str) -> int:
+    """How many requests of `kind` the server answered (its metrics)."""
     out = subprocess.run(
         [str(server_binary()), "metrics", "--addr", server.addr],
         capture_output=True, text=True, timeout=60, check=True,
     ).stdout
-    m = re.search(r'^mymps_requests_total\{kind="free"\} (\S+)$', out, re.M)
+    m = re.search(r'^mymps_requests_total\{kind="%s"\} (\S+)$' % kind, out, re.M)
     return int(float(m.group(1))) if m else 0
+
+
+def frees_served(server) -> int:
+    """How many `free` requests the server answered (its metrics)."""
+    return requests_served(server, "free")
 
 
 def test_a_chain_kept_on_the_server_gives_the_bytes_of_the_chain_shipped(client):
@@ -188,7 +193,7 @@ def test_another_clients_handle_is_refused_and_a_shared_one_is_not(mymps_server)
         assert a.share(t, name) is t and t.name == name
         np.testing.assert_array_equal(b.exec("neg", {"0": t})["output"], [-1, -2, -3])
         w = b.remote(name)
-        assert (w.handle, w.shape, w.dtype, w.name) == (None, None, None, name)
+        assert (w.handle, w.shape, w.dtype, w.name) == (None, (3,), np.float32, name)
         np.testing.assert_array_equal(b.get(w), [1, 2, 3])
         with pytest.raises(mymps.BadArgumentError, match="already shared"):
             a.share(t, name + "-2")
@@ -201,13 +206,55 @@ def test_another_clients_handle_is_refused_and_a_shared_one_is_not(mymps_server)
         np.testing.assert_array_equal(b.exec("add", {"0": w, "1": w})["output"], [2, 4, 6])
         assert b.free(w) == 1
         assert resident(b) == base
-        # Freed by name: the server says so now.
+        # Freed by name: the server says so now, to a new remote(name).
+        with pytest.raises(mymps.UnknownTensorError, match="was freed"):
+            b.get(w)
         with pytest.raises(mymps.UnknownTensorError, match="not shared"):
-            b.get(b.remote(name))
+            b.remote(name)
         with pytest.raises(mymps.MympsConnectionError):
             u.numpy()  # its client is closed
         del u  # a closed client's handle just goes
         b.health()
+    finally:
+        a.close()
+        b.close()
+
+
+def test_remote_by_name_knows_shape_dtype_and_device_without_a_fetch(mymps_server):
+    a = MympsClient(mymps_server.host, mymps_server.port)
+    b = MympsClient(mymps_server.host, mymps_server.port)
+    try:
+        x = RNG.standard_normal((4, 5))
+        name = f"described-{os.getpid()}"
+        a.share(a.put(x), name)
+        fetches = requests_served(mymps_server, "fetch")
+        describes = requests_served(mymps_server, "describe")
+        w = b.remote(name)
+        assert isinstance(w, RemoteTensor)
+        assert (w.shape, w.dtype, w.device) == ((4, 5), np.dtype("float64"), b.device)
+        assert (w.ndim, w.nbytes, w.name, w.handle, w.freed) == (2, x.nbytes, name, None, False)
+        assert repr(w) == (f"RemoteTensor(name='{name}', shape=(4, 5), dtype=float64, "
+                           f"device='{b.device}')"), repr(w)
+        # One describe, no data: nothing was fetched.
+        assert requests_served(mymps_server, "describe") == describes + 1
+        assert requests_served(mymps_server, "fetch") == fetches
+        # It is used by name, from b's connection.
+        np.testing.assert_array_equal(b.exec("neg", {"0": w})["output"], -x)
+        assert b.get(w).tobytes() == x.tobytes()
+        assert requests_served(mymps_server, "fetch") == fetches + 1
+        # An unknown name: a typed error at once, and the client goes on.
+        with pytest.raises(mymps.UnknownTensorError, match=r"'no-such-tensor' is not shared"):
+            b.remote("no-such-tensor")
+        with pytest.raises(mymps.BadArgumentError):
+            b.remote("")
+        # Dropping it frees nothing (it is not b's); freeing it does.
+        base = resident(b)
+        del w
+        gc.collect()
+        b.health()
+        assert resident(b) == base
+        assert b.free(b.remote(name)) == 1
+        assert resident(b) == base - 1
     finally:
         a.close()
         b.close()
@@ -466,6 +513,33 @@ def test_cluster_handles_stay_on_their_host(server_factory):
         alive = [t for t in ts if t.host != dead.addr]
         np.testing.assert_array_equal(cl.get(alive[0]), x)
         assert cl.free(ts + [tw, cur]) == len(alive)
+
+
+def test_cluster_remote_by_name_is_described_on_its_host(server_factory):
+    sa, sb = server_factory(), server_factory()
+    name = f"on-b-{os.getpid()}"
+    x = np.arange(12, dtype=np.int32).reshape(3, 4)
+    other = MympsClient(sb.host, sb.port)
+    try:
+        other.share(other.put(x), name)
+        fetches = requests_served(sb, "fetch")
+        with MympsCluster([sa.addr, sb.addr], timeout=20, health_interval=0.2) as cl:
+            # Looked up host by host; described by the one that holds it.
+            for _ in range(3):
+                w = cl.remote(name)
+                assert (w.shape, w.dtype, w.device, w.name) == ((3, 4), np.int32, other.device, name)
+                assert w.host == sb.addr, w.host
+                assert f"host='{sb.addr}'" in repr(w)
+            assert requests_served(sb, "fetch") == fetches
+            np.testing.assert_array_equal(cl.exec("neg", {"0": w})["output"], -x)
+            with pytest.raises(mymps.UnknownTensorError, match="no-such-tensor"):
+                cl.remote("no-such-tensor")
+            assert cl.get(w).tobytes() == x.tobytes()
+            assert cl.free(w) == 1
+            with pytest.raises(mymps.UnknownTensorError):
+                cl.remote(name)
+    finally:
+        other.close()
 
 
 def test_the_wheel_and_the_stubs_carry_remote_tensors():

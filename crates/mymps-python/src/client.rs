@@ -532,10 +532,14 @@ impl MympsClient {
     }
 
     /// The tensor shared under `name` (by any client of this server), as a
-    /// RemoteTensor that refers to it by name. Nothing is asked of the
-    /// server: .shape, .dtype and .device are None (client.get(t) fetches
-    /// it), and an unknown name raises UnknownTensorError when used.
+    /// RemoteTensor that refers to it by name. One small request asks the
+    /// server what it is (no data travels): .shape, .dtype and .device are
+    /// known; client.get(t) fetches the data.
     /// Dropping it does not free the shared tensor.
+    ///
+    /// Raises:
+    ///     UnknownTensorError: nothing is shared under `name` (never
+    ///         shared, or freed).
     fn remote(&self, py: Python<'_>, name: String) -> PyResult<Py<RemoteTensor>> {
         self.remote.remote(py, name)
     }

@@ -292,9 +292,10 @@ impl MympsCluster {
         self.remote.share(py, tensor, name)
     }
 
-    /// The tensor shared under `name`, by name (as MympsClient.remote). A
+    /// The tensor shared under `name`, by name (as MympsClient.remote:
+    /// described by its host, .shape, .dtype, .device and .host known). A
     /// name this cluster did not share itself is looked up host by host, in
-    /// the configuration's order, the first time it is used.
+    /// the configuration's order.
     fn remote(&self, py: Python<'_>, name: String) -> PyResult<Py<RemoteTensor>> {
         self.remote.remote(py, name)
     }

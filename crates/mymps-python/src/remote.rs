@@ -765,12 +765,22 @@ impl<S: Handles> Remote<S> {
     }
 
     /// `remote(name)`: the tensor shared as `name`, as this client refers
-    /// to it.
+    /// to it; its dtype, shape and device from one `describe` (no data
+    /// travels). An unknown name is the server's `unknown_tensor`.
     pub fn remote(&self, py: Python<'_>, name: String) -> PyResult<Py<RemoteTensor>> {
         if name.is_empty() {
             return Err(bad_argument("a shared tensor's name is not empty"));
         }
-        RemoteTensor::named(py, self.owner(), name)
+        let info = self
+            .call(
+                py,
+                rpc::Describe {
+                    refs: vec![TensorRef::Shared(name.clone())],
+                },
+            )?
+            .pop()
+            .ok_or_else(|| crate::errors::internal("describe returned nothing"))?;
+        RemoteTensor::named(py, self.owner(), name, info)
     }
 
     /// `_register_graph(steps, outputs)`: the graph's id.

@@ -75,6 +75,9 @@ pub struct RemoteTensor {
     dtype: Option<DType>,
     shape: Option<Vec<u64>>,
     device: Option<String>,
+    /// The cluster host of a tensor named only (its handle is not kept:
+    /// it goes by name), as the cluster said when it described it.
+    host: Option<String>,
     state: Mutex<State>,
 }
 
@@ -106,6 +109,7 @@ impl RemoteTensor {
                 dtype,
                 shape: Some(info.shape),
                 device: Some(info.device),
+                host: None,
                 state: Mutex::new(State {
                     shared: None,
                     owned: true,
@@ -116,20 +120,23 @@ impl RemoteTensor {
     }
 
     /// A tensor shared under `name`, as `owner` refers to it (never freed
-    /// by being dropped).
+    /// by being dropped), described by `info` (the server's `describe`).
     pub fn named(
         py: Python<'_>,
         owner: Arc<dyn Owner>,
         name: String,
+        info: HandleInfo,
     ) -> PyResult<Py<RemoteTensor>> {
+        let host = owner.host_of(info.handle);
         Py::new(
             py,
             RemoteTensor {
                 owner,
                 handle: None,
-                dtype: None,
-                shape: None,
-                device: None,
+                dtype: DType::from_name(&info.dtype),
+                shape: Some(info.shape),
+                device: Some(info.device),
+                host,
                 state: Mutex::new(State {
                     shared: Some(name),
                     owned: false,
@@ -237,21 +244,19 @@ impl RemoteTensor {
         self.state().shared.clone()
     }
 
-    /// The shape, a tuple of ints (None for a tensor named only).
+    /// The shape, a tuple of ints.
     #[getter]
     fn shape<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyTuple>>> {
         self.shape.as_ref().map(|s| PyTuple::new(py, s)).transpose()
     }
 
-    /// The dtype, a numpy dtype (bfloat16 through ml_dtypes); None for a
-    /// tensor named only.
+    /// The dtype, a numpy dtype (bfloat16 through ml_dtypes).
     #[getter]
     fn dtype<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyAny>>> {
         self.dtype.map(|d| convert::numpy_dtype(py, d)).transpose()
     }
 
-    /// The device whose memory holds it ("cpu", "cuda:0", "mps"); None
-    /// for a tensor named only.
+    /// The device whose memory holds it ("cpu", "cuda:0", "mps").
     #[getter]
     fn device(&self) -> Option<String> {
         self.device.clone()
@@ -260,16 +265,18 @@ impl RemoteTensor {
     /// The cluster host that holds it (MympsCluster's tensors), else None.
     #[getter]
     fn host(&self) -> Option<String> {
-        self.handle.and_then(|h| self.owner.host_of(h))
+        self.handle
+            .and_then(|h| self.owner.host_of(h))
+            .or_else(|| self.host.clone())
     }
 
-    /// Number of dimensions (None for a tensor named only).
+    /// Number of dimensions.
     #[getter]
     fn ndim(&self) -> Option<usize> {
         self.shape.as_ref().map(Vec::len)
     }
 
-    /// Size of its data in bytes (None for a tensor named only).
+    /// Size of its data in bytes.
     #[getter]
     fn nbytes(&self) -> Option<u64> {
         let (shape, dtype) = (self.shape.as_ref()?, self.dtype?);
@@ -341,7 +348,7 @@ impl RemoteTensor {
         if let Some(d) = &self.device {
             parts.push(format!("device={}", py_str(d)));
         }
-        if let Some(h) = self.handle.and_then(|h| self.owner.host_of(h)) {
+        if let Some(h) = self.host() {
             parts.push(format!("host={}", py_str(&h)));
         }
         if st.freed {

@@ -656,12 +656,42 @@ impl Shared {
                 }
             };
             let mut info = got.pop().expect("one");
-            if let TensorRef::Handle(h) = r {
-                // The answer was given a cluster handle of its own, as
-                // every reply's handles are: the caller's is the one.
-                self.table().handles.remove(&info.handle);
-                info.handle = h;
+            let mut t = self.table();
+            match r {
+                TensorRef::Handle(h) => {
+                    // The answer was given a cluster handle of its own, as
+                    // every reply's handles are: the caller's is the one.
+                    t.handles.remove(&info.handle);
+                    info.handle = h;
+                }
+                TensorRef::Shared(name) => {
+                    // One cluster handle per shared name, however often it
+                    // is described: the one this client has, else the new
+                    // one, marked shared (forgotten with the name).
+                    let fresh = info.handle;
+                    let known = t
+                        .handles
+                        .iter()
+                        .find(|&(&k, p)| {
+                            k != fresh
+                                && Some(p.host) == host_of(fresh)
+                                && p.shared.as_deref() == Some(name.as_str())
+                        })
+                        .map(|(&k, _)| k);
+                    match known {
+                        Some(k) => {
+                            t.handles.remove(&fresh);
+                            info.handle = k;
+                        }
+                        None => {
+                            if let Some(p) = t.handles.get_mut(&fresh) {
+                                p.shared = Some(name);
+                            }
+                        }
+                    }
+                }
             }
+            drop(t);
             handles.push(info);
         }
         Ok((Response::Handles { handles }, vec![]))

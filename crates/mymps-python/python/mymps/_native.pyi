@@ -187,7 +187,8 @@ class MympsClient:
     def share(self, tensor: RemoteTensor, name: str) -> RemoteTensor:
         """Share a tensor under a server-wide name."""
     def remote(self, name: str) -> RemoteTensor:
-        """The tensor shared under `name`, by name."""
+        """The tensor shared under `name`, by name (described by the server:
+        .shape, .dtype, .device known); UnknownTensorError if none is."""
     def graph(self) -> Graph:
         """A graph builder for ops run in one request."""
     def _register_graph(self, steps: Any, outputs: Any) -> int: ...
