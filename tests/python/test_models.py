@@ -187,6 +187,62 @@ def test_checkpoint_errors_list_what_differs(client, tmp_path):
     assert client.health()["status"] == "ok"
 
 
+def test_infer_on_remote_tensors_gives_the_bytes_of_infer_on_arrays(client, mymps_server, tmp_path):
+    """Inputs given as RemoteTensors (this client's handles, and a tensor
+    another client shared by name) give the bytes that shipped arrays give;
+    kept results are RemoteTensors that a following exec uses in place."""
+    import os
+
+    import mymps
+
+    x = np.random.rand(5, 4).astype(np.float32)
+    y = np.random.rand(5, 4).astype(np.float32)
+    two = TwoHeads().eval()
+    torch.jit.save(torch.jit.script(two), str(tmp_path / "two.pt"))
+    client.load_model("two-h", model_type="torchscript", model_path=str(tmp_path / "two.pt"))
+    base = client.health()["resident_tensors"]
+    shipped = client.infer("two-h", {"0": x, "1": y})
+
+    other = mymps.MympsClient(mymps_server.host, mymps_server.port)
+    try:
+        name = f"infer-y-{os.getpid()}"
+        other.share(other.put(y), name)
+        tx, ty = client.put(x), client.remote(name)
+        # Handles in, arrays out: the same bytes; a mix of both too.
+        for inputs in ({"0": tx, "1": ty}, {"0": x, "1": ty}, {"0": tx, "1": y}):
+            out = client.infer("two-h", inputs)
+            assert sorted(out) == ["0", "1"]
+            for k in out:
+                assert isinstance(out[k], np.ndarray)
+                assert out[k].dtype == shipped[k].dtype and out[k].tobytes() == shipped[k].tobytes()
+        # Kept: handles with their shapes; a following exec uses them.
+        kept = client.infer("two-h", {"0": tx, "1": ty}, keep=True)
+        assert all(isinstance(kept[k], mymps.RemoteTensor) for k in ("0", "1"))
+        assert (kept["0"].shape, kept["1"].shape) == ((5, 3), (5, 2))
+        assert kept["0"].dtype == np.float32 and kept["0"].device == client.device
+        assert client.get(kept["0"]).tobytes() == shipped["0"].tobytes()
+        neg = client.exec("neg", {"0": kept["1"]}, keep=True)["output"]
+        assert client.get(neg).tobytes() == (-shipped["1"]).tobytes()
+        some = client.infer("two-h", {"0": tx, "1": y}, keep="1")
+        assert isinstance(some["0"], np.ndarray) and isinstance(some["1"], mymps.RemoteTensor)
+        assert some["0"].tobytes() == shipped["0"].tobytes()
+        # A name the model does not return, a freed handle: typed errors, nothing kept.
+        held = client.health()["resident_tensors"]
+        with pytest.raises(BadArgumentError, match="keep names 'nope'"):
+            client.infer("two-h", {"0": tx, "1": ty}, keep=["nope"])
+        gone = client.put(x)
+        client.free(gone)
+        with pytest.raises(mymps.UnknownTensorError):
+            client.infer("two-h", {"0": gone, "1": ty})
+        assert client.health()["resident_tensors"] == held
+        client.free([tx, neg, some["1"], kept["0"], kept["1"]])
+        assert other.free(other.remote(name)) == 1
+        assert client.health()["resident_tensors"] == base
+    finally:
+        other.close()
+        client.unload_model("two-h")
+
+
 def test_model_registry_calls(client, tmp_path):
     lin = nn.Linear(3, 3)
     path = tmp_path / "lin.pt"
