@@ -1047,10 +1047,14 @@ async fn blocking<T: Send + 'static>(
         .map_err(|p| panicked(what, p))?
 }
 
-/// [`blocking`], with the request's permits and a worker: they go into the
-/// blocking work and come back with its result, so that they stay held
-/// until the work ends even if the request is dropped meanwhile (its
-/// connection lost). The worker permit is released as soon as `f` returns.
+/// Runs a request's work `f` once a worker is free, with a panic made an
+/// [`ErrorCode::Internal`] error naming `what`. On a multi-threaded
+/// runtime `f` runs on this task's own thread ([`in_place_allowed`]):
+/// a small op on a GPU then costs no thread hand-off at all. Elsewhere it
+/// goes to the blocking pool, and the request's permits (`held`) go with
+/// it and come back with its result, so that they stay held until the
+/// work ends even if the request is dropped meanwhile (its connection
+/// lost). The worker permit is released as soon as `f` returns.
 async fn on_worker<T: Send + 'static>(
     shared: &Shared,
     peer: &Peer,
@@ -1066,16 +1070,36 @@ async fn on_worker<T: Send + 'static>(
         .expect("never closed");
     peer.check_alive()?;
     held.check_cancelled()?;
-    let permits = std::mem::take(held);
-    let (out, permits) = tokio::task::spawn_blocking(move || {
+    let run = move || {
         let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
         drop(worker);
-        (out, permits)
-    })
-    .await
-    .map_err(|e| Error::internal(format!("{what}: task failed: {e}")))?;
-    *held = permits;
+        out
+    };
+    let out = if in_place_allowed() {
+        // On this thread: the runtime's other tasks move to another one
+        // (a hand-off that is not on this request's way), and the request
+        // pays no wake-up of a pool thread and none of this one after it.
+        // The task cannot be dropped while it blocks, so `held` stays with
+        // the work as it must.
+        tokio::task::block_in_place(run)
+    } else {
+        let permits = std::mem::take(held);
+        let (out, permits) = tokio::task::spawn_blocking(move || (run(), permits))
+            .await
+            .map_err(|e| Error::internal(format!("{what}: task failed: {e}")))?;
+        *held = permits;
+        out
+    };
     out.map_err(|p| panicked(what, p))?
+}
+
+/// Whether this task may block its thread through
+/// [`tokio::task::block_in_place`]: on a multi-threaded runtime's worker
+/// (not a current-thread runtime, where it would stop everything, nor
+/// outside a runtime).
+fn in_place_allowed() -> bool {
+    tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
 }
 
 /// Runs `f` here; a panic becomes an [`ErrorCode::Internal`] error naming
@@ -1225,12 +1249,23 @@ async fn reserve_outputs(
     args: &ops::Args<crate::Tensor>,
     held: &mut Held,
 ) -> Result<()> {
-    let estimate = guarded(&format!("estimating op '{op}'"), || {
-        Ok(shared.backend.output_bytes(entry, args))
-    })?
-    .or_else(|| broadcast_bytes(entry, args));
+    let bound = broadcast_bytes(entry, args);
+    let estimate = match bound {
+        Some(b) if b <= SMALL_OUTPUTS => bound,
+        _ => guarded(&format!("estimating op '{op}'"), || {
+            Ok(shared.backend.output_bytes(entry, args))
+        })?
+        .or(bound),
+    };
     reserve_bytes(shared, peer, op, estimate, held).await
 }
+
+/// Outputs that a linear op's bound ([`ops::OpSpec::output_bound`]) puts
+/// at no more than this many bytes are taken from the budget at that bound
+/// (at most a few times their real size), without asking the backend: its
+/// estimate (a kernel on meta tensors) would cost a small op more than the
+/// op.
+pub(super) const SMALL_OUTPUTS: u64 = 1 << 20;
 
 /// Takes `estimate` bytes (an op's outputs) from the memory budget into
 /// `held`, as [`reserve_outputs`] does.

@@ -439,14 +439,16 @@ pub(super) async fn exec(
     let entry = shared.backend.ops().lookup(&op)?;
     let operands = operands(shared, peer, inputs, bufs, refs)?;
     let args = ops::bind(&entry.spec, operands, kwargs)?;
-    let estimate = super::guarded(&format!("estimating op '{op}'"), || {
-        Ok(shared.backend.operand_output_bytes(entry, &args))
-    })?
-    .or_else(|| {
-        entry
-            .spec
-            .output_bound(args.all_tensors().map(|t| t.shape()))
-    });
+    let bound = entry
+        .spec
+        .output_bound(args.all_tensors().map(|t| t.shape()));
+    let estimate = match bound {
+        Some(b) if b <= super::SMALL_OUTPUTS => bound,
+        _ => super::guarded(&format!("estimating op '{op}'"), || {
+            Ok(shared.backend.operand_output_bytes(entry, &args))
+        })?
+        .or(bound),
+    };
     reserve_bytes(shared, peer, &op, estimate, held).await?;
     let started = Instant::now();
     let backend = shared.backend.clone();
