@@ -1,4 +1,5 @@
-//! The routes: the first mymps's REST API, the dashboard and `/metrics`,
+//! The routes: the first mymps's REST API, the dashboard, `/history` and
+//! `/metrics`,
 //! text generation (`/generate`, streamed as server-sent events;
 //! `/encode`, `/decode`), each translated to the core's requests over the
 //! connection's [`VirtualConn`] and back.
@@ -15,6 +16,7 @@ use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, StatusCode};
+use mymps_core::history::HistorySnapshot;
 use mymps_core::metrics::{self, ErrorCount, MetricsSnapshot};
 use mymps_core::model::{GenerateRequest, LoadRequest, ModelInfo, Prompt};
 use mymps_core::protocol::rpc::{self, Outputs, Rpc};
@@ -355,6 +357,7 @@ fn percent_decode(s: &str) -> Result<String, Error> {
 enum Route {
     Dashboard,
     DashboardData,
+    History,
     Metrics,
     Health,
     Stats,
@@ -379,6 +382,7 @@ fn route(method: &Method, path: &str) -> Result<Route, Box<Resp>> {
             (method == Method::GET).then_some(Route::DashboardData),
         ),
         "/metrics" => ("GET", (method == Method::GET).then_some(Route::Metrics)),
+        "/history" => ("GET", (method == Method::GET).then_some(Route::History)),
         "/health" => ("GET", (method == Method::GET).then_some(Route::Health)),
         "/stats" => ("GET", (method == Method::GET).then_some(Route::Stats)),
         "/ops" => ("GET", (method == Method::GET).then_some(Route::Ops)),
@@ -881,8 +885,32 @@ async fn dispatch(
                 Chunks::new([Bytes::from(metrics::render_prometheus(&m))]),
             )
         }
-        Route::DashboardData => json(ok, &dashboard(conn).await?),
+        Route::History => {
+            let since = since(&req)?;
+            json(ok, &call(conn, rpc::History { since }).await?)
+        }
+        Route::DashboardData => json(ok, &dashboard(conn, since(&req)?).await?),
     })
+}
+
+/// The `since` of a query (`?since=N`: samples numbered N or later); 0
+/// without one.
+fn since<B>(req: &hyper::Request<B>) -> Result<u64, CallError> {
+    let Some(query) = req.uri().query() else {
+        return Ok(0);
+    };
+    for pair in query.split('&') {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        if key == "since" {
+            return value.parse().map_err(|_| {
+                Error::bad_argument(format!(
+                    "since must be a sample number (an integer of 0 or more), not '{value}'"
+                ))
+                .into()
+            });
+        }
+    }
+    Ok(0)
 }
 
 async fn metrics_of(conn: &VirtualConn) -> Result<MetricsSnapshot, CallError> {
@@ -897,6 +925,9 @@ struct Row {
     errors: u64,
     bytes_in: u64,
     bytes_out: u64,
+    /// Requests per second over the server's rate window (`requests`
+    /// only; `None` for ops).
+    rate_per_s: Option<f64>,
     mean_ms: Option<f64>,
     p50_ms: Option<f64>,
     p90_ms: Option<f64>,
@@ -919,6 +950,7 @@ impl Row {
             errors,
             bytes_in: bytes.0,
             bytes_out: bytes.1,
+            rate_per_s: None,
             mean_ms: (count > 0).then(|| h.sum_s * 1e3 / count as f64),
             p50_ms: ms(0.5),
             p90_ms: ms(0.9),
@@ -942,29 +974,41 @@ struct Dashboard {
     memory_budget_bytes: u64,
     memory_budget_used_bytes: u64,
     uptime_s: f64,
+    /// The samples asked for (`?since=`) and the rates' window.
+    history: HistorySnapshot,
 }
 
 /// Ops shown on the dashboard (the busiest).
 const DASHBOARD_OPS: usize = 12;
 
-async fn dashboard(conn: &VirtualConn) -> Result<Dashboard, CallError> {
+async fn dashboard(conn: &VirtualConn, since: u64) -> Result<Dashboard, CallError> {
     let health = call(conn, rpc::Health).await?;
     let stats = call(conn, rpc::Stats).await?;
     let models = call(conn, rpc::ListModels).await?;
     let m = metrics_of(conn).await?;
+    let history = call(conn, rpc::History { since }).await?;
     let b = &m.latency_buckets_s;
     let requests = m
         .requests
         .iter()
         .map(|k| {
-            Row::new(
+            let mut row = Row::new(
                 &k.kind,
                 k.count,
                 k.errors,
                 (k.bytes_in, k.bytes_out),
                 &k.latency,
                 b,
-            )
+            );
+            // Each kind's own rate, over the server's window.
+            row.rate_per_s = Some(
+                history
+                    .rates
+                    .iter()
+                    .find(|r| r.kind == k.kind)
+                    .map_or(0.0, |r| r.per_s),
+            );
+            row
         })
         .collect();
     let mut ops: Vec<Row> = m
@@ -987,6 +1031,7 @@ async fn dashboard(conn: &VirtualConn) -> Result<Dashboard, CallError> {
         memory_budget_bytes: m.memory_budget_bytes,
         memory_budget_used_bytes: m.memory_budget_used_bytes,
         uptime_s: m.uptime_s,
+        history,
     })
 }
 
@@ -1038,6 +1083,12 @@ mod tests {
         let r = route(&Method::GET, "/exec").err().unwrap();
         assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
         assert_eq!(r.headers()[header::ALLOW], "POST");
+        assert!(matches!(
+            route(&Method::GET, "/history"),
+            Ok(Route::History)
+        ));
+        let r = route(&Method::POST, "/history").err().unwrap();
+        assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
         let r = route(&Method::GET, "/nope").err().unwrap();
         assert_eq!(r.status(), StatusCode::NOT_FOUND);
         let r = route(&Method::GET, "/models/x").err().unwrap();
@@ -1114,6 +1165,19 @@ mod tests {
         assert_eq!(data["name"], "cancelled");
         assert_eq!(data["code"], ErrorCode::Cancelled.as_u16());
         assert_eq!(data["message"], "stop");
+    }
+
+    #[test]
+    fn since_queries() {
+        let get = |uri: &str| hyper::Request::get(uri).body(()).unwrap();
+        assert_eq!(since(&get("/history")).unwrap(), 0);
+        assert_eq!(since(&get("/history?since=42")).unwrap(), 42);
+        assert_eq!(since(&get("/api/dashboard?x=1&since=7")).unwrap(), 7);
+        assert_eq!(since(&get("/history?other=3")).unwrap(), 0);
+        for bad in ["/history?since=-1", "/history?since=", "/history?since=x"] {
+            let e = since(&get(bad)).unwrap_err();
+            assert_eq!(e.error.code, ErrorCode::BadArgument, "{bad}");
+        }
     }
 
     #[test]

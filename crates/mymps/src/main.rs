@@ -266,6 +266,14 @@ struct ServeArgs {
     /// Prompts in one `generate` (default 64).
     #[arg(long, value_name = "N")]
     max_generate_batch: Option<usize>,
+    /// Seconds between two samples of the server's figures kept for the
+    /// dashboard's plots and `GET /history` (at least 0.01).
+    #[arg(long, value_name = "SECONDS", default_value_t = 1.0)]
+    history_interval: f64,
+    /// Samples kept (default 600: ten minutes at one a second; at most
+    /// 86400).
+    #[arg(long, value_name = "N", default_value_t = 600)]
+    history_samples: usize,
     /// The folder model files must lie under (default: the current directory).
     #[arg(long, value_name = "DIR", env = "MYMPS_MODEL_ROOT")]
     model_root: Option<PathBuf>,
@@ -491,6 +499,19 @@ fn serve(a: ServeArgs) -> Result<(), Error> {
     if let Some(n) = a.max_generate_batch {
         g.max_batch = n;
     }
+    config.history = mymps::server::HistoryConfig {
+        interval: Duration::try_from_secs_f64(a.history_interval)
+            .ok()
+            .filter(|d| *d >= Duration::from_millis(10))
+            .ok_or_else(|| {
+                Error::bad_argument(format!(
+                    "--history-interval must be at least 0.01 seconds, not {}",
+                    a.history_interval
+                ))
+            })?,
+        samples: a.history_samples,
+    }
+    .clamped();
     config.limits.stall_timeout = Duration::try_from_secs_f64(a.stall_timeout)
         .ok()
         .filter(|d| !d.is_zero())
