@@ -67,6 +67,10 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
 #[derive(Debug, Clone)]
 pub struct ClientOptions {
     /// Per-request timeout (connect and handshake included). Default 300 s.
+    /// A request waited for whole (not a streamed one, whose timeout is
+    /// per frame) also tells the server this timeout as its deadline
+    /// (`timeout_ms`), so that the server does not start, or stops
+    /// answering, work nobody waits for any more.
     pub timeout: Duration,
     /// Authentication token, for servers that require one.
     pub token: Option<String>,
@@ -354,7 +358,13 @@ impl Client {
     /// Checks a request against what the server said in the handshake,
     /// gives it an id and registers who waits for its replies; the frame
     /// to write.
-    fn start(&self, request: Request, tensors: Vec<Bytes>, waiter: Waiter) -> Result<(u64, Frame)> {
+    fn start(
+        &self,
+        request: Request,
+        tensors: Vec<Bytes>,
+        waiter: Waiter,
+        options: protocol::RequestOptions,
+    ) -> Result<(u64, Frame)> {
         let w = &self.inner.welcome;
         if request.uses_resident_tensors()
             && !self.has_feature(protocol::features::RESIDENT_TENSORS)
@@ -391,7 +401,7 @@ impl Client {
             ));
         }
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
-        let frame = protocol::encode(FrameKind::Request, id, &request, tensors)?;
+        let frame = protocol::encode_request(id, &request, options, tensors)?;
         let mut pending = self.inner.pending.lock().unwrap_or_else(|p| p.into_inner());
         match pending.as_mut() {
             Some(m) => m.insert(id, waiter),
@@ -421,8 +431,12 @@ impl Client {
         tensors: Vec<Bytes>,
     ) -> Result<(Response, Vec<Bytes>)> {
         let (tx, rx) = oneshot::channel();
-        let (id, frame) = self.start(request, tensors, Waiter::Once(tx))?;
         let timeout = self.inner.options.timeout;
+        // The server's deadline: past it, nobody waits for the answer.
+        let options = protocol::RequestOptions {
+            timeout_ms: u64::try_from(timeout.as_millis()).ok(),
+        };
+        let (id, frame) = self.start(request, tensors, Waiter::Once(tx), options)?;
         self.write(frame).await;
         let wait = async {
             rx.await
@@ -453,7 +467,7 @@ impl Client {
         tensors: Vec<Bytes>,
     ) -> Result<ReplyStream> {
         let (tx, rx) = mpsc::unbounded_channel();
-        let (id, frame) = self.start(request, tensors, Waiter::Stream(tx))?;
+        let (id, frame) = self.start(request, tensors, Waiter::Stream(tx), Default::default())?;
         self.write(frame).await;
         Ok(ReplyStream {
             client: self.clone(),

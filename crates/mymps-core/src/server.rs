@@ -20,8 +20,8 @@ use crate::error::{Error, ErrorCode, Result};
 pub use crate::history::HistoryConfig;
 use crate::history::{History, Readings};
 use crate::metrics::{self, Metrics};
-use crate::nvml::{GpuStats, NvmlDevice};
 use crate::model::{GenerateLimits, ModelRegistry};
+use crate::nvml::{GpuStats, NvmlDevice};
 use crate::ops;
 use crate::protocol::{
     self, ExecRequest, ExecResponse, Frame, FrameError, FrameKind, HealthInfo, Hello, InferRequest,
@@ -35,6 +35,7 @@ use crate::transport::{
     transport_for,
 };
 
+mod fair;
 mod generate;
 mod resident;
 
@@ -74,6 +75,24 @@ pub struct ServerConfig {
     /// prompts); its memory also counts in `memory_budget`, so the
     /// smaller of the two caps applies.
     pub generate: GenerateLimits,
+    /// The longest a request may take from when it was read (its own
+    /// `timeout_ms` may ask for less): past it, it is answered
+    /// [`ErrorCode::Timeout`] and its result dropped when it comes. `None`
+    /// (the default): no limit but the requests' own deadlines. Model
+    /// loads and unloads have none.
+    pub request_timeout: Option<Duration>,
+    /// A connection with nothing in flight that sent no frame for this
+    /// long is closed (its resident tensors freed). `None` (the default):
+    /// never.
+    pub idle_timeout: Option<Duration>,
+    /// Connections open at once; the one over the cap is answered
+    /// [`ErrorCode::Busy`] in its handshake and closed.
+    pub max_connections: usize,
+    /// The share of the memory budget (0 to 1) that the tensors of one
+    /// connection's requests not yet answered may hold before the server
+    /// stops reading from it (default 0.5): one client pipelining large
+    /// requests cannot take the whole budget.
+    pub connection_share: f64,
     /// How often the server samples its figures for `history`, and how
     /// many samples it keeps.
     pub history: HistoryConfig,
@@ -96,6 +115,10 @@ impl Default for ServerConfig {
             transport: TransportOptions::default(),
             resident: ResidentLimits::default(),
             generate: GenerateLimits::default(),
+            request_timeout: None,
+            idle_timeout: None,
+            max_connections: 4096,
+            connection_share: 0.5,
             history: HistoryConfig::default(),
         }
     }
@@ -120,6 +143,8 @@ struct Shared {
     store: Store,
     /// The next connection's number (owner of its resident tensors).
     next_connection: std::sync::atomic::AtomicU64,
+    /// The connections open, against `config.max_connections`.
+    connections: fair::Connections,
     /// Samples taken on a timer (`history`), and the host statistics that
     /// the sampler reads (its own, so that `stats` keeps its windows).
     history: History,
@@ -218,6 +243,7 @@ impl Server {
                 metrics,
                 store: Store::new(config.resident),
                 next_connection: std::sync::atomic::AtomicU64::new(1),
+                connections: fair::Connections::default(),
                 config,
             }),
             listeners,
@@ -342,6 +368,7 @@ async fn serve_connection(shared: Arc<Shared>, conn: Connection, mut stop: watch
         peer,
     } = conn;
     let _counted = shared.metrics.connection();
+    let slot = shared.connections.enter(shared.config.max_connections);
     let tx = Replies::new(writer);
 
     // Handshake.
@@ -377,6 +404,9 @@ async fn serve_connection(shared: Arc<Shared>, conn: Connection, mut stop: watch
         Ok(Err(ReadError::Refused { error, .. })) => Err(error),
     };
     let welcome = hello.and_then(|h| {
+        if slot.over {
+            return Err(fair::over_capacity(shared.config.max_connections));
+        }
         check_token(shared.config.auth_token.as_deref(), h.token.as_deref())?;
         let (protocol, features) = protocol::negotiate(&h)?;
         debug!(%peer, agent = %h.agent, protocol, "handshake");
@@ -432,6 +462,10 @@ async fn serve_connection(shared: Arc<Shared>, conn: Connection, mut stop: watch
 
     let peer_info = Arc::new(peer_info);
     let in_flight = Arc::new(Semaphore::new(shared.config.max_in_flight));
+    let share = fair::ShareGate::new(fair::ShareGate::cap_for(
+        &shared.config,
+        shared.budget.capacity(),
+    ));
     let mut handlers = JoinSet::new();
     let mut lost = false;
     loop {
@@ -441,7 +475,16 @@ async fn serve_connection(shared: Arc<Shared>, conn: Connection, mut stop: watch
         };
         let read = tokio::select! {
             _ = stopped(&mut stop) => break,
-            r = reader.read_frame(&shared.config.limits, Some(&shared.budget)) => r,
+            _ = fair::idle(shared.config.idle_timeout, &in_flight, shared.config.max_in_flight) => {
+                debug!(%peer, "idle for the idle timeout; closing");
+                break;
+            }
+            // Past its share of the budget, the connection's next frame
+            // waits for its earlier requests' answers.
+            r = async {
+                share.room().await;
+                reader.read_frame(&shared.config.limits, Some(&shared.budget)).await
+            } => r,
         };
         while handlers.try_join_next().is_some() {}
         match read {
@@ -451,14 +494,19 @@ async fn serve_connection(shared: Arc<Shared>, conn: Connection, mut stop: watch
                     let id = inc.frame.id;
                     let timer = shared.metrics.start(&inc.frame);
                     let request = protocol::decode_header::<Request>(&inc.frame);
+                    let (request, deadline) =
+                        fair::with_deadline(&shared.config, &inc.frame, request);
                     let label = match &request {
                         Ok(r) => shared.metrics.label(r),
                         Err(_) => metrics::Label::default(),
                     };
                     let tensors = inc.frame.tensors;
+                    let charge = share.charge(fair::permit_bytes(inc.permit.as_ref()));
                     let mut held = Held {
                         permits: inc.permit.into_iter().collect(),
                         cancel: None,
+                        deadline,
+                        _share: charge,
                     };
                     // A small cheap op is answered here, without a task or
                     // a thread hand-off; the rest run concurrently.
@@ -496,6 +544,21 @@ async fn serve_connection(shared: Arc<Shared>, conn: Connection, mut stop: watch
                     // Its own flag, which `held` may no longer carry when
                     // the work ends (a failed blocking task keeps it).
                     let watched = held.cancel.is_some();
+                    // At its deadline, a watchdog answers it and stops it.
+                    if held.deadline.is_some() {
+                        held.cancel.get_or_insert_with(Default::default);
+                    }
+                    let streams = matches!(&request, Ok(r) if r.streams());
+                    let reply_to = fair::Reply::race(
+                        &shared,
+                        &tx,
+                        id,
+                        timer,
+                        label,
+                        held.deadline,
+                        streams,
+                        held.cancel.clone(),
+                    );
                     handlers.spawn(async move {
                         let reply = match request {
                             Ok(r) => handle(&shared, id, r, tensors, &peer_info, &mut held).await,
@@ -504,7 +567,7 @@ async fn serve_connection(shared: Arc<Shared>, conn: Connection, mut stop: watch
                         if watched {
                             peer_info.unwatch(id);
                         }
-                        answer(&shared, &tx, id, reply, timer, label).await;
+                        reply_to.answer(&shared, &tx, id, reply).await;
                         drop(held);
                         drop(permit);
                     });
@@ -671,8 +734,13 @@ impl Peer {
 #[derive(Default)]
 struct Held {
     permits: Vec<tokio::sync::OwnedSemaphorePermit>,
-    /// Set when the client cancels the request (`None`: it cannot).
+    /// Set when the client cancels the request, or its deadline passes
+    /// (`None`: neither can happen).
     cancel: Option<Arc<std::sync::atomic::AtomicBool>>,
+    /// When the request is answered `Timeout` if not answered before.
+    deadline: Option<Instant>,
+    /// Its charge on the connection's share of the memory budget.
+    _share: Option<fair::ShareCharge>,
 }
 
 impl Held {
@@ -1070,6 +1138,7 @@ async fn on_worker<T: Send + 'static>(
         .expect("never closed");
     peer.check_alive()?;
     held.check_cancelled()?;
+    fair::check_deadline(held.deadline)?;
     let run = move || {
         let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
         drop(worker);
