@@ -15,7 +15,7 @@ use clap::{Args as ClapArgs, Parser, Subcommand};
 use mymps::client::{Caller, ClientOptions, blocking::Client};
 use mymps::server::{Server, ServerConfig};
 use mymps::transport::{Endpoint, TransportOptions};
-use mymps::{Error, ErrorCode, Tensor, Value, npy};
+use mymps::{Error, ErrorCode, Value, npy};
 
 #[derive(Parser)]
 #[command(
@@ -57,12 +57,16 @@ enum Command {
     Infer {
         /// The model's name.
         name: String,
-        /// Tensor inputs, NAME=FILE.npy (`0`, `1`, ... positional, other names keyword).
+        /// Tensor inputs, NAME=FILE.npy (`0`, `1`, ... positional, other names
+        /// keyword), or NAME=@SHARED for a tensor shared on the server.
         #[arg(value_name = "NAME=FILE.npy")]
         inputs: Vec<String>,
         /// Write each result to DIR/NAME.npy.
         #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
+        /// Keep result RESULT on the server, shared as NAME (repeatable).
+        #[arg(long = "share", value_name = "RESULT=NAME")]
+        share: Vec<String>,
         #[command(flatten)]
         client: ClientArgs,
     },
@@ -70,9 +74,13 @@ enum Command {
     Exec {
         /// The op.
         op: String,
-        /// Tensor inputs, NAME=FILE.npy (`0`, `1`, ... positional, other names keyword).
+        /// Tensor inputs, NAME=FILE.npy (`0`, `1`, ... positional, other names
+        /// keyword), or NAME=@SHARED for a tensor shared on the server.
         #[arg(value_name = "NAME=FILE.npy")]
         inputs: Vec<String>,
+        /// Keep result RESULT on the server, shared as NAME (repeatable).
+        #[arg(long = "share", value_name = "RESULT=NAME")]
+        share: Vec<String>,
         /// Scalar argument K=V; V is JSON (`-1`, `true`, `[0, 2, 1]`, `null`),
         /// Python's True/False/None, or else a string.
         #[arg(long = "kwarg", value_name = "K=V")]
@@ -242,6 +250,27 @@ struct ServeArgs {
     /// it is disconnected and the memory it was granted is freed.
     #[arg(long, value_name = "SECONDS", default_value_t = 30.0)]
     stall_timeout: f64,
+    /// Longest a request may take (its own deadline may ask for less):
+    /// past it, it is answered `timeout` and its result dropped (a kernel
+    /// runs to its end meanwhile). Default: no limit but the clients'.
+    #[arg(long, value_name = "SECONDS")]
+    request_timeout: Option<f64>,
+    /// Close a connection that has nothing in flight and sent nothing for
+    /// this long (its resident tensors are freed). Default: never.
+    #[arg(long, value_name = "SECONDS")]
+    idle_timeout: Option<f64>,
+    /// Connections open at once; the one over is answered `busy` in its
+    /// handshake and closed.
+    #[arg(long, value_name = "N", default_value_t = 4096)]
+    max_connections: usize,
+    /// Requests one connection may have in flight before the server stops
+    /// reading from it.
+    #[arg(long, value_name = "N", default_value_t = 1024)]
+    max_in_flight: usize,
+    /// Share of the memory budget (0 to 1) that one connection's requests
+    /// not yet answered may hold before the server stops reading from it.
+    #[arg(long, value_name = "FRACTION", default_value_t = 0.5)]
+    connection_share: f64,
     /// Server-resident tensors one connection may hold (default 65536).
     #[arg(long, value_name = "N")]
     max_resident_per_connection: Option<u64>,
@@ -384,15 +413,17 @@ fn main() -> ExitCode {
             name,
             inputs,
             out,
+            share,
             client,
-        } => infer(&client, &name, &inputs, out.as_deref()),
+        } => infer(&client, &name, &inputs, &share, out.as_deref()),
         Command::Exec {
             op,
             inputs,
+            share,
             kwargs,
             out,
             client,
-        } => exec(&client, &op, &inputs, &kwargs, out.as_deref()),
+        } => exec(&client, &op, &inputs, &share, &kwargs, out.as_deref()),
         Command::Put { file, name, client } => tensors_cli::put(&client, &file, &name),
         Command::Get { name, out, client } => tensors_cli::get(&client, &name, out.as_ref()),
         Command::Free { names, client } => tensors_cli::free(&client, &names),
@@ -521,6 +552,35 @@ fn serve(a: ServeArgs) -> Result<(), Error> {
                 a.stall_timeout
             ))
         })?;
+    let secs = |flag: &str, v: Option<f64>| -> Result<Option<Duration>, Error> {
+        v.map(|s| {
+            Duration::try_from_secs_f64(s)
+                .ok()
+                .filter(|d| !d.is_zero())
+                .ok_or_else(|| {
+                    Error::bad_argument(format!(
+                        "--{flag} must be a positive number of seconds, not {s}"
+                    ))
+                })
+        })
+        .transpose()
+    };
+    config.request_timeout = secs("request-timeout", a.request_timeout)?;
+    config.idle_timeout = secs("idle-timeout", a.idle_timeout)?;
+    if a.max_connections == 0 || a.max_in_flight == 0 {
+        return Err(Error::bad_argument(
+            "--max-connections and --max-in-flight must be at least 1",
+        ));
+    }
+    if !(a.connection_share > 0.0 && a.connection_share <= 1.0) {
+        return Err(Error::bad_argument(format!(
+            "--connection-share must be a fraction above 0 and at most 1, not {}",
+            a.connection_share
+        )));
+    }
+    config.max_connections = a.max_connections;
+    config.max_in_flight = a.max_in_flight;
+    config.connection_share = a.connection_share;
     config.model_root = a.model_root.clone();
     if let Some(path) = &a.auth_token_file {
         config.auth_token = Some(mymps::auth::read_token_file(path)?);
@@ -911,48 +971,55 @@ fn split_pair(s: &str, what: &str) -> Result<(String, String), Error> {
         .ok_or_else(|| Error::bad_argument(format!("{what} '{s}' is not NAME=VALUE")))
 }
 
-fn read_inputs(inputs: &[String]) -> Result<Vec<(String, Tensor)>, Error> {
-    inputs
-        .iter()
-        .map(|i| {
-            let (name, path) = split_pair(i, "input")?;
-            Ok((name, npy::read(std::path::Path::new(&path))?))
-        })
-        .collect()
-}
-
 fn infer(
     c: &ClientArgs,
     name: &str,
     inputs: &[String],
+    share: &[String],
     out: Option<&std::path::Path>,
 ) -> Result<(), Error> {
-    let tensors = read_inputs(inputs)?;
-    let result = c.connect()?.infer(name, tensors)?;
-    report(c, result, out)
+    let (tensors, refs) = tensors_cli::inputs(inputs)?;
+    let (keep, names) = tensors_cli::shares(share)?;
+    let mut request = mymps::protocol::rpc::Infer::new(name, tensors);
+    request.refs = refs;
+    request.keep = keep;
+    let client = c.connect()?;
+    let result = client.call(request)?;
+    let shared = tensors_cli::share_kept(&client, &result.kept, &names)?;
+    report(c, result, &shared, out)
 }
 
 fn exec(
     c: &ClientArgs,
     op: &str,
     inputs: &[String],
+    share: &[String],
     kwargs: &[String],
     out: Option<&std::path::Path>,
 ) -> Result<(), Error> {
-    let tensors = read_inputs(inputs)?;
+    let (tensors, refs) = tensors_cli::inputs(inputs)?;
+    let (keep, names) = tensors_cli::shares(share)?;
     let mut kw = BTreeMap::new();
     for k in kwargs {
         let (name, v) = split_pair(k, "--kwarg")?;
         kw.insert(name, parse_value(&v));
     }
-    let result = c.connect()?.exec(op, tensors, kw)?;
-    report(c, result, out)
+    let mut call = mymps::client::Call::with(op, tensors, kw).keep(keep);
+    for (name, r) in refs {
+        call = call.input_ref(name, r);
+    }
+    let client = c.connect()?;
+    let result = client.call(call)?;
+    let shared = tensors_cli::share_kept(&client, &result.kept, &names)?;
+    report(c, result, &shared, out)
 }
 
-/// Writes results to `out` (when given) and prints a summary.
+/// Writes results to `out` (when given) and prints a summary; `shared`:
+/// the results kept and shared (`--share`).
 fn report(
     c: &ClientArgs,
     result: mymps::client::Outputs,
+    shared: &[mymps::protocol::HandleInfo],
     out: Option<&std::path::Path>,
 ) -> Result<(), Error> {
     if let Some(dir) = out {
@@ -975,7 +1042,7 @@ fn report(
     }
     if c.json {
         print_json(
-            &serde_json::json!({"outputs": rows, "device": result.device, "elapsed_s": result.elapsed_s}),
+            &serde_json::json!({"outputs": rows, "shared": shared, "device": result.device, "elapsed_s": result.elapsed_s}),
         );
     } else {
         for r in &rows {
@@ -990,16 +1057,19 @@ fn report(
                 None => println!("{head}"),
             }
         }
+        for info in shared {
+            println!("kept, shared as {}", tensors_cli::line(info));
+        }
         println!(
             "ran on {} in {:.3} ms",
             result.device,
             result.elapsed_s * 1e3
         );
-        if out.is_none() {
+        if out.is_none() && !result.tensors.is_empty() {
             eprintln!("(use --out DIR to write the results as .npy files)");
         }
     }
-    if result.tensors.is_empty() {
+    if result.tensors.is_empty() && shared.is_empty() {
         return Err(Error::new(ErrorCode::Internal, "no results came back"));
     }
     Ok(())

@@ -7,12 +7,14 @@
 //! protocol has no request that lists shared names: `tensors` shows the
 //! server's totals (from `health`) and describes the names it is given.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use mymps::client::Caller;
+use mymps::protocol::Keep;
 use mymps::protocol::rpc;
 use mymps::protocol::{HandleInfo, TensorRef};
-use mymps::{Error, ErrorCode, npy};
+use mymps::{Error, ErrorCode, Tensor, npy};
 
 use crate::{ClientArgs, print_json};
 
@@ -129,8 +131,69 @@ pub(crate) fn tensors(c: &ClientArgs, names: &[String]) -> Result<(), Error> {
     Ok(())
 }
 
+/// Data inputs and shared-tensor inputs of `exec` / `infer`.
+pub(crate) type Inputs = (Vec<(String, Tensor)>, BTreeMap<String, TensorRef>);
+
+/// `exec` / `infer` inputs: `NAME=FILE.npy` (data, sent) or `NAME=@SHARED`
+/// (a tensor shared under that name, used where it is).
+pub(crate) fn inputs(args: &[String]) -> Result<Inputs, Error> {
+    let mut tensors = Vec::new();
+    let mut refs = BTreeMap::new();
+    for a in args {
+        let (name, value) = crate::split_pair(a, "input")?;
+        match value.strip_prefix('@') {
+            Some("") => {
+                return Err(Error::bad_argument(format!(
+                    "input '{a}': name a shared tensor after '@'"
+                )));
+            }
+            Some(shared) => {
+                refs.insert(name, TensorRef::Shared(shared.to_owned()));
+            }
+            None => tensors.push((name, npy::read(Path::new(&value))?)),
+        }
+    }
+    Ok((tensors, refs))
+}
+
+/// `--share RESULT=NAME` arguments: the results to keep on the server,
+/// and the names to share them under.
+pub(crate) fn shares(args: &[String]) -> Result<(Keep, Vec<(String, String)>), Error> {
+    let pairs = args
+        .iter()
+        .map(|a| crate::split_pair(a, "--share"))
+        .collect::<Result<Vec<_>, _>>()?;
+    let keep = if pairs.is_empty() {
+        Keep::None
+    } else {
+        Keep::Some(pairs.iter().map(|(r, _)| r.clone()).collect())
+    };
+    Ok((keep, pairs))
+}
+
+/// Shares each kept result under its `--share` name (a result kept but not
+/// named would go with the connection: there is none).
+pub(crate) fn share_kept(
+    client: &mymps::client::blocking::Client,
+    kept: &[HandleInfo],
+    names: &[(String, String)],
+) -> Result<Vec<HandleInfo>, Error> {
+    let mut shared = Vec::with_capacity(kept.len());
+    for (result, name) in names {
+        let info = kept
+            .iter()
+            .find(|k| &k.name == result)
+            .ok_or_else(|| Error::internal(format!("the server kept no result '{result}'")))?;
+        shared.push(client.call(rpc::Share {
+            handle: info.handle,
+            name: name.clone(),
+        })?);
+    }
+    Ok(shared)
+}
+
 /// One shared tensor as a line: `w  float32 [2, 3]  on cpu, 24 bytes`.
-fn line(info: &HandleInfo) -> String {
+pub(crate) fn line(info: &HandleInfo) -> String {
     let bytes = mymps::DType::from_name(&info.dtype)
         .and_then(|d| {
             info.shape

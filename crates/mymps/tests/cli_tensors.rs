@@ -18,11 +18,12 @@ struct Served {
 }
 
 impl Served {
-    fn start() -> Served {
+    fn start(args: &[&str]) -> Served {
         let device = std::env::var("MYMPS_TEST_DEVICE").unwrap_or_else(|_| "cpu".into());
         let mut cmd = Command::new(bin());
         cmd.args(["serve", "--device", &device, "--log", "warn"])
-            .args(["--listen", "tcp://127.0.0.1:0"]);
+            .args(["--listen", "tcp://127.0.0.1:0"])
+            .args(args);
         let (child, addr, _) = common::spawn_serve(cmd.stderr(Stdio::inherit()));
         Served { child, addr }
     }
@@ -72,7 +73,7 @@ impl Drop for Served {
 
 #[test]
 fn put_get_tensors_and_free_a_shared_tensor_by_name() {
-    let s = Served::start();
+    let s = Served::start(&[]);
     let dir = tempfile::tempdir().unwrap();
     let x = Tensor::from_vec((0..6).map(|i| i as f32 * 1.5 - 2.0).collect(), &[2, 3]).unwrap();
     let file = dir.path().join("x.npy");
@@ -138,5 +139,118 @@ fn put_get_tensors_and_free_a_shared_tensor_by_name() {
     assert!(err.starts_with("mymps: error: "), "{err}");
     let (_, err) = s.fails(&["put", file, "--name", ""]);
     assert!(err.contains("--name"), "{err}");
+    assert_eq!(s.json(&["tensors"])["resident_tensors"], 0);
+}
+
+/// An MLP 6 → 8 → 3 saved as safetensors with PyTorch's state_dict names
+/// (the `checkpoint` loader's `mlp` class).
+fn write_mlp(path: &std::path::Path) {
+    use tch::{Device, Kind};
+    tch::manual_seed(7);
+    let t = |s: &[i64]| tch::Tensor::randn(s, (Kind::Float, Device::Cpu));
+    let (w0, b0, w1, b1) = (t(&[8, 6]), t(&[8]), t(&[3, 8]), t(&[3]));
+    tch::Tensor::write_safetensors(
+        &[
+            ("layers.0.weight", &w0),
+            ("layers.0.bias", &b0),
+            ("layers.1.weight", &w1),
+            ("layers.1.bias", &b1),
+        ],
+        path,
+    )
+    .unwrap();
+}
+
+#[test]
+fn exec_and_infer_take_shared_tensors_and_share_their_results() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_str().unwrap();
+    let s = Served::start(&["--model-root", root]);
+    let p = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
+    let x = Tensor::from_vec((0..18).map(|i| (i as f32 - 9.0) / 4.0).collect(), &[3, 6]).unwrap();
+    let w = Tensor::from_vec((0..12).map(|i| (i % 5) as f32 - 2.0).collect(), &[6, 2]).unwrap();
+    npy::write(std::path::Path::new(&p("x.npy")), &x).unwrap();
+    npy::write(std::path::Path::new(&p("w.npy")), &w).unwrap();
+    s.ok(&["put", &p("x.npy"), "--name", "x"]);
+    s.ok(&["put", &p("w.npy"), "--name", "w"]);
+
+    // exec on shared tensors, the result kept and shared, not sent back.
+    let text = s.ok(&["exec", "matmul", "0=@x", "1=@w", "--share", "output=xw"]);
+    assert!(
+        text.contains("kept, shared as xw  float32 [3, 2]  on "),
+        "{text}"
+    );
+    let shipped = s.json(&[
+        "exec",
+        "matmul",
+        &format!("0={}", p("x.npy")),
+        &format!("1={}", p("w.npy")),
+        "--out",
+        &p("d"),
+    ]);
+    assert_eq!(shipped["shared"], serde_json::json!([]));
+    s.ok(&["get", "xw", "-o", &p("xw.npy")]);
+    let kept = std::fs::read(p("xw.npy")).unwrap();
+    assert_eq!(
+        kept,
+        std::fs::read(dir.path().join("d/output.npy")).unwrap()
+    );
+    // Mixed: data and a shared tensor; the chain goes on from the kept one.
+    let text = s.ok(&["exec", "neg", "0=@xw", "--out", &p("n")]);
+    assert!(text.contains("output  float32 [3,2]"), "{text}");
+    let neg = npy::read(&dir.path().join("n/output.npy"))
+        .unwrap()
+        .to_vec::<f32>()
+        .unwrap();
+    let xw = npy::read(std::path::Path::new(&p("xw.npy")))
+        .unwrap()
+        .to_vec::<f32>()
+        .unwrap();
+    assert_eq!(neg, xw.iter().map(|v| -v).collect::<Vec<_>>());
+
+    // infer on a shared tensor: the bytes of infer on the file.
+    write_mlp(&dir.path().join("mlp.safetensors"));
+    s.ok(&[
+        "models",
+        "load",
+        "m",
+        "--type",
+        "checkpoint",
+        "--path",
+        &p("mlp.safetensors"),
+        "--class",
+        "mlp",
+        "--config",
+        r#"{"activation": "gelu"}"#,
+    ]);
+    s.ok(&[
+        "infer",
+        "m",
+        &format!("input={}", p("x.npy")),
+        "--out",
+        &p("i"),
+    ]);
+    let text = s.ok(&["infer", "m", "input=@x", "--share", "output=y"]);
+    assert!(text.contains("kept, shared as y  float32 [3, 3]"), "{text}");
+    s.ok(&["get", "y", "-o", &p("y.npy")]);
+    assert_eq!(
+        std::fs::read(p("y.npy")).unwrap(),
+        std::fs::read(dir.path().join("i/output.npy")).unwrap()
+    );
+
+    // Errors: an unknown shared input, a result the op lacks, an empty name;
+    // nothing is left behind.
+    let before = s.json(&["tensors"])["resident_tensors"].clone();
+    assert_eq!(before, 4);
+    let (_, err) = s.fails(&["exec", "neg", "0=@nope"]);
+    assert!(err.contains("'nope' is not shared"), "{err}");
+    let (_, err) = s.fails(&["exec", "neg", "0=@x", "--share", "nope=z"]);
+    assert!(err.contains("keep names 'nope'"), "{err}");
+    let (_, err) = s.fails(&["exec", "neg", "0=@"]);
+    assert!(err.contains("after '@'"), "{err}");
+    let (_, err) = s.fails(&["exec", "neg", "0=@x", "--share", "output=x"]);
+    assert!(err.contains("already shared as 'x'"), "{err}");
+    assert_eq!(s.json(&["tensors"])["resident_tensors"], before);
+    s.ok(&["free", "x", "w", "xw", "y"]);
     assert_eq!(s.json(&["tensors"])["resident_tensors"], 0);
 }
