@@ -14,8 +14,8 @@ use serde::{Deserialize, Serialize};
 use crate::error::Error;
 pub use crate::history::HistorySnapshot;
 pub use crate::metrics::MetricsSnapshot;
-use crate::nvml::GpuStats;
 use crate::model::{GenerateRequest, GenerateSummary, LoadRequest, ModelInfo, Step};
+use crate::nvml::GpuStats;
 use crate::ops::OpInfo;
 use crate::value::Value;
 
