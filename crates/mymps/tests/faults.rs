@@ -393,8 +393,9 @@ async fn model_loading_needs_no_writes_and_broken_files_fail_clearly() {
         let p = root_path.join(format!("cut-{cut}.safetensors"));
         std::fs::write(&p, &bytes[..cut]).unwrap();
         let e = c.load_model(load("cut", &p)).await.unwrap_err();
+        eprintln!("cut at {cut} bytes: {:?}: {}", e.code, e.message);
         assert!(
-            matches!(e.code, ErrorCode::Model | ErrorCode::BadArgument),
+            e.code == ErrorCode::Model && e.message.contains("cannot read safetensors"),
             "cut at {cut}: {e}"
         );
         assert!(!e.message.is_empty());
@@ -406,14 +407,8 @@ async fn model_loading_needs_no_writes_and_broken_files_fail_clearly() {
     std::fs::create_dir(&folder).unwrap();
     for p in [&empty, &folder] {
         let e = c.load_model(load("broken", p)).await.unwrap_err();
-        assert!(
-            matches!(
-                e.code,
-                ErrorCode::Model | ErrorCode::BadArgument | ErrorCode::ModelNotFound
-            ),
-            "{}: {e}",
-            p.display()
-        );
+        eprintln!("{}: {:?}: {}", p.display(), e.code, e.message);
+        assert!(e.code == ErrorCode::Model, "{}: {e}", p.display());
     }
     // A file the server may not read (meaningful when not root: root
     // reads any file).
