@@ -177,7 +177,7 @@ async fn handshake(
     peer: SocketAddr,
     ctx: &Accepting,
 ) -> io::Result<tokio_rustls::server::TlsStream<TcpStream>> {
-    tcp.set_nodelay(true)?;
+    super::configure(&tcp)?;
     let mut first = [0u8; 1];
     if tcp.peek(&mut first).await? == 0 {
         return Err(io::Error::new(
@@ -311,7 +311,7 @@ impl Transport for TlsTransport {
                 tokio::time::timeout(HANDSHAKE_TIMEOUT, TcpStream::connect(endpoint.host_port()))
                     .await
                     .map_err(|_| timed_out())??;
-            tcp.set_nodelay(true)?;
+            super::configure(&tcp)?;
             let peer = tcp
                 .peer_addr()
                 .map_or_else(|_| endpoint.host_port(), |a| a.to_string());
