@@ -1318,15 +1318,24 @@ async fn reserve_outputs(
     args: &ops::Args<crate::Tensor>,
     held: &mut Held,
 ) -> Result<()> {
-    let bound = broadcast_bytes(entry, args);
-    let estimate = match bound {
-        Some(b) if b <= SMALL_OUTPUTS => bound,
-        _ => guarded(&format!("estimating op '{op}'"), || {
-            Ok(shared.backend.output_bytes(entry, args))
-        })?
-        .or(bound),
-    };
+    let estimate = outputs_estimate(op, broadcast_bytes(entry, args), || {
+        shared.backend.output_bytes(entry, args)
+    })?;
     reserve_bytes(shared, peer, op, estimate, held).await
+}
+
+/// An op's outputs, bytes: its linear `bound` when that is at most
+/// [`SMALL_OUTPUTS`], else the backend's estimate (`backend`, guarded),
+/// else the bound.
+pub(super) fn outputs_estimate(
+    op: &str,
+    bound: Option<u64>,
+    backend: impl FnOnce() -> Option<u64>,
+) -> Result<Option<u64>> {
+    match bound {
+        Some(b) if b <= SMALL_OUTPUTS => Ok(bound),
+        _ => Ok(guarded(&format!("estimating op '{op}'"), || Ok(backend()))?.or(bound)),
+    }
 }
 
 /// Outputs that a linear op's bound ([`ops::OpSpec::output_bound`]) puts

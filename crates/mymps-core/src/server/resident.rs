@@ -442,13 +442,9 @@ pub(super) async fn exec(
     let bound = entry
         .spec
         .output_bound(args.all_tensors().map(|t| t.shape()));
-    let estimate = match bound {
-        Some(b) if b <= super::SMALL_OUTPUTS => bound,
-        _ => super::guarded(&format!("estimating op '{op}'"), || {
-            Ok(shared.backend.operand_output_bytes(entry, &args))
-        })?
-        .or(bound),
-    };
+    let estimate = super::outputs_estimate(&op, bound, || {
+        shared.backend.operand_output_bytes(entry, &args)
+    })?;
     reserve_bytes(shared, peer, &op, estimate, held).await?;
     let started = Instant::now();
     let backend = shared.backend.clone();
