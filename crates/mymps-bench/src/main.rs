@@ -22,6 +22,7 @@ use mymps::client::{Call, Caller, Client};
 use serde_json::{Value, json};
 
 mod chains;
+mod small;
 mod soak;
 
 const MIB: usize = 1 << 20;
@@ -96,6 +97,7 @@ struct Args {
 }
 
 /// Iteration counts and sizes.
+#[derive(Clone)]
 struct Plan {
     n_small: usize,
     n_matmul: usize,
@@ -558,7 +560,8 @@ fn run(args: &Args, device: &str) -> Result<(), String> {
         return chains::run_alone(args, &rt, &client, device, notes, &load_start);
     }
 
-    let steps = 8 + u64::from(args.gpu);
+    let with_small_op = args.gpu && server_device != "cpu" && args.addr.is_none();
+    let steps = 8 + u64::from(args.gpu) + u64::from(with_small_op);
     let pb = ProgressBar::new(steps);
     pb.set_style(
         ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} {msg}")
@@ -725,6 +728,13 @@ fn run(args: &Args, device: &str) -> Result<(), String> {
     } else {
         None
     };
+    // -- the small op on an accelerator, against a CPU server (issue 17)
+    let small_op = with_small_op.then(|| {
+        pb.set_message("small op: where the time goes, a CPU server alongside");
+        let s = small::measure(args, &rt, &client, device, &plan);
+        pb.inc(1);
+        s
+    });
     pb.finish_and_clear();
 
     let machine = machine_name();
@@ -751,7 +761,11 @@ fn run(args: &Args, device: &str) -> Result<(), String> {
     if let Some(g) = gpu {
         report["gpu"] = g;
     }
+    if let Some(s) = small_op {
+        report["small_op"] = s;
+    }
     let mut targets = targets(&report);
+    small::targets(&report, &mut targets);
     chains::targets(
         &report["resident"],
         report["server_device"].as_str().unwrap_or(""),
@@ -1409,6 +1423,7 @@ fn print_table(r: &Value, targets: &[Target]) {
         }
     }
     chains::print(&r["resident"]);
+    small::print(&r["small_op"]);
     println!();
     print_targets(targets);
     for n in r["notes"].as_array().unwrap_or(&empty) {
