@@ -160,6 +160,31 @@ def test_timeout(server_factory):
         c.close()
 
 
+def test_the_server_s_request_timeout(server_factory):
+    # The client would wait 60 s; the server's own limit answers first, with
+    # the typed timeout, and the same connection goes on serving.
+    server = server_factory("--request-timeout", "0.3", "--workers", "1")
+    with MympsClient(server.host, server.port, timeout=60) as c:
+        a = np.random.default_rng(1).standard_normal((4096, 4096)).astype(np.float32)
+        t0 = time.monotonic()
+        with pytest.raises(mymps.MympsTimeoutError) as e:
+            # 137 GFLOP: seconds on any CPU, and the server's deadline is
+            # 0.3 s. A graph of three keeps it past the deadline on a fast one.
+            g = c.graph()
+            x = g.input("x")
+            y = g.op("matmul", x, x)
+            y = g.op("matmul", y, x)
+            g.output("y", g.op("matmul", y, x))
+            g.run({"x": a})
+        assert time.monotonic() - t0 < 30
+        assert e.value.code == "timeout"
+        assert "deadline passed" in str(e.value), str(e.value)
+        assert not c.closed
+        # Once the kernel is done with the one worker, the connection serves.
+        r = c.exec("neg", {"0": np.arange(3.0)})["output"]
+        np.testing.assert_array_equal(r, -np.arange(3.0))
+
+
 def test_server_goes_away(server_factory):
     server = server_factory()
     c = MympsClient(server.host, server.port, timeout=30)

@@ -203,3 +203,78 @@ async fn bad_generate_requests_get_typed_errors_and_the_connection_goes_on() {
         .await
         .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_generate_past_the_server_s_deadline_stops_and_is_answered_timeout() {
+    // A limit far below what 4,000 steps of `long` take on any machine
+    // (the cancel test above stops it after 3 of them for that reason).
+    let (_server, addr) = common::generate::start_on_with_models("tcp", |c| {
+        c.request_timeout = Some(std::time::Duration::from_millis(300));
+    })
+    .await;
+    let c = Client::connect(&addr).await.unwrap();
+    let (dir, _) = models();
+    c.load_model(LoadRequest {
+        name: "long".into(),
+        model_type: "huggingface".into(),
+        model_path: Some(dir.join("long").display().to_string()),
+        ..Default::default()
+    })
+    .await
+    .expect("load_model has no deadline");
+    const MAX: usize = 4000;
+    let request = GenerateRequest {
+        prompts: vec![Prompt::Ids(vec![1, 2, 3])],
+        max_new_tokens: Some(MAX),
+        ignore_eos: true,
+        ..Default::default()
+    };
+
+    // Streamed: the steps computed before the deadline, then `Timeout` —
+    // answered once the work has stopped, so the steps are all it did.
+    let mut g = c.generate_stream("long", request.clone()).await.unwrap();
+    let mut steps = 0;
+    let error = loop {
+        match g.next().await {
+            Some(Ok(step)) => {
+                assert_eq!(step.index, steps, "steps in order");
+                steps += 1;
+            }
+            Some(Err(e)) => break e,
+            None => panic!("the stream ended without its timeout: {:?}", g.summary()),
+        }
+    };
+    assert_eq!(error.code, ErrorCode::Timeout, "{error}");
+    assert!(steps < MAX, "{steps} steps: the generation was not stopped");
+    assert!(g.next().await.is_none(), "nothing after the error");
+
+    // In one reply: `Timeout` at the deadline, and the server's work ends
+    // too (nothing left in flight but the metrics request itself).
+    let e = c.generate("long", request).await.unwrap_err();
+    assert_eq!(e.code, ErrorCode::Timeout, "{e}");
+    let mut in_flight = u64::MAX;
+    for _ in 0..300 {
+        in_flight = c.metrics().await.unwrap().requests_in_flight;
+        if in_flight <= 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(in_flight <= 1, "{in_flight} requests still in flight");
+
+    // The connection goes on serving, generation included.
+    let s = c
+        .generate(
+            "long",
+            GenerateRequest {
+                prompts: vec![Prompt::Ids(vec![4, 5])],
+                max_new_tokens: Some(4),
+                ignore_eos: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(s.sequences[0].ids.len(), 4);
+    assert_eq!(s.sequences[0].finish, FinishReason::Length);
+}
