@@ -11,7 +11,12 @@
 //!   backend (host tensors in, host tensors out) called directly, from the
 //!   blocking pool (`spawn_blocking`, the old request path) and in place on
 //!   a runtime worker (`block_in_place`, the server's path now), next to
-//!   plain libtorch doing the same two uploads, the add and the download.
+//!   plain libtorch doing the same two uploads, the add and the download;
+//! - **the wait's own cost**: a raw TCP echo whose thread spins `d` µs
+//!   before it answers (the server's work, on a thread that stays awake),
+//!   so that the client's p50 minus `d` is the round trip of a client that
+//!   slept through a wait of `d`: what a slower server costs beyond its
+//!   own time, on this host.
 
 use std::sync::Arc;
 
@@ -111,6 +116,54 @@ fn backend_path(rt: &tokio::runtime::Runtime, device: &str, n: usize) -> Value {
     })
 }
 
+/// A thread that reads 64-byte messages and answers each after spinning
+/// `delay` (a server busy for that long), on 127.0.0.1:0.
+fn start_delayed_echo(delay: std::time::Duration) -> std::net::SocketAddr {
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind echo");
+    let addr = l.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        if let Some(Ok(mut s)) = l.incoming().next() {
+            let _ = s.set_nodelay(true);
+            let mut buf = [0u8; 64];
+            while s.read_exact(&mut buf).is_ok() {
+                let t = std::time::Instant::now();
+                while t.elapsed() < delay {
+                    std::hint::spin_loop();
+                }
+                if s.write_all(&buf).is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    addr
+}
+
+/// The raw echo's p50 with the answer delayed by 0, 25, 50, 100 and 200
+/// µs, and that p50 minus the delay: a blocking client's round trip after
+/// a wait of that long (see the module's doc).
+fn delayed_echo(n: usize) -> Value {
+    use std::io::{Read, Write};
+    let rows: Vec<Value> = [0u64, 25, 50, 100, 200]
+        .into_iter()
+        .map(|d| {
+            let addr = start_delayed_echo(std::time::Duration::from_micros(d));
+            let mut s = std::net::TcpStream::connect(addr).expect("connect echo");
+            s.set_nodelay(true).expect("nodelay");
+            let msg = [7u8; 64];
+            let mut back = [0u8; 64];
+            let sum = summary(time_n(n, 100, || {
+                s.write_all(&msg).expect("write");
+                s.read_exact(&mut back).expect("read");
+            }));
+            let p = p50(&sum).unwrap_or(f64::NAN);
+            json!({"delay_us": d, "p50_us": p, "p50_minus_delay_us": p - d as f64})
+        })
+        .collect();
+    Value::Array(rows)
+}
+
 /// The small-op cases against a CPU server of the same binary, started
 /// for this: async, blocking and Python clients' `add` 4×4, one client's
 /// requests/s.
@@ -141,6 +194,7 @@ fn cpu_server(args: &Args, rt: &tokio::runtime::Runtime, plan: &Plan) -> Value {
         }
         Err(e) => json!({"skipped": e.to_string()}),
     };
+    let share = server_share(rt, &client, plan.n_small.min(2000));
     let one_client = rt.block_on(async {
         let c = Client::connect(&server.url).await.expect("connect");
         closed_loop(vec![c], a.clone(), plan.conc_secs).await
@@ -160,6 +214,7 @@ fn cpu_server(args: &Args, rt: &tokio::runtime::Runtime, plan: &Plan) -> Value {
         "url": server.url,
         "add_4x4": add,
         "add_4x4_blocking_client": blocking,
+        "server_share": share,
         "python_add_4x4": python["add_4x4"].clone(),
         "one_client_req_per_s": one_client,
     })
@@ -178,6 +233,7 @@ pub(crate) fn measure(
         "server_share": server_share(rt, client, n),
         "backend_path": backend_path(rt, device, n),
         "cpu_server": cpu_server(args, rt, plan),
+        "delayed_echo": delayed_echo(n),
     })
 }
 
@@ -295,7 +351,28 @@ pub(crate) fn print(s: &Value) {
             println!("  {label:<44} p50 {v:>8.1} us");
         }
     }
+    for d in s["delayed_echo"].as_array().into_iter().flatten() {
+        if let (Some(delay), Some(p), Some(rest)) = (
+            d["delay_us"].as_u64(),
+            d["p50_us"].as_f64(),
+            d["p50_minus_delay_us"].as_f64(),
+        ) {
+            println!(
+                "  raw echo answered after {delay:>3} us spinning        p50 {p:>8.1} us, less the delay {rest:.1} us"
+            );
+        }
+    }
     let c = &s["cpu_server"];
+    let csh = &c["server_share"];
+    if let (Some(sv), Some(cl)) = (
+        csh["server_mean_us"].as_f64(),
+        csh["client_mean_us"].as_f64(),
+    ) {
+        println!(
+            "  CPU server: add 4x4 mean: client {cl:.1} us, of which the server {sv:.1} us, wire + client {:.1} us",
+            cl - sv
+        );
+    }
     for (k, label) in [
         ("add_4x4", "CPU server: add 4x4, async client"),
         (
