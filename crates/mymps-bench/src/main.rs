@@ -396,6 +396,12 @@ fn page_size() -> f64 {
 
 /// A thread echoing every byte back, on 127.0.0.1:0.
 fn start_echo() -> std::net::SocketAddr {
+    start_echo_after(Duration::ZERO)
+}
+
+/// [`start_echo`], answering each read after spinning `delay` (a server
+/// busy for that long, on a thread that stays awake).
+fn start_echo_after(delay: Duration) -> std::net::SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind echo");
     let addr = l.local_addr().expect("addr");
     std::thread::spawn(move || {
@@ -409,6 +415,10 @@ fn start_echo() -> std::net::SocketAddr {
                     match r.read(&mut buf) {
                         Ok(0) | Err(_) => break,
                         Ok(n) => {
+                            let t = Instant::now();
+                            while t.elapsed() < delay {
+                                std::hint::spin_loop();
+                            }
                             if w.write_all(&buf[..n]).is_err() {
                                 break;
                             }

@@ -116,48 +116,15 @@ fn backend_path(rt: &tokio::runtime::Runtime, device: &str, n: usize) -> Value {
     })
 }
 
-/// A thread that reads 64-byte messages and answers each after spinning
-/// `delay` (a server busy for that long), on 127.0.0.1:0.
-fn start_delayed_echo(delay: std::time::Duration) -> std::net::SocketAddr {
-    use std::io::{Read, Write};
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind echo");
-    let addr = l.local_addr().expect("addr");
-    std::thread::spawn(move || {
-        if let Some(Ok(mut s)) = l.incoming().next() {
-            let _ = s.set_nodelay(true);
-            let mut buf = [0u8; 64];
-            while s.read_exact(&mut buf).is_ok() {
-                let t = std::time::Instant::now();
-                while t.elapsed() < delay {
-                    std::hint::spin_loop();
-                }
-                if s.write_all(&buf).is_err() {
-                    break;
-                }
-            }
-        }
-    });
-    addr
-}
-
 /// The raw echo's p50 with the answer delayed by 0, 25, 50, 100 and 200
 /// µs, and that p50 minus the delay: a blocking client's round trip after
 /// a wait of that long (see the module's doc).
 fn delayed_echo(n: usize) -> Value {
-    use std::io::{Read, Write};
     let rows: Vec<Value> = [0u64, 25, 50, 100, 200]
         .into_iter()
         .map(|d| {
-            let addr = start_delayed_echo(std::time::Duration::from_micros(d));
-            let mut s = std::net::TcpStream::connect(addr).expect("connect echo");
-            s.set_nodelay(true).expect("nodelay");
-            let msg = [7u8; 64];
-            let mut back = [0u8; 64];
-            let sum = summary(time_n(n, 100, || {
-                s.write_all(&msg).expect("write");
-                s.read_exact(&mut back).expect("read");
-            }));
-            let p = p50(&sum).unwrap_or(f64::NAN);
+            let addr = crate::start_echo_after(std::time::Duration::from_micros(d));
+            let p = p50(&summary(crate::echo_small(addr, n))).unwrap_or(f64::NAN);
             json!({"delay_us": d, "p50_us": p, "p50_minus_delay_us": p - d as f64})
         })
         .collect();
@@ -317,6 +284,18 @@ pub(crate) fn targets(r: &Value, t: &mut Vec<crate::Target>) {
     );
 }
 
+/// The line of a [`server_share`] result `sh`: the client's mean and the
+/// server's part of it (`server`, its label), the rest being wire and
+/// client.
+fn print_share(label: &str, server: &str, sh: &Value) {
+    if let (Some(sv), Some(cl)) = (sh["server_mean_us"].as_f64(), sh["client_mean_us"].as_f64()) {
+        println!(
+            "  {label}: client {cl:.1} us, of which {server} {sv:.1} us, wire + client {:.1} us",
+            cl - sv
+        );
+    }
+}
+
 /// A line per figure of the section, for the printed report.
 pub(crate) fn print(s: &Value) {
     if s.is_null() {
@@ -324,13 +303,11 @@ pub(crate) fn print(s: &Value) {
     }
     println!();
     println!("small op on this server (issue 17): where the time goes");
-    let sh = &s["server_share"];
-    if let (Some(sv), Some(cl)) = (sh["server_mean_us"].as_f64(), sh["client_mean_us"].as_f64()) {
-        println!(
-            "  add 4x4 mean: client {cl:.1} us, of which the server (frame read to reply written) {sv:.1} us, wire + client {:.1} us",
-            cl - sv
-        );
-    }
+    print_share(
+        "add 4x4 mean",
+        "the server (frame read to reply written)",
+        &s["server_share"],
+    );
     let b = &s["backend_path"];
     for (k, label) in [
         (
@@ -363,16 +340,7 @@ pub(crate) fn print(s: &Value) {
         }
     }
     let c = &s["cpu_server"];
-    let csh = &c["server_share"];
-    if let (Some(sv), Some(cl)) = (
-        csh["server_mean_us"].as_f64(),
-        csh["client_mean_us"].as_f64(),
-    ) {
-        println!(
-            "  CPU server: add 4x4 mean: client {cl:.1} us, of which the server {sv:.1} us, wire + client {:.1} us",
-            cl - sv
-        );
-    }
+    print_share("CPU server: add 4x4 mean", "the server", &c["server_share"]);
     for (k, label) in [
         ("add_4x4", "CPU server: add 4x4, async client"),
         (
